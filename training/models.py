@@ -62,6 +62,8 @@ class TrainingRun(models.Model):
     claim_token = models.CharField(max_length=64, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    queued_at = models.DateTimeField(null=True, blank=True, help_text="When the run last entered the queue.")
+    dispatches = models.PositiveIntegerField(default=0, help_text="Celery messages sent for the current queueing.")
     max_attempts = models.PositiveSmallIntegerField(default=3)
     cancel_requested = models.BooleanField(default=False)
     step = models.PositiveIntegerField(default=0)

@@ -1,0 +1,182 @@
+"""Export a project's preferences as JSONL or Parquet, streamed with constant memory.
+
+Formats (docs/formats.md has examples of each):
+
+- ``pairs``: TRL's standard preference format, one row per PairwiseComparison: ``prompt``, ``chosen`` and
+  ``rejected`` are strings. The conversation is rendered as plain text the way hh-rlhf does it,
+  ``"\\n\\nHuman: ...\\n\\nAssistant: ...\\n\\nHuman: ...\\n\\nAssistant:"`` (a system message as
+  ``"\\n\\nSystem: ..."``), and each reply starts with a space, so ``prompt + chosen`` reads as one dialogue.
+- ``conversational``: TRL's conversational preference format: ``prompt`` is the list of ``{role, content}``
+  messages, ``chosen`` and ``rejected`` are lists with one assistant message.
+- ``rankings``: lossless, one row per Ranking: tiers of ``{sample_id, text, model}`` best first, per-sample
+  flags, time spent, the order the responses were shown in, labeler and source.
+
+Both pair formats also carry ``tier_distance``, ``weight``, ``labeler``, ``source``, ``round``,
+``prompt_id``, ``ranking_id``, ``chosen_id`` and ``rejected_id``.
+
+Why ``tier_distance`` and not ``margin``: TRL 1.16's RewardTrainer, when a column named ``margin`` is
+present, trains on ``-logsigmoid(r_chosen - r_rejected - margin)`` (reward_trainer.py, compute_loss), i.e.
+it demands a reward gap of at least ``margin`` logits. Our margin is a tier distance (1 .. K-1): it says
+how many tiers apart two responses were put, not how much better one is on any calibrated scale, and its
+range grows with K. Feeding it as a margin would change the objective silently, so the column is named
+``tier_distance`` and TRL ignores it. To opt in, rename (and scale) it yourself:
+``dataset.rename_column("tier_distance", "margin")``.
+
+Rows are read with ``QuerySet.iterator(chunk_size=...)`` and encoded in batches. JSONL is yielded as it is
+produced; Parquet is written in row groups to a spooled temporary file (a Parquet footer comes last), then
+yielded in 1 MiB chunks.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from django.db.models import Prefetch
+
+from annotation.errors import InvalidInput
+from annotation.models import PairwiseComparison, Project, Ranking, RankingEntry
+
+Format = Literal["pairs", "conversational", "rankings"]
+FileFormat = Literal["jsonl", "parquet"]
+FORMATS: tuple[str, ...] = ("pairs", "conversational", "rankings")
+FILE_FORMATS: tuple[str, ...] = ("jsonl", "parquet")
+CHUNK_ROWS = 1000  # rows per database chunk and per Parquet row group
+YIELD_BYTES = 1 << 20  # JSONL is yielded in pieces of about this size; Parquet in pieces of exactly this size
+HH_ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+
+_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+_PAIR_META = [
+    ("tier_distance", pa.int32()), ("weight", pa.float64()), ("labeler", pa.string()), ("source", pa.string()),
+    ("round", pa.int32()), ("prompt_id", pa.int64()), ("ranking_id", pa.int64()), ("chosen_id", pa.int64()),
+    ("rejected_id", pa.int64()),
+]
+_TIER_SAMPLE = pa.struct([("sample_id", pa.int64()), ("text", pa.string()), ("model", pa.string())])
+SCHEMAS = {
+    "pairs": pa.schema([("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string()), *_PAIR_META]),
+    "conversational": pa.schema(
+        [("prompt", pa.list_(_MESSAGE)), ("chosen", pa.list_(_MESSAGE)), ("rejected", pa.list_(_MESSAGE)), *_PAIR_META]
+    ),
+    "rankings": pa.schema([
+        ("ranking_id", pa.int64()), ("prompt_id", pa.int64()), ("external_id", pa.string()), ("round", pa.int32()),
+        ("messages", pa.list_(_MESSAGE)), ("tiers", pa.list_(pa.list_(_TIER_SAMPLE))),
+        ("flags", pa.list_(pa.struct([("sample_id", pa.int64()), ("flags", pa.list_(pa.string()))]))),
+        ("shown_order", pa.list_(pa.int64())), ("time_spent_ms", pa.int64()), ("labeler", pa.string()),
+        ("source", pa.string()), ("created_at", pa.string()),
+    ]),
+}
+
+
+def render_plain_prompt(messages: list[dict]) -> str:
+    """A conversation as hh-rlhf plain text, ending with the cue for the next reply.
+
+    >>> render_plain_prompt([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+    ...                      {"role": "user", "content": "Bye"}])
+    '\\n\\nHuman: Hi\\n\\nAssistant: Hello\\n\\nHuman: Bye\\n\\nAssistant:'
+    """
+    turns = "".join(f"\n\n{HH_ROLE_NAMES[m['role']]}: {m['content']}" for m in messages)
+    return turns + "\n\nAssistant:"
+
+
+def _pair_rows(project: Project, round_number: int | None, *, conversational: bool) -> Iterator[dict]:
+    pairs = PairwiseComparison.objects.filter(prompt__project=project)
+    if round_number is not None:
+        pairs = pairs.filter(prompt__round__number=round_number)
+    pairs = pairs.select_related("prompt__round", "chosen", "rejected", "ranking__labeler").order_by("id")
+    for pair in pairs.iterator(chunk_size=CHUNK_ROWS):
+        messages, labeler = pair.prompt.messages, pair.ranking.labeler
+        if conversational:
+            text = {"prompt": messages, "chosen": [{"role": "assistant", "content": pair.chosen.text}],
+                    "rejected": [{"role": "assistant", "content": pair.rejected.text}]}
+        else:
+            text = {"prompt": render_plain_prompt(messages), "chosen": " " + pair.chosen.text,
+                    "rejected": " " + pair.rejected.text}
+        yield {
+            **text, "tier_distance": pair.margin, "weight": pair.weight,
+            "labeler": labeler.get_username() if labeler else None, "source": pair.ranking.source,
+            "round": pair.prompt.round.number, "prompt_id": pair.prompt_id, "ranking_id": pair.ranking_id,
+            "chosen_id": pair.chosen_id, "rejected_id": pair.rejected_id,
+        }
+
+
+def _ranking_rows(project: Project, round_number: int | None) -> Iterator[dict]:
+    rankings = Ranking.objects.filter(prompt__project=project)
+    if round_number is not None:
+        rankings = rankings.filter(prompt__round__number=round_number)
+    ordered_entries = RankingEntry.objects.select_related("sample").order_by("tier", "shown_position")
+    rankings = rankings.select_related("prompt__round", "labeler").prefetch_related(Prefetch("entries", ordered_entries))
+    for ranking in rankings.order_by("id").iterator(chunk_size=CHUNK_ROWS):
+        entries = list(ranking.entries.all())
+        tiers: list[list[dict]] = [[] for _ in range(max((e.tier for e in entries), default=-1) + 1)]
+        for e in entries:
+            tiers[e.tier].append({"sample_id": e.sample_id, "text": e.sample.text, "model": e.sample.model_name})
+        yield {
+            "ranking_id": ranking.pk, "prompt_id": ranking.prompt_id, "external_id": ranking.prompt.external_id,
+            "round": ranking.prompt.round.number, "messages": ranking.prompt.messages,
+            "tiers": [tier for tier in tiers if tier],
+            "flags": [{"sample_id": e.sample_id, "flags": list(e.flags)} for e in entries if e.flags],
+            "shown_order": [e.sample_id for e in sorted(entries, key=lambda e: e.shown_position)],
+            "time_spent_ms": ranking.time_spent_ms,
+            "labeler": ranking.labeler.get_username() if ranking.labeler else None,
+            "source": ranking.source, "created_at": ranking.created_at.isoformat(),
+        }
+
+
+def _jsonl(rows: Iterable[dict]) -> Iterator[bytes]:
+    buffer: list[bytes] = []
+    size = 0
+    for row in rows:
+        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
+        buffer.append(line)
+        size += len(line)
+        if size >= YIELD_BYTES:
+            yield b"".join(buffer)
+            buffer, size = [], 0
+    if buffer:
+        yield b"".join(buffer)
+
+
+def _parquet(rows: Iterable[dict], schema: pa.Schema) -> Iterator[bytes]:
+    """Row groups of CHUNK_ROWS rows into a spooled file (memory up to 16 MiB, then disk), then its bytes."""
+    with tempfile.SpooledTemporaryFile(max_size=16 << 20) as spool:
+        with pq.ParquetWriter(spool, schema) as writer:
+            batch: list[dict] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) == CHUNK_ROWS:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    batch = []
+            if batch:  # with no rows at all, closing still writes a valid file with the schema
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+        spool.seek(0)
+        while chunk := spool.read(YIELD_BYTES):
+            yield chunk
+
+
+def export_preferences(
+    *, project: Project, fmt: Format, file_format: FileFormat, round_number: int | None = None
+) -> Iterator[bytes]:
+    """The project's preferences in ``fmt`` as ``file_format`` bytes, lazily; checks its arguments first."""
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown format {str(fmt)[:40]!r}; choose one of {', '.join(FORMATS)}", location="format")
+    if file_format not in FILE_FORMATS:
+        raise InvalidInput(
+            f"unknown file format {str(file_format)[:40]!r}; choose one of {', '.join(FILE_FORMATS)}",
+            location="file_format",
+        )
+    if round_number is not None and not project.rounds.filter(number=round_number).exists():
+        raise InvalidInput(f"project {project.slug!r} has no round {round_number}", location="round")
+    if fmt == "rankings":
+        rows = _ranking_rows(project, round_number)
+    else:
+        rows = _pair_rows(project, round_number, conversational=fmt == "conversational")
+    return _jsonl(rows) if file_format == "jsonl" else _parquet(rows, SCHEMAS[fmt])
+
+
+def export_filename(*, project: Project, fmt: Format, file_format: FileFormat, round_number: int | None = None) -> str:
+    """A download name such as ``demo-pairs-round2.parquet``."""
+    suffix = f"-round{round_number}" if round_number is not None else ""
+    return f"{project.slug}-{fmt}{suffix}.{file_format}"

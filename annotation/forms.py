@@ -1,0 +1,104 @@
+"""Forms of the labelling pages: parse untrusted POST data into plain values for the services.
+
+The ranking form accepts either a `tiers` JSON field (what the page's script sends) or one
+`rank_<sample id>` field per response (what the page sends without JavaScript: equal ranks are a tie).
+Coverage of the prompt's samples is checked by `ranking_submit`, not here.
+"""
+import json
+import re
+
+from django import forms
+from django.http import QueryDict
+
+from annotation.errors import RankingInvalid
+from annotation.models import RankingEntry
+
+_RANK_FIELD = re.compile(r"^rank_(\d{1,18})$")
+_FLAG_FIELD = re.compile(r"^flag_(\d{1,18})$")
+MAX_TIME_SPENT_MS = 24 * 3600 * 1000
+MAX_TIERS_JSON_CHARS = 20_000
+EXPORT_FORMATS = [("pairs", "pairs (TRL preference)"), ("conversational", "conversational"), ("rankings", "rankings")]
+FILE_FORMATS = [("jsonl", "JSONL"), ("parquet", "Parquet")]
+
+
+def _tiers_from_json(raw: str) -> list:
+    if len(raw) > MAX_TIERS_JSON_CHARS:
+        raise RankingInvalid("tiers field is too long", location="tiers")
+    try:
+        tiers = json.loads(raw)
+    except ValueError as exc:
+        raise RankingInvalid(f"tiers is not valid JSON ({exc.msg})", location="tiers") from None
+    if not isinstance(tiers, list):
+        raise RankingInvalid("tiers must be a JSON list of lists of sample ids", location="tiers")
+    return tiers
+
+
+def _tiers_from_rank_fields(data: QueryDict) -> list[list[int]]:
+    """`rank_12=1, rank_13=1, rank_14=2` → [[12, 13], [14]]; ranks may leave gaps (1, 1, 3)."""
+    by_rank: dict[int, list[int]] = {}
+    for key in data:
+        match = _RANK_FIELD.match(key)
+        if not match:
+            continue
+        value = data.get(key, "").strip()
+        if not value:
+            raise RankingInvalid("this response has no rank yet; rank every response", location=key)
+        if not value.isdigit() or not 1 <= int(value) <= 64:
+            raise RankingInvalid(f"rank must be a number from 1 up, got {value[:20]!r}", location=key)
+        by_rank.setdefault(int(value), []).append(int(match.group(1)))
+    if not by_rank:
+        raise RankingInvalid("no ranking was sent", location="tiers")
+    return [sorted(by_rank[rank]) for rank in sorted(by_rank)]
+
+
+def ranking_payload_from_post(data: QueryDict) -> dict:
+    """POST data → {"tiers", "flags", "time_spent_ms"} for `ranking_submit`; RankingInvalid on bad input."""
+    raw_tiers = data.get("tiers", "").strip()
+    tiers = _tiers_from_json(raw_tiers) if raw_tiers else _tiers_from_rank_fields(data)
+    flags: dict[int, list[str]] = {}
+    for key in data:
+        match = _FLAG_FIELD.match(key)
+        if match:
+            flags[int(match.group(1))] = data.getlist(key)
+    raw_time = data.get("time_spent_ms", "0").strip() or "0"
+    if not raw_time.isdigit():
+        raise RankingInvalid(f"time spent must be a whole number of milliseconds, got {raw_time[:20]!r}",
+                             location="time_spent_ms")
+    return {"tiers": tiers, "flags": flags, "time_spent_ms": min(int(raw_time), MAX_TIME_SPENT_MS)}
+
+
+class SkipForm(forms.Form):
+    REASONS = [
+        ("", "Choose a reason…"),
+        ("cannot_judge", "I cannot judge this topic"),
+        ("prompt_broken", "The prompt is broken or empty"),
+        ("responses_identical", "The responses are practically identical"),
+        ("other", "Other (explain below)"),
+    ]
+    reason = forms.ChoiceField(choices=REASONS, required=False)
+    detail = forms.CharField(max_length=400, required=False, strip=True)
+
+    def clean(self) -> dict:
+        data = super().clean()
+        reason, detail = data.get("reason") or "", data.get("detail") or ""
+        if not reason and not detail:
+            raise forms.ValidationError("Give a reason for skipping this prompt.")
+        if reason == "other" and not detail:
+            self.add_error("detail", "Explain the reason when you choose Other.")
+        labels = dict(self.REASONS)
+        data["text"] = (f"{labels[reason]}: {detail}" if reason and detail else detail or labels[reason])[:500]
+        return data
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField(help_text="JSONL: prompt/messages + responses, or hh-rlhf chosen/rejected.")
+    round_number = forms.IntegerField(required=False, min_value=1, label="Round (optional)")
+
+
+class ExportForm(forms.Form):
+    format = forms.ChoiceField(choices=EXPORT_FORMATS, initial="pairs")
+    file_format = forms.ChoiceField(choices=FILE_FORMATS, initial="jsonl")
+    round = forms.IntegerField(required=False, min_value=1)
+
+
+FLAG_CHOICES = RankingEntry.Flag.choices

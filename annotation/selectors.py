@@ -1,0 +1,171 @@
+"""Reads of the annotation app: who may see what, what is left to rank, progress figures.
+
+Permissions: a user sees a project only if they are a member (superusers see all, as "admin"); a
+labeler sees only their own leases and rankings; researchers and admins manage (import, export, train).
+Anything a user may not see raises Http404, so its existence is never revealed.
+"""
+from datetime import datetime
+
+from django.db.models import Count, Exists, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.http import Http404
+from django.utils import timezone
+
+from annotation.models import Assignment, Membership, PairwiseComparison, Project, Prompt, Ranking, Round, Sample
+
+ADMIN = "admin"
+
+
+def project_list_for_user(*, user) -> QuerySet[Project]:
+    """Projects the user belongs to (all for superusers), by name."""
+    if not getattr(user, "is_authenticated", False):
+        return Project.objects.none()
+    projects = Project.objects.all()
+    if not user.is_superuser:
+        projects = projects.filter(memberships__user=user)
+    return projects.order_by("name", "id")
+
+
+def project_get_for_user(*, user, slug: str) -> Project:
+    """The project with this slug if the user may see it; Http404 otherwise (never reveals existence)."""
+    project = project_list_for_user(user=user).filter(slug=slug).first()
+    if project is None:
+        raise Http404("No such project.")
+    return project
+
+
+def user_role(*, user, project: Project) -> str | None:
+    """"admin" for superusers, else the membership role ("labeler" / "researcher"), None for non-members."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    if user.is_superuser:
+        return ADMIN
+    return Membership.objects.filter(project=project, user=user).values_list("role", flat=True).first()
+
+
+def user_can_manage(*, user, project: Project) -> bool:
+    """Researchers of the project and admins may import, export and train."""
+    return user_role(user=user, project=project) in {ADMIN, Membership.Role.RESEARCHER}
+
+
+def live_assignment_q(*, now: datetime, prefix: str = "") -> Q:
+    """Assignments that hold a slot: submitted, or active and not yet expired."""
+    return Q(**{f"{prefix}status": Assignment.Status.SUBMITTED}) | Q(
+        **{f"{prefix}status": Assignment.Status.ACTIVE, f"{prefix}expires_at__gt": now}
+    )
+
+
+def prompt_live_slot_count(*, prompt_id: int, now: datetime, exclude_assignment_id: int | None = None) -> int:
+    """How many of the prompt's ``overlap`` slots are taken (imported rankings without a labeler don't count)."""
+    assignments = Assignment.objects.filter(live_assignment_q(now=now), prompt_id=prompt_id)
+    if exclude_assignment_id is not None:
+        assignments = assignments.exclude(pk=exclude_assignment_id)
+    return assignments.count()
+
+
+def prompt_available_for_labeler(*, project: Project, labeler, now: datetime | None = None) -> QuerySet[Prompt]:
+    """Prompts of the project's open rounds that this labeler could lease now, in round and id order.
+
+    Left out: prompts with fewer than two samples, prompts the labeler was ever assigned (except leases
+    that expired: those may be taken again), prompts the labeler already ranked, and prompts whose
+    ``overlap`` slots are all taken.
+    """
+    now = now or timezone.now()
+    live_slots = (
+        Assignment.objects.filter(live_assignment_q(now=now), prompt=OuterRef("pk"))
+        .order_by()
+        .values("prompt")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    sample_count = Sample.objects.filter(prompt=OuterRef("pk")).order_by().values("prompt").annotate(
+        n=Count("pk")
+    ).values("n")
+    held_by_labeler = Assignment.objects.filter(prompt=OuterRef("pk"), labeler=labeler).exclude(
+        Q(status=Assignment.Status.EXPIRED) | Q(status=Assignment.Status.ACTIVE, expires_at__lte=now)
+    )
+    ranked_by_labeler = Ranking.objects.filter(prompt=OuterRef("pk"), labeler=labeler)
+    return (
+        Prompt.objects.filter(project=project, round__status=Round.Status.OPEN)
+        .annotate(
+            live_slots=Coalesce(Subquery(live_slots, output_field=IntegerField()), Value(0)),
+            sample_count=Coalesce(Subquery(sample_count, output_field=IntegerField()), Value(0)),
+        )
+        .filter(sample_count__gte=2, live_slots__lt=project.overlap)
+        .exclude(Exists(held_by_labeler))
+        .exclude(Exists(ranked_by_labeler))
+        .order_by("round__number", "id")
+    )
+
+
+def assignment_active_for_labeler(*, project: Project, labeler, now: datetime | None = None) -> Assignment | None:
+    """The labeler's unexpired active lease in this project, if any (the oldest one)."""
+    now = now or timezone.now()
+    return (
+        Assignment.objects.filter(
+            prompt__project=project, labeler=labeler, status=Assignment.Status.ACTIVE, expires_at__gt=now
+        )
+        .select_related("prompt", "prompt__project")
+        .order_by("created_at", "id")
+        .first()
+    )
+
+
+def assignment_get_for_labeler(*, assignment_id: int, labeler) -> Assignment:
+    """The labeler's own assignment; Http404 for anyone else's or a missing one."""
+    assignment = (
+        Assignment.objects.filter(pk=assignment_id, labeler=labeler)
+        .select_related("prompt", "prompt__project", "prompt__round")
+        .first()
+    )
+    if assignment is None:
+        raise Http404("No such assignment.")
+    return assignment
+
+
+def ranking_list_for_user(*, user, project: Project) -> QuerySet[Ranking]:
+    """All rankings of the project for researchers and admins; a labeler's own rankings otherwise."""
+    rankings = Ranking.objects.filter(prompt__project=project).select_related("prompt", "labeler")
+    if not user_can_manage(user=user, project=project):
+        if user_role(user=user, project=project) is None:
+            return rankings.none()
+        rankings = rankings.filter(labeler=user)
+    return rankings.order_by("id")
+
+
+def project_progress(*, project: Project, now: datetime | None = None) -> dict:
+    """Figures for the project's progress bar.
+
+    ``slots_total`` = open-round prompts × overlap; a slot is filled by a submitted lease, leased by an
+    unexpired active one, open otherwise. ``rankings`` and ``pairs`` count every source (imports too).
+    """
+    now = now or timezone.now()
+    open_prompts = Prompt.objects.filter(project=project, round__status=Round.Status.OPEN)
+    slots_total = open_prompts.count() * project.overlap
+    assignments = Assignment.objects.filter(prompt__in=open_prompts)
+    filled = assignments.filter(status=Assignment.Status.SUBMITTED).count()
+    leased = assignments.filter(status=Assignment.Status.ACTIVE, expires_at__gt=now).count()
+    return {
+        "prompts": Prompt.objects.filter(project=project).count(),
+        "open_prompts": slots_total // project.overlap,
+        "slots_total": slots_total,
+        "slots_filled": filled,
+        "slots_leased": leased,
+        "open_slots": max(slots_total - filled - leased, 0),
+        "rankings": Ranking.objects.filter(prompt__project=project).count(),
+        "pairs": PairwiseComparison.objects.filter(prompt__project=project).count(),
+        "percent_complete": round(100.0 * filled / slots_total, 1) if slots_total else 0.0,
+    }
+
+
+def labeler_progress(*, project: Project, labeler, now: datetime | None = None) -> dict:
+    """The labeler's own figures: rankings done, prompts skipped, prompts still available to them."""
+    now = now or timezone.now()
+    mine = Assignment.objects.filter(prompt__project=project, labeler=labeler)
+    active = assignment_active_for_labeler(project=project, labeler=labeler, now=now)
+    available = prompt_available_for_labeler(project=project, labeler=labeler, now=now).count()
+    return {
+        "done": mine.filter(status=Assignment.Status.SUBMITTED).count(),
+        "skipped": mine.filter(status=Assignment.Status.SKIPPED).count(),
+        "remaining": available + (1 if active else 0),
+    }

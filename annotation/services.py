@@ -1,0 +1,264 @@
+"""Writes of the annotation app: leasing prompts to labelers, recording rankings and their pairs.
+
+Every function here is one transaction. Concurrency is handled with row locks on PostgreSQL (on SQLite,
+which serialises writers, ``select_for_update`` is a no-op):
+- leasing locks the labeler's user row (one lease request per labeler at a time), then candidate Prompt
+  rows with ``SKIP LOCKED`` (two labelers never wait on or take the same slot), and recounts the
+  prompt's slots after the lock, so ``overlap`` is never exceeded;
+- submitting and skipping lock the Assignment row, so a double submit writes once;
+- ``ranking_record`` locks the Prompt row before checking for an existing ranking.
+
+Expired leases: a lease past ``expires_at`` no longer holds a slot, whether or not the periodic
+``assignment_expire_stale`` has marked it yet. Its labeler may still submit it as long as the slot is
+free (nobody else took the last one meanwhile); otherwise the submit is rejected with a clear message.
+"""
+import random
+import time
+from datetime import datetime, timedelta
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from annotation import ranking as ranking_rules
+from annotation.errors import InvalidInput, RankingInvalid
+from annotation.models import Assignment, PairwiseComparison, Project, Prompt, Ranking, RankingEntry
+from annotation.selectors import (
+    assignment_active_for_labeler,
+    prompt_available_for_labeler,
+    prompt_live_slot_count,
+)
+
+MAX_TIME_SPENT_MS = 2**31 - 1  # PositiveIntegerField's bound on PostgreSQL
+MAX_SKIP_REASON = 500
+_CANDIDATE_BATCH = 20
+_LOCKED_WAIT_S = 2.0  # how long to wait for candidates that other labelers hold locked
+_LOCKED_RETRY_S = 0.01
+
+
+def shown_order_for(*, prompt: Prompt, labeler) -> list[int]:
+    """The prompt's sample ids shuffled by a RNG seeded from (labeler, prompt): stable per labeler,
+    different across labelers, so position bias averages out over the overlap."""
+    sample_ids = list(prompt.samples.order_by("position").values_list("pk", flat=True))
+    random.Random(f"shown-order:{labeler.pk}:{prompt.pk}").shuffle(sample_ids)
+    return sample_ids
+
+
+def _lease(*, prompt: Prompt, labeler, now: datetime, lease_minutes: int) -> Assignment:
+    """Create the lease, or reuse this labeler's expired row for the prompt (one row per (prompt, labeler))."""
+    values = {
+        "status": Assignment.Status.ACTIVE,
+        "shown_order": shown_order_for(prompt=prompt, labeler=labeler),
+        "expires_at": now + timedelta(minutes=lease_minutes),
+        "skip_reason": "",
+        "finished_at": None,
+    }
+    assignment, _ = Assignment.objects.update_or_create(prompt=prompt, labeler=labeler, defaults=values)
+    return assignment
+
+
+def _lock_user(user) -> None:
+    list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True))
+
+
+def assignment_next_for_labeler(*, project: Project, labeler, now: datetime | None = None) -> Assignment | None:
+    """The labeler's current lease in the project, or a new one on a free slot; None when nothing is left."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        _lock_user(labeler)  # serialise this labeler's own requests (two tabs): never two leases at once
+        current = assignment_active_for_labeler(project=project, labeler=labeler, now=now)
+        if current is not None:
+            return current
+        tried: list[int] = []
+        deadline = time.monotonic() + _LOCKED_WAIT_S
+        while True:
+            available = prompt_available_for_labeler(project=project, labeler=labeler, now=now).exclude(pk__in=tried)
+            candidates = list(available.select_for_update(skip_locked=True, of=("self",))[:_CANDIDATE_BATCH])
+            if not candidates:
+                # Every candidate may be locked by other labelers' leasing right now; their transactions
+                # last milliseconds and may leave a slot free for us (overlap > 1), so look again shortly
+                # rather than answer "nothing left". A fresh statement sees what they committed.
+                if not available.exists() or time.monotonic() > deadline:
+                    return None
+                time.sleep(_LOCKED_RETRY_S)
+                continue
+            for prompt in candidates:
+                # The candidate query's snapshot may predate a lease committed just before our lock: recount.
+                if prompt_live_slot_count(prompt_id=prompt.pk, now=now) < project.overlap:
+                    return _lease(prompt=prompt, labeler=labeler, now=now, lease_minutes=project.lease_minutes)
+                tried.append(prompt.pk)
+
+
+def _check_time_spent(time_spent_ms: object) -> int:
+    if isinstance(time_spent_ms, bool) or not isinstance(time_spent_ms, int):
+        raise RankingInvalid("time spent must be a whole number of milliseconds", location="time_spent_ms")
+    if not 0 <= time_spent_ms <= MAX_TIME_SPENT_MS:
+        raise RankingInvalid(f"time spent must be between 0 and {MAX_TIME_SPENT_MS} ms", location="time_spent_ms")
+    return time_spent_ms
+
+
+def _existing_ranking_or_reject(*, existing: Ranking, tiers: list[list[int]]) -> Ranking:
+    """A repeat of the same ranking returns the stored one; a different ranking is rejected."""
+    stored = ranking_tiers(ranking=existing)
+    if ranking_rules.tiers_normalize(stored) == ranking_rules.tiers_normalize(tiers):
+        return existing
+    raise RankingInvalid("this prompt was already ranked (already submitted) with a different order", location="tiers")
+
+
+def ranking_tiers(*, ranking: Ranking) -> list[list[int]]:
+    """A stored ranking's tiers, best first, each tier in shown order."""
+    tiers: dict[int, list[int]] = {}
+    for tier, sample_id in ranking.entries.order_by("tier", "shown_position").values_list("tier", "sample_id"):
+        tiers.setdefault(tier, []).append(sample_id)
+    return [tiers[t] for t in sorted(tiers)]
+
+
+def ranking_record(
+    *,
+    prompt: Prompt,
+    labeler,
+    tiers: list[list[int]],
+    flags: dict[int, list[str]] | None = None,
+    source: str,
+    time_spent_ms: int = 0,
+    shown_order: list[int] | None = None,
+    assignment: Assignment | None = None,
+) -> Ranking:
+    """Write a Ranking, its K entries and its C(K,2)-minus-ties pairs; the one writer of rankings.
+
+    ``labeler`` may be None only for ``source="imported"``. Recording the same ranking again returns the
+    stored one (idempotent); a different ranking of the same prompt by the same labeler is rejected.
+    """
+    if source not in Ranking.Source.values:
+        raise RankingInvalid(f"unknown source {str(source)[:40]!r}; expected one of {Ranking.Source.values}", location="source")
+    if labeler is None and source != Ranking.Source.IMPORTED:
+        raise RankingInvalid("a ranking without a labeler must have source 'imported'", location="labeler")
+    time_spent_ms = _check_time_spent(time_spent_ms)
+    with transaction.atomic():
+        prompt = Prompt.objects.select_for_update().get(pk=prompt.pk)
+        sample_ids = list(prompt.samples.order_by("position").values_list("pk", flat=True))
+        clean_tiers = ranking_rules.tiers_validate(tiers=tiers, sample_ids=sample_ids)
+        clean_flags = ranking_rules.flags_validate(flags=flags, sample_ids=sample_ids, allowed=RankingEntry.Flag.values)
+        positions = ranking_rules.shown_positions(shown_order=shown_order, sample_ids=sample_ids)
+        existing = Ranking.objects.filter(prompt=prompt, labeler=labeler).first()
+        if existing is not None:
+            return _existing_ranking_or_reject(existing=existing, tiers=clean_tiers)
+        ranking = Ranking.objects.create(
+            prompt=prompt, labeler=labeler, assignment=assignment, source=source, time_spent_ms=time_spent_ms
+        )
+        RankingEntry.objects.bulk_create(
+            RankingEntry(
+                ranking=ranking, sample_id=sample_id, tier=tier,
+                shown_position=positions[sample_id], flags=clean_flags.get(sample_id, []),
+            )
+            for tier, members in enumerate(clean_tiers)
+            for sample_id in members
+        )
+        PairwiseComparison.objects.bulk_create(
+            PairwiseComparison(ranking=ranking, prompt=prompt, chosen_id=chosen, rejected_id=rejected, margin=margin)
+            for chosen, rejected, margin in ranking_rules.pairs_from_tiers(clean_tiers)
+        )
+    return ranking
+
+
+def _locked_assignment_of(*, assignment_id: int, labeler, error: type[InvalidInput]) -> Assignment:
+    """Lock and return the labeler's assignment; someone else's or a missing one is an error (not revealed).
+
+    The labeler's user row is locked first, as in ``assignment_next_for_labeler``, so one labeler's
+    requests always take their locks in the same order (user, prompt, assignment) and cannot deadlock.
+    """
+    if labeler is not None:
+        _lock_user(labeler)
+    assignment = (
+        Assignment.objects.select_for_update(of=("self",))
+        .select_related("prompt", "prompt__project")
+        .filter(pk=assignment_id)
+        .first()
+    )
+    if assignment is None or labeler is None or assignment.labeler_id != labeler.pk:
+        raise error("this task is not leased to you", location="assignment")
+    return assignment
+
+
+def _check_lease_submittable(*, assignment: Assignment, now: datetime) -> None:
+    """Active leases may be submitted; so may an expired one whose slot is still free."""
+    if assignment.status == Assignment.Status.SKIPPED:
+        raise RankingInvalid("you skipped this task; it can no longer be submitted", location="assignment")
+    if assignment.status == Assignment.Status.ACTIVE and assignment.expires_at > now:
+        return
+    project = assignment.prompt.project
+    list(Prompt.objects.select_for_update().filter(pk=assignment.prompt_id).values_list("pk", flat=True))  # lock, then count
+    taken = prompt_live_slot_count(prompt_id=assignment.prompt_id, now=now, exclude_assignment_id=assignment.pk)
+    if taken >= project.overlap:
+        raise RankingInvalid(
+            "your lease expired and the task was given to another labeler; please take the next one",
+            location="assignment",
+        )
+
+
+def ranking_submit(
+    *,
+    assignment_id: int,
+    labeler,
+    tiers: list[list[int]],
+    flags: dict[int, list[str]] | None = None,
+    time_spent_ms: int = 0,
+    source: str = "human",
+    now: datetime | None = None,
+) -> Ranking:
+    """Submit the labeler's ranking for their lease: one Ranking, K entries, its pairs, lease submitted.
+
+    Idempotent: submitting the same assignment again (double click, retry) returns the stored Ranking;
+    a different ranking for an already submitted assignment raises RankingInvalid ("already submitted").
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        assignment = _locked_assignment_of(assignment_id=assignment_id, labeler=labeler, error=RankingInvalid)
+        if assignment.status == Assignment.Status.SUBMITTED:
+            existing = Ranking.objects.filter(assignment=assignment).first()
+            if existing is None:
+                existing = Ranking.objects.get(prompt_id=assignment.prompt_id, labeler=labeler)
+            valid = ranking_rules.tiers_validate(tiers=tiers, sample_ids=[s for t in ranking_tiers(ranking=existing) for s in t])
+            return _existing_ranking_or_reject(existing=existing, tiers=valid)
+        _check_lease_submittable(assignment=assignment, now=now)
+        ranking = ranking_record(
+            prompt=assignment.prompt, labeler=labeler, tiers=tiers, flags=flags, source=source,
+            time_spent_ms=time_spent_ms, shown_order=assignment.shown_order, assignment=assignment,
+        )
+        assignment.status = Assignment.Status.SUBMITTED
+        assignment.finished_at = now
+        assignment.save(update_fields=["status", "finished_at"])
+    return ranking
+
+
+def assignment_skip(*, assignment_id: int, labeler, reason: str, now: datetime | None = None) -> Assignment:
+    """Skip the labeler's lease with a reason; the slot goes back to the pool for other labelers.
+
+    Idempotent: skipping a skipped assignment returns it unchanged. A submitted one cannot be skipped.
+    """
+    now = now or timezone.now()
+    reason = reason.strip() if isinstance(reason, str) else ""
+    if not reason:
+        raise InvalidInput("please say why you skip this task", location="reason")
+    if len(reason) > MAX_SKIP_REASON:
+        raise InvalidInput(f"the reason is {len(reason)} characters; at most {MAX_SKIP_REASON}", location="reason")
+    with transaction.atomic():
+        assignment = _locked_assignment_of(assignment_id=assignment_id, labeler=labeler, error=InvalidInput)
+        if assignment.status == Assignment.Status.SKIPPED:
+            return assignment
+        if assignment.status == Assignment.Status.SUBMITTED:
+            raise InvalidInput("this task was already submitted and cannot be skipped", location="assignment")
+        assignment.status = Assignment.Status.SKIPPED
+        assignment.skip_reason = reason
+        assignment.finished_at = now
+        assignment.save(update_fields=["status", "skip_reason", "finished_at"])
+    return assignment
+
+
+def assignment_expire_stale(*, now: datetime | None = None) -> int:
+    """Mark active leases past their expiry EXPIRED; returns how many. Run every minute by Celery beat."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        return Assignment.objects.filter(status=Assignment.Status.ACTIVE, expires_at__lte=now).update(
+            status=Assignment.Status.EXPIRED
+        )

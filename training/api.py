@@ -1,0 +1,94 @@
+"""JSON API of training runs and artifacts (DRF, session or basic auth), thin over selectors and services.
+
+Object-level authorization: non-members of the run's project get 404, labelers get 403 on launch and
+cancel. Errors: 400 with ``{"error": message, "location": where}``.
+"""
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.decorators import api_view
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from annotation.errors import InvalidInput, NotAllowed
+from training import selectors, services
+from training.models import ModelArtifact
+from training.serializers import ArtifactSerializer, RunCreateSerializer, RunDetailSerializer, RunSerializer
+from training.views import artifact_zip_response
+
+ERROR = OpenApiResponse(description='{"error": message, "location": where}')
+
+
+def _error(message: str, location: str = "") -> Response:
+    return Response({"error": message, "location": location}, status=status.HTTP_400_BAD_REQUEST)
+
+
+def _run_detail(run) -> dict:
+    run.progress = selectors.run_progress(run=run)
+    run.metrics = selectors.run_metric_series(run=run)
+    return RunDetailSerializer(run).data
+
+
+@extend_schema(methods=["GET"], responses=RunSerializer(many=True), summary="List the project's runs")
+@extend_schema(methods=["POST"], request=RunCreateSerializer, responses={201: RunDetailSerializer, 400: ERROR},
+               summary="Launch a training run (researchers and admins)")
+@api_view(["GET", "POST"])
+def project_runs(request: Request, slug: str) -> Response:
+    project = selectors.project_get_for_member(user=request.user, slug=slug)
+    if request.method == "GET":
+        return Response(RunSerializer(selectors.run_list_for_project(project=project)[:200], many=True).data)
+    if not selectors.user_can_launch(user=request.user, project=project):
+        raise PermissionDenied("Only researchers of this project and admins may launch runs.")
+    serializer = RunCreateSerializer(data=request.data)
+    if not serializer.is_valid():
+        field, problems = next(iter(serializer.errors.items()))
+        return _error(str(problems[0] if isinstance(problems, list) else problems), location=field)
+    data = serializer.validated_data
+    base = None
+    if data.get("base_artifact") is not None:
+        base = ModelArtifact.objects.filter(pk=data["base_artifact"], project=project).first()
+        if base is None:
+            return _error("No such model in this project.", location="base_artifact")
+    try:
+        run = services.run_create(project=project, kind=data["kind"], config=data["config"], user=request.user,
+                                  base_artifact=base, rounds=data.get("rounds"))
+    except InvalidInput as error:
+        return _error(error.message, location=error.location)
+    return Response(_run_detail(run), status=status.HTTP_201_CREATED)
+
+
+@extend_schema(responses=RunDetailSerializer, summary="A run's status, progress, metric series and log tail")
+@api_view(["GET"])
+def run_detail(request: Request, run_id: int) -> Response:
+    return Response(_run_detail(selectors.run_get_for_user(user=request.user, run_id=run_id)))
+
+
+@extend_schema(request=None, responses=RunDetailSerializer, summary="Cancel a run (stops at its next step)")
+@api_view(["POST"])
+def run_cancel(request: Request, run_id: int) -> Response:
+    run = selectors.run_get_for_user(user=request.user, run_id=run_id)
+    try:
+        services.run_request_cancel(run_id=run.pk, user=request.user)
+    except NotAllowed as error:
+        raise PermissionDenied(str(error)) from error
+    return Response(_run_detail(selectors.run_get_for_user(user=request.user, run_id=run_id)))
+
+
+@extend_schema(responses=ArtifactSerializer(many=True), summary="List the project's models")
+@api_view(["GET"])
+def project_artifacts(request: Request, slug: str) -> Response:
+    project = selectors.project_get_for_member(user=request.user, slug=slug)
+    return Response(ArtifactSerializer(selectors.artifact_list_for_project(project=project)[:500], many=True).data)
+
+
+@extend_schema(responses=ArtifactSerializer, summary="A model and its lineage")
+@api_view(["GET"])
+def artifact_detail(request: Request, artifact_id: int) -> Response:
+    return Response(ArtifactSerializer(selectors.artifact_get_for_user(user=request.user, artifact_id=artifact_id)).data)
+
+
+@extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY}, summary="Download a model as a zip")
+@api_view(["GET"])
+def artifact_download(request: Request, artifact_id: int):
+    return artifact_zip_response(selectors.artifact_get_for_user(user=request.user, artifact_id=artifact_id))

@@ -1,0 +1,145 @@
+"""Atomic, resumable checkpoints shared by every trainer.
+
+Layout: ``<root>/step-00000120/`` holding ``model/`` (save_pretrained: the full model, or only the peft
+adapter of a PeftModel; safetensors) and ``state.pt`` (optimizer, scheduler, RNG states, step, extra).
+A checkpoint is written into a hidden temporary directory and renamed into place with ``os.replace``, so a
+worker killed mid-write leaves either the previous checkpoints or the new one, never half of one. The
+state is loaded with ``torch.load(weights_only=True)``: no pickled code runs on load.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def atomic_save_dir(target: Path, write) -> Path:
+    """Call ``write(tmp_dir)`` then move tmp_dir to ``target`` in one rename (replacing any old target)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+        if target.exists():  # os.replace cannot overwrite a non-empty directory: move the old one aside first
+            trash = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-", dir=target.parent))
+            os.replace(target, trash / "old")
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_save(
+    *, root: Path, step: int, model, optimizer, scheduler=None, extra: dict | None = None, keep: int = 2
+) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically, then delete all but the newest ``keep``."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp / "model")
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_state(),
+            "extra": extra or {},
+        }
+        torch.save(state, tmp / "state.pt")
+
+    path = atomic_save_dir(Path(root) / f"step-{step:08d}", write)
+    for old in checkpoint_list(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def checkpoint_list(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first (temporary directories are ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / "state.pt").is_file()]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def checkpoint_latest(root: Path) -> Path | None:
+    checkpoints = checkpoint_list(root)
+    return checkpoints[-1] if checkpoints else None
+
+
+def checkpoint_load(path: Path, *, model, optimizer=None, scheduler=None, restore_rng: bool = True) -> dict:
+    """Load weights, optimizer, scheduler and RNG states from ``path``; return {"step", "extra"}."""
+    path = Path(path)
+    load_model_weights(path / "model", model)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if restore_rng:
+        set_rng_state(state["rng"])
+    return {"step": int(state["step"]), "extra": state["extra"]}
+
+
+def load_model_weights(model_dir: Path, model) -> None:
+    """Copy save_pretrained safetensors weights from ``model_dir`` into ``model`` in place."""
+    weights: dict[str, torch.Tensor] = {}
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        weights.update(load_file(file))
+    if not weights:
+        raise FileNotFoundError(f"no .safetensors weights in {model_dir}")
+    if hasattr(model, "peft_config"):  # a PeftModel saved only its adapter (and modules_to_save)
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, weights)
+        if result.unexpected_keys:
+            raise RuntimeError(f"checkpoint adapter has unexpected weights: {result.unexpected_keys[:5]}")
+        return
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded_ptrs = {params[k].data_ptr() for k in weights if k in params}
+    untied_missing = [k for k in missing if k not in params or params[k].data_ptr() not in loaded_ptrs]
+    if unexpected or untied_missing:
+        raise RuntimeError(f"checkpoint does not match the model: missing {untied_missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _fsync_tree(directory: Path) -> None:
+    for dirpath, _, filenames in os.walk(directory):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

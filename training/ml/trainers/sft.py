@@ -1,0 +1,171 @@
+"""Supervised fine-tuning of a causal LM on demonstrations: loss on the response tokens only.
+
+An example is (prompt messages, response); it is scored as ``[chat prompt][response][EOS]`` exactly as
+``training.ml.generation`` scores samples, so the SFT policy is trained on what it will later generate.
+Full fine-tuning or LoRA (``lora_r > 0``, peft). Checkpoints via ``training.ml.checkpoint`` (resume picks
+up the newest one); ``hooks.should_stop()`` is checked every step. The result is a policy directory
+(``output_dir/policy``): a full model, or a LoRA adapter, plus the tokenizer.
+
+The helpers below (loading a trainable policy, the optimizer, batch order, saving) are shared with DPO.
+No Django here.
+"""
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+from training.ml.checkpoint import atomic_save_dir, checkpoint_latest, checkpoint_load, checkpoint_save
+from training.ml.config import SFTConfig, TrainConfig
+from training.ml.generation import collate_scoring, encode_many, token_logprobs
+from training.ml.types import TrainHooks
+
+
+# --- helpers shared by the policy trainers (SFT, DPO) ---
+def set_threads(config: TrainConfig) -> None:
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+
+
+def load_trainable_policy(config: TrainConfig, adapter: str = ""):
+    """(model, tokenizer) ready to train: ``adapter`` continues a LoRA adapter, ``lora_r > 0`` adds one."""
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    model = AutoModelForCausalLM.from_pretrained(config.base_model)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    elif config.lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
+            target_modules=config.lora_target_modules or "all-linear",
+        )
+        model = get_peft_model(model, lora)
+    return model.train(), tokenizer
+
+
+def make_optimizer(model, config: TrainConfig, total_steps: int):
+    """AdamW on the trainable parameters, with the configured warm-up and decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(
+        config.lr_scheduler if config.lr_scheduler != "constant" else "constant_with_warmup", optimizer,
+        num_warmup_steps=int(config.warmup_ratio * total_steps), num_training_steps=total_steps,
+    )
+    return optimizer, scheduler
+
+
+def total_steps_for(config: TrainConfig, n_items: int) -> int:
+    per_epoch = max(1, math.ceil(n_items / config.batch_size))
+    return config.max_steps or max(1, math.ceil(config.epochs * per_epoch))
+
+
+def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Items of optimizer step ``step``: a fresh seeded shuffle per epoch, so resuming needs no RNG state.
+
+    >>> batch_indices(5, 2, 0, seed=0) + batch_indices(5, 2, 1, seed=0) + batch_indices(5, 2, 2, seed=0)
+    [2, 0, 1, 3, 4]
+    """
+    per_epoch = max(1, math.ceil(n_items / batch_size))
+    epoch, position = divmod(step, per_epoch)
+    order = list(range(n_items))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order[position * batch_size: (position + 1) * batch_size]
+
+
+def resume_step(model, optimizer, scheduler, checkpoints: Path, hooks: TrainHooks, resume: bool) -> tuple[int, dict]:
+    """(first step to run, saved extra) from the newest checkpoint, or (0, {})."""
+    latest = checkpoint_latest(checkpoints) if resume else None
+    if latest is None:
+        return 0, {}
+    state = checkpoint_load(latest, model=model, optimizer=optimizer, scheduler=scheduler)
+    hooks.log(f"resumed from {latest.name} (step {state['step']})")
+    return state["step"], state["extra"]
+
+
+def save_policy(model, tokenizer, target: Path) -> Path:
+    """Write the policy directory atomically: full weights, or the LoRA adapter, plus the tokenizer."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return atomic_save_dir(Path(target), write)
+
+
+def policy_summary(model, config: TrainConfig, policy_dir: Path) -> dict:
+    is_adapter = hasattr(model, "peft_config")
+    return {"policy_dir": str(policy_dir), "is_adapter": is_adapter, "base_model": config.base_model}
+
+
+# --- SFT ---
+def _split(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(round(len(examples) * fraction), len(examples) - 1) if fraction > 0 else 0
+    return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
+
+
+def _nll(model, encoded: list, pad_id: int) -> torch.Tensor:
+    """Mean negative log-likelihood per response token of a batch (scalar, with grad)."""
+    batch = collate_scoring(encoded, pad_id)
+    return -token_logprobs(model, batch).sum() / batch["response_mask"].sum().clamp(min=1)
+
+
+def _eval_loss(model, encoded: list, pad_id: int, batch_size: int = 64) -> float:
+    model.eval()
+    with torch.no_grad():
+        losses = [(_nll(model, encoded[i: i + batch_size], pad_id).item(), len(encoded[i: i + batch_size]))
+                  for i in range(0, len(encoded), batch_size)]
+    model.train()
+    return sum(loss * n for loss, n in losses) / max(1, sum(n for _, n in losses))
+
+
+def train_sft(
+    config: SFTConfig, examples: list[tuple[list[dict], str]], *, output_dir: str | Path, hooks: TrainHooks,
+    resume: bool = True,
+) -> dict:
+    """Fine-tune ``config.base_model`` on (messages, response) examples; return the summary with policy_dir."""
+    if not examples:
+        raise ValueError("SFT needs at least one (prompt, response) example")
+    set_threads(config)
+    torch.manual_seed(config.seed)
+    output_dir = Path(output_dir)
+    model, tokenizer = load_trainable_policy(config)
+    train, held_out = _split(examples, config.eval_fraction, config.seed)
+    encode = lambda rows: encode_many(tokenizer, [m for m, _ in rows], [r for _, r in rows], config.max_length)  # noqa: E731
+    train_enc, eval_enc = encode(train), encode(held_out)
+    total = total_steps_for(config, len(train_enc))
+    optimizer, scheduler = make_optimizer(model, config, total)
+    start, _ = resume_step(model, optimizer, scheduler, output_dir / "checkpoints", hooks, resume)
+    hooks.log(f"SFT on {len(train_enc)} examples ({len(eval_enc)} held out), {total} steps")
+    loss = float("nan")
+    for step in range(start, total):
+        if hooks.should_stop():
+            checkpoint_save(root=output_dir / "checkpoints", step=step, model=model, optimizer=optimizer,
+                            scheduler=scheduler, keep=config.keep_checkpoints)
+            return {"cancelled": True, "steps": step}
+        batch = [train_enc[i] for i in batch_indices(len(train_enc), config.batch_size, step, config.seed)]
+        loss_t = _nll(model, batch, tokenizer.pad_token_id)  # mean NLL per response token
+        optimizer.zero_grad(set_to_none=True)
+        loss_t.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
+        optimizer.step()
+        scheduler.step()
+        loss = loss_t.item()
+        hooks.on_step(step + 1, total, {"loss": loss, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]})
+        if eval_enc and ((step + 1) % config.eval_every == 0 or step + 1 == total):
+            hooks.on_eval(step + 1, {"loss": _eval_loss(model, eval_enc, tokenizer.pad_token_id)})
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
+            checkpoint_save(root=output_dir / "checkpoints", step=step + 1, model=model, optimizer=optimizer,
+                            scheduler=scheduler, keep=config.keep_checkpoints)
+    policy_dir = save_policy(model.eval(), tokenizer, output_dir / "policy")
+    summary = {"cancelled": False, "steps": total, "train_loss": loss, "examples": len(train_enc)}
+    if eval_enc:
+        summary["eval_loss"] = _eval_loss(model, eval_enc, tokenizer.pad_token_id)
+    return {**summary, **policy_summary(model, config, policy_dir)}

@@ -1,0 +1,195 @@
+"""Reads of the training app: runs and artifacts a user may see, progress, metric series, trainer inputs.
+
+Visibility follows the project: members see its runs and artifacts, others get Http404 (existence is
+never revealed); researchers and admins launch and cancel (``user_can_launch``).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import Avg, QuerySet
+from django.http import Http404
+from django.utils import timezone
+
+from annotation.models import PairwiseComparison, Project, Prompt, RankingEntry
+from annotation.selectors import project_get_for_user, project_list_for_user, user_can_manage
+from training.ml.types import RankedGroup
+from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
+
+ETA_WINDOW = 20  # recent train steps used to estimate the step rate
+
+
+def project_get_for_member(*, user, slug: str) -> Project:
+    return project_get_for_user(user=user, slug=slug)
+
+
+def user_can_launch(*, user, project: Project) -> bool:
+    return user_can_manage(user=user, project=project)
+
+
+def run_list_for_project(*, project: Project) -> QuerySet[TrainingRun]:
+    return TrainingRun.objects.filter(project=project).select_related("launched_by", "snapshot").order_by("-id")
+
+
+def run_get_for_user(*, user, run_id: int) -> TrainingRun:
+    """The run if the user is a member of its project; Http404 otherwise."""
+    run = (
+        TrainingRun.objects.filter(pk=run_id, project__in=project_list_for_user(user=user))
+        .select_related("project", "snapshot", "base_artifact", "launched_by")
+        .first()
+    )
+    if run is None:
+        raise Http404("No such run.")
+    return run
+
+
+def artifact_list_for_project(*, project: Project) -> QuerySet[ModelArtifact]:
+    return ModelArtifact.objects.filter(project=project).select_related("run", "snapshot", "parent").order_by("-id")
+
+
+def artifact_get_for_user(*, user, artifact_id: int) -> ModelArtifact:
+    artifact = (
+        ModelArtifact.objects.filter(pk=artifact_id, project__in=project_list_for_user(user=user))
+        .select_related("project", "run", "snapshot", "parent")
+        .first()
+    )
+    if artifact is None:
+        raise Http404("No such artifact.")
+    return artifact
+
+
+def artifact_dir(*, artifact: ModelArtifact) -> Path:
+    path = Path(artifact.path)
+    return path if path.is_absolute() else Path(settings.ARTIFACT_ROOT) / path
+
+
+def run_should_stop(*, run_id: int, claim_token: str) -> bool:
+    """True when a cancel was requested or the run is no longer this claimant's (the trainer must stop)."""
+    row = TrainingRun.objects.filter(pk=run_id).values("status", "claim_token", "cancel_requested").first()
+    return (
+        row is None or row["cancel_requested"] or row["claim_token"] != claim_token
+        or row["status"] != TrainingRun.Status.RUNNING
+    )
+
+
+def run_progress(*, run: TrainingRun, now: datetime | None = None) -> dict:
+    """Status card figures: step/total, percent, ETA in seconds (None until two steps were timed)."""
+    now = now or timezone.now()
+    total, step = run.total_steps, run.step
+    eta = None
+    if run.status == TrainingRun.Status.RUNNING and total and step < total:
+        recent = list(
+            MetricPoint.objects.filter(run=run, split="train").order_by("-step").values_list("step", "created_at")[
+                :ETA_WINDOW
+            ]
+        )
+        if len(recent) >= 2:
+            (last_step, last_at), (first_step, first_at) = recent[0], recent[-1]
+            seconds = (last_at - first_at).total_seconds()
+            if last_step > first_step and seconds > 0:
+                eta = (total - step) * seconds / (last_step - first_step)
+    return {
+        "status": run.status,
+        "step": step,
+        "total": total,
+        "percent": round(100.0 * step / total, 1) if total else 0.0,
+        "eta_seconds": eta,
+        "is_terminal": run.is_terminal,
+        "attempts": run.attempts,
+        "elapsed_seconds": ((run.finished_at or now) - run.started_at).total_seconds() if run.started_at else None,
+    }
+
+
+def run_metric_series(*, run: TrainingRun) -> dict[str, dict[str, list]]:
+    """``{"train": {"step": [...], "loss": [...], ...}, "eval": {...}}`` — aligned columns for plotting."""
+    out: dict[str, dict[str, list]] = {}
+    for split in ("train", "eval"):
+        points = list(MetricPoint.objects.filter(run=run, split=split).order_by("step").values_list("step", "values"))
+        keys = sorted({key for _, values in points for key in values})
+        series: dict[str, list] = {"step": [step for step, _ in points]}
+        for key in keys:
+            series[key] = [values.get(key) for _, values in points]
+        out[split] = series
+    return out
+
+
+def snapshot_ranked_groups(*, snapshot: DatasetSnapshot) -> list[RankedGroup]:
+    """The snapshot's rankings as trainer inputs: one RankedGroup per prompt with every ranking of it.
+
+    Responses keep the prompt's sample order; tiers become lists of response indices (best first);
+    a ranking's weight is the mean weight of its pairs (1.0 for a ranking of ties only); ``ref_logprobs``
+    are the samples' stored generation log-probabilities (None where unknown).
+    """
+    ranking_ids = list(snapshot.rankings.values_list("id", flat=True))
+    weights = dict(
+        PairwiseComparison.objects.filter(ranking_id__in=ranking_ids)
+        .values("ranking_id").annotate(w=Avg("weight")).values_list("ranking_id", "w")
+    )
+    tiers_by_ranking: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    prompt_of_ranking: dict[int, int] = {}
+    entries = RankingEntry.objects.filter(ranking_id__in=ranking_ids).values_list(
+        "ranking_id", "ranking__prompt_id", "tier", "sample_id"
+    )
+    for ranking_id, prompt_id, tier, sample_id in entries.iterator(chunk_size=5000):
+        tiers_by_ranking[ranking_id][tier].append(sample_id)
+        prompt_of_ranking[ranking_id] = prompt_id
+    rankings_by_prompt: dict[int, list[int]] = defaultdict(list)
+    for ranking_id in sorted(prompt_of_ranking):
+        rankings_by_prompt[prompt_of_ranking[ranking_id]].append(ranking_id)
+    groups = []
+    prompts = Prompt.objects.filter(id__in=rankings_by_prompt).prefetch_related("samples").order_by("id")
+    for prompt in prompts.iterator(chunk_size=500):
+        samples = sorted(prompt.samples.all(), key=lambda s: s.position)
+        index = {sample.id: i for i, sample in enumerate(samples)}
+        rankings, ranking_weights = [], []
+        for ranking_id in rankings_by_prompt[prompt.id]:
+            tiers = tiers_by_ranking[ranking_id]
+            rankings.append([sorted(index[s] for s in tiers[t]) for t in sorted(tiers)])
+            ranking_weights.append(float(weights.get(ranking_id, 1.0)))
+        groups.append(RankedGroup(
+            prompt_id=prompt.id, messages=list(prompt.messages), responses=[s.text for s in samples],
+            rankings=rankings, weights=ranking_weights, ref_logprobs=[s.logprob for s in samples],
+        ))
+    return groups
+
+
+class _ChunkSink:
+    """A write-only file for zipfile that hands out what was written so far (zip without seeking)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.offset = 0
+
+    def write(self, data: bytes) -> int:
+        self.chunks.append(bytes(data))
+        self.offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        out, self.chunks = b"".join(self.chunks), []
+        return out
+
+
+def artifact_zip_chunks(*, artifact: ModelArtifact, chunk_size: int = 1 << 20):
+    """Stream the artifact's directory as a zip, file by file in 1 MiB reads: memory stays bounded."""
+    import zipfile
+
+    root = artifact_dir(artifact=artifact)
+    sink = _ChunkSink()
+    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+            with open(path, "rb") as source, archive.open(str(path.relative_to(root)), mode="w", force_zip64=True) as out:
+                while block := source.read(chunk_size):
+                    out.write(block)
+                    yield sink.take()
+            yield sink.take()
+    yield sink.take()

@@ -1,0 +1,65 @@
+"""API shapes of runs and artifacts. Only kind/config/base_artifact/rounds are writable: the project comes
+from the URL and the launcher from the session (mass assignment of anything else is rejected)."""
+from rest_framework import serializers
+
+from training.models import ModelArtifact, TrainingRun
+
+
+class RunCreateSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=TrainingRun.Kind.choices, default=TrainingRun.Kind.REWARD)
+    config = serializers.DictField(help_text="Trainer settings, e.g. {\"epochs\": 2, \"learning_rate\": 5e-5}.")
+    base_artifact = serializers.IntegerField(required=False, allow_null=True, help_text="A ModelArtifact id of this project.")
+    rounds = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, allow_null=True)
+
+    def validate(self, attrs):
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({unknown[0]: "Unknown field; allowed: kind, config, base_artifact, rounds."})
+        return attrs
+
+
+class SnapshotSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    filters = serializers.DictField()
+    num_rankings = serializers.IntegerField()
+    num_pairs = serializers.IntegerField()
+    num_prompts = serializers.IntegerField()
+    content_hash = serializers.CharField()
+
+
+class RunSerializer(serializers.ModelSerializer):
+    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    launched_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    snapshot = SnapshotSerializer(read_only=True)
+    artifact = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TrainingRun
+        fields = ["id", "project", "kind", "status", "config", "snapshot", "base_artifact", "launched_by", "attempts",
+                  "max_attempts", "cancel_requested", "step", "total_steps", "summary", "error", "created_at",
+                  "started_at", "finished_at", "artifact"]
+        read_only_fields = fields
+
+    def get_artifact(self, run) -> int | None:
+        artifact = getattr(run, "artifact", None)
+        return artifact.pk if artifact else None
+
+
+class RunDetailSerializer(RunSerializer):
+    progress = serializers.DictField(read_only=True)
+    metrics = serializers.DictField(read_only=True, help_text="{train: {step: [...], loss: [...]}, eval: {...}}")
+    log_tail = serializers.CharField(read_only=True)
+
+    class Meta(RunSerializer.Meta):
+        fields = RunSerializer.Meta.fields + ["progress", "metrics", "log_tail"]
+        read_only_fields = fields
+
+
+class ArtifactSerializer(serializers.ModelSerializer):
+    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = ModelArtifact
+        fields = ["id", "project", "kind", "name", "path", "is_adapter", "base_model", "parent", "run", "snapshot",
+                  "rounds", "metrics", "size_bytes", "created_at"]
+        read_only_fields = fields

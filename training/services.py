@@ -1,0 +1,414 @@
+"""Writes of the training app: runs, their snapshots, progress, and the artifacts they register.
+
+The TrainingRun row is the source of truth. A Celery message only carries a run id; a worker must win
+``run_claim`` (a conditional UPDATE) before it trains, so a redelivered or duplicated message never runs
+a run twice at once. Every write from a worker carries the claim token it got, and is ignored when the
+run has since been claimed by someone else (a fenced write). ``runs_reconcile`` re-queues runs whose
+message was lost or whose worker died, so nothing is dropped either.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from annotation.errors import InvalidInput, NotAllowed
+from annotation.models import PairwiseComparison, Project, Ranking, Round
+from training import jobs
+from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
+
+logger = logging.getLogger(__name__)
+
+Status = TrainingRun.Status
+LOG_TAIL_CHARS = 20_000
+QUEUED_RESEND_AFTER = timedelta(seconds=60)
+QUEUED_RESEND_MAX_INTERVAL = timedelta(hours=1)
+
+
+# ----------------------------------------------------------------------------- creating a run
+def run_create(
+    *,
+    project: Project,
+    kind: str,
+    config: dict,
+    user=None,
+    base_artifact: ModelArtifact | None = None,
+    rounds: list[int] | None = None,
+    sources: list[str] | None = None,
+) -> TrainingRun:
+    """Validate the config, record an immutable dataset snapshot, create the run and queue it on commit.
+
+    Raises ``InvalidInput`` (nothing written) for an unknown kind, a bad config, a missing model directory
+    or an empty dataset, and ``NotAllowed`` when ``user`` may not train in this project (``user=None`` is
+    the operator at the command line).
+    """
+    if user is not None and not _user_can_launch(user=user, project=project):
+        raise NotAllowed("Only researchers and admins of this project can launch training runs.")
+    spec = jobs.job_for_kind(kind)
+    if not isinstance(config, dict):
+        raise InvalidInput("The config must be a JSON object.", location="config")
+    config = dict(config)
+    if base_artifact is not None:
+        if base_artifact.project_id != project.id:
+            raise InvalidInput("The base model belongs to another project.", location="base_artifact")
+        config[spec.base_model_field] = str(artifact_abs_path(artifact=base_artifact))
+    config_obj = jobs.config_parse(kind=kind, data=config)
+    jobs.check_model_source(getattr(config_obj, spec.base_model_field, ""), location=f"config.{spec.base_model_field}")
+    with transaction.atomic():
+        snapshot = snapshot_create(project=project, rounds=rounds, sources=sources, require_pairs=spec.needs_pairs)
+        newest_round = project.rounds.filter(number__in=snapshot.filters.get("rounds") or []).order_by("-number").first()
+        run = TrainingRun.objects.create(
+            project=project, kind=kind, config=config_obj.to_dict(), snapshot=snapshot, base_artifact=base_artifact,
+            round=newest_round, launched_by=user, max_attempts=settings.RUN_MAX_ATTEMPTS,
+            queued_at=timezone.now(), dispatches=1,
+        )
+        _enqueue_on_commit(run.id)
+    return run
+
+
+def snapshot_create(
+    *, project: Project, rounds: list[int] | None = None, sources: list[str] | None = None, require_pairs: bool = True
+) -> DatasetSnapshot:
+    """Record exactly which rankings a run trains on (ids, counts, sha256), so later rankings never change it."""
+    rankings = Ranking.objects.filter(prompt__project=project)
+    if rounds:
+        rounds = sorted({int(r) for r in rounds})
+        known = set(Round.objects.filter(project=project, number__in=rounds).values_list("number", flat=True))
+        missing = [r for r in rounds if r not in known]
+        if missing:
+            raise InvalidInput(f"Project {project.slug} has no round {missing[0]}.", location="rounds")
+        rankings = rankings.filter(prompt__round__number__in=rounds)
+    else:
+        rounds = sorted(project.rounds.values_list("number", flat=True))
+    if sources:
+        unknown = sorted(set(sources) - set(Ranking.Source.values))
+        if unknown:
+            raise InvalidInput(f"Unknown ranking source {unknown[0]!r}.", location="sources")
+        rankings = rankings.filter(source__in=sources)
+    ids = sorted(rankings.values_list("id", flat=True))
+    num_pairs = PairwiseComparison.objects.filter(ranking__in=rankings).count()
+    if not ids or (require_pairs and num_pairs == 0):
+        raise InvalidInput(
+            f"Project {project.slug} has no ranked pairs in rounds {rounds}: rank some prompts first.", location="rounds"
+        )
+    snapshot = DatasetSnapshot.objects.create(
+        project=project,
+        filters={"rounds": rounds, "sources": sorted(sources or [])},
+        num_rankings=len(ids),
+        num_pairs=num_pairs,
+        num_prompts=rankings.values("prompt_id").distinct().count(),
+        content_hash=hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest(),
+    )
+    through = DatasetSnapshot.rankings.through
+    through.objects.bulk_create(
+        [through(datasetsnapshot_id=snapshot.id, ranking_id=i) for i in ids], batch_size=2000
+    )
+    return snapshot
+
+
+# ----------------------------------------------------------------------------- claiming and reporting
+def run_claim(*, run_id: int, worker: str, now: datetime | None = None) -> TrainingRun | None:
+    """Take the run: queued → running, or running with a stale heartbeat → running. None if not ours to take.
+
+    One conditional UPDATE, so of two workers claiming at once exactly one wins; each claim gets a fresh
+    token that fences the writes of any earlier claimant.
+    """
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.RUN_HEARTBEAT_STALE_SECONDS)
+    token = uuid.uuid4().hex
+    claimable = Q(status=Status.QUEUED, cancel_requested=False) | Q(status=Status.RUNNING, heartbeat_at__lt=stale_before)
+    won = (
+        TrainingRun.objects.filter(claimable, pk=run_id, attempts__lt=F("max_attempts"))
+        .update(
+            status=Status.RUNNING, worker=worker[:200], claim_token=token, heartbeat_at=now,
+            attempts=F("attempts") + 1, started_at=Coalesce("started_at", now), error="",
+        )
+    )
+    return TrainingRun.objects.get(pk=run_id) if won else None
+
+
+def _owned(run_id: int, claim_token: str):
+    return TrainingRun.objects.filter(pk=run_id, status=Status.RUNNING, claim_token=claim_token)
+
+
+def run_heartbeat(*, run_id: int, claim_token: str) -> bool:
+    """Refresh the heartbeat; False when the claim was lost (the caller must stop)."""
+    return bool(_owned(run_id, claim_token).update(heartbeat_at=timezone.now()))
+
+
+def _finite(metrics: dict) -> dict:
+    """JSON has no NaN/inf: store them as null so a diverging run still reports."""
+    out = {}
+    for key, value in metrics.items():
+        value = float(value)
+        out[str(key)] = value if math.isfinite(value) else None
+    return out
+
+
+def run_report_step(*, run_id: int, step: int, total: int, metrics: dict, claim_token: str) -> bool:
+    """Upsert the step's train metrics, move step/total and the heartbeat. A resumed step overwrites its row."""
+    with transaction.atomic():
+        if not _owned(run_id, claim_token).update(step=step, total_steps=total, heartbeat_at=timezone.now()):
+            return False
+        _metric_upsert(run_id=run_id, split="train", step=step, values=_finite(metrics))
+    return True
+
+
+def run_report_eval(*, run_id: int, step: int, metrics: dict, claim_token: str) -> bool:
+    with transaction.atomic():
+        if not _owned(run_id, claim_token).update(heartbeat_at=timezone.now()):
+            return False
+        _metric_upsert(run_id=run_id, split="eval", step=step, values=_finite(metrics))
+    return True
+
+
+def _metric_upsert(*, run_id: int, split: str, step: int, values: dict) -> None:
+    MetricPoint.objects.bulk_create(
+        [MetricPoint(run_id=run_id, split=split, step=step, values=values)],
+        update_conflicts=True, unique_fields=["run", "split", "step"], update_fields=["values"],
+    )
+
+
+def run_append_log(*, run_id: int, message: str, claim_token: str | None = None) -> None:
+    """Append a line to the run's log, keeping only the last LOG_TAIL_CHARS characters."""
+    line = f"{timezone.now():%H:%M:%S} {message.rstrip()}\n"
+    with transaction.atomic():
+        runs = TrainingRun.objects.select_for_update().filter(pk=run_id)
+        if claim_token is not None:
+            runs = runs.filter(claim_token=claim_token)
+        run = runs.first()
+        if run is None:
+            return
+        run.log_tail = (run.log_tail + line)[-LOG_TAIL_CHARS:]
+        run.save(update_fields=["log_tail"])
+
+
+# ----------------------------------------------------------------------------- ending a run
+def run_request_cancel(*, run_id: int, user=None) -> TrainingRun:
+    """A queued run is cancelled at once; a running one stops at its next step (the worker keeps a checkpoint)."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run_id)
+        if user is not None and not _user_can_launch(user=user, project=run.project):
+            raise NotAllowed("Only researchers and admins of this project can cancel its runs.")
+        if run.is_terminal:
+            return run
+        if run.status == Status.QUEUED:
+            run.status, run.finished_at = Status.CANCELLED, timezone.now()
+        run.cancel_requested = True
+        run.save(update_fields=["status", "finished_at", "cancel_requested"])
+    return run
+
+
+def run_finish(*, run_id: int, status: str, summary: dict, error: str = "", claim_token: str | None = None) -> bool:
+    """Move a running run to a terminal status. Fenced by ``claim_token`` when given; False if not ours."""
+    if status not in TrainingRun.TERMINAL:
+        raise ValueError(f"run_finish needs a terminal status, got {status!r}")
+    runs = TrainingRun.objects.filter(pk=run_id).exclude(status__in=TrainingRun.TERMINAL)
+    if claim_token is not None:
+        runs = runs.filter(claim_token=claim_token, status=Status.RUNNING)
+    return bool(
+        runs.update(status=status, summary=json_safe(summary), error=error[:10_000], finished_at=timezone.now(),
+                    heartbeat_at=timezone.now())
+    )
+
+
+def run_retry_or_fail(*, run_id: int, error: str, claim_token: str | None = None) -> TrainingRun | None:
+    """After a crash: queue the run again (it resumes from its checkpoint), or FAILED after max_attempts."""
+    with transaction.atomic():
+        runs = TrainingRun.objects.select_for_update().filter(pk=run_id, status=Status.RUNNING)
+        if claim_token is not None:
+            runs = runs.filter(claim_token=claim_token)
+        run = runs.first()
+        if run is None:
+            return None
+        if run.cancel_requested:
+            _set_terminal(run, Status.CANCELLED, error=error)
+        elif run.attempts >= run.max_attempts:
+            _set_terminal(run, Status.FAILED, error=f"Failed after {run.attempts} attempts. Last error: {error}")
+        else:
+            _set_queued(run, error=error)
+    return run
+
+
+def run_requeue(*, run_id: int, claim_token: str, reason: str) -> bool:
+    """Hand a run back to the queue without spending an attempt (the worker is shutting down, not the run)."""
+    with transaction.atomic():
+        run = _owned(run_id, claim_token).select_for_update().first()
+        if run is None:
+            return False
+        run.attempts = max(run.attempts - 1, 0)
+        _set_queued(run, error="")
+        run.save(update_fields=["attempts"])
+    run_append_log(run_id=run_id, message=f"re-queued: {reason}")
+    return True
+
+
+def _set_terminal(run: TrainingRun, status: str, *, error: str = "") -> None:
+    run.status, run.error, run.finished_at = status, error[:10_000], timezone.now()
+    run.save(update_fields=["status", "error", "finished_at"])
+
+
+def _set_queued(run: TrainingRun, *, error: str, now: datetime | None = None) -> None:
+    run.status, run.claim_token, run.worker, run.error = Status.QUEUED, "", "", error[:10_000]
+    run.queued_at, run.dispatches = now or timezone.now(), 1
+    run.save(update_fields=["status", "claim_token", "worker", "error", "queued_at", "dispatches"])
+    _enqueue_on_commit(run.id)
+
+
+def runs_reconcile(*, now: datetime | None = None) -> int:
+    """Periodic repair: re-queue RUNNING runs whose heartbeat went stale (FAILED once out of attempts) and
+    re-send the message of QUEUED runs nobody claimed for a minute (a lost message, a restarted Redis).
+    Re-sends back off (1, 2, 4 … 60 min) so a long queue is not flooded. Returns the number of runs acted on.
+    """
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.RUN_HEARTBEAT_STALE_SECONDS)
+    acted = 0
+    stale = Q(status=Status.RUNNING) & (Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True))
+    for run_id in TrainingRun.objects.filter(stale).values_list("id", flat=True):
+        with transaction.atomic():
+            run = TrainingRun.objects.select_for_update(skip_locked=True).filter(stale, pk=run_id).first()
+            if run is None:
+                continue
+            seen = f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if run.heartbeat_at else "never"
+            lost = f"The worker {run.worker or '?'} stopped reporting (last heartbeat {seen})."
+            if run.cancel_requested:
+                _set_terminal(run, Status.CANCELLED, error=lost)
+            elif run.attempts >= run.max_attempts:
+                _set_terminal(run, Status.FAILED, error=f"{lost} All {run.max_attempts} attempts are used.")
+            else:
+                _set_queued(run, error=lost, now=now)
+            acted += 1
+    for run in TrainingRun.objects.filter(status=Status.QUEUED, queued_at__lt=now - QUEUED_RESEND_AFTER):
+        backoff = min(QUEUED_RESEND_AFTER * 2 ** max(run.dispatches - 1, 0), QUEUED_RESEND_MAX_INTERVAL)
+        if run.queued_at + backoff > now:
+            continue
+        with transaction.atomic():
+            if TrainingRun.objects.filter(pk=run.pk, status=Status.QUEUED, dispatches=run.dispatches).update(
+                dispatches=F("dispatches") + 1, queued_at=now
+            ):
+                _enqueue_on_commit(run.pk)
+                acted += 1
+    return acted
+
+
+# ----------------------------------------------------------------------------- artifacts
+def artifact_register(
+    *,
+    project: Project,
+    kind: str,
+    name: str,
+    path: str | Path,
+    run: TrainingRun | None = None,
+    snapshot: DatasetSnapshot | None = None,
+    parent: ModelArtifact | None = None,
+    is_adapter: bool = False,
+    base_model: str = "",
+    rounds: list[int] | None = None,
+    metrics: dict | None = None,
+) -> ModelArtifact:
+    """Record a save_pretrained directory with its lineage. Idempotent per run (a retried finish re-uses it)."""
+    path = Path(path)
+    if not path.is_dir() or not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        raise InvalidInput(f"{path} is not a save_pretrained directory (no config.json).", location="path")
+    root = Path(settings.ARTIFACT_ROOT).resolve()
+    resolved = path.resolve()
+    stored = str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+    size = sum(f.stat().st_size for f in resolved.rglob("*") if f.is_file())
+    with transaction.atomic():
+        if run is not None:
+            existing = ModelArtifact.objects.filter(run=run).first()
+            if existing is not None:
+                return existing
+        return ModelArtifact.objects.create(
+            project=project, kind=kind, name=name[:200], path=stored, is_adapter=is_adapter,
+            base_model=base_model[:500], parent=parent, run=run, snapshot=snapshot,
+            rounds=list(rounds or []), metrics=json_safe(metrics or {}), size_bytes=size,
+        )
+
+
+def json_safe(value):
+    """Make a trainer summary storable as JSON: NaN/inf → null, paths and other objects → str."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def artifact_abs_path(*, artifact: ModelArtifact) -> Path:
+    path = Path(artifact.path)
+    return path if path.is_absolute() else Path(settings.ARTIFACT_ROOT) / path
+
+
+# ----------------------------------------------------------------------------- helpers
+def _user_can_launch(*, user, project: Project) -> bool:
+    from annotation.selectors import user_can_manage
+
+    return user_can_manage(user=user, project=project)
+
+
+def _enqueue_on_commit(run_id: int) -> None:
+    def send() -> None:
+        from training.tasks import execute_run
+
+        execute_run.delay(run_id)
+
+    # robust: if the broker is down the commit still stands and runs_reconcile re-sends later.
+    transaction.on_commit(send, robust=True)
+
+
+def base_models_build_tiny(
+    *, project: Project, vocab_size: int = 512, hidden: int = 64, layers: int = 2, heads: int = 4,
+    max_positions: int = 256, seed: int = 0,
+) -> list[ModelArtifact]:
+    """Train a tokenizer on the project's own texts, build a tiny reward model and a tiny causal LM, and
+    register both as BASE artifacts (re-running replaces the directories and updates the rows).
+    """
+    from training.ml.tiny_models import build_tiny_causal_lm, build_tiny_reward_model, build_tokenizer
+
+    texts = [m.get("content", "") for messages in project.prompts.values_list("messages", flat=True)
+             for m in messages if isinstance(m, dict)]
+    texts += list(_sample_texts(project=project))
+    if not texts:
+        raise InvalidInput(f"Project {project.slug} has no prompts: import some first.", location="project")
+    root = Path(settings.ARTIFACT_ROOT) / "base" / project.slug
+    tokenizer = build_tokenizer(texts, root / "tokenizer", vocab_size=vocab_size)
+    sizes = dict(hidden=hidden, layers=layers, heads=heads, max_positions=max_positions, seed=seed)
+    built = {
+        "tiny-reward-model": build_tiny_reward_model(root / "tiny-reward-model", tokenizer, **sizes),
+        "tiny-causal-lm": build_tiny_causal_lm(root / "tiny-causal-lm", tokenizer, **sizes),
+    }
+    artifacts = []
+    with transaction.atomic():
+        for name, path in built.items():
+            metrics = {"vocab_size": len(tokenizer), **sizes}
+            artifact = ModelArtifact.objects.filter(project=project, kind=ModelArtifact.Kind.BASE, name=name).first()
+            if artifact is None:
+                artifact = artifact_register(
+                    project=project, kind=ModelArtifact.Kind.BASE, name=name, path=path, metrics=metrics
+                )
+            else:  # rebuilt in place: runs that used it keep pointing at the same row
+                artifact.metrics = metrics
+                artifact.size_bytes = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+                artifact.save(update_fields=["metrics", "size_bytes"])
+            artifacts.append(artifact)
+    return artifacts
+
+
+def _sample_texts(*, project: Project):
+    from annotation.models import Sample
+
+    return Sample.objects.filter(prompt__project=project).values_list("text", flat=True).iterator(chunk_size=2000)

@@ -1,0 +1,33 @@
+"""Celery tasks of the training app: APIs over services that take ids (enqueued on commit by services)."""
+import os
+import socket
+
+from celery import shared_task
+from celery.signals import worker_shutting_down
+
+
+@worker_shutting_down.connect
+def _note_worker_shutdown(**kwargs) -> None:
+    """Warm shutdown (SIGTERM): the run being supervised is handed back to the queue, not lost."""
+    from training.runner import worker_shutting_down as flag
+
+    flag.set()
+
+
+@shared_task(name="training.tasks.execute_run", acks_late=True, reject_on_worker_lost=True)
+def execute_run(run_id: int) -> str:
+    """Claim the run (a duplicate or redelivered message of a live run does nothing) and supervise it."""
+    from training.runner import supervise
+    from training.services import run_claim
+
+    run = run_claim(run_id=run_id, worker=f"{socket.gethostname()}:{os.getpid()}")
+    if run is None:
+        return "not claimed"
+    return supervise(run_id=run.id, claim_token=run.claim_token, attempt=run.attempts)
+
+
+@shared_task(name="training.tasks.reconcile_runs")
+def reconcile_runs() -> int:
+    from training.services import runs_reconcile
+
+    return runs_reconcile()

@@ -1,0 +1,48 @@
+"""Fixtures for the training tests: a ranked project, a fake model directory, a captured task queue."""
+import json
+
+import pytest
+
+
+def rank_all(project, labeler, *, best_first=True):
+    """Rank every prompt of the project: responses in position order (the fixture's "Answer 0" best)."""
+    from annotation.services import ranking_record
+
+    for prompt in project.prompts.order_by("id"):
+        ids = list(prompt.samples.order_by("position").values_list("id", flat=True))
+        tiers = [[i] for i in (ids if best_first else ids[::-1])]
+        ranking_record(prompt=prompt, labeler=labeler, tiers=tiers, source="human")
+
+
+@pytest.fixture
+def ranked(make_user, make_project):
+    """(project, researcher, labeler): K=4, 6 prompts, every prompt ranked once by the labeler."""
+    researcher, labeler = make_user("rita"), make_user("lars")
+    project = make_project(slug="ranked", k=4, prompts=6, labelers=[labeler], researchers=[researcher])
+    rank_all(project, labeler)
+    return project, researcher, labeler
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A directory that looks like a save_pretrained model (enough for config validation)."""
+    path = tmp_path / "base-model"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return path
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Run ids sent to training.tasks.execute_run (the broker is not touched)."""
+    from training import tasks
+
+    ids: list[int] = []
+    monkeypatch.setattr(tasks.execute_run, "delay", lambda run_id: ids.append(run_id))
+    return ids
+
+
+@pytest.fixture
+def artifact_root(tmp_path, settings):
+    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+    return settings.ARTIFACT_ROOT

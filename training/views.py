@@ -1,0 +1,105 @@
+"""Pages of training runs: thin function views over training selectors and services.
+
+The run page polls its status card with htmx every 2 s; once the run is terminal the card answers
+HTTP 286, which tells htmx to stop polling. Charts are drawn by static JS (CSP: no inline scripts)
+from the metrics JSON endpoint. Non-members get 404; labelers get 403 on launch and cancel.
+"""
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from annotation.errors import InvalidInput, NotAllowed
+from training import selectors, services
+from training.forms import RewardRunForm
+from training.models import TrainingRun
+
+HTMX_STOP_POLLING = 286
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_runs(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_get_for_member(user=request.user, slug=slug)
+    can_launch = selectors.user_can_launch(user=request.user, project=project)
+    form, status = RewardRunForm(project=project), 200
+    if request.method == "POST":
+        if not can_launch:
+            raise PermissionDenied("Only researchers of this project and admins may launch runs.")
+        form = RewardRunForm(request.POST, project=project)
+        if form.is_valid():
+            try:
+                run = services.run_create(
+                    project=project, kind=TrainingRun.Kind.REWARD, config=form.run_config(), user=request.user,
+                    base_artifact=form.cleaned_data["base_artifact"], rounds=form.cleaned_data["rounds"],
+                )
+            except InvalidInput as error:
+                form.add_error(None, f"{error.location}: {error.message}" if error.location else error.message)
+            else:
+                messages.success(request, f"Run {run.pk} is queued.")
+                return redirect("training:run_detail", run_id=run.pk)
+        status = 400
+    context = {
+        "project": project, "can_launch": can_launch, "form": form,
+        "runs": selectors.run_list_for_project(project=project)[:100],
+        "artifacts": selectors.artifact_list_for_project(project=project)[:100],
+    }
+    return render(request, "training/project_runs.html", context, status=status)
+
+
+@login_required
+@require_GET
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = selectors.run_get_for_user(user=request.user, run_id=run_id)
+    context = {
+        "run": run, "project": run.project, "progress": selectors.run_progress(run=run),
+        "can_launch": selectors.user_can_launch(user=request.user, project=run.project),
+        "artifact": getattr(run, "artifact", None),
+    }
+    if request.htmx:
+        status = HTMX_STOP_POLLING if run.is_terminal else 200
+        return render(request, "training/run_detail.html#status-card", context, status=status)
+    return render(request, "training/run_detail.html", context)
+
+
+@login_required
+@require_GET
+def run_metrics(request: HttpRequest, run_id: int) -> JsonResponse:
+    run = selectors.run_get_for_user(user=request.user, run_id=run_id)
+    return JsonResponse({"status": run.status, "series": selectors.run_metric_series(run=run)})
+
+
+@login_required
+@require_POST
+def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = selectors.run_get_for_user(user=request.user, run_id=run_id)
+    try:
+        services.run_request_cancel(run_id=run.pk, user=request.user)
+    except NotAllowed as error:
+        raise PermissionDenied(str(error)) from error
+    messages.info(request, "Cancel requested: the run stops at its next step and keeps its last checkpoint.")
+    return redirect("training:run_detail", run_id=run.pk)
+
+
+@login_required
+@require_GET
+def artifact_detail(request: HttpRequest, artifact_id: int) -> HttpResponse:
+    artifact = selectors.artifact_get_for_user(user=request.user, artifact_id=artifact_id)
+    return render(request, "training/artifact_detail.html", {"artifact": artifact, "project": artifact.project})
+
+
+@login_required
+@require_GET
+def artifact_download(request: HttpRequest, artifact_id: int) -> HttpResponse:
+    artifact = selectors.artifact_get_for_user(user=request.user, artifact_id=artifact_id)
+    return artifact_zip_response(artifact)
+
+
+def artifact_zip_response(artifact) -> HttpResponse:
+    if not selectors.artifact_dir(artifact=artifact).is_dir():
+        return HttpResponse("The artifact's files are not on this server.", status=410, content_type="text/plain")
+    response = StreamingHttpResponse(selectors.artifact_zip_chunks(artifact=artifact), content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{artifact.project.slug}-artifact-{artifact.pk}.zip"'
+    return response

@@ -1,0 +1,254 @@
+/* Ranking board of the labelling page: drag-and-drop (SortableJS) and keyboard alone.
+ *
+ * State is one map: sample id -> rank (1..K) or null (unranked). Every input (drag, keys, the
+ * per-response <select>) updates the map, then render() moves the chips into their rows and writes
+ * the form: the selects (rank_<id>, which also work without JavaScript) and a `tiers` JSON field
+ * (best tier first; same row = tie). The server validates everything again.
+ * Loaded as a static file: the page's Content-Security-Policy forbids inline scripts.
+ */
+(function () {
+  "use strict";
+
+  let board = null; // the current assignment's board; replaced after every htmx swap
+
+  function readBoardData(root) {
+    const node = root.querySelector("#board-data");
+    return node ? JSON.parse(node.textContent) : null;
+  }
+
+  function initBoard(root) {
+    const area = root.id === "label-area" ? root : root.querySelector("#label-area");
+    if (!area) return;
+    const data = readBoardData(area);
+    if (!data) { board = null; return; }
+    const chips = new Map();
+    area.querySelectorAll(".chip[data-sample-id]").forEach((chip) => chips.set(Number(chip.dataset.sampleId), chip));
+    board = {
+      area: area,
+      data: data,
+      k: data.k,
+      order: data.samples.map((s) => s.id), // shown order
+      letters: new Map(data.samples.map((s) => [s.id, s.letter])),
+      rank: new Map(data.samples.map((s) => [s.id, null])),
+      chips: chips,
+      form: area.querySelector("#rank-form"),
+      visibleMs: 0,
+      visibleSince: document.hidden ? null : performance.now(),
+    };
+    area.querySelectorAll("select[name^='rank_']").forEach((select) => {
+      select.addEventListener("change", () => {
+        setRank(Number(select.dataset.sampleId), select.value ? Number(select.value) : null);
+      });
+    });
+    area.querySelectorAll("input[type=checkbox][name^='flag_']").forEach((box) => {
+      box.addEventListener("change", render);
+    });
+    if (window.Sortable) {
+      area.querySelectorAll(".drop").forEach((drop) => {
+        window.Sortable.create(drop, {
+          group: "ranking-" + data.assignment,
+          animation: 120,
+          ghostClass: "chip-ghost",
+          onEnd: readRanksFromDom,
+        });
+      });
+    }
+    render();
+    const first = area.querySelector(".chip");
+    if (first) first.focus({ preventScroll: true });
+  }
+
+  function readRanksFromDom() {
+    board.chips.forEach((chip, id) => {
+      const rank = chip.parentElement.dataset.rank;
+      board.rank.set(id, rank ? Number(rank) : null);
+    });
+    render();
+  }
+
+  function setRank(id, rank, message) {
+    if (!board || !board.rank.has(id)) return;
+    board.rank.set(id, rank === null ? null : Math.min(Math.max(rank, 1), board.k));
+    render();
+    announce(message || ("Response " + board.letters.get(id) + (rank ? " at rank " + rank : " unranked")));
+    const chip = board.chips.get(id);
+    if (chip) chip.focus({ preventScroll: false });
+  }
+
+  function tiers() {
+    const byRank = new Map();
+    board.order.forEach((id) => {
+      const r = board.rank.get(id);
+      if (r !== null) { if (!byRank.has(r)) byRank.set(r, []); byRank.get(r).push(id); }
+    });
+    return [...byRank.keys()].sort((a, b) => a - b).map((r) => byRank.get(r));
+  }
+
+  function render() {
+    const area = board.area;
+    const drops = new Map();
+    area.querySelectorAll(".drop").forEach((d) => drops.set(d.dataset.rank, d));
+    board.order.forEach((id) => {
+      const r = board.rank.get(id);
+      const chip = board.chips.get(id);
+      drops.get(r === null ? "" : String(r)).appendChild(chip);
+      const select = area.querySelector("select[name='rank_" + id + "']");
+      if (select) select.value = r === null ? "" : String(r);
+      const flagged = area.querySelectorAll("input[name='flag_" + id + "']:checked").length > 0;
+      chip.querySelector(".chip-flag").hidden = !flagged;
+      const card = area.querySelector("#response-" + id);
+      if (card) card.dataset.rank = r === null ? "" : String(r);
+    });
+    drops.forEach((drop, rank) => {
+      drop.parentElement.classList.toggle("tied", rank !== "" && drop.children.length > 1);
+      drop.parentElement.classList.toggle("filled", drop.children.length > 0);
+    });
+    const complete = [...board.rank.values()].every((r) => r !== null);
+    board.form.elements.tiers.value = complete ? JSON.stringify(tiers()) : "";
+    area.classList.toggle("complete", complete);
+  }
+
+  function announce(text) {
+    const live = board && board.area.querySelector("#announce");
+    if (live) live.textContent = text;
+  }
+
+  function elapsedMs() {
+    const running = board.visibleSince === null ? 0 : performance.now() - board.visibleSince;
+    return Math.round(board.visibleMs + running);
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (!board) return;
+    if (document.hidden && board.visibleSince !== null) {
+      board.visibleMs += performance.now() - board.visibleSince;
+      board.visibleSince = null;
+    } else if (!document.hidden && board.visibleSince === null) {
+      board.visibleSince = performance.now();
+    }
+  });
+
+  // Runs in the capture phase, before htmx sends the form: stamp the time and refuse incomplete rankings.
+  document.addEventListener("submit", (event) => {
+    if (!board || event.target !== board.form) return;
+    render();
+    const missing = board.order.filter((id) => board.rank.get(id) === null).map((id) => board.letters.get(id));
+    if (missing.length) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+      showError("Rank every response before submitting; unranked: " + missing.join(", ") + ".");
+      return;
+    }
+    board.form.elements.time_spent_ms.value = String(elapsedMs());
+  }, true);
+
+  function showError(text) {
+    const box = board.area.querySelector("#form-error");
+    box.replaceChildren();
+    const p = document.createElement("p");
+    p.className = "error";
+    p.textContent = text; // text, never HTML
+    box.appendChild(p);
+  }
+
+  // ---- keyboard -------------------------------------------------------------------------------
+  function focusedSampleId() {
+    const el = document.activeElement;
+    const holder = el && el.closest ? el.closest("[data-sample-id]") : null;
+    return holder && board.area.contains(holder) ? Number(holder.dataset.sampleId) : null;
+  }
+
+  function chipsInBoardOrder() {
+    return [...board.area.querySelectorAll(".drop .chip")];
+  }
+
+  function moveFocus(id, step) {
+    const chips = chipsInBoardOrder();
+    const index = id === null ? -1 : chips.indexOf(board.chips.get(id));
+    const next = chips[Math.min(Math.max(index + step, 0), chips.length - 1)];
+    if (next) next.focus();
+  }
+
+  function moveRank(id, step) {
+    const current = board.rank.get(id);
+    const target = current === null ? (step < 0 ? board.k : null) : current + step;
+    if (target === null || target < 1 || target > board.k) return;
+    const others = board.order.filter((o) => o !== id && board.rank.get(o) === current);
+    if (current !== null && others.length === 0) {
+      // Alone in its row: swap with whatever is in the target row, so the move never creates a tie.
+      board.order.forEach((o) => { if (board.rank.get(o) === target) board.rank.set(o, current); });
+    }
+    setRank(id, target);
+  }
+
+  function tieWithAbove(id) {
+    const chips = chipsInBoardOrder();
+    const index = chips.indexOf(board.chips.get(id));
+    const above = chips.slice(0, index).reverse().find((c) => c.parentElement.dataset.rank);
+    if (!above) { announce("No ranked response above to tie with"); return; }
+    const rank = Number(above.parentElement.dataset.rank);
+    setRank(id, rank, "Response " + board.letters.get(id) + " tied with " + board.letters.get(Number(above.dataset.sampleId)) + " at rank " + rank);
+  }
+
+  function openPanel(selector, focusSelector) {
+    const panel = selector instanceof Element ? selector : board.area.querySelector(selector);
+    if (!panel) return;
+    panel.open = true;
+    const target = panel.querySelector(focusSelector);
+    if (target) target.focus();
+  }
+
+  function isTyping(el) {
+    return el && (el.tagName === "TEXTAREA" || el.tagName === "SELECT" || el.isContentEditable ||
+      (el.tagName === "INPUT" && !["checkbox", "radio", "hidden"].includes(el.type)));
+  }
+
+  document.addEventListener("keydown", (event) => {
+    if (!board || !document.body.contains(board.area) || event.ctrlKey || event.metaKey) return;
+    const el = document.activeElement;
+    if (event.key === "Escape") {
+      const id = focusedSampleId();
+      board.area.querySelectorAll("details.skip, details.flags").forEach((d) => { d.open = false; });
+      (board.chips.get(id) || chipsInBoardOrder()[0]).focus();
+      event.preventDefault();
+      return;
+    }
+    if (isTyping(el)) return;
+    const id = focusedSampleId();
+    const key = event.key;
+    let handled = true;
+    if (/^[0-9]$/.test(key) && id !== null && !event.altKey) {
+      const n = Number(key);
+      if (n === 0) setRank(id, null); else if (n <= board.k) setRank(id, n); else handled = false;
+    } else if ((key === "ArrowUp" || key === "ArrowDown") && (event.altKey || event.shiftKey) && id !== null) {
+      moveRank(id, key === "ArrowUp" ? -1 : 1);
+    } else if (key === "ArrowUp" || key === "ArrowDown" || key === "k" || key === "j") {
+      moveFocus(id, key === "ArrowUp" || key === "k" ? -1 : 1);
+    } else if (key === "Backspace" && id !== null) {
+      setRank(id, null);
+    } else if (key === "t" && id !== null) {
+      tieWithAbove(id);
+    } else if (key === "f") {
+      const card = board.area.querySelector("#response-" + (id !== null ? id : board.order[0]));
+      openPanel(card.querySelector("details.flags"), "input[type=checkbox]");
+    } else if (key === "v" && id !== null) {
+      board.area.querySelector("#response-" + id).scrollIntoView({ behavior: "smooth", block: "start" });
+    } else if (key === "s") {
+      openPanel("#skip-panel", "select, input");
+    } else if (key === "Enter" && !(el && (el.tagName === "BUTTON" || el.tagName === "A" || el.tagName === "SUMMARY"))) {
+      board.form.requestSubmit();
+    } else {
+      handled = false;
+    }
+    if (handled) event.preventDefault();
+  });
+
+  function start() {
+    if (window.htmx) {
+      window.htmx.onLoad(initBoard); // first page load and every swapped-in fragment
+    } else {
+      initBoard(document.body);
+    }
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start); else start();
+})();
