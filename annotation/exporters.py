@@ -35,7 +35,7 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from django.db.models import Prefetch
+from django.contrib.auth import get_user_model
 
 from annotation.errors import InvalidInput
 from annotation.models import PairwiseComparison, Project, Ranking, RankingEntry
@@ -77,51 +77,77 @@ def render_plain_prompt(messages: list[dict]) -> str:
     ...                      {"role": "user", "content": "Bye"}])
     '\\n\\nHuman: Hi\\n\\nAssistant: Hello\\n\\nHuman: Bye\\n\\nAssistant:'
     """
-    turns = "".join(f"\n\n{HH_ROLE_NAMES[m['role']]}: {m['content']}" for m in messages)
+    turns = "".join(f"\n\n{HH_ROLE_NAMES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
     return turns + "\n\nAssistant:"
 
 
+def _username_field(prefix: str) -> str:
+    return f"{prefix}labeler__{get_user_model().USERNAME_FIELD}"
+
+
 def _pair_rows(project: Project, round_number: int | None, *, conversational: bool) -> Iterator[dict]:
+    """One row per pair; plain values, not model instances (an order of magnitude faster on big exports)."""
     pairs = PairwiseComparison.objects.filter(prompt__project=project)
     if round_number is not None:
         pairs = pairs.filter(prompt__round__number=round_number)
-    pairs = pairs.select_related("prompt__round", "chosen", "rejected", "ranking__labeler").order_by("id")
+    labeler = _username_field("ranking__")
+    pairs = pairs.order_by("id").values(
+        "prompt__messages", "chosen__text", "rejected__text", "margin", "weight", labeler, "ranking__source",
+        "prompt__round__number", "prompt_id", "ranking_id", "chosen_id", "rejected_id",
+    )
     for pair in pairs.iterator(chunk_size=CHUNK_ROWS):
-        messages, labeler = pair.prompt.messages, pair.ranking.labeler
+        messages, chosen, rejected = pair["prompt__messages"], pair["chosen__text"], pair["rejected__text"]
         if conversational:
-            text = {"prompt": messages, "chosen": [{"role": "assistant", "content": pair.chosen.text}],
-                    "rejected": [{"role": "assistant", "content": pair.rejected.text}]}
+            text = {"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": rejected}]}
         else:
-            text = {"prompt": render_plain_prompt(messages), "chosen": " " + pair.chosen.text,
-                    "rejected": " " + pair.rejected.text}
+            text = {"prompt": render_plain_prompt(messages), "chosen": " " + chosen, "rejected": " " + rejected}
         yield {
-            **text, "tier_distance": pair.margin, "weight": pair.weight,
-            "labeler": labeler.get_username() if labeler else None, "source": pair.ranking.source,
-            "round": pair.prompt.round.number, "prompt_id": pair.prompt_id, "ranking_id": pair.ranking_id,
-            "chosen_id": pair.chosen_id, "rejected_id": pair.rejected_id,
+            **text, "tier_distance": pair["margin"], "weight": pair["weight"], "labeler": pair[labeler],
+            "source": pair["ranking__source"], "round": pair["prompt__round__number"], "prompt_id": pair["prompt_id"],
+            "ranking_id": pair["ranking_id"], "chosen_id": pair["chosen_id"], "rejected_id": pair["rejected_id"],
         }
 
 
 def _ranking_rows(project: Project, round_number: int | None) -> Iterator[dict]:
+    """One row per ranking; rankings are read in chunks, and each chunk's entries with one more query."""
     rankings = Ranking.objects.filter(prompt__project=project)
     if round_number is not None:
         rankings = rankings.filter(prompt__round__number=round_number)
-    ordered_entries = RankingEntry.objects.select_related("sample").order_by("tier", "shown_position")
-    rankings = rankings.select_related("prompt__round", "labeler").prefetch_related(Prefetch("entries", ordered_entries))
-    for ranking in rankings.order_by("id").iterator(chunk_size=CHUNK_ROWS):
-        entries = list(ranking.entries.all())
-        tiers: list[list[dict]] = [[] for _ in range(max((e.tier for e in entries), default=-1) + 1)]
-        for e in entries:
-            tiers[e.tier].append({"sample_id": e.sample_id, "text": e.sample.text, "model": e.sample.model_name})
+    labeler = _username_field("")
+    rankings = rankings.order_by("id").values(
+        "id", "prompt_id", "prompt__external_id", "prompt__round__number", "prompt__messages", "time_spent_ms",
+        labeler, "source", "created_at",
+    )
+    chunk: list[dict] = []
+    for ranking in rankings.iterator(chunk_size=CHUNK_ROWS):
+        chunk.append(ranking)
+        if len(chunk) == CHUNK_ROWS:
+            yield from _ranking_chunk(chunk, labeler=labeler)
+            chunk = []
+    yield from _ranking_chunk(chunk, labeler=labeler)
+
+
+def _ranking_chunk(chunk: list[dict], *, labeler: str) -> Iterator[dict]:
+    entries: dict[int, list[dict]] = {r["id"]: [] for r in chunk}
+    rows = RankingEntry.objects.filter(ranking_id__in=list(entries)).order_by("ranking_id", "tier", "shown_position")
+    for e in rows.values("ranking_id", "sample_id", "tier", "shown_position", "flags", "sample__text",
+                         "sample__model_name"):
+        entries[e["ranking_id"]].append(e)
+    for ranking in chunk:
+        own = entries[ranking["id"]]
+        tiers: dict[int, list[dict]] = {}
+        for e in own:  # already sorted by tier, then shown position
+            tiers.setdefault(e["tier"], []).append(
+                {"sample_id": e["sample_id"], "text": e["sample__text"], "model": e["sample__model_name"]})
         yield {
-            "ranking_id": ranking.pk, "prompt_id": ranking.prompt_id, "external_id": ranking.prompt.external_id,
-            "round": ranking.prompt.round.number, "messages": ranking.prompt.messages,
-            "tiers": [tier for tier in tiers if tier],
-            "flags": [{"sample_id": e.sample_id, "flags": list(e.flags)} for e in entries if e.flags],
-            "shown_order": [e.sample_id for e in sorted(entries, key=lambda e: e.shown_position)],
-            "time_spent_ms": ranking.time_spent_ms,
-            "labeler": ranking.labeler.get_username() if ranking.labeler else None,
-            "source": ranking.source, "created_at": ranking.created_at.isoformat(),
+            "ranking_id": ranking["id"], "prompt_id": ranking["prompt_id"], "external_id": ranking["prompt__external_id"],
+            "round": ranking["prompt__round__number"], "messages": ranking["prompt__messages"],
+            "tiers": [tiers[t] for t in sorted(tiers)],
+            "flags": [{"sample_id": e["sample_id"], "flags": list(e["flags"])} for e in own if e["flags"]],
+            "shown_order": [e["sample_id"] for e in sorted(own, key=lambda e: e["shown_position"])],
+            "time_spent_ms": ranking["time_spent_ms"], "labeler": ranking[labeler], "source": ranking["source"],
+            "created_at": ranking["created_at"].isoformat(),
         }
 
 

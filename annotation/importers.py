@@ -1,25 +1,16 @@
-"""Import samples (and already-ranked pairs) from JSONL into a new round of a project.
+"""Import samples (and already-ranked hh-rlhf pairs) from JSONL as a new round of a project.
 
-Accepted line shapes (docs/formats.md has examples):
+Line shapes (docs/formats.md documents them with examples): ``{"prompt", "responses"}``,
+``{"messages", "responses"}`` (to be ranked by labelers: the round opens) and hh-rlhf ``{"chosen", "rejected"}``
+(two dialogues sharing every turn but the final Assistant reply: stored as a prompt, two samples and a ranking
+``[[chosen], [rejected]]`` with ``labeler=None, source="imported"``; the round is closed). Optional: ``id`` or
+``external_id``, ``model``. An hh final reply may be empty (real data has a few), but the two must differ.
 
-- ``{"prompt": str, "responses": [str, ...]}``: one user turn and K responses, to be ranked by labelers;
-- ``{"messages": [{"role", "content"}, ...], "responses": [str, ...]}``: a conversation ending on a user turn;
-- ``{"chosen": str, "rejected": str}``: an hh-rlhf pair, two "\\n\\nHuman: ...\\n\\nAssistant: ..." dialogues
-  that share every turn but the final Assistant reply. It becomes a prompt (the shared turns), two samples
-  and an already-made ranking ``[[chosen], [rejected]]`` with ``labeler=None, source="imported"``.
-
-Every shape may carry ``id`` (or ``external_id``) and ``model`` (one name, or one per response).
-
-The import reads the file twice. Pass one validates every line with constant memory (line by line from
-a binary stream, strict UTF-8, at most ``IMPORT_MAX_LINE_BYTES`` per line) and collects up to
-``MAX_PROBLEMS`` problems; if there is any, it raises ``ImportRejected`` and nothing is written (not even
-the project). Pass two re-reads the stream and writes everything in one transaction with ``bulk_create``
-in batches. A file whose bytes were already imported into the project returns that round's counts again
-and writes nothing (a retried upload is idempotent): the file's sha256 is kept in ``Round.source``.
-
-A file holds either unranked lines (the round opens for labelling) or ranked pairs (the round is closed:
-it is labelled already), not both. An hh-rlhf final reply may be empty (real data has a few; an empty
-reply preferred over a harmful one is a meaningful judgement), but the two replies must differ.
+Two passes. Pass one validates every line with constant memory (line by line, strict UTF-8, at most
+``IMPORT_MAX_LINE_BYTES`` a line) and collects up to ``MAX_PROBLEMS`` problems; any problem raises
+``ImportRejected`` and nothing is written, not even the project. Pass two re-reads the stream and writes it in
+one transaction with ``bulk_create`` in batches. Importing the same bytes into the project again writes
+nothing and returns that round's counts (the file's sha256 is kept in ``Round.source``).
 """
 from __future__ import annotations
 
@@ -101,11 +92,11 @@ class ImportFileRejected(ImportRejected):
 # ---------------------------------------------------------------- validation of one line (pure)
 
 
-def _text(value: object, *, where: str, allow_empty: bool = False) -> str:
+def _text(value: object, *, where: str) -> str:
     """A string PostgreSQL can store: no NUL character, no unpaired surrogate (JSON "\\ud800" escapes)."""
     if not isinstance(value, str):
         raise LineInvalid(f"{where} must be a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
+    if not value.strip():
         raise LineInvalid(f"{where} is empty")
     if "\x00" in value:
         raise LineInvalid(f"{where} contains a NUL character")
@@ -275,31 +266,36 @@ class _Scan:
     sha256: str
 
 
+def _file_problem(line: ParsedLine, first: tuple[int, int, bool], project: Project | None) -> str | None:
+    """What is wrong with a valid line in this file: K differs from the first line or the project, or shapes mix."""
+    first_line, k, ranked = first
+    if len(line.responses) != k:
+        return f"has {len(line.responses)} responses but line {first_line} has {k}; every line needs the same K"
+    if project is not None and project.k != k:
+        return f"project {project.slug!r} has K={project.k} responses per prompt; this line has {k}"
+    if (line.tiers is not None) != ranked:
+        return f"mixes ranked chosen/rejected pairs and unranked responses (see line {first_line}); use two files"
+    return None
+
+
 def _scan(stream: BinaryIO, *, project: Project | None) -> _Scan:
     """Pass one: validate the whole file; raise ImportFileRejected with up to MAX_PROBLEMS problems."""
     problems: list[tuple[str, str]] = []
     digest = hashlib.sha256()
-    first: tuple[int, int, bool] | None = None  # (line number, K, ranked) of the first good line
-    more = False
+    first: tuple[int, int, bool] | None = None  # (line number, K, ranked) of the first valid line
     for line_no, line, problem in _records(stream, digest):
         if line is not None:
-            if first is None:
-                first = (line_no, len(line.responses), line.tiers is not None)
-                if project is not None and project.k != first[1]:
-                    problem = f"project {project.slug!r} has K={project.k} responses per prompt; this line has {first[1]}"
-            elif len(line.responses) != first[1]:
-                problem = f"has {len(line.responses)} responses but line {first[0]} has {first[1]}; every line needs the same K"
-            elif (line.tiers is not None) != first[2]:
-                problem = f"mixes ranked chosen/rejected pairs and unranked responses (see line {first[0]}); use two files"
+            first = first or (line_no, len(line.responses), line.tiers is not None)
+            project_checked = project if line_no == first[0] else None  # report a K mismatch once
+            problem = _file_problem(line, first, project_checked)
         if problem is not None:
             if len(problems) == MAX_PROBLEMS:
-                more = True
-                break
+                raise ImportFileRejected(problems, more=True)
             problems.append((f"line {line_no}", problem))
     if first is None and not problems:
         problems.append(("line 1", "the file holds no records (it is empty)"))
     if problems:
-        raise ImportFileRejected(problems, more=more)
+        raise ImportFileRejected(problems, more=False)
     return _Scan(k=first[1], ranked=first[2], sha256=digest.hexdigest())
 
 
@@ -307,7 +303,7 @@ def _scan(stream: BinaryIO, *, project: Project | None) -> _Scan:
 
 
 def _write_batch(batch: list[ParsedLine], *, project: Project, rnd: Round) -> tuple[int, int, int, int]:
-    """bulk_create prompts, samples and (ranked lines) rankings, entries, pairs; (prompts, samples, rankings, pairs)."""
+    """bulk_create the prompts, samples and, for ranked lines, rankings, entries and pairs; return the four counts."""
     prompts = Prompt.objects.bulk_create(
         [Prompt(project=project, round=rnd, messages=line.messages, external_id=line.external_id) for line in batch]
     )
@@ -328,7 +324,8 @@ def _write_batch(batch: list[ParsedLine], *, project: Project, rnd: Round) -> tu
         ids = [samples[offset + i].pk for i in range(len(line.responses))]
         offset += len(line.responses)
         for tier_index, tier in enumerate(line.tiers):
-            entries += [RankingEntry(ranking=ranking, sample_id=ids[i], tier=tier_index, shown_position=i) for i in tier]
+            entries += [RankingEntry(ranking=ranking, sample_id=ids[i], tier=tier_index, shown_position=i)
+                        for i in tier]
         for chosen, rejected, margin in pairs_from_tiers([[ids[i] for i in tier] for tier in line.tiers]):
             pairs.append(PairwiseComparison(ranking=ranking, prompt_id=ranking.prompt_id, chosen_id=chosen,
                                             rejected_id=rejected, margin=margin))
@@ -351,6 +348,8 @@ def _project_locked(slug: str, *, k: int, user) -> tuple[Project, bool]:
         except IntegrityError:
             pass
     project = Project.objects.select_for_update().get(slug=slug)
+    if not created and user is not None and not user_can_manage(user=user, project=project):
+        raise NotAllowed("Only researchers of this project and admins may import into it.")
     if project.k != k:
         raise ImportRejected(f"project {slug!r} has K={project.k} responses per prompt; the file has {k}",
                              location="line 1")
@@ -407,7 +406,7 @@ def import_samples_from_file(
     start = stream.tell()
     project = Project.objects.filter(slug=project_slug).first()
     if project is not None and user is not None and not user_can_manage(user=user, project=project):
-        raise NotAllowed("Only researchers of this project and admins may import into it.")
+        raise NotAllowed("Only researchers of this project and admins may import into it.")  # before reading
     scan = _scan(stream, project=project)
     source = f"{source_name[:120]} sha256:{scan.sha256}".strip()
     stream.seek(start)

@@ -21,12 +21,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation import ranking as ranking_rules
-from annotation.errors import InvalidInput, RankingInvalid
+from annotation.errors import InvalidInput, NotAllowed, RankingInvalid
 from annotation.models import Assignment, PairwiseComparison, Project, Prompt, Ranking, RankingEntry
 from annotation.selectors import (
     assignment_active_for_labeler,
     prompt_available_for_labeler,
     prompt_live_slot_count,
+    user_role,
 )
 
 MAX_TIME_SPENT_MS = 2**31 - 1  # PositiveIntegerField's bound on PostgreSQL
@@ -62,8 +63,13 @@ def _lock_user(user) -> None:
 
 
 def assignment_next_for_labeler(*, project: Project, labeler, now: datetime | None = None) -> Assignment | None:
-    """The labeler's current lease in the project, or a new one on a free slot; None when nothing is left."""
+    """The labeler's current lease in the project, or a new one on a free slot; None when nothing is left.
+
+    Raises NotAllowed if the user is not a member of the project (superusers are, as admins).
+    """
     now = now or timezone.now()
+    if user_role(user=labeler, project=project) is None:
+        raise NotAllowed(f"{labeler} is not a member of project {project.slug}")
     with transaction.atomic():
         _lock_user(labeler)  # serialise this labeler's own requests (two tabs): never two leases at once
         current = assignment_active_for_labeler(project=project, labeler=labeler, now=now)

@@ -25,8 +25,6 @@ def _error(message: str, location: str = "") -> Response:
 
 
 def _run_detail(run) -> dict:
-    run.progress = selectors.run_progress(run=run)
-    run.metrics = selectors.run_metric_series(run=run)
     return RunDetailSerializer(run).data
 
 

@@ -46,9 +46,19 @@ class RunSerializer(serializers.ModelSerializer):
 
 
 class RunDetailSerializer(RunSerializer):
-    progress = serializers.DictField(read_only=True)
-    metrics = serializers.DictField(read_only=True, help_text="{train: {step: [...], loss: [...]}, eval: {...}}")
+    progress = serializers.SerializerMethodField(help_text="status, step, total, percent, eta_seconds…")
+    metrics = serializers.SerializerMethodField(help_text="{train: {step: [...], loss: [...]}, eval: {...}}")
     log_tail = serializers.CharField(read_only=True)
+
+    def get_progress(self, run) -> dict:
+        from training.selectors import run_progress
+
+        return run_progress(run=run)
+
+    def get_metrics(self, run) -> dict:
+        from training.selectors import run_metric_series
+
+        return run_metric_series(run=run)
 
     class Meta(RunSerializer.Meta):
         fields = RunSerializer.Meta.fields + ["progress", "metrics", "log_tail"]

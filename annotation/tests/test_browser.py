@@ -59,14 +59,24 @@ def _login(page, live_server, username: str) -> None:
     page.wait_for_url(f"{live_server.url}/")
 
 
+def _drag(page, source, target) -> None:
+    """Press, move in small steps (as a hand does, so SortableJS sees the drag), release."""
+    start, end = source.bounding_box(), target.bounding_box()
+    page.mouse.move(start["x"] + start["width"] / 2, start["y"] + start["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(end["x"] + end["width"] / 2, end["y"] + end["height"] / 2, steps=12)
+    page.mouse.up()
+    page.wait_for_timeout(200)  # Sortable's drop animation
+
+
 def _rank_of(page, chip) -> str:
     return page.locator(f"select[name=rank_{chip.get_attribute('data-sample-id')}]").input_value()
 
 
 def test_rank_by_drag_and_drop_and_by_keyboard(browser_page, live_server, make_user, tmp_path):
     page, labeler = browser_page, make_user("ann")
-    answers = ["Plain answer.", "**Bold** answer with `code`.", "```python\nprint('hi')\n```", "A list:\n\n- one\n- two"]
-    _project("dnd", labeler, [(f"Question {i}?", [f"{a} ({i})" for a in answers]) for i in range(2)])
+    answers = ["Plain answer.", "**Bold** answer with `code`.", "Code:\n\n```python\nprint('hi')\n```", "A list:\n\n- one\n- two"]
+    _project("dnd", labeler, [(f"Question {i}?", [f"({i}) {a}" for a in answers]) for i in range(2)])
     _login(page, live_server, "ann")
     page.goto(f"{live_server.url}/p/dnd/label/")
     page.screenshot(path=str(tmp_path / "label-page.png"), full_page=True)
@@ -77,7 +87,7 @@ def test_rank_by_drag_and_drop_and_by_keyboard(browser_page, live_server, make_u
     ids = [chip.get_attribute("data-sample-id") for chip in chips]
     for chip_id, rank in zip(ids, [1, 2, 2, 3]):
         chip = page.locator(f".chip[data-sample-id='{chip_id}']")
-        chip.drag_to(page.locator(f".drop[data-rank='{rank}']"))
+        _drag(page, chip, page.locator(f".drop[data-rank='{rank}']"))
         assert _rank_of(page, chip) == str(rank)
     assert page.locator(".tier.tied").count() == 1
     page.screenshot(path=str(tmp_path / "label-ranked.png"), full_page=True)
@@ -87,7 +97,7 @@ def test_rank_by_drag_and_drop_and_by_keyboard(browser_page, live_server, make_u
 
     # Prompt 2, keyboard only: 1, 2, 3, 4 down the board; Shift+↑ swaps the last two; t ties; f flags; Enter.
     keys = page.keyboard
-    assert page.evaluate("document.activeElement.classList.contains('chip')")
+    page.wait_for_function("() => document.activeElement.classList.contains('chip')")  # the new board took focus
     for rank in "1234":
         keys.press(rank)
         keys.press("ArrowDown")
@@ -129,7 +139,17 @@ def test_xss_payloads_stay_inert_in_chromium(browser_page, live_server, make_use
     page.click("details.guidelines summary")
     page.wait_for_timeout(300)
     assert dialogs == []
-    allowed = (f"{live_server.url}/p/xss/label/", f"{live_server.url}/static/")
+    page.locator(".chip").first.focus()
+    for rank in "123":  # rank the first prompt so the second one arrives through an htmx swap
+        page.keyboard.press(rank)
+        page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".notice:has-text('Ranking saved.')")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(300)
+    assert dialogs == []
+    allowed = (f"{live_server.url}/p/xss/label/", f"{live_server.url}/static/", f"{live_server.url}/assignments/")
     assert [url for url in requests if not url.startswith(allowed)] == []
+    assert Ranking.objects.filter(labeler=labeler).count() == 1
     assert page.locator("text=<script>alert('script')</script>").count() >= 1  # shown as text
     assert page.evaluate("document.querySelectorAll('.untrusted img, .untrusted script, .untrusted [hx-get]').length") == 0

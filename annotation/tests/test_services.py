@@ -307,3 +307,14 @@ def test_triggers_reject_a_ranking_that_does_not_cover_its_prompt_at_commit(on_p
             a, b = other.samples.all()[:2]
             PairwiseComparison.objects.create(ranking=ranking, prompt=other, chosen=a, rejected=b, margin=1)
     assert PairwiseComparison.objects.count() == comb(3, 2)
+
+
+def test_only_members_get_leases(make_user, make_project):
+    from annotation.errors import NotAllowed
+
+    project = make_project(k=2, prompts=1)
+    with pytest.raises(NotAllowed, match="not a member"):
+        assignment_next_for_labeler(project=project, labeler=make_user("stranger"))
+    assert not Assignment.objects.exists()
+    root = make_user("root", is_superuser=True)
+    assert assignment_next_for_labeler(project=project, labeler=root) is not None

@@ -132,11 +132,15 @@ def build_tiny_reward_model(
 SYNTHETIC_WORDS = "the a cat dog sun rain tree river blue green small big runs sits sings".split()
 
 
-def synthetic_groups(num_prompts: int, k: int, *, seed: int = 0, good: str = "sunny") -> list[RankedGroup]:
+def synthetic_groups(
+    num_prompts: int, k: int, *, seed: int = 0, good: str = "sunny", strict: bool = False
+) -> list[RankedGroup]:
     """Ranked groups with a learnable preference: a reply ranks higher the more often it says ``good``.
 
     Replies are 4-10 random filler words with 0-2 copies of ``good`` inserted; equal counts form one tier
-    (a tie, no pair). For tests and benchmarks of reward models.
+    (a tie, no pair). With ``strict`` the shorter reply wins among equal counts, so rankings are total
+    orders of K tiers (C(K,2) pairs) unless two replies also have the same length.
+    For tests and benchmarks of reward models.
     """
     rng = random.Random(seed)
     groups = []
@@ -148,7 +152,7 @@ def synthetic_groups(num_prompts: int, k: int, *, seed: int = 0, good: str = "su
             for _ in range(count):
                 words.insert(rng.randrange(len(words) + 1), good)
             replies.append(" ".join(words))
-            counts.append(count)
+            counts.append((count, -len(words)) if strict else count)
         tiers = [[i for i in range(k) if counts[i] == c] for c in sorted(set(counts), reverse=True)]
         messages = [{"role": "user", "content": f"Describe day {prompt_id}."}]
         groups.append(RankedGroup(prompt_id=prompt_id, messages=messages, responses=replies, rankings=[tiers]))

@@ -41,7 +41,7 @@ elif "DATABASE_URL" not in os.environ:
 
 USING_REDIS = _answers("127.0.0.1", 6379)
 if USING_REDIS:
-    REDIS_URL = "redis://127.0.0.1:6379/15"
+    REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")  # a per-run DB keeps parallel runs apart
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND = REDIS_URL
 else:

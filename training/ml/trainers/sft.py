@@ -12,6 +12,7 @@ No Django here.
 from __future__ import annotations
 
 import math
+import os
 import random
 from pathlib import Path
 
@@ -26,8 +27,7 @@ from training.ml.types import TrainHooks
 
 # --- helpers shared by the policy trainers (SFT, DPO) ---
 def set_threads(config: TrainConfig) -> None:
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+    torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
 
 
 def load_trainable_policy(config: TrainConfig, adapter: str = ""):
@@ -46,6 +46,7 @@ def load_trainable_policy(config: TrainConfig, adapter: str = ""):
             target_modules=config.lora_target_modules or "all-linear",
         )
         model = get_peft_model(model, lora)
+        model.peft_config["default"].base_model_name_or_path = config.base_model  # the adapter names its base
     return model.train(), tokenizer
 
 
@@ -149,7 +150,7 @@ def train_sft(
         if hooks.should_stop():
             checkpoint_save(root=output_dir / "checkpoints", step=step, model=model, optimizer=optimizer,
                             scheduler=scheduler, keep=config.keep_checkpoints)
-            return {"cancelled": True, "steps": step}
+            return {"stopped": True, "steps": step}
         batch = [train_enc[i] for i in batch_indices(len(train_enc), config.batch_size, step, config.seed)]
         loss_t = _nll(model, batch, tokenizer.pad_token_id)  # mean NLL per response token
         optimizer.zero_grad(set_to_none=True)
@@ -165,7 +166,7 @@ def train_sft(
             checkpoint_save(root=output_dir / "checkpoints", step=step + 1, model=model, optimizer=optimizer,
                             scheduler=scheduler, keep=config.keep_checkpoints)
     policy_dir = save_policy(model.eval(), tokenizer, output_dir / "policy")
-    summary = {"cancelled": False, "steps": total, "train_loss": loss, "examples": len(train_enc)}
+    summary = {"stopped": False, "steps": total, "train_loss": loss, "examples": len(train_enc)}
     if eval_enc:
         summary["eval_loss"] = _eval_loss(model, eval_enc, tokenizer.pad_token_id)
     return {**summary, **policy_summary(model, config, policy_dir)}

@@ -91,7 +91,8 @@
     board.order.forEach((id) => {
       const r = board.rank.get(id);
       const chip = board.chips.get(id);
-      drops.get(r === null ? "" : String(r)).appendChild(chip);
+      const drop = drops.get(r === null ? "" : String(r));
+      if (chip.parentElement !== drop) drop.appendChild(chip); // re-appending would drop keyboard focus
       const select = area.querySelector("select[name='rank_" + id + "']");
       if (select) select.value = r === null ? "" : String(r);
       const flagged = area.querySelectorAll("input[name='flag_" + id + "']:checked").length > 0;

@@ -1,0 +1,170 @@
+"""Benchmark: our ranked-group reward trainer vs TRL's RewardTrainer on the same rankings expanded to pairs.
+
+    .venv/bin/python bench/bench_reward.py                # K=4 and K=8, prints a table
+    .venv/bin/python bench/bench_reward.py --k 4 --prompts 200
+
+What is held equal, so that the ratio measures the recipe and not the setup:
+- the same tiny Llama-style reward model directory (same seed, same initial weights), same tokenizer;
+- the same rankings: synthetic groups of K replies ranked by how often they say "sunny" (then shorter
+  first, so nearly every ranking is a total order with C(K,2) pairs), split by prompt;
+  TRL gets every pair of every training group (ties give none), we get the groups themselves;
+- the same token ids: both sides use sequences produced by ``training.ml.data.encode_group`` (same chat
+  rendering, same max_length), given to TRL pre-tokenised as ``chosen_ids``/``rejected_ids``;
+- the same optimisation: one epoch over the pairs, AdamW with the same learning rate, linear decay, no
+  warm-up, gradient clipping at 1.0, fp32, no gradient checkpointing, dropout off, the same number of
+  optimizer steps (TRL's batch in pairs = our pairs per step: B prompts × their pairs);
+- the same process, machine and torch thread count, run one after the other;
+- held-out accuracy computed by the same function (``trainers.reward.evaluate``) on the same held-out
+  prompts for both final models.
+Throughput = training pairs / seconds of the training loop (ours: the step time the trainer measures,
+excluding evaluation and checkpoints, of which this run makes none; TRL: the wall time of ``trainer.train()``
+with evaluation, saving and logging off). Whole-call times (model loading, tokenisation, saving) are
+printed too, and so is throughput per CPU second of this process (``time.process_time``), which is the
+steadier figure on a shared machine where other processes take cores.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+
+from training.ml.collators import RankedGroupCollator  # noqa: E402
+from training.ml.config import RewardConfig  # noqa: E402
+from training.ml.data import encode_groups, split_by_prompt  # noqa: E402
+from training.ml.tiny_models import build_tiny_reward_model, build_tokenizer, synthetic_groups  # noqa: E402
+from training.ml.trainers.reward import evaluate, train_reward_model  # noqa: E402
+from training.ml.types import NullHooks  # noqa: E402
+
+
+def build_model(root: Path, groups, *, hidden: int, layers: int) -> str:
+    texts = [r for g in groups for r in g.responses] + [m["content"] for g in groups for m in g.messages]
+    tokenizer = build_tokenizer(texts, root / "tokenizer", vocab_size=512)
+    return str(build_tiny_reward_model(root / "model", tokenizer, hidden=hidden, layers=layers, heads=4))
+
+
+def held_out_accuracy(model, tokenizer, held_out, max_length: int) -> float:
+    encoded, _ = encode_groups(tokenizer, held_out, max_length=max_length)
+    collate = RankedGroupCollator(pad_token_id=tokenizer.pad_token_id)
+    return evaluate(model, encoded, collate, torch.device("cpu"), batch_size=16)["accuracy"]
+
+
+class LoopClock(NullHooks):
+    """CPU seconds of this process from the first step's start (first should_stop) to the last step's end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = self.last = None
+
+    def should_stop(self) -> bool:
+        if self.first is None:
+            self.first = time.process_time()
+        return False
+
+    def on_step(self, step, total, metrics) -> None:
+        super().on_step(step, total, metrics)
+        self.last = time.process_time()
+
+
+def run_ours(config: RewardConfig, train, held_out, out: Path) -> dict:
+    started, clock = time.perf_counter(), LoopClock()
+    summary = train_reward_model(config, train, held_out, output_dir=out, hooks=clock, resume=False)
+    return {
+        "pairs": summary["num_pairs"],
+        "steps": summary["steps"],
+        "loop_s": summary["train_seconds"],
+        "loop_cpu_s": clock.last - clock.first,
+        "call_s": time.perf_counter() - started,
+        "accuracy": summary["final_eval"]["accuracy"],
+    }
+
+
+def run_trl(config: RewardConfig, train, held_out, out: Path, pairs_per_step: int) -> dict:
+    from datasets import Dataset
+    from trl import RewardConfig as TRLRewardConfig
+    from trl import RewardTrainer
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    encoded, _ = encode_groups(tokenizer, train, max_length=config.max_length)
+    rows = [{"chosen_ids": g.input_ids[w], "rejected_ids": g.input_ids[l]} for g in encoded for w, l, _, _ in g.pairs]
+    args = TRLRewardConfig(
+        output_dir=str(out), per_device_train_batch_size=pairs_per_step, num_train_epochs=1,
+        learning_rate=config.learning_rate, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=1.0, max_length=config.max_length, bf16=False, fp16=False, gradient_checkpointing=False,
+        disable_dropout=True, use_cpu=True, report_to=[], save_strategy="no", eval_strategy="no",
+        logging_strategy="no", disable_tqdm=True, seed=config.seed, data_seed=config.seed,
+        dataloader_num_workers=0, dataset_num_proc=None,
+    )
+    trainer = RewardTrainer(model=config.base_model, args=args, train_dataset=Dataset.from_list(rows),
+                            processing_class=tokenizer)
+    torch.set_num_threads(config.num_threads)
+    loop_started, cpu_started = time.perf_counter(), time.process_time()
+    result = trainer.train()
+    loop_s, loop_cpu_s = time.perf_counter() - loop_started, time.process_time() - cpu_started
+    return {
+        "pairs": len(rows),
+        "steps": result.global_step,
+        "loop_s": loop_s,
+        "loop_cpu_s": loop_cpu_s,
+        "call_s": time.perf_counter() - started,
+        "accuracy": held_out_accuracy(trainer.model.eval(), tokenizer, held_out, config.max_length),
+    }
+
+
+def bench(k: int, prompts: int, batch_size: int, hidden: int, layers: int, threads: int) -> dict:
+    groups = synthetic_groups(prompts, k, seed=0, strict=True)
+    train, held_out = split_by_prompt(groups, 0.2, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        base = build_model(root / "base", groups, hidden=hidden, layers=layers)
+        config = RewardConfig(
+            base_model=base, batch_size=batch_size, epochs=1.0, learning_rate=1e-3, max_length=128,
+            eval_every=10**6, checkpoint_every=10**6, num_threads=threads, seed=0,
+        )
+        ours = run_ours(config, train, held_out, root / "ours")
+        pairs_per_step = -(-ours["pairs"] // ours["steps"])  # same optimizer steps and pairs per step
+        theirs = run_trl(config, train, held_out, root / "trl", pairs_per_step)
+    for row in (ours, theirs):
+        row["pairs_per_s"] = row["pairs"] / row["loop_s"]
+        row["pairs_per_cpu_s"] = row["pairs"] / row["loop_cpu_s"]
+    return {
+        "k": k, "ours": ours, "trl": theirs,
+        "ratio": ours["pairs_per_s"] / theirs["pairs_per_s"],
+        "cpu_ratio": ours["pairs_per_cpu_s"] / theirs["pairs_per_cpu_s"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--k", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--prompts", type=int, default=400, help="prompts per K (80%% train, 20%% held out)")
+    parser.add_argument("--batch-size", type=int, default=8, help="our prompts per step")
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {args.threads} threads, device cpu, tiny Llama hidden={args.hidden} "
+          f"layers={args.layers}, {args.prompts} prompts per K, our batch {args.batch_size} prompts")
+    header = (f"{'K':>2} {'who':<5} {'pairs':>6} {'steps':>5} {'loop s':>7} {'call s':>7} {'pairs/s':>8} "
+              f"{'pairs/cpu-s':>11} {'held-out acc':>12}")
+    print(header)
+    for k in args.k:
+        result = bench(k, args.prompts, args.batch_size, args.hidden, args.layers, args.threads)
+        for who in ("ours", "trl"):
+            r = result[who]
+            print(f"{k:>2} {who:<5} {r['pairs']:>6} {r['steps']:>5} {r['loop_s']:>7.2f} {r['call_s']:>7.2f} "
+                  f"{r['pairs_per_s']:>8.1f} {r['pairs_per_cpu_s']:>11.1f} {r['accuracy']:>12.3f}")
+        print(f"{k:>2} ratio ours/TRL: {result['ratio']:.2f} in pairs per wall second, {result['cpu_ratio']:.2f} in "
+              f"pairs per CPU second (bound from forward counts: K-1 = {k - 1})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

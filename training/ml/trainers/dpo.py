@@ -1,0 +1,184 @@
+"""DPO on ranked groups, with the reference log-probabilities stored at generation time.
+
+Direct Preference Optimization (Rafailov et al. 2023) needs log π(y|x) of every chosen and rejected
+response under the policy being trained and under the reference. Two savings over pairwise trainers:
+
+* the K responses of a prompt are one batch element: K policy forwards give every pair of every ranking
+  of them (C(K,2) pairs per ranking), instead of two forwards per pair;
+* the reference is the policy that generated the samples, whose log π_ref(y|x) was stored with each
+  sample (``RankedGroup.ref_logprobs``), so there is no reference forward pass. Missing values are
+  computed once, before the first update, with the starting policy, and the log says so.
+
+Reads top to bottom: load -> reference log-probs -> encode -> loop (step, eval, checkpoint, stop) -> save.
+The policy is ``config.base_model`` (a full model directory), optionally continuing the LoRA adapter
+``config.adapter`` or adding a new one (``lora_r > 0``). No Django here.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from training.ml import losses
+from training.ml.checkpoint import checkpoint_save
+from training.ml.config import DPOConfig
+from training.ml.generation import collate_scoring, encode_many, sequence_logprobs, token_logprobs
+from training.ml.trainers.sft import (
+    batch_indices, load_trainable_policy, make_optimizer, policy_summary, resume_step, save_policy, set_threads,
+    total_steps_for,
+)
+from training.ml.types import RankedGroup, TrainHooks
+
+
+@dataclass(frozen=True)
+class DPOGroup:
+    """One prompt's K encoded responses, their reference log-probs and every pair of its rankings."""
+
+    sequences: list[tuple[list[int], list[int]]]  # K (prompt ids, response ids + EOS)
+    ref_logprobs: list[float]  # K: log π_ref(y_i | x)
+    pairs: list[tuple[int, int, float]]  # (chosen, rejected, weight), indices into sequences
+
+
+def fill_ref_logprobs(model, tokenizer, groups: list[RankedGroup], config: DPOConfig, hooks: TrainHooks) -> list[list[float]]:
+    """The reference log-prob of every response: the stored value, or one computed now with ``model``."""
+    missing = [(g, i) for g in groups for i in range(len(g.responses))
+               if len(g.ref_logprobs) != len(g.responses) or g.ref_logprobs[i] is None]
+    computed: dict[tuple[int, int], float] = {}
+    if missing:
+        hooks.log(f"{len(missing)} responses have no stored reference log-prob: computing them once with the "
+                  f"starting policy {config.base_model}{' + ' + config.adapter if config.adapter else ''}")
+        was_training = model.training
+        model.eval()
+        values = sequence_logprobs(model, tokenizer, [g.messages for g, _ in missing],
+                                   [g.responses[i] for g, i in missing], max_length=config.max_length)
+        model.train(was_training)
+        computed = {(id(g), i): v for (g, i), v in zip(missing, values.tolist())}
+    return [[computed.get((id(g), i)) if (id(g), i) in computed else float(g.ref_logprobs[i])
+             for i in range(len(g.responses))] for g in groups]
+
+
+def encode_dpo_groups(tokenizer, groups: list[RankedGroup], refs: list[list[float]], config: DPOConfig) -> list[DPOGroup]:
+    """Tokenise each group; groups whose rankings give no pair (all tied) are dropped."""
+    out = []
+    for group, ref in zip(groups, refs, strict=True):
+        pairs = [(w, l, (weight if config.use_ranking_weights else 1.0) * (margin if config.margin_weighting else 1))
+                 for w, l, margin, weight in group.pairs()]
+        if pairs:
+            sequences = encode_many(tokenizer, [group.messages] * len(group.responses), group.responses,
+                                    config.max_length)
+            out.append(DPOGroup(sequences=sequences, ref_logprobs=ref, pairs=pairs))
+    return out
+
+
+def dpo_batch(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int) -> dict:
+    """Loss (with grad) and metrics of a batch: one forward over all Σ K responses, then every pair."""
+    sequences, ref, chosen, rejected, weights = [], [], [], [], []
+    for group in groups:
+        offset = len(sequences)
+        sequences.extend(group.sequences)
+        ref.extend(group.ref_logprobs)
+        for w, l, weight in group.pairs:
+            chosen.append(offset + w)
+            rejected.append(offset + l)
+            weights.append(weight)
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in collate_scoring(sequences, pad_id).items()}
+    logp = token_logprobs(model, batch).sum(dim=1)  # (N,) log π(y|x) of each response
+    ref_t = torch.tensor(ref, device=device)  # (N,) log π_ref(y|x), stored at generation
+    c, r = torch.tensor(chosen, device=device), torch.tensor(rejected, device=device)  # (P,), (P,)
+    loss, chosen_rewards, rejected_rewards = losses.dpo_loss(
+        logp[c], logp[r], ref_t[c], ref_t[r], beta=config.beta, weights=torch.tensor(weights, device=device),
+        label_smoothing=config.label_smoothing,
+    )
+    return {
+        "loss": loss,
+        "reward_accuracy": losses.pairwise_accuracy(chosen_rewards, rejected_rewards).item(),
+        "chosen_reward": chosen_rewards.mean().item(),
+        "rejected_reward": rejected_rewards.mean().item(),
+        "margin": losses.mean_margin(chosen_rewards, rejected_rewards).item(),
+        "pairs": len(chosen),
+    }
+
+
+@torch.no_grad()
+def evaluate(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int) -> dict[str, float]:
+    """Held-out DPO loss, implicit reward accuracy, rewards and margin, pair-weighted over batches."""
+    if not groups:
+        return {}
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    n_pairs = 0
+    for start in range(0, len(groups), config.batch_size):
+        out = dpo_batch(model, groups[start: start + config.batch_size], config, pad_id)
+        out["loss"] = out["loss"].item()
+        for key in ("loss", "reward_accuracy", "chosen_reward", "rejected_reward", "margin"):
+            totals[key] = totals.get(key, 0.0) + out[key] * out["pairs"]
+        n_pairs += out["pairs"]
+    model.train(was_training)
+    return {**{k: v / n_pairs for k, v in totals.items()}, "pairs": n_pairs}
+
+
+def train_dpo(
+    config: DPOConfig, train: list[RankedGroup], eval: list[RankedGroup], *, output_dir: str | Path,
+    hooks: TrainHooks, resume: bool = True,
+) -> dict:
+    """Train the policy with DPO, evaluate, checkpoint and save it; return the run summary.
+
+    Writes ``output_dir/checkpoints/step-N/`` every ``checkpoint_every`` steps and ``output_dir/policy/``
+    at the end. If hooks.should_stop() turns true it saves a checkpoint and returns ``{"stopped": True}``;
+    calling again with resume=True continues from there.
+    """
+    config.validate()
+    set_threads(config)
+    torch.manual_seed(config.seed)
+    output_dir = Path(output_dir)
+    model, tokenizer = load_trainable_policy(config, adapter=config.adapter)
+    pad_id = tokenizer.pad_token_id
+    train_data = encode_dpo_groups(tokenizer, train, fill_ref_logprobs(model, tokenizer, train, config, hooks), config)
+    eval_data = encode_dpo_groups(tokenizer, eval, fill_ref_logprobs(model, tokenizer, eval, config, hooks), config)
+    if not train_data:
+        raise ValueError("no training pairs: every training group is empty or fully tied")
+    num_pairs = sum(len(g.pairs) for g in train_data)
+    hooks.log(f"DPO on {len(train_data)} prompts, {num_pairs} pairs; held out: {len(eval_data)} prompts")
+    total = total_steps_for(config, len(train_data))
+    optimizer, scheduler = make_optimizer(model, config, total)
+    checkpoints = output_dir / "checkpoints"
+    step, _ = resume_step(model, optimizer, scheduler, checkpoints, hooks, resume)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    train_seconds, pairs_seen, last_eval = 0.0, 0, {}
+    while step < total:
+        if hooks.should_stop():
+            checkpoint_save(root=checkpoints, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
+                            keep=config.keep_checkpoints)
+            hooks.log(f"stopped at step {step} of {total}; checkpoint kept")
+            return {"stopped": True, "steps": step, "total_steps": total}
+        started = time.perf_counter()
+        out = dpo_batch(model, [train_data[i] for i in batch_indices(len(train_data), config.batch_size, step,
+                                                                      config.seed)], config, pad_id)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip or float("inf"))
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        train_seconds += time.perf_counter() - started
+        pairs_seen += out["pairs"]
+        hooks.on_step(step, total, {**out, "loss": out["loss"].item(), "grad_norm": float(grad_norm),
+                                    "lr": scheduler.get_last_lr()[0]})
+        if eval_data and (step % config.eval_every == 0 or step == total):
+            last_eval = evaluate(model, eval_data, config, pad_id)
+            hooks.on_eval(step, last_eval)
+        if step % config.checkpoint_every == 0 and step < total:
+            checkpoint_save(root=checkpoints, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
+                            keep=config.keep_checkpoints)
+    policy_dir = save_policy(model.eval(), tokenizer, output_dir / "policy")
+    hooks.log(f"saved policy to {policy_dir}")
+    return {
+        "stopped": False, "steps": step, "total_steps": total, "num_pairs": num_pairs, "num_prompts": len(train_data),
+        "eval_prompts": len(eval_data), "final_eval": last_eval, "train_seconds": round(train_seconds, 3),
+        "pairs_per_second": round(pairs_seen / train_seconds, 2) if train_seconds else None,
+        **policy_summary(model, config, policy_dir),
+    }
