@@ -183,9 +183,10 @@ def run_claimed(*, run_id: int, claim_token: str) -> int:
         run.refresh_from_db()
         if not run.cancel_requested:
             return EXIT_CLAIM_LOST
-        hooks.log(f"cancelled at step {run.step}; the last checkpoint is kept")
+        step = result.summary.get("steps", run.step)
+        hooks.log(f"cancelled at step {step}; the last checkpoint is kept")
         services.run_finish(run_id=run_id, status=TrainingRun.Status.CANCELLED, summary=result.summary,
-                            claim_token=claim_token)
+                            claim_token=claim_token, step=step)
         return EXIT_CANCELLED
     with transaction.atomic():
         if result.model_dir is not None:

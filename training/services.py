@@ -208,16 +208,24 @@ def run_request_cancel(*, run_id: int, user=None) -> TrainingRun:
     return run
 
 
-def run_finish(*, run_id: int, status: str, summary: dict, error: str = "", claim_token: str | None = None) -> bool:
-    """Move a running run to a terminal status. Fenced by ``claim_token`` when given; False if not ours."""
+def run_finish(
+    *, run_id: int, status: str, summary: dict, error: str = "", claim_token: str | None = None,
+    step: int | None = None,
+) -> bool:
+    """Move a running run to a terminal status. Fenced by ``claim_token`` when given; False if not ours.
+
+    ``step``: where the trainer actually stopped (a run cancelled right after resuming stops at its
+    checkpoint, behind the step its previous attempt had reported).
+    """
     if status not in TrainingRun.TERMINAL:
         raise ValueError(f"run_finish needs a terminal status, got {status!r}")
     runs = TrainingRun.objects.filter(pk=run_id).exclude(status__in=TrainingRun.TERMINAL)
     if claim_token is not None:
         runs = runs.filter(claim_token=claim_token, status=Status.RUNNING)
+    fields = {"step": step} if step is not None else {}
     return bool(
         runs.update(status=status, summary=json_safe(summary), error=error[:10_000], finished_at=timezone.now(),
-                    heartbeat_at=timezone.now())
+                    heartbeat_at=timezone.now(), **fields)
     )
 
 

@@ -123,7 +123,7 @@ CONTENT_SECURITY_POLICY = (
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
+        "webapp.security.ThrottledBasicAuthentication",  # Basic auth under the login throttle
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -139,6 +139,17 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+
+# Cache: login-throttle counters. Shared Redis when REDIS_URL is set (production: every gunicorn worker
+# sees the same counters); a per-process memory cache otherwise (embedded default, tests).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["REDIS_URL"]}
+    if os.environ.get("REDIS_URL")
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+LOGIN_THROTTLE_FAILURES = int(os.environ.get("RLHF_LOGIN_THROTTLE_FAILURES", "5"))  # per username and client
+LOGIN_THROTTLE_CLIENT_FAILURES = int(os.environ.get("RLHF_LOGIN_THROTTLE_CLIENT_FAILURES", "30"))  # per client
+LOGIN_THROTTLE_WINDOW_S = int(os.environ.get("RLHF_LOGIN_THROTTLE_WINDOW_S", str(15 * 60)))
 
 # Celery: the database is the source of truth; messages carry ids only.
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
