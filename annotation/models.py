@@ -213,3 +213,10 @@ class PairwiseComparison(models.Model):
             models.CheckConstraint(condition=~Q(chosen=F("rejected")), name="pair_distinct_samples"),
             models.CheckConstraint(condition=Q(margin__gte=1), name="pair_margin_positive"),
         ]
+
+
+# Quality control, AI labelers, active selection and arena tables (owned by that feature; migration 0003).
+from annotation.quality_models import (  # noqa: E402,F401
+    AILabeler, ArenaVote, GoldRanking, LabelerReliability, PromptPriority, PromptReview, QualitySettings,
+    RankingExclusion, SelectionRecord,
+)

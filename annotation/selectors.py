@@ -6,7 +6,7 @@ Anything a user may not see raises Http404, so its existence is never revealed.
 """
 from datetime import datetime
 
-from django.db.models import Count, Exists, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
@@ -63,8 +63,14 @@ def prompt_live_slot_count(*, prompt_id: int, now: datetime, exclude_assignment_
     return assignments.count()
 
 
-def prompt_available_for_labeler(*, project: Project, labeler, now: datetime | None = None) -> QuerySet[Prompt]:
-    """Prompts of the project's open rounds that this labeler could lease now, in round and id order.
+def prompt_available_for_labeler(
+    *, project: Project, labeler, now: datetime | None = None, gold: bool | None = None
+) -> QuerySet[Prompt]:
+    """Prompts of the project's open rounds that this labeler could lease now, in round order, then by
+    active-selection priority (highest first, unprioritised last), then id.
+
+    ``gold``: True for gold prompts only, False for the others, None for both. Gold prompts have no
+    ``overlap`` limit (every labeler who draws one ranks it), so they are never "full".
 
     Left out: prompts with fewer than two samples, prompts the labeler was ever assigned (except leases
     that expired: those may be taken again), prompts the labeler already ranked, and prompts whose
@@ -85,16 +91,18 @@ def prompt_available_for_labeler(*, project: Project, labeler, now: datetime | N
         Q(status=Assignment.Status.EXPIRED) | Q(status=Assignment.Status.ACTIVE, expires_at__lte=now)
     )
     ranked_by_labeler = Ranking.objects.filter(prompt=OuterRef("pk"), labeler=labeler)
+    prompts = Prompt.objects.filter(project=project, round__status=Round.Status.OPEN)
+    if gold is not None:
+        prompts = prompts.filter(is_gold=gold)
     return (
-        Prompt.objects.filter(project=project, round__status=Round.Status.OPEN)
-        .annotate(
+        prompts.annotate(
             live_slots=Coalesce(Subquery(live_slots, output_field=IntegerField()), Value(0)),
             sample_count=Coalesce(Subquery(sample_count, output_field=IntegerField()), Value(0)),
         )
-        .filter(sample_count__gte=2, live_slots__lt=project.overlap)
+        .filter(Q(live_slots__lt=project.overlap) | Q(is_gold=True), sample_count__gte=2)
         .exclude(Exists(held_by_labeler))
         .exclude(Exists(ranked_by_labeler))
-        .order_by("round__number", "id")
+        .order_by("round__number", F("priority__score").desc(nulls_last=True), "id")
     )
 
 

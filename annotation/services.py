@@ -29,6 +29,7 @@ from annotation.selectors import (
     prompt_live_slot_count,
     user_role,
 )
+from annotation.quality_selectors import gold_turn_order
 
 MAX_TIME_SPENT_MS = 2**31 - 1  # PositiveIntegerField's bound on PostgreSQL
 MAX_SKIP_REASON = 500
@@ -75,24 +76,35 @@ def assignment_next_for_labeler(*, project: Project, labeler, now: datetime | No
         current = assignment_active_for_labeler(project=project, labeler=labeler, now=now)
         if current is not None:
             return current
-        tried: list[int] = []
-        deadline = time.monotonic() + _LOCKED_WAIT_S
-        while True:
-            available = prompt_available_for_labeler(project=project, labeler=labeler, now=now).exclude(pk__in=tried)
-            candidates = list(available.select_for_update(skip_locked=True, of=("self",))[:_CANDIDATE_BATCH])
-            if not candidates:
-                # Every candidate may be locked by other labelers' leasing right now; their transactions
-                # last milliseconds and may leave a slot free for us (overlap > 1), so look again shortly
-                # rather than answer "nothing left". A fresh statement sees what they committed.
-                if not available.exists() or time.monotonic() > deadline:
-                    return None
-                time.sleep(_LOCKED_RETRY_S)
-                continue
-            for prompt in candidates:
-                # The candidate query's snapshot may predate a lease committed just before our lock: recount.
-                if prompt_live_slot_count(prompt_id=prompt.pk, now=now) < project.overlap:
-                    return _lease(prompt=prompt, labeler=labeler, now=now, lease_minutes=project.lease_minutes)
-                tried.append(prompt.pk)
+        for gold in gold_turn_order(project=project, labeler=labeler):
+            assignment = _lease_first_free(project=project, labeler=labeler, now=now, gold=gold)
+            if assignment is not None:
+                return assignment
+        return None
+
+
+def _lease_first_free(*, project: Project, labeler, now: datetime, gold: bool) -> Assignment | None:
+    """Lease the first free candidate (gold prompts, or the others); None when there is none."""
+    tried: list[int] = []
+    deadline = time.monotonic() + _LOCKED_WAIT_S
+    while True:
+        available = prompt_available_for_labeler(project=project, labeler=labeler, now=now, gold=gold)
+        available = available.exclude(pk__in=tried)
+        candidates = list(available.select_for_update(skip_locked=True, of=("self",))[:_CANDIDATE_BATCH])
+        if not candidates:
+            # Every candidate may be locked by other labelers' leasing right now; their transactions
+            # last milliseconds and may leave a slot free for us (overlap > 1), so look again shortly
+            # rather than answer "nothing left". A fresh statement sees what they committed.
+            if not available.exists() or time.monotonic() > deadline:
+                return None
+            time.sleep(_LOCKED_RETRY_S)
+            continue
+        for prompt in candidates:
+            # The candidate query's snapshot may predate a lease committed just before our lock: recount.
+            # Gold prompts are shown to every labeler who draws them: no overlap limit.
+            if prompt.is_gold or prompt_live_slot_count(prompt_id=prompt.pk, now=now) < project.overlap:
+                return _lease(prompt=prompt, labeler=labeler, now=now, lease_minutes=project.lease_minutes)
+            tried.append(prompt.pk)
 
 
 def _check_time_spent(time_spent_ms: object) -> int:
@@ -195,7 +207,7 @@ def _check_lease_submittable(*, assignment: Assignment, now: datetime) -> None:
     project = assignment.prompt.project
     list(Prompt.objects.select_for_update().filter(pk=assignment.prompt_id).values_list("pk", flat=True))  # lock, then count
     taken = prompt_live_slot_count(prompt_id=assignment.prompt_id, now=now, exclude_assignment_id=assignment.pk)
-    if taken >= project.overlap:
+    if taken >= project.overlap and not assignment.prompt.is_gold:
         raise RankingInvalid(
             "your lease expired and the task was given to another labeler; please take the next one",
             location="assignment",

@@ -20,12 +20,13 @@ Throughput = training pairs / seconds of the training loop (ours: the step time 
 excluding evaluation and checkpoints, of which this run makes none; TRL: the wall time of ``trainer.train()``
 with evaluation, saving and logging off). Whole-call times (model loading, tokenisation, saving) are
 printed too, and so is throughput per CPU second of this process (``time.process_time``), which is the
-steadier figure on a shared machine where other processes take cores.
+steadier figure on a shared machine where other processes take cores. The default is one torch thread:
+with several threads on a busy machine, OpenMP threads spin and wait, and both wall and CPU seconds stop
+measuring the work done.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -44,10 +45,10 @@ from training.ml.trainers.reward import evaluate, train_reward_model  # noqa: E4
 from training.ml.types import NullHooks  # noqa: E402
 
 
-def build_model(root: Path, groups, *, hidden: int, layers: int) -> str:
+def build_model(root: Path, groups, *, hidden: int, layers: int, seed: int) -> str:
     texts = [r for g in groups for r in g.responses] + [m["content"] for g in groups for m in g.messages]
     tokenizer = build_tokenizer(texts, root / "tokenizer", vocab_size=512)
-    return str(build_tiny_reward_model(root / "model", tokenizer, hidden=hidden, layers=layers, heads=4))
+    return str(build_tiny_reward_model(root / "model", tokenizer, hidden=hidden, layers=layers, heads=4, seed=seed))
 
 
 def held_out_accuracy(model, tokenizer, held_out, max_length: int) -> float:
@@ -119,15 +120,15 @@ def run_trl(config: RewardConfig, train, held_out, out: Path, pairs_per_step: in
     }
 
 
-def bench(k: int, prompts: int, batch_size: int, hidden: int, layers: int, threads: int) -> dict:
-    groups = synthetic_groups(prompts, k, seed=0, strict=True)
-    train, held_out = split_by_prompt(groups, 0.2, seed=0)
+def bench(k: int, prompts: int, batch_size: int, hidden: int, layers: int, threads: int, seed: int) -> dict:
+    groups = synthetic_groups(prompts, k, seed=seed, strict=True)
+    train, held_out = split_by_prompt(groups, 0.2, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        base = build_model(root / "base", groups, hidden=hidden, layers=layers)
+        base = build_model(root / "base", groups, hidden=hidden, layers=layers, seed=seed)
         config = RewardConfig(
             base_model=base, batch_size=batch_size, epochs=1.0, learning_rate=1e-3, max_length=128,
-            eval_every=10**6, checkpoint_every=10**6, num_threads=threads, seed=0,
+            eval_every=10**6, checkpoint_every=10**6, num_threads=threads, seed=seed,
         )
         ours = run_ours(config, train, held_out, root / "ours")
         pairs_per_step = -(-ours["pairs"] // ours["steps"])  # same optimizer steps and pairs per step
@@ -145,25 +146,36 @@ def bench(k: int, prompts: int, batch_size: int, hidden: int, layers: int, threa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--k", type=int, nargs="+", default=[4, 8])
-    parser.add_argument("--prompts", type=int, default=400, help="prompts per K (80%% train, 20%% held out)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per seed (data and init)")
+    parser.add_argument("--prompts", type=int, default=1000, help="prompts per K (80%% train, 20%% held out)")
     parser.add_argument("--batch-size", type=int, default=8, help="our prompts per step")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; 1 keeps CPU seconds meaningful on a shared machine")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {args.threads} threads, device cpu, tiny Llama hidden={args.hidden} "
-          f"layers={args.layers}, {args.prompts} prompts per K, our batch {args.batch_size} prompts")
-    header = (f"{'K':>2} {'who':<5} {'pairs':>6} {'steps':>5} {'loop s':>7} {'call s':>7} {'pairs/s':>8} "
+          f"layers={args.layers}, {args.prompts} prompts per K and seed, our batch {args.batch_size} prompts")
+    header = (f"{'K':>2} {'who':<5} {'seed':>4} {'pairs':>6} {'steps':>5} {'loop s':>7} {'call s':>7} {'pairs/s':>8} "
               f"{'pairs/cpu-s':>11} {'held-out acc':>12}")
     print(header)
     for k in args.k:
-        result = bench(k, args.prompts, args.batch_size, args.hidden, args.layers, args.threads)
-        for who in ("ours", "trl"):
-            r = result[who]
-            print(f"{k:>2} {who:<5} {r['pairs']:>6} {r['steps']:>5} {r['loop_s']:>7.2f} {r['call_s']:>7.2f} "
-                  f"{r['pairs_per_s']:>8.1f} {r['pairs_per_cpu_s']:>11.1f} {r['accuracy']:>12.3f}")
-        print(f"{k:>2} ratio ours/TRL: {result['ratio']:.2f} in pairs per wall second, {result['cpu_ratio']:.2f} in "
-              f"pairs per CPU second (bound from forward counts: K-1 = {k - 1})", flush=True)
+        results = []
+        for seed in args.seeds:
+            result = bench(k, args.prompts, args.batch_size, args.hidden, args.layers, args.threads, seed)
+            results.append(result)
+            for who in ("ours", "trl"):
+                r = result[who]
+                print(f"{k:>2} {who:<5} {seed:>4} {r['pairs']:>6} {r['steps']:>5} {r['loop_s']:>7.2f} {r['call_s']:>7.2f} "
+                      f"{r['pairs_per_s']:>8.1f} {r['pairs_per_cpu_s']:>11.1f} {r['accuracy']:>12.4f}", flush=True)
+        n = len(results)
+        ratio = sum(r["ratio"] for r in results) / n
+        cpu_ratio = sum(r["cpu_ratio"] for r in results) / n
+        ours_acc = sum(r["ours"]["accuracy"] for r in results) / n
+        trl_acc = sum(r["trl"]["accuracy"] for r in results) / n
+        print(f"K={k}: ratio ours/TRL {ratio:.2f} in pairs per wall second, {cpu_ratio:.2f} in pairs per CPU second "
+              f"(bound from forward counts: K-1 = {k - 1}); mean held-out accuracy ours {ours_acc:.4f}, "
+              f"TRL {trl_acc:.4f} over {n} seeds", flush=True)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def main() -> int:
     parser.add_argument("--workdir", default="", help="where models go (default: a temporary directory)")
     for f in fields(LoopConfig):
         if f.name != "seed":
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
+            kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
     args = parser.parse_args()
     overrides = {f.name: getattr(args, f.name) for f in fields(LoopConfig) if getattr(args, f.name, None) is not None}
     results = []

@@ -17,6 +17,7 @@ from django.core.cache import cache
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.forms.utils import ErrorDict
 from django.http import HttpRequest, HttpResponse
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 _PREFIX = "login-failures"
@@ -109,3 +110,13 @@ class ThrottledBasicAuthentication(authentication.BasicAuthentication):
             raise
         login_failures_clear(username=userid, client=client)
         return result
+
+
+class ThrottledBasicScheme(OpenApiAuthenticationExtension):
+    """Tells drf-spectacular that the throttled Basic auth is plain HTTP Basic in the OpenAPI schema."""
+
+    target_class = "webapp.security.ThrottledBasicAuthentication"
+    name = "basicAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "basic"}

@@ -41,7 +41,7 @@ class LoopConfig:
     labelers: int = 1  # rankings per prompt
     label_noise: float = 0.25  # std of the Gaussian noise added to the utility
     tie_threshold: float = 0.05  # noisy scores closer than this tie
-    sft_steps: int = 600
+    sft_steps: int = 400
     sft_learning_rate: float = 3e-3
     dpo_beta: float = 0.1
     dpo_learning_rate: float = 5e-4

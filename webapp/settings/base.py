@@ -138,6 +138,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {  # same field names, different choice sets: name each enum explicitly
+        "RunKindEnum": "training.models.TrainingRun.Kind",
+        "ArtifactKindEnum": "training.models.ModelArtifact.Kind",
+        "RunStatusEnum": "training.models.TrainingRun.Status",
+        "AssignmentStatusEnum": "annotation.models.Assignment.Status",
+    },
 }
 
 # Cache: login-throttle counters. Shared Redis when REDIS_URL is set (production: every gunicorn worker

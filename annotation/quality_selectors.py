@@ -1,0 +1,279 @@
+"""Reads for quality control: load a project's rankings once, then compute every figure with ``quality``.
+
+``quality_report`` is what the quality page, the API and ``manage.py quality_report`` show:
+agreement between labelers of the same prompt (pairwise agreement, Kendall's τ-b, Krippendorff's α
+ordinal over mid-ranks) per project, round and labeler; agreement with gold and with the leave-one-out
+Bradley-Terry consensus; the reliability and pair weight that follow from them; position bias; speed
+flags; agreement per day (the plot); and the review queue of high-disagreement prompts.
+
+Rankings without a labeler (imported) count towards consensus but not towards any labeler's figures.
+Excluded rankings count nowhere. "Human" figures use human and simulated labelers (the simulated ones
+stand in for humans in demos and tests); AI labelers are compared against them.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import combinations
+
+from annotation import quality
+from annotation.models import Assignment, Prompt, Ranking, RankingEntry
+from annotation.quality_models import GoldRanking, LabelerReliability, PromptReview, QualitySettings
+
+HUMAN_SOURCES = frozenset({"human", "simulated"})
+DEFAULT_SETTINGS = {"gold_rate": 0.0, "review_threshold": 0.5, "speed_ratio": 0.25}
+
+
+@dataclass
+class RankingRecord:
+    ranking_id: int
+    prompt_id: int
+    round_number: int
+    labeler_id: int | None
+    labeler: str
+    source: str
+    tiers: dict[int, int]  # sample id -> tier
+    shown: dict[int, int]  # sample id -> shown position
+    time_spent_ms: int
+    created_at: datetime
+    excluded: bool
+
+
+def quality_settings_get(*, project) -> dict:
+    row = QualitySettings.objects.filter(project=project).values(*DEFAULT_SETTINGS).first()
+    return row or dict(DEFAULT_SETTINGS)
+
+
+def gold_turn_order(*, project, labeler) -> tuple[bool, ...]:
+    """Which pools the labeler's next lease is drawn from: ``(True, False)`` (gold first, then the rest) on a
+    gold turn, ``(False,)`` otherwise. A turn is gold with probability ``gold_rate``, drawn from an RNG seeded
+    by (project, labeler, how many leases they had), so it is silent to the labeler yet reproducible.
+    """
+    rate = QualitySettings.objects.filter(project=project).values_list("gold_rate", flat=True).first() or 0.0
+    if rate <= 0:
+        return (False,)
+    leases = Assignment.objects.filter(prompt__project=project, labeler=labeler).count()
+    draw = random.Random(f"gold:{project.pk}:{labeler.pk}:{leases}").random()
+    return (True, False) if draw < rate else (False,)
+
+
+def ranking_records(*, project, round_number: int | None = None, include_excluded: bool = False) -> list[RankingRecord]:
+    """Every ranking of the project (or one round) with its tiers and shown positions, in id order."""
+    rankings = Ranking.objects.filter(prompt__project=project)
+    if round_number is not None:
+        rankings = rankings.filter(prompt__round__number=round_number)
+    if not include_excluded:
+        rankings = rankings.filter(exclusion__isnull=True)
+    rows = rankings.order_by("id").values(
+        "id", "prompt_id", "prompt__round__number", "labeler_id", "labeler__username", "source", "time_spent_ms",
+        "created_at", "exclusion__id",
+    )
+    records = {
+        r["id"]: RankingRecord(
+            ranking_id=r["id"], prompt_id=r["prompt_id"], round_number=r["prompt__round__number"],
+            labeler_id=r["labeler_id"], labeler=r["labeler__username"] or "(imported)", source=r["source"],
+            tiers={}, shown={}, time_spent_ms=r["time_spent_ms"], created_at=r["created_at"],
+            excluded=r["exclusion__id"] is not None,
+        )
+        for r in rows.iterator(chunk_size=2000)
+    }
+    entries = RankingEntry.objects.filter(ranking__in=rankings).values_list("ranking_id", "sample_id", "tier",
+                                                                            "shown_position")
+    for ranking_id, sample_id, tier, shown_position in entries.iterator(chunk_size=5000):
+        records[ranking_id].tiers[sample_id] = tier
+        records[ranking_id].shown[sample_id] = shown_position
+    return list(records.values())
+
+
+def tiers_as_map(tiers: list[list[int]]) -> dict[int, int]:
+    return {sample_id: t for t, members in enumerate(tiers) for sample_id in members}
+
+
+def gold_maps(*, project) -> dict[int, dict[int, int]]:
+    """{prompt id: {sample id: tier}} of the project's gold prompts."""
+    rows = GoldRanking.objects.filter(prompt__project=project).values_list("prompt_id", "tiers")
+    return {prompt_id: tiers_as_map(tiers) for prompt_id, tiers in rows}
+
+
+def _weights_by_labeler(*, project) -> dict[int, float]:
+    return dict(LabelerReliability.objects.filter(project=project).values_list("labeler_id", "weight"))
+
+
+def prompt_consensus(*, records: list[RankingRecord], weights: dict[int, float] | None = None) -> dict:
+    """Bradley-Terry consensus of one prompt's rankings, weighted by the labelers' reliability weights."""
+    weights = weights or {}
+    return quality.consensus([r.tiers for r in records], [weights.get(r.labeler_id, 1.0) for r in records])
+
+
+def _by_prompt(records: list[RankingRecord]) -> dict[int, list[RankingRecord]]:
+    grouped: dict[int, list[RankingRecord]] = defaultdict(list)
+    for record in records:
+        grouped[record.prompt_id].append(record)
+    return grouped
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.fmean(values), 4) if values else None
+
+
+def agreement_summary(records: list[RankingRecord]) -> dict:
+    """Agreement between labelled rankings of the same prompts: means over ranking pairs, and α ordinal."""
+    labelled = [r for r in records if r.labeler_id is not None]
+    agreements, taus, units = [], [], []
+    for prompt_records in _by_prompt(labelled).values():
+        if len(prompt_records) < 2:
+            continue
+        for a, b in combinations(prompt_records, 2):
+            agreements.append(quality.pairwise_agreement(a.tiers, b.tiers))
+            taus.append(quality.kendall_tau_b(a.tiers, b.tiers))
+        ranks = [quality.mid_ranks(r.tiers) for r in prompt_records]
+        for sample_id in prompt_records[0].tiers:
+            units.append([rank.get(sample_id) for rank in ranks])
+    alpha = quality.krippendorff_alpha(units, metric="ordinal")
+    return {
+        "rankings": len(labelled), "comparisons": len(agreements), "pairwise_agreement": _mean(agreements),
+        "kendall_tau_b": _mean(taus), "alpha_ordinal": round(alpha, 4) if alpha is not None else None,
+    }
+
+
+def _labeler_rows(records: list[RankingRecord], gold: dict, settings: dict, weights: dict) -> list[dict]:
+    """Per-labeler agreement, gold, consensus, reliability, position bias and speed figures."""
+    by_prompt = _by_prompt(records)
+    times = [r.time_spent_ms for r in records if r.labeler_id is not None and r.time_spent_ms > 0]
+    project_median = statistics.median(times) if times else None
+    stats: dict[int, dict] = defaultdict(lambda: defaultdict(list))
+    for prompt_id, prompt_records in by_prompt.items():
+        for record in prompt_records:
+            if record.labeler_id is None:
+                continue
+            s = stats[record.labeler_id]
+            s["records"].append(record)
+            others = [o for o in prompt_records if o is not record]
+            for other in (o for o in others if o.labeler_id is not None):
+                s["agreement"].append(quality.pairwise_agreement(record.tiers, other.tiers))
+                s["tau"].append(quality.kendall_tau_b(record.tiers, other.tiers))
+                if other.source in HUMAN_SOURCES:
+                    s["with_humans"].append(quality.pairwise_agreement(record.tiers, other.tiers))
+            if prompt_id in gold:
+                s["gold"].append(quality.agreement_counts(record.tiers, gold[prompt_id]))
+            elif others:  # leave-one-out: the weighted majority of everyone else who ranked this prompt
+                s["consensus"].append(quality.majority_agreement_counts(
+                    record.tiers, [o.tiers for o in others], [weights.get(o.labeler_id, 1.0) for o in others]))
+    rows = []
+    for labeler_id, s in stats.items():
+        own = s["records"]
+        gold_agree, gold_total = map(sum, zip(*s["gold"])) if s["gold"] else (0, 0)
+        cons_agree, cons_total = map(sum, zip(*s["consensus"])) if s["consensus"] else (0, 0)
+        reliability, weight = quality.reliability_weight(gold_agree + cons_agree, gold_total + cons_total)
+        own_times = [r.time_spent_ms for r in own if r.time_spent_ms > 0]
+        fast = sum(quality.speed_flags({r.ranking_id: r.time_spent_ms for r in own}, reference=project_median,
+                                       ratio=settings["speed_ratio"]).values()) if project_median else 0
+        median_time = statistics.median(own_times) if own_times else None
+        rows.append({
+            "labeler_id": labeler_id, "labeler": own[0].labeler,
+            "source": Counter(r.source for r in own).most_common(1)[0][0], "rankings": len(own),
+            "pairwise_agreement": _mean(s["agreement"]), "kendall_tau_b": _mean(s["tau"]),
+            "agreement_with_humans": _mean(s["with_humans"]),
+            "gold_pairs": gold_total, "gold_agreement": round(gold_agree / gold_total, 4) if gold_total else None,
+            "consensus_pairs": cons_total,
+            "consensus_agreement": round(cons_agree / cons_total, 4) if cons_total else None,
+            "gold_agreeing": gold_agree, "consensus_agreeing": cons_agree,
+            "reliability": reliability, "weight": weight,
+            "position_bias": quality.position_bias((r.tiers, r.shown) for r in own),
+            "median_time_ms": median_time, "fast_rankings": fast,
+            "speed_flag": bool(project_median and median_time is not None
+                               and median_time < settings["speed_ratio"] * project_median),
+        })
+    return sorted(rows, key=lambda row: row["labeler"])
+
+
+def labeler_rows_weighted(records: list[RankingRecord], gold: dict, settings: dict, *, rounds: int = 5) -> list[dict]:
+    """Labeler rows at the fixed point of "weights from agreement with the weighted majority of the others":
+    start from weight 1 for everyone; each pass re-weights the majority by the last pass's weights, so a
+    reliable labeler is not blamed for disagreeing with an unreliable one. Stops when no weight changes."""
+    weights: dict[int, float] = {}
+    rows: list[dict] = []
+    for _ in range(rounds):
+        rows = _labeler_rows(records, gold, settings, weights)
+        updated = {row["labeler_id"]: row["weight"] for row in rows}
+        if updated == weights:
+            break
+        weights = updated
+    return rows
+
+
+def review_queue(*, records: list[RankingRecord], threshold: float, reviewed: set[int]) -> list[dict]:
+    """Prompts with ≥ 2 labelled rankings whose mean pairwise agreement is below ``threshold``, worst first."""
+    queue = []
+    for prompt_id, prompt_records in _by_prompt([r for r in records if r.labeler_id is not None]).items():
+        if len(prompt_records) < 2 or prompt_id in reviewed:
+            continue
+        agreement = _mean(quality.pairwise_agreement(a.tiers, b.tiers) for a, b in combinations(prompt_records, 2))
+        if agreement is not None and agreement < threshold:
+            queue.append({"prompt_id": prompt_id, "rankings": len(prompt_records), "agreement": agreement})
+    return sorted(queue, key=lambda row: (row["agreement"], row["prompt_id"]))
+
+
+def _timeline(records: list[RankingRecord]) -> dict:
+    """Mean pairwise agreement per day, a ranking pair dated by its later ranking."""
+    per_day: dict[str, list[float]] = defaultdict(list)
+    for prompt_records in _by_prompt([r for r in records if r.labeler_id is not None]).values():
+        for a, b in combinations(prompt_records, 2):
+            day = max(a.created_at, b.created_at).date().isoformat()
+            per_day[day].append(quality.pairwise_agreement(a.tiers, b.tiers))
+    days = sorted(per_day)
+    return {"day": days, "pairwise_agreement": [_mean(per_day[d]) for d in days],
+            "comparisons": [len(per_day[d]) for d in days]}
+
+
+def quality_report(*, project, round_number: int | None = None) -> dict:
+    """Every quality figure of the project (or one round) as plain JSON-ready data."""
+    settings = quality_settings_get(project=project)
+    records = ranking_records(project=project, round_number=round_number)
+    gold = gold_maps(project=project)
+    rounds = sorted({r.round_number for r in records})
+    reviewed = set(PromptReview.objects.filter(prompt__project=project).values_list("prompt_id", flat=True))
+    return {
+        "project": project.slug,
+        "round": round_number,
+        "settings": settings,
+        "excluded_rankings": Ranking.objects.filter(prompt__project=project, exclusion__isnull=False).count(),
+        "gold_prompts": len(gold),
+        "overall": agreement_summary(records),
+        "rounds": [{"round": n, **agreement_summary([r for r in records if r.round_number == n])} for n in rounds],
+        "labelers": labeler_rows_weighted(records, gold, settings),
+        "timeline": _timeline(records),
+        "review_queue": review_queue(records=records, threshold=settings["review_threshold"], reviewed=reviewed),
+    }
+
+
+def consensus_rows(*, project, round_number: int | None = None):
+    """One row per prompt with rankings: BT strengths, consensus tiers (gold or adjudication wins), counts."""
+    records = ranking_records(project=project, round_number=round_number)
+    gold = gold_maps(project=project)
+    weights = _weights_by_labeler(project=project)
+    adjudicated = dict(PromptReview.objects.filter(prompt__project=project, status=PromptReview.Status.ADJUDICATED)
+                       .values_list("prompt_id", "tiers"))
+    grouped = _by_prompt(records)
+    prompts = Prompt.objects.filter(pk__in=list(grouped)).order_by("id").values_list("id", "messages", "round__number")
+    for prompt_id, messages, number in prompts.iterator(chunk_size=500):
+        prompt_records = grouped[prompt_id]
+        result = prompt_consensus(records=prompt_records, weights=weights)
+        basis = "bradley_terry"
+        if prompt_id in adjudicated:
+            result["tiers"], basis = tiers_as_map(adjudicated[prompt_id]), "adjudicated"
+        elif prompt_id in gold:
+            result["tiers"], basis = gold[prompt_id], "gold"
+        tiers: dict[int, list[int]] = defaultdict(list)
+        for sample_id, tier in sorted(result["tiers"].items(), key=lambda kv: (kv[1], kv[0])):
+            tiers[tier].append(sample_id)
+        yield {
+            "prompt_id": prompt_id, "round": number, "messages": messages, "basis": basis,
+            "consensus_tiers": [tiers[t] for t in sorted(tiers)],
+            "strengths": {str(k): round(v, 4) for k, v in sorted(result["strengths"].items())},
+            "rankings": len(prompt_records), "ranking_ids": [r.ranking_id for r in prompt_records],
+        }
