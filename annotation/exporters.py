@@ -87,7 +87,7 @@ def _username_field(prefix: str) -> str:
 
 def _pair_rows(project: Project, round_number: int | None, *, conversational: bool) -> Iterator[dict]:
     """One row per pair; plain values, not model instances (an order of magnitude faster on big exports)."""
-    pairs = PairwiseComparison.objects.filter(prompt__project=project)
+    pairs = PairwiseComparison.objects.filter(prompt__project=project, ranking__exclusion__isnull=True)  # see quality
     if round_number is not None:
         pairs = pairs.filter(prompt__round__number=round_number)
     labeler = _username_field("ranking__")
@@ -111,7 +111,7 @@ def _pair_rows(project: Project, round_number: int | None, *, conversational: bo
 
 def _ranking_rows(project: Project, round_number: int | None) -> Iterator[dict]:
     """One row per ranking; rankings are read in chunks, and each chunk's entries with one more query."""
-    rankings = Ranking.objects.filter(prompt__project=project)
+    rankings = Ranking.objects.filter(prompt__project=project, exclusion__isnull=True)  # excluded in review: left out
     if round_number is not None:
         rankings = rankings.filter(prompt__round__number=round_number)
     labeler = _username_field("")

@@ -215,8 +215,8 @@ class PairwiseComparison(models.Model):
         ]
 
 
-# Quality control, AI labelers, active selection and arena tables (owned by that feature; migration 0003).
+# Quality control, AI labelers and active selection tables (owned by that feature; migration 0003).
 from annotation.quality_models import (  # noqa: E402,F401
-    AILabeler, ArenaVote, GoldRanking, LabelerReliability, PromptPriority, PromptReview, QualitySettings,
+    AILabeler, GoldRanking, LabelerReliability, PromptPriority, PromptReview, QualitySettings,
     RankingExclusion, SelectionRecord,
 )

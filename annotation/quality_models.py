@@ -126,27 +126,3 @@ class SelectionRecord(models.Model):
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
-
-class ArenaVote(models.Model):
-    """One blind side-by-side vote on an arena prompt (two samples from two checkpoints).
-
-    ``left``/``right`` record which sample was shown where; the preference pair (if not a tie) lives in
-    ``ranking`` like any other ranking, so arena votes train reward models too.
-    """
-
-    class Outcome(models.TextChoices):
-        LEFT = "left", "Left is better"
-        RIGHT = "right", "Right is better"
-        TIE = "tie", "Tie"
-        BOTH_BAD = "both_bad", "Both are bad"
-
-    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="arena_votes")
-    voter = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    left = models.ForeignKey("annotation.Sample", on_delete=models.CASCADE, related_name="+")
-    right = models.ForeignKey("annotation.Sample", on_delete=models.CASCADE, related_name="+")
-    outcome = models.CharField(max_length=16, choices=Outcome.choices)
-    ranking = models.OneToOneField(Ranking, null=True, blank=True, on_delete=models.SET_NULL, related_name="arena_vote")
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["prompt", "voter"], name="arena_vote_once_per_prompt")]

@@ -86,8 +86,13 @@ def supervise(*, run_id: int, claim_token: str, attempt: int) -> str:
             services.run_requeue(run_id=run_id, claim_token=claim_token, reason="the worker is shutting down")
             return "requeued"
         if not services.run_heartbeat(run_id=run_id, claim_token=claim_token):
-            _stop(proc)
-            return "claim lost"
+            # Either the child has just finished the run itself (it is exiting) or another worker took the
+            # run over: give the child a moment, then stop it; _on_exit sorts out which it was.
+            try:
+                code = proc.wait(TERMINATE_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                code = _stop(proc)
+            break
         if TrainingRun.objects.filter(pk=run_id, cancel_requested=True).exists():
             cancel_seen_at = cancel_seen_at or time.monotonic()
             if time.monotonic() - cancel_seen_at > CANCEL_GRACE_SECONDS:

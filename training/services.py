@@ -79,7 +79,7 @@ def snapshot_create(
     *, project: Project, rounds: list[int] | None = None, sources: list[str] | None = None, require_pairs: bool = True
 ) -> DatasetSnapshot:
     """Record exactly which rankings a run trains on (ids, counts, sha256), so later rankings never change it."""
-    rankings = Ranking.objects.filter(prompt__project=project)
+    rankings = Ranking.objects.filter(prompt__project=project, exclusion__isnull=True)  # excluded in quality review
     if rounds:
         rounds = sorted({int(r) for r in rounds})
         known = set(Round.objects.filter(project=project, number__in=rounds).values_list("number", flat=True))

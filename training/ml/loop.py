@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from training.ml.config import DPOConfig, RewardConfig, SFTConfig
 from training.ml.generation import GeneratedSample, generate_samples, load_policy, mean_token_nll
 from training.ml.types import NullHooks, RankedGroup
@@ -44,13 +46,13 @@ class LoopConfig:
     sft_steps: int = 400
     sft_learning_rate: float = 3e-3
     dpo_beta: float = 0.1
-    dpo_learning_rate: float = 5e-4
+    dpo_learning_rate: float = 2e-4
     dpo_epochs: float = 2.0
     dpo_batch_size: int = 8
     train_reward_model: bool = True
     reward_steps: int = 60
     reward_learning_rate: float = 1e-3
-    num_threads: int = 0
+    num_threads: int = 1  # tiny models gain nothing from more; oversubscribed cores lose a lot
 
 
 def _stderr(values: list[float]) -> float:
@@ -175,6 +177,8 @@ def run_loop(config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool
     """SFT, then rounds 0..config.rounds; returns one metrics dict per round (round 0 = SFT policy)."""
     started = time.perf_counter()
     workdir = Path(workdir)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
     policy_dir = build_sft_policy(workdir, config=config, demonstrations=demonstrations, build_base=build_base)
     log(f"[{time.perf_counter() - started:6.1f}s] SFT policy: {policy_dir}")
     round0 = load_policy(policy_dir)

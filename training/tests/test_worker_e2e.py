@@ -121,7 +121,9 @@ def test_sigkilled_worker_resumes_from_checkpoint_exactly_once(e2e_project, star
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child), "the training process must die with its worker (PR_SET_PDEATHSIG)"
-    killed_at = TrainingRun.objects.get(pk=run.pk).step
+    killed = TrainingRun.objects.get(pk=run.pk)
+    killed_at = killed.step
+    assert killed.status == Status.RUNNING, (killed.status, killed.log_tail)
     later = timezone.now() + timedelta(seconds=settings.RUN_HEARTBEAT_STALE_SECONDS + 1)
     assert services.runs_reconcile(now=later) == 1  # stale heartbeat → queued again, message re-sent
     assert TrainingRun.objects.get(pk=run.pk).status == Status.QUEUED

@@ -1,0 +1,34 @@
+"""python manage.py ai_label --project SLUG --name NAME --kind utility|reward_model|llm_judge --spec SPEC
+[--tie-threshold T] [--max-prompts N]: add (or update) an AI labeler and let it rank its queue."""
+from django.core.management.base import BaseCommand, CommandError
+
+from annotation.ai_labelers import ai_labeler_create, ai_labeler_run
+from annotation.errors import InvalidInput
+from annotation.models import Project
+from annotation.quality_models import AILabeler
+
+
+class Command(BaseCommand):
+    help = "Add an AI labeler (rule-based scorer, reward model artifact or local LLM judge) and run it."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--project", required=True)
+        parser.add_argument("--name", required=True, help="The labeler is the user ai-NAME.")
+        parser.add_argument("--kind", required=True, choices=AILabeler.Kind.values)
+        parser.add_argument("--spec", required=True,
+                            help="module:function (utility), artifact id (reward_model) or model directory (llm_judge).")
+        parser.add_argument("--tie-threshold", type=float, default=0.0)
+        parser.add_argument("--max-prompts", type=int, default=None)
+
+    def handle(self, *args, **options) -> None:
+        project = Project.objects.filter(slug=options["project"]).first()
+        if project is None:
+            raise CommandError(f"no project with slug {options['project']!r}")
+        try:
+            labeler = ai_labeler_create(project=project, name=options["name"], kind=options["kind"],
+                                        spec=options["spec"], tie_threshold=options["tie_threshold"])
+            result = ai_labeler_run(labeler=labeler, max_prompts=options["max_prompts"])
+        except InvalidInput as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"{result['labeler']} ranked {result['rankings']} prompts ({result['pairs']} pairs, "
+                          f"source ai). See: python manage.py quality_report --project {project.slug}")

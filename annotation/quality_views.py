@@ -1,0 +1,175 @@
+"""Pages of quality control (researchers and admins only): the report, the review queue and their actions.
+
+Thin views: reads from ``quality_selectors``, writes through ``quality_services``; every POST redirects back
+to the page (post/redirect/get) with a message saying what happened or what was wrong.
+"""
+from __future__ import annotations
+
+import json
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from annotation import selectors
+from annotation.errors import InvalidInput
+from annotation.models import Prompt, Ranking
+from annotation.quality_selectors import consensus_rows, quality_report
+from annotation.quality_services import (
+    gold_import, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude, ranking_include,
+)
+from annotation.services import ranking_tiers
+from annotation.views import _require_manage
+
+REVIEW_SHOWN = 10
+
+
+def _managed_project(request: HttpRequest, slug: str):
+    project = selectors.project_get_for_user(user=request.user, slug=slug)
+    _require_manage(user=request.user, project=project)
+    return project
+
+
+def _back(slug: str, anchor: str = "") -> HttpResponse:
+    return redirect(reverse("annotation:quality", args=[slug]) + anchor)
+
+
+def _review_items(project, queue: list[dict]) -> list[dict]:
+    """The first queued prompts with their rankings: tiers as response positions (A, B, ...)."""
+    items = []
+    for row in queue[:REVIEW_SHOWN]:
+        prompt = Prompt.objects.get(pk=row["prompt_id"])
+        letters = {pk: chr(ord("A") + pos) for pk, pos in prompt.samples.values_list("pk", "position")}
+        rankings = Ranking.objects.filter(prompt=prompt, exclusion__isnull=True).select_related("labeler")
+        items.append({
+            **row, "prompt": prompt, "samples": prompt.samples.order_by("position"),
+            "rankings": [{"ranking": r, "order": " > ".join(" = ".join(letters[s] for s in tier)
+                                                             for tier in ranking_tiers(ranking=r))}
+                         for r in rankings],
+        })
+    return items
+
+
+@login_required
+@require_GET
+def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _managed_project(request, slug)
+    report = quality_report(project=project)
+    chart = {"day": report["timeline"]["day"], "agreement": report["timeline"]["pairwise_agreement"]}
+    return render(request, "annotation/quality/report.html", {
+        "project": project, "report": report, "chart": chart,
+        "review_items": _review_items(project, report["review_queue"]),
+        "excluded": Ranking.objects.filter(prompt__project=project, exclusion__isnull=False)
+        .select_related("labeler", "exclusion").order_by("-exclusion__created_at")[:50],
+    })
+
+
+def _float_or_none(value: str | None, name: str) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise InvalidInput(f"must be a number, got {value[:40]!r}", location=name) from exc
+
+
+@login_required
+@require_POST
+def quality_settings(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _managed_project(request, slug)
+    try:
+        values = {name: _float_or_none(request.POST.get(name), name)
+                  for name in ("gold_rate", "review_threshold", "speed_ratio")}
+        quality_settings_update(project=project, **values)
+        messages.success(request, "Quality settings saved.")
+    except InvalidInput as exc:
+        messages.error(request, f"Settings not saved: {exc}")
+    return _back(slug, "#settings")
+
+
+@login_required
+@require_POST
+def quality_weights(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _managed_project(request, slug)
+    weights = pair_weights_update(project=project)
+    messages.success(request, f"Reliability weights written to the pairs of {len(weights)} labelers.")
+    return _back(slug, "#labelers")
+
+
+def _int(value: str | None, name: str) -> int:
+    if value is None or not value.strip().isdigit():
+        raise InvalidInput(f"expected a number, got {str(value)[:20]!r}", location=name)
+    return int(value)
+
+
+@login_required
+@require_POST
+def quality_exclusion(request: HttpRequest, slug: str) -> HttpResponse:
+    """action=exclude (with a reason) or action=include for one ranking."""
+    project = _managed_project(request, slug)
+    try:
+        ranking_id = _int(request.POST.get("ranking_id"), "ranking_id")
+        if request.POST.get("action") == "include":
+            ranking_include(project=project, ranking_id=ranking_id)
+            messages.success(request, f"Ranking {ranking_id} is included again.")
+        else:
+            ranking_exclude(project=project, ranking_id=ranking_id, user=request.user,
+                            reason=request.POST.get("reason", ""))
+            messages.success(request, f"Ranking {ranking_id} is excluded from exports and training.")
+    except InvalidInput as exc:
+        messages.error(request, f"Nothing changed: {exc}")
+    return _back(slug, "#review")
+
+
+@login_required
+@require_POST
+def quality_review(request: HttpRequest, slug: str, prompt_id: int) -> HttpResponse:
+    """Adopt one ranking as the prompt's adjudicated consensus (or keep all), excluding the ticked ones."""
+    project = _managed_project(request, slug)
+    prompt = get_object_or_404(Prompt, pk=prompt_id, project=project)
+    try:
+        excluded = [_int(v, "exclude") for v in request.POST.getlist("exclude")]
+        adopted = request.POST.get("adopt", "")
+        tiers = None
+        if adopted:
+            ranking = Ranking.objects.filter(pk=_int(adopted, "adopt"), prompt=prompt).first()
+            if ranking is None:
+                raise InvalidInput("the adopted ranking is not a ranking of this prompt", location="adopt")
+            tiers = ranking_tiers(ranking=ranking)
+        prompt_review(prompt=prompt, user=request.user, tiers=tiers, note=request.POST.get("note", ""),
+                      exclude_ranking_ids=excluded)
+        messages.success(request, f"Prompt {prompt.pk} reviewed.")
+    except InvalidInput as exc:
+        messages.error(request, f"Review not saved: {exc}")
+    return _back(slug, "#review")
+
+
+@login_required
+@require_POST
+def quality_gold_import(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _managed_project(request, slug)
+    upload = request.FILES.get("file")
+    try:
+        if upload is None:
+            raise InvalidInput("choose a JSONL file", location="file")
+        count = gold_import(project=project, lines=upload.readlines(), user=request.user)
+        messages.success(request, f"{count} gold prompts set.")
+    except InvalidInput as exc:
+        messages.error(request, f"Nothing imported: {exc}")
+    return _back(slug, "#gold")
+
+
+def consensus_jsonl(project) -> StreamingHttpResponse:
+    lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in consensus_rows(project=project))
+    response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
+    response["Content-Disposition"] = f'attachment; filename="{project.slug}-consensus.jsonl"'
+    return response
+
+
+@login_required
+@require_GET
+def quality_consensus(request: HttpRequest, slug: str) -> StreamingHttpResponse:
+    return consensus_jsonl(_managed_project(request, slug))

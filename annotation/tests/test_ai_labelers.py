@@ -1,0 +1,101 @@
+"""AI labelers rank through the same service as humans, are marked as AI, and are measured against humans."""
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from annotation.ai_labelers import ai_labeler_create, ai_labeler_run, llm_judge_scorer, reward_model_scorer
+from annotation.errors import InvalidInput, RankingInvalid
+from annotation.exporters import export_preferences
+from annotation.models import Ranking
+from annotation.quality_models import AILabeler
+from annotation.quality_selectors import quality_report
+from annotation.tests.test_quality_services import rank_all
+
+
+def answer_number(prompt_messages, response_text):
+    return float(response_text.split()[1])
+
+
+def reversed_answer_number(prompt_messages, response_text):
+    return -answer_number(prompt_messages, response_text)
+
+
+def test_ai_labeler_ranks_as_ai_and_is_compared_with_humans(make_user, make_project):
+    alice = make_user("alice")
+    project = make_project(slug="rlaif", k=4, overlap=3, prompts=4, labelers=[alice])
+    rank_all(project, alice)
+    good = ai_labeler_create(project=project, name="rules", kind="utility", spec=f"{__name__}:answer_number")
+    bad = ai_labeler_create(project=project, name="contrarian", kind="utility",
+                            spec=f"{__name__}:reversed_answer_number")
+    assert ai_labeler_run(labeler=good) == {"labeler": "ai-rules", "rankings": 4, "pairs": 24}
+    assert ai_labeler_run(labeler=bad, max_prompts=2)["rankings"] == 2
+    assert set(Ranking.objects.filter(labeler=good.user).values_list("source", flat=True)) == {"ai"}
+    assert not good.user.has_usable_password()
+    rows = {row["labeler"]: row for row in quality_report(project=project)["labelers"]}
+    assert rows["ai-rules"]["agreement_with_humans"] == 1.0 and rows["ai-rules"]["source"] == "ai"
+    assert rows["ai-contrarian"]["agreement_with_humans"] == 0.0
+    exported = [json.loads(line) for line in b"".join(export_preferences(project=project, fmt="pairs",
+                                                                         file_format="jsonl")).splitlines()]
+    assert {row["source"] for row in exported if row["labeler"] == "ai-rules"} == {"ai"}
+    assert ai_labeler_run(labeler=good)["rankings"] == 0  # nothing left: idempotent
+
+
+def test_ai_labeler_validation_writes_nothing(make_user, make_project, tmp_path):
+    project = make_project(slug="v", k=2, prompts=1)
+    for kwargs, where in (({"name": "Bad Name", "kind": "utility", "spec": f"{__name__}:answer_number"}, "name"),
+                          ({"name": "x", "kind": "oracle", "spec": "x"}, "kind"),
+                          ({"name": "x", "kind": "utility", "spec": "nope"}, "utility"),
+                          ({"name": "x", "kind": "reward_model", "spec": "999"}, "spec"),
+                          ({"name": "x", "kind": "llm_judge", "spec": str(tmp_path)}, "spec")):
+        with pytest.raises(InvalidInput) as error:
+            ai_labeler_create(project=project, **kwargs)
+        assert error.value.location == where
+    assert not AILabeler.objects.exists()
+    make_user("ai-taken")
+    with pytest.raises(InvalidInput, match="not this project's AI labeler"):
+        ai_labeler_create(project=project, name="taken", kind="utility", spec=f"{__name__}:answer_number")
+
+
+def test_scorer_returning_garbage_is_rejected(make_project):
+    project = make_project(slug="g", k=3, prompts=1)
+    labeler = ai_labeler_create(project=project, name="g", kind="utility", spec=f"{__name__}:answer_number")
+    with pytest.raises(InvalidInput, match="finite numbers"):
+        ai_labeler_run(labeler=labeler, scorer=lambda messages, texts: [float("nan")] * len(texts))
+    assert not Ranking.objects.exists()
+
+
+def test_ai_label_command(make_project):
+    make_project(slug="cmd", k=3, prompts=2)
+    out = StringIO()
+    call_command("ai_label", "--project", "cmd", "--name", "rules", "--kind", "utility", "--spec",
+                 f"{__name__}:answer_number", stdout=out)
+    assert "ai-rules ranked 2 prompts (6 pairs, source ai)" in out.getvalue()
+    with pytest.raises(CommandError, match="cannot import"):
+        call_command("ai_label", "--project", "cmd", "--name", "x", "--kind", "utility", "--spec", "no.such:f")
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from training.ml.tiny_models import build_tiny_causal_lm, build_tiny_reward_model, build_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny")
+    tokenizer = build_tokenizer([f"Answer {j} to question {i}. Is the reply helpful Yes No" for i in range(5)
+                                 for j in range(4)], root / "tok", vocab_size=300)
+    return {"rm": build_tiny_reward_model(root / "rm", tokenizer, hidden=16, layers=1, heads=2),
+            "lm": build_tiny_causal_lm(root / "lm", tokenizer, hidden=16, layers=1, heads=2)}
+
+
+@pytest.mark.slow
+def test_model_scorers_rank_through_the_service(make_project, tiny_models):
+    project = make_project(slug="models", k=3, overlap=2, prompts=2)
+    messages = [{"role": "user", "content": "Question 0?"}]
+    texts = ["Answer 0 to question 0.", "Answer 1 to question 0.", "Answer 2 to question 0."]
+    rm_scores = reward_model_scorer(tiny_models["rm"])(messages, texts)
+    judge_scores = llm_judge_scorer(tiny_models["lm"])(messages, texts)
+    assert len(rm_scores) == len(judge_scores) == 3 and len(set(rm_scores)) == 3
+    assert reward_model_scorer(tiny_models["rm"])(messages, texts) == rm_scores  # deterministic
+    judge = ai_labeler_create(project=project, name="judge", kind="llm_judge", spec=str(tiny_models["lm"]))
+    assert ai_labeler_run(labeler=judge)["rankings"] == 2
+    assert Ranking.objects.filter(labeler=judge.user, source="ai").count() == 2

@@ -1,0 +1,105 @@
+"""Quality page and API: researchers only, actions write through the services, bad input writes nothing."""
+import io
+import json
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from annotation.models import Membership, PairwiseComparison, Prompt, Ranking
+from annotation.quality_models import GoldRanking, PromptReview, QualitySettings, RankingExclusion
+from annotation.tests.test_quality_services import rank_all
+
+
+@pytest.fixture
+def qc(make_user, make_project):
+    alice, bob, carol, res = make_user("alice"), make_user("bob"), make_user("carol"), make_user("res")
+    project = make_project(slug="qc", k=3, overlap=3, prompts=3, labelers=[alice, bob, carol], researchers=[res])
+    rank_all(project, alice)
+    rank_all(project, bob)
+    rank_all(project, carol, reverse=True, time_spent_ms=500)
+    Prompt.objects.filter(pk=Prompt.objects.filter(project=project).first().pk).update(
+        messages=[{"role": "user", "content": "<script>alert(1)</script> question"}])
+    researcher, labeler = Client(), Client()
+    researcher.force_login(res)
+    labeler.force_login(alice)
+    return {"project": project, "researcher": researcher, "labeler": labeler, "carol": carol}
+
+
+def test_quality_page_for_researchers_only(qc, client, make_user):
+    url = reverse("annotation:quality", args=["qc"])
+    page = qc["researcher"].get(url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Krippendorff" in html and "carol" in html and 'id="agreement-data"' in html
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)" in html  # escaped model output
+    assert 'src="/static/app/quality.js"' in html
+    assert qc["labeler"].get(url).status_code == 403
+    stranger = Client()
+    stranger.force_login(make_user("stranger"))
+    assert stranger.get(url).status_code == 404
+    assert client.get(url).status_code == 302  # login first
+
+
+def test_page_actions(qc):
+    slug, researcher, carol = "qc", qc["researcher"], qc["carol"]
+    ranking = Ranking.objects.filter(labeler=carol).first()
+    response = researcher.post(reverse("annotation:quality-exclusion", args=[slug]),
+                               {"ranking_id": ranking.pk, "reason": ""}, follow=True)
+    assert "Nothing changed" in response.content.decode() and not RankingExclusion.objects.exists()
+    researcher.post(reverse("annotation:quality-exclusion", args=[slug]), {"ranking_id": ranking.pk, "reason": "bad"})
+    assert RankingExclusion.objects.filter(ranking=ranking).exists()
+    researcher.post(reverse("annotation:quality-exclusion", args=[slug]), {"ranking_id": ranking.pk, "action": "include"})
+    assert not RankingExclusion.objects.exists()
+    researcher.post(reverse("annotation:quality-weights", args=[slug]))
+    assert set(PairwiseComparison.objects.filter(ranking__labeler=carol).values_list("weight", flat=True)) == {0.05}
+    response = researcher.post(reverse("annotation:quality-settings", args=[slug]), {"gold_rate": "2"}, follow=True)
+    assert "Settings not saved" in response.content.decode() and not QualitySettings.objects.exists()
+    researcher.post(reverse("annotation:quality-settings", args=[slug]), {"gold_rate": "0.1", "review_threshold": "0.4"})
+    assert QualitySettings.objects.get().gold_rate == 0.1
+    prompt = Prompt.objects.filter(project=qc["project"]).first()
+    adopted = Ranking.objects.get(prompt=prompt, labeler__username="alice")
+    researcher.post(reverse("annotation:quality-review", args=[slug, prompt.pk]),
+                    {"adopt": adopted.pk, "exclude": [Ranking.objects.get(prompt=prompt, labeler=carol).pk]})
+    assert PromptReview.objects.get(prompt=prompt).status == "adjudicated"
+    upload = io.BytesIO(json.dumps({"prompt_id": prompt.pk, "ranking": [[0], [1], [2]]}).encode())
+    upload.name = "gold.jsonl"
+    researcher.post(reverse("annotation:quality-gold", args=[slug]), {"file": upload})
+    assert GoldRanking.objects.filter(prompt=prompt).exists()
+    consensus = researcher.get(reverse("annotation:quality-consensus", args=[slug]))
+    rows = [json.loads(line) for line in b"".join(consensus.streaming_content).splitlines()]
+    assert len(rows) == 3 and {row["basis"] for row in rows} == {"adjudicated", "bradley_terry"}
+    assert qc["labeler"].post(reverse("annotation:quality-weights", args=[slug])).status_code == 403
+
+
+def test_quality_api(qc):
+    researcher, slug = qc["researcher"], "qc"
+    report = researcher.get(f"/api/projects/{slug}/quality/").json()
+    assert report["overall"]["rankings"] == 9 and len(report["labelers"]) == 3
+    assert qc["labeler"].get(f"/api/projects/{slug}/quality/").status_code == 403
+    assert researcher.get(f"/api/projects/{slug}/quality/?round=x").status_code == 400
+    weights = researcher.post(f"/api/projects/{slug}/quality/weights/").json()["weights"]
+    assert weights["carol"] == 0.05
+    bad = researcher.post(f"/api/projects/{slug}/quality/exclusions/", {"ranking_id": 10**9, "reason": "x"},
+                          content_type="application/json")
+    assert bad.status_code == 400 and bad.json()["location"] == "ranking"
+    ranking = Ranking.objects.filter(labeler=qc["carol"]).first()
+    ok = researcher.post(f"/api/projects/{slug}/quality/exclusions/", {"ranking_id": ranking.pk, "reason": "x"},
+                         content_type="application/json")
+    assert ok.json() == {"ranking_id": ranking.pk, "excluded": True}
+    prompt = Prompt.objects.filter(project=qc["project"]).last()
+    ids = list(prompt.samples.order_by("position").values_list("pk", flat=True))
+    bad = researcher.post(f"/api/projects/{slug}/quality/gold/", {"prompt_id": prompt.pk, "tiers": [[ids[0]]]},
+                          content_type="application/json")
+    assert bad.status_code == 400 and "not ranked" in bad.json()["error"] and not GoldRanking.objects.exists()
+    gold = researcher.post(f"/api/projects/{slug}/quality/gold/", {"prompt_id": prompt.pk, "tiers": [ids[::-1]]},
+                           content_type="application/json")
+    assert gold.status_code == 200 and Prompt.objects.get(pk=prompt.pk).is_gold
+    review = researcher.post(f"/api/projects/{slug}/quality/reviews/", {"prompt_id": prompt.pk, "note": "fine"},
+                             content_type="application/json")
+    assert review.json()["status"] == "kept"
+    settings = researcher.post(f"/api/projects/{slug}/quality/settings/", {"gold_rate": 1.5},
+                               content_type="application/json")
+    assert settings.status_code == 400 and settings.json()["location"] == "gold_rate"
+    consensus = researcher.get(f"/api/projects/{slug}/quality/consensus/")
+    assert consensus.status_code == 200 and len(b"".join(consensus.streaming_content).splitlines()) == 3
