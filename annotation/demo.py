@@ -66,7 +66,11 @@ def demo_seed() -> dict:
                 Membership.objects.update_or_create(project=project, user=user, defaults={"role": role})
     with DEMO_FILE.open("rb") as stream:
         result = import_samples_from_file(project_slug=DEMO_SLUG, stream=stream, source_name=DEMO_FILE.name)
+    from training.policy_data import demo_policy_data_seed  # the story task of the policy loop (docs/loop.md)
+
+    policy_data = demo_policy_data_seed(project=project)
     return {
+        "policy_data": policy_data,
         "project": project.slug,
         "project_created": created,
         "round": result.round_number,

@@ -39,6 +39,11 @@ class JobSpec:
     run: Callable[[TrainingRun, Path, TrainHooks], JobResult]
     base_model_field: str = "base_model"
     needs_pairs: bool = True  # the snapshot must hold at least one ranked pair
+    # "pairs": a snapshot of ranked pairs is required; "optional": one is taken only when rounds are given;
+    # "none": the run trains on no rankings (generation, PPO/GRPO roll out on the prompt pool).
+    snapshot: str = "pairs"
+    # kind-specific checks before anything is written: check(project=, config=, snapshot=, round=) raises InvalidInput
+    check: Callable[..., None] | None = None
 
 
 class JobFailed(Exception):
@@ -81,6 +86,7 @@ def check_model_source(value: str, *, location: str) -> None:
 
 
 def job_for_kind(kind: str) -> JobSpec:
+    _register_policy_jobs()
     if kind not in JOBS:
         raise InvalidInput(f"Unknown run kind {kind!r} (known: {', '.join(sorted(JOBS))}).", location="kind")
     return JOBS[kind]
@@ -122,3 +128,11 @@ def reward_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResu
 JOBS: dict[str, JobSpec] = {
     TrainingRun.Kind.REWARD: JobSpec(run=reward_job),
 }
+
+
+def _register_policy_jobs() -> None:
+    """SFT, generate, DPO, PPO and GRPO live in ``training.policy_jobs`` (imported lazily: it imports this module)."""
+    if TrainingRun.Kind.SFT not in JOBS:
+        from training.policy_jobs import POLICY_JOBS
+
+        JOBS.update(POLICY_JOBS)

@@ -69,6 +69,10 @@ class TrainingRun(models.Model):
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     summary = models.JSONField(default=dict, blank=True, help_text="Final metrics and counts.")
+    overoptimised = models.BooleanField(
+        default=False, help_text="The reward-model score rose while the labelers' measure of its policy fell."
+    )
+    flag_reason = models.CharField(max_length=500, blank=True)
     log_tail = models.TextField(blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -134,3 +138,53 @@ class ModelArtifact(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.name}"
+
+
+class Demonstration(models.Model):
+    """A (prompt, response) example written by a person, for SFT (imported as JSONL)."""
+
+    project = models.ForeignKey("annotation.Project", on_delete=models.CASCADE, related_name="demonstrations")
+    messages = models.JSONField(help_text="The prompt: a list of {role, content} messages.")
+    response = models.TextField()
+    content_sha256 = models.CharField(max_length=64, help_text="sha256 of the prompt and response (dedupe).")
+    source = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "content_sha256"], name="demonstration_unique_per_project")
+        ]
+
+
+class PoolPrompt(models.Model):
+    """A prompt of the project's pool: "start next round" and PPO/GRPO sample their prompts from it."""
+
+    project = models.ForeignKey("annotation.Project", on_delete=models.CASCADE, related_name="pool_prompts")
+    messages = models.JSONField()
+    content_sha256 = models.CharField(max_length=64)
+    source = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["project", "content_sha256"], name="pool_prompt_unique_per_project")]
+
+
+class RoundReport(models.Model):
+    """Figures of one generated round: health at generation; utility, KL and RM figures once measured.
+
+    ``metrics`` keys (each optional): utility_mean, utility_se, kl_to_round0, nll_round0, eos_rate,
+    distinct_rate, mean_tokens, mean_logprob, rm_accuracy, rm_score_mean, rm_score_prev_round, agreement.
+    """
+
+    round = models.OneToOneField("annotation.Round", on_delete=models.CASCADE, related_name="report")
+    policy = models.ForeignKey(ModelArtifact, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                               help_text="The policy that generated the round's samples.")
+    metrics = models.JSONField(default=dict, blank=True)
+    overoptimised = models.BooleanField(default=False)
+    flag_reason = models.CharField(max_length=500, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"report of {self.round}"

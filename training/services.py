@@ -44,35 +44,66 @@ def run_create(
     base_artifact: ModelArtifact | None = None,
     rounds: list[int] | None = None,
     sources: list[str] | None = None,
+    round: Round | None = None,
+    reward_artifact: ModelArtifact | None = None,
 ) -> TrainingRun:
     """Validate the config, record an immutable dataset snapshot, create the run and queue it on commit.
 
     Raises ``InvalidInput`` (nothing written) for an unknown kind, a bad config, a missing model directory
     or an empty dataset, and ``NotAllowed`` when ``user`` may not train in this project (``user=None`` is
-    the operator at the command line).
+    the operator at the command line). ``base_artifact`` that is a LoRA adapter fills ``adapter`` and its
+    base model; ``reward_artifact`` fills ``reward_model`` (PPO/GRPO); ``round`` is the round a generation
+    run fills. Kinds without rankings (generate, PPO, GRPO; SFT unless ``rounds`` are given) take no snapshot.
     """
     if user is not None and not _user_can_launch(user=user, project=project):
         raise NotAllowed("Only researchers and admins of this project can launch training runs.")
     spec = jobs.job_for_kind(kind)
     if not isinstance(config, dict):
         raise InvalidInput("The config must be a JSON object.", location="config")
-    config = dict(config)
-    if base_artifact is not None:
-        if base_artifact.project_id != project.id:
-            raise InvalidInput("The base model belongs to another project.", location="base_artifact")
-        config[spec.base_model_field] = str(artifact_abs_path(artifact=base_artifact))
+    config = _config_with_artifacts(project=project, kind=kind, config=config, spec=spec,
+                                    base_artifact=base_artifact, reward_artifact=reward_artifact)
     config_obj = jobs.config_parse(kind=kind, data=config)
     jobs.check_model_source(getattr(config_obj, spec.base_model_field, ""), location=f"config.{spec.base_model_field}")
     with transaction.atomic():
-        snapshot = snapshot_create(project=project, rounds=rounds, sources=sources, require_pairs=spec.needs_pairs)
-        newest_round = project.rounds.filter(number__in=snapshot.filters.get("rounds") or []).order_by("-number").first()
+        snapshot = None
+        if spec.snapshot == "pairs" or (spec.snapshot == "optional" and rounds):
+            snapshot = snapshot_create(project=project, rounds=rounds, sources=sources, require_pairs=spec.needs_pairs)
+        if spec.check is not None:
+            spec.check(project=project, config=config_obj, snapshot=snapshot, round=round)
+        if round is None and snapshot is not None:
+            round = project.rounds.filter(number__in=snapshot.filters.get("rounds") or []).order_by("-number").first()
         run = TrainingRun.objects.create(
             project=project, kind=kind, config=config_obj.to_dict(), snapshot=snapshot, base_artifact=base_artifact,
-            round=newest_round, launched_by=user, max_attempts=settings.RUN_MAX_ATTEMPTS,
+            round=round, launched_by=user, max_attempts=settings.RUN_MAX_ATTEMPTS,
             queued_at=timezone.now(), dispatches=1,
         )
         _enqueue_on_commit(run.id)
     return run
+
+
+def _config_with_artifacts(*, project: Project, kind: str, config: dict, spec, base_artifact, reward_artifact) -> dict:
+    """The config with the paths of the chosen registered models filled in."""
+    from training.ml.config import CONFIG_CLASSES
+
+    config = dict(config)
+    fields = set(CONFIG_CLASSES[kind].__dataclass_fields__) if kind in CONFIG_CLASSES else set()
+    if base_artifact is not None:
+        if base_artifact.project_id != project.id:
+            raise InvalidInput("The base model belongs to another project.", location="base_artifact")
+        path = str(artifact_abs_path(artifact=base_artifact))
+        if base_artifact.is_adapter:
+            if "adapter" not in fields:
+                raise InvalidInput(f"A {kind} run cannot start from a LoRA adapter; choose a full model.",
+                                   location="base_artifact")
+            config["adapter"], path = path, base_artifact.base_model
+        config[spec.base_model_field] = path
+    if reward_artifact is not None:
+        if reward_artifact.project_id != project.id or reward_artifact.kind != ModelArtifact.Kind.REWARD:
+            raise InvalidInput("Choose a reward model of this project.", location="reward_artifact")
+        if "reward_model" not in fields:
+            raise InvalidInput(f"A {kind} run takes no reward model.", location="reward_artifact")
+        config["reward_model"] = str(artifact_abs_path(artifact=reward_artifact))
+    return config
 
 
 def snapshot_create(

@@ -29,7 +29,8 @@ def world(make_user, make_project):
     run = TrainingRun.objects.create(project=bravo, kind=TrainingRun.Kind.REWARD, config={"note": SECRET})
     artifact = ModelArtifact.objects.create(project=bravo, kind=ModelArtifact.Kind.REWARD, name=f"{SECRET} model",
                                             path="missing/dir", run=run)
-    ids = {"slug": bravo.slug, "assignment_id": open_lease.pk, "run_id": run.pk, "artifact_id": artifact.pk}
+    ids = {"slug": bravo.slug, "assignment_id": open_lease.pk, "run_id": run.pk, "artifact_id": artifact.pk,
+           "prompt_id": done.prompt_id}
     return {"alice": alice, "res_a": res_a, "bob": bob, "carol": carol, "res_b": res_b, "alpha": alpha,
             "bravo": bravo, "ids": ids, "open_lease": open_lease, "bob_ranking": Ranking.objects.get(labeler=bob)}
 

@@ -60,7 +60,7 @@ def base_dir(tmp_path_factory):
 
 def _config(base_dir: str, **extra) -> DPOConfig:
     return DPOConfig(base_model=base_dir, beta=0.5, learning_rate=3e-3, batch_size=8, max_steps=24, eval_every=24,
-                     checkpoint_every=8, lr_scheduler="constant", **extra)
+                     checkpoint_every=8, lr_scheduler="constant", num_threads=1, **extra)
 
 
 @pytest.mark.slow
@@ -98,7 +98,7 @@ class StopAfter(NullHooks):
 def test_train_dpo_stops_and_resumes_to_the_same_policy(base_dir, tmp_path):
     train = _toy_groups(24, seed=3)
     config = DPOConfig(
-        base_model=base_dir, beta=0.5, learning_rate=3e-3, batch_size=8, max_steps=12, checkpoint_every=4,
+        base_model=base_dir, beta=0.5, learning_rate=3e-3, batch_size=8, max_steps=12, checkpoint_every=4, num_threads=1,
         lr_scheduler="linear")
     straight = train_dpo(config, train, [], output_dir=tmp_path / "straight", hooks=NullHooks())
     stopper = StopAfter(6)

@@ -55,7 +55,7 @@ def fill_ref_logprobs(model, tokenizer, groups: list[RankedGroup], config: DPOCo
                                    [g.responses[i] for g, i in missing], max_length=config.max_length)
         model.train(was_training)
         computed = {(id(g), i): v for (g, i), v in zip(missing, values.tolist())}
-    return [[computed.get((id(g), i)) if (id(g), i) in computed else float(g.ref_logprobs[i])
+    return [[computed[(id(g), i)] if (id(g), i) in computed else float(g.ref_logprobs[i])
              for i in range(len(g.responses))] for g in groups]
 
 

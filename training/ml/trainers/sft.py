@@ -70,7 +70,7 @@ def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[i
     """Items of optimizer step ``step``: a fresh seeded shuffle per epoch, so resuming needs no RNG state.
 
     >>> batch_indices(5, 2, 0, seed=0) + batch_indices(5, 2, 1, seed=0) + batch_indices(5, 2, 2, seed=0)
-    [2, 0, 1, 3, 4]
+    [2, 1, 0, 4, 3]
     """
     per_epoch = max(1, math.ceil(n_items / batch_size))
     epoch, position = divmod(step, per_epoch)

@@ -1,0 +1,149 @@
+"""Writes of the collect-train loop: start the next round from a policy, record a round's figures, flag
+reward over-optimisation.
+
+``round_start`` creates the round (status GENERATING, not yet visible to labelers) with its prompts and a
+generation run on the ``gpu`` queue; the run writes the samples and opens the round in one transaction.
+
+Over-optimisation: a policy whose reward-model score rose while the labelers' measure of it fell is
+flagged (``overoptimisation_verdict``, on the round's report and on the run that trained the policy).
+"""
+from __future__ import annotations
+
+import math
+
+from django.db import transaction
+from django.db.models import Max
+
+from annotation.errors import InvalidInput, NotAllowed
+from annotation.models import Project, Prompt, Round
+from annotation.selectors import user_can_manage
+from training.models import ModelArtifact, RoundReport, TrainingRun
+from training.policy_data import messages_parse
+
+MAX_ROUND_PROMPTS = 10_000
+SAMPLING_KEYS = ("k", "temperature", "top_p", "max_new_tokens", "seed", "batch_size", "num_threads")
+
+
+def round_start(
+    *, project: Project, policy_artifact: ModelArtifact, prompts: list, sampling: dict | None = None, user=None,
+) -> TrainingRun:
+    """Create round N+1 (GENERATING) with ``prompts`` and queue the generation run that fills and opens it.
+
+    ``prompts``: a list of message lists (or plain strings, one user turn each). ``sampling``: k (must be the
+    project's K), temperature, top_p, max_new_tokens, seed, batch_size. Nothing is written on bad input.
+    """
+    from training.services import run_create
+
+    if user is not None and not user_can_manage(user=user, project=project):
+        raise NotAllowed("Only researchers and admins of this project can start a round.")
+    if policy_artifact.project_id != project.id or policy_artifact.kind not in (ModelArtifact.Kind.POLICY,
+                                                                                  ModelArtifact.Kind.BASE):
+        raise InvalidInput("Choose a policy (or base causal LM) of this project.", location="policy")
+    sampling = dict(sampling or {})
+    unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
+    if unknown:
+        raise InvalidInput(f"unknown sampling setting {unknown[0]!r} (known: {', '.join(SAMPLING_KEYS)})",
+                           location=f"sampling.{unknown[0]}")
+    sampling.setdefault("k", project.k)
+    if sampling["k"] != project.k:
+        raise InvalidInput(f"k must be the project's K ({project.k}): labelers rank K responses per prompt.",
+                           location="sampling.k")
+    messages = prompts_validate(prompts)
+    with transaction.atomic():
+        Project.objects.select_for_update().get(pk=project.pk)  # one new round number at a time
+        number = (project.rounds.aggregate(n=Max("number"))["n"] or 0) + 1
+        rnd = Round.objects.create(project=project, number=number, status=Round.Status.GENERATING,
+                                   source=f"policy {policy_artifact.name} (#{policy_artifact.pk})"[:200],
+                                   sampling_params=sampling)
+        Prompt.objects.bulk_create([Prompt(project=project, round=rnd, messages=m) for m in messages], batch_size=2000)
+        RoundReport.objects.create(round=rnd, policy=policy_artifact)
+        return run_create(project=project, kind=TrainingRun.Kind.GENERATE, config=sampling, user=user,
+                          base_artifact=policy_artifact, round=rnd)
+
+
+def prompts_validate(prompts: list) -> list[list[dict]]:
+    if not isinstance(prompts, list) or not prompts:
+        raise InvalidInput("give at least one prompt", location="prompts")
+    if len(prompts) > MAX_ROUND_PROMPTS:
+        raise InvalidInput(f"at most {MAX_ROUND_PROMPTS} prompts per round", location="prompts")
+    out = []
+    for i, prompt in enumerate(prompts):
+        record = {"prompt": prompt} if isinstance(prompt, str) else {"messages": prompt}
+        out.append(messages_parse(record, where=f"prompts[{i}]"))
+    return out
+
+
+# ----------------------------------------------------------------------------- figures and flags
+def overoptimisation_verdict(
+    *, rm_before: float | None, rm_after: float | None, utility_before: float | None, utility_after: float | None,
+    se_before: float | None = 0.0, se_after: float | None = 0.0,
+) -> str:
+    """Why this looks like reward over-optimisation, or "" when it does not.
+
+    Flagged when the reward-model score rose (after > before) while the labelers' utility fell by more than
+    one standard error of the difference, sqrt(se_before² + se_after²).
+
+    >>> overoptimisation_verdict(rm_before=0.1, rm_after=0.9, utility_before=0.5, utility_after=0.2,
+    ...                          se_before=0.05, se_after=0.05)[:27]
+    'reward-model score rose by '
+    >>> overoptimisation_verdict(rm_before=0.1, rm_after=0.9, utility_before=0.5, utility_after=0.45,
+    ...                          se_before=0.05, se_after=0.05)
+    ''
+    """
+    values = (rm_before, rm_after, utility_before, utility_after)
+    if any(v is None or not math.isfinite(v) for v in values):
+        return ""
+    noise = math.hypot(se_before or 0.0, se_after or 0.0)
+    rise, drop = rm_after - rm_before, utility_before - utility_after
+    if rise > 0 and drop > noise:
+        return (f"reward-model score rose by {rise:.3f} while the labelers' utility fell by {drop:.3f} "
+                f"(more than its standard error {noise:.3f})")
+    return ""
+
+
+def round_report_record(*, round: Round, metrics: dict, policy: ModelArtifact | None = None) -> RoundReport:
+    """Merge ``metrics`` into the round's report (created if missing), then re-check the flags. Idempotent."""
+    from training.services import json_safe
+
+    with transaction.atomic():
+        report, _ = RoundReport.objects.select_for_update().get_or_create(round=round, defaults={"policy": policy})
+        report.metrics = {**report.metrics, **json_safe(metrics)}
+        if policy is not None:
+            report.policy = policy
+        report.save()
+        flags_update(report=report)
+    return report
+
+
+def _previous_report(report: RoundReport) -> RoundReport | None:
+    return (RoundReport.objects.filter(round__project_id=report.round.project_id, round__number__lt=report.round.number,
+                                       metrics__has_key="utility_mean")
+            .select_related("round").order_by("-round__number").first())
+
+
+def flags_update(*, report: RoundReport) -> None:
+    """Flag the round and the run that trained its policy when RM score and labelers' utility disagree.
+
+    RM evidence, either: the same reward model scored this round's and the previous round's samples
+    (``rm_score_mean`` vs ``rm_score_prev_round``); or the policy's PPO/GRPO run logged its mean RM score
+    per step (first vs final step).
+    """
+    previous = _previous_report(report)
+    m = report.metrics
+    if previous is None or "utility_mean" not in m:
+        return
+    p = previous.metrics
+    utility = dict(utility_before=p.get("utility_mean"), utility_after=m.get("utility_mean"),
+                   se_before=p.get("utility_se"), se_after=m.get("utility_se"))
+    reasons = [overoptimisation_verdict(rm_before=m.get("rm_score_prev_round"), rm_after=m.get("rm_score_mean"),
+                                        **utility)]
+    run = report.policy.run if report.policy is not None and report.policy.run_id else None
+    if run is not None:
+        first, final = (run.summary or {}).get("first") or {}, (run.summary or {}).get("final") or {}
+        reasons.append(overoptimisation_verdict(rm_before=first.get("rm_score"), rm_after=final.get("rm_score"),
+                                                **utility))
+    reason = "; ".join(r for r in reasons if r)[:500]
+    RoundReport.objects.filter(pk=report.pk).update(overoptimised=bool(reason), flag_reason=reason)
+    report.overoptimised, report.flag_reason = bool(reason), reason
+    if run is not None:
+        TrainingRun.objects.filter(pk=run.pk).update(overoptimised=bool(reason), flag_reason=reason)
