@@ -67,7 +67,8 @@ class Command(BaseCommand):
         first, last = history[0], history[-1]
         gain = last["utility_mean"] - first["utility_mean"]
         se = (first["utility_se"] ** 2 + last["utility_se"] ** 2) ** 0.5
-        self.stdout.write(f"round {last['round']} vs round 0: utility {gain:+.3f} ({gain / se:+.1f} standard errors); "
+        in_se = f"{gain / se:+.1f} standard errors" if se > 0 else "standard error 0"
+        self.stdout.write(f"round {last['round']} vs round 0: utility {gain:+.3f} ({in_se}); "
                           f"wall time {time.perf_counter() - started:.0f}s")
         flagged = [m["round"] for m in history if m.get("flag")]
         self.stdout.write(f"over-optimisation flagged in rounds {flagged}" if flagged else "no over-optimisation flag")
