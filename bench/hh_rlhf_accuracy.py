@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minilm-epochs", type=float, default=1.0)
     parser.add_argument("--tiny-epochs", type=float, default=3.0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-minilm", action="store_true")
     args = parser.parse_args()
     groups, skipped = load_groups(args.data)

@@ -14,7 +14,11 @@ from rest_framework.response import Response
 from annotation.errors import InvalidInput, NotAllowed
 from training import selectors, services
 from training.models import ModelArtifact
-from training.serializers import ArtifactSerializer, RunCreateSerializer, RunDetailSerializer, RunSerializer
+from training.policy_data import pool_prompts_sample
+from training.rounds import round_start
+from training.serializers import (
+    ArtifactSerializer, RoundStartSerializer, RunCreateSerializer, RunDetailSerializer, RunSerializer,
+)
 from training.views import artifact_zip_response
 
 ERROR = OpenApiResponse(description='{"error": message, "location": where}')
@@ -48,9 +52,14 @@ def project_runs(request: Request, slug: str) -> Response:
         base = ModelArtifact.objects.filter(pk=data["base_artifact"], project=project).first()
         if base is None:
             return _error("No such model in this project.", location="base_artifact")
+    reward = None
+    if data.get("reward_artifact") is not None:
+        reward = ModelArtifact.objects.filter(pk=data["reward_artifact"], project=project).first()
+        if reward is None:
+            return _error("No such model in this project.", location="reward_artifact")
     try:
         run = services.run_create(project=project, kind=data["kind"], config=data["config"], user=request.user,
-                                  base_artifact=base, rounds=data.get("rounds"))
+                                  base_artifact=base, rounds=data.get("rounds"), reward_artifact=reward)
     except InvalidInput as error:
         return _error(error.message, location=error.location)
     return Response(_run_detail(run), status=status.HTTP_201_CREATED)
@@ -90,3 +99,35 @@ def artifact_detail(request: Request, artifact_id: int) -> Response:
 @api_view(["GET"])
 def artifact_download(request: Request, artifact_id: int):
     return artifact_zip_response(selectors.artifact_get_for_user(user=request.user, artifact_id=artifact_id))
+
+
+@extend_schema(request=RoundStartSerializer, responses={201: RunDetailSerializer, 400: ERROR},
+               summary="Start the next round: generate K samples per prompt from a policy, then open it")
+@api_view(["POST"])
+def project_rounds(request: Request, slug: str) -> Response:
+    project = selectors.project_get_for_member(user=request.user, slug=slug)
+    if not selectors.user_can_launch(user=request.user, project=project):
+        raise PermissionDenied("Only researchers of this project and admins may start rounds.")
+    serializer = RoundStartSerializer(data=request.data)
+    if not serializer.is_valid():
+        field, problems = next(iter(serializer.errors.items()))
+        return _error(str(problems[0] if isinstance(problems, list) else problems), location=field)
+    data = serializer.validated_data
+    policy = ModelArtifact.objects.filter(pk=data["policy"], project=project).first()
+    if policy is None:
+        return _error("No such model in this project.", location="policy")
+    sampling = data.get("sampling") or {}
+    try:
+        prompts = data.get("prompts") or pool_prompts_sample(project=project, n=data["sample"],
+                                                              seed=int(sampling.get("seed", 0) or 0))
+        run = round_start(project=project, policy_artifact=policy, prompts=prompts, sampling=sampling, user=request.user)
+    except (InvalidInput, TypeError) as error:
+        return _error(getattr(error, "message", str(error)), location=getattr(error, "location", "sampling"))
+    return Response(_run_detail(run), status=status.HTTP_201_CREATED)
+
+
+@extend_schema(responses=OpenApiTypes.OBJECT, summary="Rounds as a lineage with their figures and runs")
+@api_view(["GET"])
+def project_lineage(request: Request, slug: str) -> Response:
+    project = selectors.project_get_for_member(user=request.user, slug=slug)
+    return Response(selectors.lineage_as_json(lineage=selectors.project_lineage(project=project)))

@@ -128,12 +128,13 @@ def samples_write(*, run: TrainingRun, rnd: Round, prompts, samples, config, hea
     model_name = (run.base_artifact.name if run.base_artifact else Path(config.base_model).name)[:200]
     rows, drop = [], []
     for prompt, group in zip(prompts, samples, strict=True):
-        if len({s.text for s in group}) < config.k:
+        texts = [sample_text_clean(s.text) for s in group]
+        if len(set(texts)) < config.k:
             drop.append(prompt.pk)
             continue
-        rows += [Sample(prompt=prompt, text=s.text, text_sha256=hashlib.sha256(s.text.encode()).hexdigest(),
+        rows += [Sample(prompt=prompt, text=text, text_sha256=hashlib.sha256(text.encode()).hexdigest(),
                         position=i, model_name=model_name, logprob=s.logprob, num_tokens=s.num_tokens)
-                 for i, s in enumerate(group)]
+                 for i, (s, text) in enumerate(zip(group, texts))]
     if not rows:
         raise JobFailed(f"The policy produced fewer than {config.k} distinct samples for every prompt.")
     with transaction.atomic():
@@ -149,6 +150,11 @@ def samples_write(*, run: TrainingRun, rnd: Round, prompts, samples, config, hea
         report.metrics = {**report.metrics, **health}
         report.save(update_fields=["metrics", "updated_at"])
     return len(rows), len(drop)
+
+
+def sample_text_clean(text: str) -> str:
+    """Model output is untrusted: NUL bytes (which PostgreSQL text refuses) become U+FFFD; HTML is escaped on output."""
+    return text.replace("\x00", "\ufffd")
 
 
 def _sampling(config) -> dict:

@@ -193,3 +193,63 @@ def artifact_zip_chunks(*, artifact: ModelArtifact, chunk_size: int = 1 << 20):
                     yield sink.take()
             yield sink.take()
     yield sink.take()
+
+
+# ----------------------------------------------------------------------------- lineage of the loop
+def project_lineage(*, project: Project) -> list[dict]:
+    """Rounds oldest first, each with its counts, report, the runs that generated and trained on it, the
+    policies they produced and the rounds those policies generated (the chain round → samples → rankings/pairs
+    → reward model → policy run → next round)."""
+    from django.db.models import Count
+
+    from annotation.models import Ranking, Round, Sample
+    from training.models import RoundReport
+
+    def per_round(queryset, key: str) -> dict[int, int]:
+        return dict(queryset.values(key).annotate(n=Count("id")).values_list(key, "n"))
+
+    prompts = per_round(Prompt.objects.filter(project=project), "round_id")
+    samples = per_round(Sample.objects.filter(prompt__project=project), "prompt__round_id")
+    rankings = per_round(Ranking.objects.filter(prompt__project=project), "prompt__round_id")
+    pairs = per_round(PairwiseComparison.objects.filter(prompt__project=project), "prompt__round_id")
+    reports = {r.round_id: r for r in RoundReport.objects.filter(round__project=project).select_related("policy")}
+    runs = list(TrainingRun.objects.filter(project=project).select_related("artifact", "base_artifact").order_by("id"))
+    rounds = list(Round.objects.filter(project=project).order_by("number"))
+    generated_by = {}  # policy artifact id -> round numbers it generated
+    for rnd in rounds:
+        report = reports.get(rnd.id)
+        if report is not None and report.policy_id:
+            generated_by.setdefault(report.policy_id, []).append(rnd.number)
+    policy_of_round = {rid: rep.policy_id for rid, rep in reports.items()}
+    out = []
+    for rnd in rounds:
+        mine = [run for run in runs if run.round_id == rnd.id or (
+            run.round_id is None and run.base_artifact_id and run.base_artifact_id == policy_of_round.get(rnd.id))]
+        out.append({
+            "round": rnd, "report": reports.get(rnd.id),
+            "counts": {"prompts": prompts.get(rnd.id, 0), "samples": samples.get(rnd.id, 0),
+                       "rankings": rankings.get(rnd.id, 0), "pairs": pairs.get(rnd.id, 0)},
+            "generate_runs": [run for run in mine if run.kind == TrainingRun.Kind.GENERATE],
+            "train_runs": [{"run": run, "artifact": getattr(run, "artifact", None),
+                            "next_rounds": generated_by.get(getattr(getattr(run, "artifact", None), "pk", None), [])}
+                           for run in mine if run.kind != TrainingRun.Kind.GENERATE],
+        })
+    return out
+
+
+def lineage_as_json(*, lineage: list[dict]) -> list[dict]:
+    """The lineage with ids and figures only (the API's shape)."""
+    def run_json(run, artifact=None, next_rounds=()):
+        return {"id": run.pk, "kind": run.kind, "status": run.status, "overoptimised": run.overoptimised,
+                "flag_reason": run.flag_reason, "artifact": artifact.pk if artifact else None,
+                "next_rounds": list(next_rounds)}
+
+    return [{
+        "round": item["round"].number, "status": item["round"].status, "sampling_params": item["round"].sampling_params,
+        "policy": item["report"].policy_id if item["report"] else None, "counts": item["counts"],
+        "metrics": item["report"].metrics if item["report"] else {},
+        "overoptimised": bool(item["report"] and item["report"].overoptimised),
+        "flag_reason": item["report"].flag_reason if item["report"] else "",
+        "generate_runs": [run_json(r) for r in item["generate_runs"]],
+        "train_runs": [run_json(t["run"], t["artifact"], t["next_rounds"]) for t in item["train_runs"]],
+    } for item in lineage]

@@ -10,11 +10,29 @@ class RunCreateSerializer(serializers.Serializer):
     config = serializers.DictField(help_text="Trainer settings, e.g. {\"epochs\": 2, \"learning_rate\": 5e-5}.")
     base_artifact = serializers.IntegerField(required=False, allow_null=True, help_text="A ModelArtifact id of this project.")
     rounds = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, allow_null=True)
+    reward_artifact = serializers.IntegerField(required=False, allow_null=True,
+                                               help_text="PPO/GRPO: a reward-model ModelArtifact id of this project.")
 
     def validate(self, attrs):
         unknown = sorted(set(self.initial_data) - set(self.fields))
         if unknown:
-            raise serializers.ValidationError({unknown[0]: "Unknown field; allowed: kind, config, base_artifact, rounds."})
+            raise serializers.ValidationError(
+                {unknown[0]: "Unknown field; allowed: kind, config, base_artifact, rounds, reward_artifact."})
+        return attrs
+
+
+class RoundStartSerializer(serializers.Serializer):
+    policy = serializers.IntegerField(help_text="The policy ModelArtifact id that generates the round.")
+    prompts = serializers.ListField(required=False, help_text="New prompts: strings or lists of {role, content}.")
+    sample = serializers.IntegerField(required=False, min_value=1, max_value=10_000, help_text="…or N from the pool.")
+    sampling = serializers.DictField(required=False, help_text="k, temperature, top_p, max_new_tokens, seed, batch_size.")
+
+    def validate(self, attrs):
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({unknown[0]: "Unknown field; allowed: policy, prompts, sample, sampling."})
+        if bool(attrs.get("prompts")) == bool(attrs.get("sample")):
+            raise serializers.ValidationError({"prompts": "Give exactly one of prompts or sample."})
         return attrs
 
 
@@ -35,9 +53,9 @@ class RunSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = TrainingRun
-        fields = ["id", "project", "kind", "status", "config", "snapshot", "base_artifact", "launched_by", "attempts",
+        fields = ["id", "project", "kind", "status", "config", "snapshot", "base_artifact", "round", "launched_by", "attempts",
                   "max_attempts", "cancel_requested", "step", "total_steps", "summary", "error", "created_at",
-                  "started_at", "finished_at", "artifact"]
+                  "started_at", "finished_at", "artifact", "overoptimised", "flag_reason"]
         read_only_fields = fields
 
     def get_artifact(self, run) -> int | None:

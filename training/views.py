@@ -17,6 +17,14 @@ from training.forms import RewardRunForm
 from training.models import TrainingRun
 
 HTMX_STOP_POLLING = 286
+CHART_KEYS = {  # metric series drawn on the run page, per kind
+    "reward": ("loss", "accuracy"),
+    "sft": ("loss",),
+    "dpo": ("loss", "reward_accuracy", "margin", "chosen_reward", "rejected_reward"),
+    "ppo": ("reward", "rm_score", "kl", "entropy", "value_loss", "clip_fraction"),
+    "grpo": ("reward", "rm_score", "kl", "entropy", "clip_fraction"),
+    "generate": ("prompts",),
+}
 
 
 @login_required
@@ -56,7 +64,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     context = {
         "run": run, "project": run.project, "progress": selectors.run_progress(run=run),
         "can_launch": selectors.user_can_launch(user=request.user, project=run.project),
-        "artifact": getattr(run, "artifact", None),
+        "artifact": getattr(run, "artifact", None), "chart_keys": CHART_KEYS.get(run.kind, ("loss",)),
     }
     if request.htmx:
         status = HTMX_STOP_POLLING if run.is_terminal else 200

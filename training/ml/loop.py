@@ -1,14 +1,18 @@
-"""The collect-train loop in memory: generate -> simulated labelling -> (reward model) -> DPO -> next round.
+"""The collect-train loop in memory: generate -> simulated labelling -> reward model -> DPO/PPO/GRPO -> next round.
 
 Round 0's policy is the SFT policy. Round r samples K responses for M prompts from policy r; simulated
-labelers rank them by utility + Gaussian noise (scores closer than ``tie_threshold`` tie); DPO starts from
-policy r with the stored generation log-probs as reference and gives policy r+1. Each round reports mean
-utility ± standard error, the reward model's held-out accuracy, KL(π_r ‖ π_0) on the round's prompts and
-health figures (share ending with EOS, share distinct, per-token NLL under π_0).
+labelers rank them by utility + Gaussian noise (scores closer than ``tie_threshold`` tie); a reward model is
+trained on all rankings so far. Then ``config.optimizer`` gives policy r+1 from policy r: DPO on the round's
+rankings (the stored generation log-probs are its reference), or PPO/GRPO on the round's prompts against
+that freshly trained reward model (PPO-ptx optional: γ × LM loss on the SFT demonstrations). Each round
+reports mean utility ± standard error, the reward model's held-out accuracy, KL(π_r ‖ π_0) on the round's
+prompts and health figures (share ending with EOS, share distinct, per-token NLL under π_0); after a PPO/GRPO
+round, the over-optimisation monitor compares the reward model's score trend during the policy run with the
+labelers' utility change and flags a round where the first rose while the second fell.
 
 The Django ``run_loop`` command calls the same per-round functions (``round_generate``, ``round_label``,
-``round_train_reward``, ``round_train_dpo``, ``round_metrics``) with rows from the database instead.
-No Django here.
+``round_train_reward_model``, ``round_train_dpo``/``round_train_ppo``/``round_train_grpo``, ``round_metrics``,
+``over_optimisation_flag``) with rows from the database instead. No Django here.
 """
 from __future__ import annotations
 
@@ -22,11 +26,12 @@ from typing import Callable
 
 import torch
 
-from training.ml.config import DPOConfig, RewardConfig, SFTConfig
+from training.ml.config import DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig
 from training.ml.generation import GeneratedSample, generate_samples, load_policy, mean_token_nll
 from training.ml.types import NullHooks, RankedGroup
 
 Utility = Callable[[list[dict], str], float]
+OPTIMIZERS = ("dpo", "ppo", "grpo")
 
 
 @dataclass
@@ -35,6 +40,7 @@ class LoopConfig:
 
     seed: int = 0
     rounds: int = 3
+    optimizer: str = "dpo"  # one of OPTIMIZERS: how policy r+1 is made from policy r
     prompts_per_round: int = 128
     k: int = 4
     temperature: float = 1.0
@@ -52,7 +58,25 @@ class LoopConfig:
     train_reward_model: bool = True
     reward_steps: int = 60
     reward_learning_rate: float = 1e-3
+    # PPO against the round's reward model (value head on the policy, fixed KL coefficient)
+    ppo_steps: int = 12
+    ppo_batch_size: int = 32  # prompts per step, one sample each
+    ppo_learning_rate: float = 1e-4
+    ppo_kl_coef: float = 0.05
+    ppo_epochs: int = 2
+    ppo_ptx_coef: float = 0.0  # γ of PPO-ptx on the SFT demonstrations (0: plain PPO)
+    # GRPO against the round's reward model
+    grpo_steps: int = 12
+    grpo_batch_size: int = 8  # prompts per step
+    grpo_samples: int = 8  # G per prompt
+    grpo_learning_rate: float = 1e-4
+    grpo_beta: float = 0.04
+    rl_missing_eos_penalty: float = 1.0  # subtracted from the score of a response cut at max_new_tokens
     num_threads: int = 1  # tiny models gain nothing from more; oversubscribed cores lose a lot
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
 
 
 def _stderr(values: list[float]) -> float:
@@ -107,8 +131,10 @@ def round_label(prompts: list[list[dict]], samples: list[list[GeneratedSample]],
     return groups
 
 
-def round_train_reward(groups: list[RankedGroup], *, base_model: str, output_dir: Path, config: LoopConfig) -> float:
-    """Train a reward model (initialised from ``base_model``) on the groups; return held-out pair accuracy."""
+def round_train_reward_model(groups: list[RankedGroup], *, base_model: str, output_dir: Path,
+                             config: LoopConfig) -> tuple[str, float]:
+    """Train a reward model (initialised from ``base_model``) on the groups; return (its directory, held-out
+    pair accuracy). The directory is what PPO/GRPO optimise against."""
     from training.ml.data import split_by_prompt
     from training.ml.trainers.reward import train_reward_model
 
@@ -118,7 +144,12 @@ def round_train_reward(groups: list[RankedGroup], *, base_model: str, output_dir
                                  checkpoint_every=10_000, num_threads=config.num_threads)
     summary = train_reward_model(reward_config, train, held_out, output_dir=output_dir, hooks=NullHooks(),
                                  resume=False)
-    return float(summary["final_eval"].get("accuracy", float("nan")))
+    return summary["model_dir"], float(summary["final_eval"].get("accuracy", float("nan")))
+
+
+def round_train_reward(groups: list[RankedGroup], *, base_model: str, output_dir: Path, config: LoopConfig) -> float:
+    """``round_train_reward_model``'s held-out accuracy only (the reward model stays in ``output_dir``)."""
+    return round_train_reward_model(groups, base_model=base_model, output_dir=output_dir, config=config)[1]
 
 
 def round_train_dpo(policy_dir: str, groups: list[RankedGroup], *, output_dir: Path, config: LoopConfig,
@@ -132,6 +163,89 @@ def round_train_dpo(policy_dir: str, groups: list[RankedGroup], *, output_dir: P
     from training.ml.trainers.dpo import train_dpo
 
     return train_dpo(dpo_config, groups, [], output_dir=output_dir, hooks=hooks or NullHooks(), resume=False)
+
+
+def ppo_config(policy_dir: str, config: LoopConfig) -> PPOConfig:
+    """The PPO settings of one loop round (LoopConfig's ``ppo_*`` fields; the rest are PPOConfig's defaults)."""
+    return PPOConfig(
+        base_model=policy_dir, seed=config.seed, max_steps=config.ppo_steps, batch_size=config.ppo_batch_size,
+        learning_rate=config.ppo_learning_rate, lr_scheduler="constant", kl_coef=config.ppo_kl_coef,
+        ppo_epochs=config.ppo_epochs, ptx_coef=config.ppo_ptx_coef, max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature, top_p=config.top_p, missing_eos_penalty=config.rl_missing_eos_penalty,
+        eval_every=10_000, checkpoint_every=10_000, num_threads=config.num_threads,
+    )
+
+
+def grpo_config(policy_dir: str, config: LoopConfig) -> GRPOConfig:
+    """The GRPO settings of one loop round (LoopConfig's ``grpo_*`` fields; the rest are GRPOConfig's defaults)."""
+    return GRPOConfig(
+        base_model=policy_dir, seed=config.seed, max_steps=config.grpo_steps, batch_size=config.grpo_batch_size,
+        samples_per_prompt=config.grpo_samples, learning_rate=config.grpo_learning_rate, lr_scheduler="constant",
+        beta=config.grpo_beta, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+        top_p=config.top_p, missing_eos_penalty=config.rl_missing_eos_penalty, eval_every=10_000,
+        checkpoint_every=10_000, num_threads=config.num_threads,
+    )
+
+
+def ptx_texts_from(demonstrations, tokenizer) -> list[str]:
+    """PPO-ptx's language-modelling texts: each demonstration as the chat-rendered prompt plus its response."""
+    from training.ml.generation import prompt_ids
+
+    return [tokenizer.decode(prompt_ids(tokenizer, messages)) + response for messages, response in demonstrations]
+
+
+def round_train_ppo(policy_dir: str, prompts: list[list[dict]], *, reward_model_dir: str, output_dir: Path,
+                    config: LoopConfig, hooks=None, ptx_texts: list[str] | None = None) -> dict:
+    """PPO from the round's policy on its prompts against its reward model; the summary's ``policy_dir`` is
+    the next round's policy. ``ptx_texts`` are needed when ``config.ppo_ptx_coef > 0`` (PPO-ptx)."""
+    from training.ml.trainers.ppo import train_ppo
+
+    return train_ppo(ppo_config(policy_dir, config), prompts, policy_dir=policy_dir, output_dir=str(output_dir),
+                     reward_model_dir=reward_model_dir, hooks=hooks or NullHooks(), resume=False,
+                     ptx_texts=ptx_texts if config.ppo_ptx_coef > 0 else None)
+
+
+def round_train_grpo(policy_dir: str, prompts: list[list[dict]], *, reward_model_dir: str, output_dir: Path,
+                     config: LoopConfig, hooks=None) -> dict:
+    """GRPO from the round's policy on its prompts against its reward model; the summary's ``policy_dir`` is
+    the next round's policy."""
+    from training.ml.trainers.grpo import train_grpo
+
+    return train_grpo(grpo_config(policy_dir, config), prompts, policy_dir=policy_dir, output_dir=str(output_dir),
+                      reward_model_dir=reward_model_dir, hooks=hooks or NullHooks(), resume=False)
+
+
+def rm_score_trend(step_metrics: list[dict[str, float]], key: str = "rm_score") -> float:
+    """How much the reward model's mean score rose during a policy run: the mean of the last quarter of the
+    steps minus the mean of the first quarter (one step each for runs under 8 steps; quarters damp the noise
+    of single batches). NaN when the run logged no such score.
+
+    >>> rm_score_trend([{"rm_score": 0.0}, {"rm_score": 1.0}, {"rm_score": 2.0}, {"rm_score": 4.0}])
+    4.0
+    """
+    scores = [m[key] for m in step_metrics if key in m]
+    if not scores:
+        return float("nan")
+    q = max(1, len(scores) // 4)
+    return statistics.fmean(scores[-q:]) - statistics.fmean(scores[:q])
+
+
+def over_optimisation_flag(*, rm_score_change: float, utility_change: float, utility_se: float = 0.0) -> str | None:
+    """Reward over-optimisation: the reward model's score rose during the policy run while the labelers'
+    utility of the resulting policy's samples fell (by more than ``utility_se``, the standard error of the
+    change, when given). Returns the reason, or None when the round is not flagged (or a figure is missing).
+
+    >>> over_optimisation_flag(rm_score_change=0.8, utility_change=-0.2)
+    "reward-model score rose +0.800 during the policy run while the labelers' utility fell -0.200"
+    >>> over_optimisation_flag(rm_score_change=0.8, utility_change=0.1) is None
+    True
+    """
+    if not (math.isfinite(rm_score_change) and math.isfinite(utility_change)):
+        return None
+    if rm_score_change > 0 and utility_change < -abs(utility_se):
+        return (f"reward-model score rose {rm_score_change:+.3f} during the policy run while the labelers' "
+                f"utility fell {utility_change:+.3f}")
+    return None
 
 
 def round_metrics(prompts: list[list[dict]], samples: list[list[GeneratedSample]], *, utility: Utility,
@@ -172,9 +286,33 @@ def build_sft_policy(workdir: Path, *, config: LoopConfig, demonstrations, build
     return train_sft(sft_config, demonstrations, output_dir=workdir / "sft", hooks=NullHooks(), resume=False)["policy_dir"]
 
 
+def round_train_policy(policy_dir: str, prompts, groups, *, reward_model_dir: str | None, workdir: Path, r: int,
+                       config: LoopConfig, ptx_texts: list[str] | None = None) -> tuple[dict, dict[str, float]]:
+    """Policy r+1 from policy r with ``config.optimizer``; returns (summary, figures for the round's line)."""
+    hooks = NullHooks()
+    if config.optimizer == "dpo":
+        summary = round_train_dpo(policy_dir, groups, output_dir=workdir / f"dpo{r}", config=config, hooks=hooks)
+        return summary, {"dpo_train_accuracy": hooks.steps[-1][1]["reward_accuracy"]}
+    if reward_model_dir is None:
+        raise ValueError(f"optimizer {config.optimizer!r} needs a reward model: set train_reward_model=True")
+    if config.optimizer == "ppo":
+        summary = round_train_ppo(policy_dir, prompts, reward_model_dir=reward_model_dir, output_dir=workdir / f"ppo{r}",
+                                  config=config, hooks=hooks, ptx_texts=ptx_texts)
+    else:
+        summary = round_train_grpo(policy_dir, prompts, reward_model_dir=reward_model_dir,
+                                   output_dir=workdir / f"grpo{r}", config=config, hooks=hooks)
+    steps = [m for _, m in hooks.steps]
+    return summary, {"rm_score_change": rm_score_trend(steps), "policy_kl": steps[-1]["kl"]}
+
+
 def run_loop(config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool: list[list[dict]],
              demonstrations, build_base: Callable[..., Path], log: Callable[[str], None] = print) -> list[dict]:
-    """SFT, then rounds 0..config.rounds; returns one metrics dict per round (round 0 = SFT policy)."""
+    """SFT, then rounds 0..config.rounds; returns one metrics dict per round (round 0 = SFT policy).
+
+    After a PPO/GRPO round, the next round's dict holds the reward model's score trend during the policy run
+    (``rm_score_change``), the utility change it caused (``utility_change``) and ``over_optimised`` (a reason
+    or None), which the round's line prints.
+    """
     started = time.perf_counter()
     workdir = Path(workdir)
     if config.num_threads:
@@ -182,22 +320,30 @@ def run_loop(config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool
     policy_dir = build_sft_policy(workdir, config=config, demonstrations=demonstrations, build_base=build_base)
     log(f"[{time.perf_counter() - started:6.1f}s] SFT policy: {policy_dir}")
     round0 = load_policy(policy_dir)
-    history, all_groups = [], []
+    ptx_texts = ptx_texts_from(demonstrations, round0[1]) if config.ppo_ptx_coef > 0 else None
+    history, all_groups, carried = [], [], {}
     for r in range(config.rounds + 1):
         prompts = round_prompts(prompt_pool, config.prompts_per_round, seed=config.seed, round_index=r)
         policy = round0 if r == 0 else load_policy(policy_dir)
         samples = round_generate(policy_dir, prompts, config=config, round_index=r, model=policy[0],
                                  tokenizer=policy[1])
-        metrics = {"round": r, **round_metrics(prompts, samples, utility=utility, round0=round0)}
+        metrics = {"round": r, **round_metrics(prompts, samples, utility=utility, round0=round0), **carried}
+        if "rm_score_change" in carried:
+            previous = history[-1]
+            metrics["utility_change"] = metrics["utility_mean"] - previous["utility_mean"]
+            metrics["over_optimised"] = over_optimisation_flag(
+                rm_score_change=carried["rm_score_change"], utility_change=metrics["utility_change"],
+                utility_se=math.hypot(metrics["utility_se"], previous["utility_se"]))
         if r < config.rounds:
             groups = round_label(prompts, samples, utility=utility, config=config, round_index=r)
             all_groups.extend(groups)
+            rm_dir = None
             if config.train_reward_model:
-                metrics["rm_accuracy"] = round_train_reward(all_groups, base_model=str(round0_dir(workdir)),
-                                                            output_dir=workdir / f"rm{r}", config=config)
-            hooks = NullHooks()
-            summary = round_train_dpo(policy_dir, groups, output_dir=workdir / f"dpo{r}", config=config, hooks=hooks)
-            metrics["dpo_train_accuracy"] = hooks.steps[-1][1]["reward_accuracy"]
+                rm_dir, metrics["rm_accuracy"] = round_train_reward_model(
+                    all_groups, base_model=str(round0_dir(workdir)), output_dir=workdir / f"rm{r}", config=config)
+            summary, carried = round_train_policy(policy_dir, prompts, groups, reward_model_dir=rm_dir,
+                                                  workdir=workdir, r=r, config=config, ptx_texts=ptx_texts)
+            metrics.update({k: v for k, v in carried.items() if k == "dpo_train_accuracy"})
             policy_dir = summary["policy_dir"]
         metrics["elapsed_s"] = time.perf_counter() - started
         history.append(metrics)
@@ -213,7 +359,16 @@ def format_round(m: dict) -> str:
     rm = f"{m['rm_accuracy']:.3f}" if "rm_accuracy" in m else "  -  "
     return (f"[{m['elapsed_s']:6.1f}s] round {m['round']}: utility {m['utility_mean']:+.3f} ± {m['utility_se']:.3f}"
             f" | RM acc {rm} | KL to r0 {m['kl_to_round0']:.3f} | EOS {100 * m['eos_rate']:.1f}%"
-            f" | distinct {100 * m['distinct_rate']:.1f}% | NLL@r0 {m['nll_round0']:.3f} | tokens {m['mean_tokens']:.1f}")
+            f" | distinct {100 * m['distinct_rate']:.1f}% | NLL@r0 {m['nll_round0']:.3f} | tokens {m['mean_tokens']:.1f}"
+            + format_monitor(m))
+
+
+def format_monitor(m: dict) -> str:
+    """The over-optimisation monitor's part of a round's line (empty before the first PPO/GRPO run)."""
+    if "utility_change" not in m:
+        return ""
+    text = f" | RM score Δ {m['rm_score_change']:+.3f}, utility Δ {m['utility_change']:+.3f}"
+    return text + (f"\n  OVER-OPTIMISATION: {m['over_optimised']}" if m.get("over_optimised") else "")
 
 
 def loop_config_dict(config: LoopConfig) -> dict:
