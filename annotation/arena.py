@@ -228,7 +228,8 @@ def _check_response(text: object, *, location: str) -> str:
     return text
 
 
-def _check_sampling(sampling: object) -> dict:
+def sampling_validate(sampling: object) -> dict:
+    """Sampling settings checked against their bounds, with defaults for the missing ones."""
     sampling = dict(sampling or {})
     unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
     if unknown:
@@ -258,7 +259,7 @@ def arena_create(*, project: Project, model_a, model_b, name: str, items: list, 
         raise InvalidInput("give a name of 1 to 200 characters", location="name")
     _check_models(project=project, model_a=model_a, model_b=model_b)
     prompts, responses = _check_items(items)
-    sampling = _check_sampling(sampling)
+    sampling = sampling_validate(sampling)
     with transaction.atomic():
         Project.objects.select_for_update().get(pk=project.pk)  # one new round number at a time
         number = (project.rounds.aggregate(n=Max("number"))["n"] or 0) + 1

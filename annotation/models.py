@@ -80,6 +80,14 @@ class Prompt(models.Model):
     external_id = models.CharField(max_length=200, blank=True)
     is_gold = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Denormalised from the prompt's leases by annotation.services under the prompt's row lock (migration
+    # 0005), so that leasing filters on two columns instead of counting every open prompt's leases.
+    slots_taken = models.PositiveSmallIntegerField(
+        default=0, editable=False, help_text="Submitted and active leases (active ones past expiry too, until reclaimed)."
+    )
+    lease_expires_min = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Earliest expiry among the prompt's active leases."
+    )
 
     class Meta:
         ordering = ["id"]

@@ -63,30 +63,30 @@ def prompt_live_slot_count(*, prompt_id: int, now: datetime, exclude_assignment_
     return assignments.count()
 
 
-def prompt_available_for_labeler(
-    *, project: Project, labeler, now: datetime | None = None, gold: bool | None = None
-) -> QuerySet[Prompt]:
-    """Prompts of the project's open rounds that this labeler could lease now, in round order, then by
-    active-selection priority (highest first, unprioritised last), then id.
-
-    ``gold``: True for gold prompts only, False for the others, None for both. Gold prompts have no
-    ``overlap`` limit (every labeler who draws one ranks it), so they are never "full".
-
-    Left out: prompts with fewer than two samples, prompts the labeler was ever assigned (except leases
-    that expired: those may be taken again), prompts the labeler already ranked, and prompts whose
-    ``overlap`` slots are all taken.
-    """
-    now = now or timezone.now()
-    live_slots = (
+def _live_slot_subquery(*, now: datetime) -> Subquery:
+    return Subquery(
         Assignment.objects.filter(live_assignment_q(now=now), prompt=OuterRef("pk"))
         .order_by()
         .values("prompt")
         .annotate(n=Count("pk"))
-        .values("n")
+        .values("n"),
+        output_field=IntegerField(),
     )
-    sample_count = Sample.objects.filter(prompt=OuterRef("pk")).order_by().values("prompt").annotate(
-        n=Count("pk")
-    ).values("n")
+
+
+def prompt_lease_candidates(
+    *, project: Project, labeler, now: datetime | None = None, gold: bool | None = None
+) -> QuerySet[Prompt]:
+    """Prompts of the project's open rounds that may have a slot for this labeler, in serving order: round,
+    then active-selection priority (highest first, unprioritised last), then id.
+
+    Cheap enough to run on every lease: it filters on the prompt's denormalised slot columns
+    (``slots_taken``, ``lease_expires_min``, kept by ``annotation.services`` under the prompt's row lock)
+    and anti-joins the labeler's own leases and rankings, with no per-prompt subquery. It is a superset of
+    ``prompt_available_for_labeler``: a full prompt whose active lease has expired stays a candidate, and
+    the sample count is not checked. Whoever leases must lock the row and recount the slots exactly.
+    """
+    now = now or timezone.now()
     held_by_labeler = Assignment.objects.filter(prompt=OuterRef("pk"), labeler=labeler).exclude(
         Q(status=Assignment.Status.EXPIRED) | Q(status=Assignment.Status.ACTIVE, expires_at__lte=now)
     )
@@ -94,15 +94,38 @@ def prompt_available_for_labeler(
     prompts = Prompt.objects.filter(project=project, round__status=Round.Status.OPEN)
     if gold is not None:
         prompts = prompts.filter(is_gold=gold)
+    may_have_slot = Q(is_gold=True) | Q(slots_taken__lt=project.overlap) | Q(lease_expires_min__lte=now)
     return (
-        prompts.annotate(
-            live_slots=Coalesce(Subquery(live_slots, output_field=IntegerField()), Value(0)),
-            sample_count=Coalesce(Subquery(sample_count, output_field=IntegerField()), Value(0)),
-        )
-        .filter(Q(live_slots__lt=project.overlap) | Q(is_gold=True), sample_count__gte=2)
+        prompts.filter(may_have_slot)
         .exclude(Exists(held_by_labeler))
         .exclude(Exists(ranked_by_labeler))
         .order_by("round__number", F("priority__score").desc(nulls_last=True), "id")
+    )
+
+
+def prompt_available_for_labeler(
+    *, project: Project, labeler, now: datetime | None = None, gold: bool | None = None
+) -> QuerySet[Prompt]:
+    """Prompts of the project's open rounds that this labeler could lease now, in serving order (see
+    ``prompt_lease_candidates``).
+
+    ``gold``: True for gold prompts only, False for the others, None for both. Gold prompts have no
+    ``overlap`` limit (every labeler who draws one ranks it), so they are never "full".
+
+    Left out: prompts with fewer than two samples, prompts the labeler was ever assigned (except leases
+    that expired: those may be taken again), prompts the labeler already ranked, and prompts whose
+    ``overlap`` slots are all taken. Slots are counted from the leases only where the slot columns cannot
+    tell (a prompt whose active lease expired).
+    """
+    now = now or timezone.now()
+    second_sample = Sample.objects.filter(prompt=OuterRef("pk")).order_by("position")[1:2]
+    return (
+        prompt_lease_candidates(project=project, labeler=labeler, now=now, gold=gold)
+        .alias(live_slots=Coalesce(_live_slot_subquery(now=now), Value(0)))
+        .filter(
+            Q(is_gold=True) | Q(slots_taken__lt=project.overlap) | Q(live_slots__lt=project.overlap),
+            Exists(second_sample),
+        )
     )
 
 

@@ -1,12 +1,21 @@
 """Writes of the annotation app: leasing prompts to labelers, recording rankings and their pairs.
 
 Every function here is one transaction. Concurrency is handled with row locks on PostgreSQL (on SQLite,
-which serialises writers, ``select_for_update`` is a no-op):
+which serialises writers, ``select_for_update`` is a no-op). Locks are always taken in the order
+user → assignment → prompt, or the prompt is taken with ``SKIP LOCKED`` (never waiting), so no two
+requests wait on each other in a cycle:
 - leasing locks the labeler's user row (one lease request per labeler at a time), then candidate Prompt
   rows with ``SKIP LOCKED`` (two labelers never wait on or take the same slot), and recounts the
   prompt's slots after the lock, so ``overlap`` is never exceeded;
-- submitting and skipping lock the Assignment row, so a double submit writes once;
-- ``ranking_record`` locks the Prompt row before checking for an existing ranking.
+- submitting and skipping lock the user, then the Assignment row with its Prompt row in one statement,
+  so a double submit writes once;
+- ``ranking_record`` locks the Prompt row before checking for an existing ranking;
+- ``assignment_expire_stale`` locks nothing it would have to wait for (``SKIP LOCKED``; the rest waits
+  for its next run a minute later).
+
+Every change to a prompt's leases also refreshes the prompt's slot columns (``slots_taken``,
+``lease_expires_min``: ``prompt_slots_refresh``) under the same prompt lock; leasing filters on them
+instead of counting every open prompt's leases (``selectors.prompt_lease_candidates``).
 
 Expired leases: a lease past ``expires_at`` no longer holds a slot, whether or not the periodic
 ``assignment_expire_stale`` has marked it yet. Its labeler may still submit it as long as the slot is
@@ -16,8 +25,12 @@ import random
 import time
 from datetime import datetime, timedelta
 
+from collections.abc import Iterable
+
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.db.models import Count, IntegerField, Min, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotation import ranking as ranking_rules
@@ -25,7 +38,7 @@ from annotation.errors import InvalidInput, NotAllowed, RankingInvalid
 from annotation.models import Assignment, PairwiseComparison, Project, Prompt, Ranking, RankingEntry
 from annotation.selectors import (
     assignment_active_for_labeler,
-    prompt_available_for_labeler,
+    prompt_lease_candidates,
     prompt_live_slot_count,
     user_role,
 )
@@ -33,29 +46,59 @@ from annotation.quality_selectors import gold_turn_order
 
 MAX_TIME_SPENT_MS = 2**31 - 1  # PositiveIntegerField's bound on PostgreSQL
 MAX_SKIP_REASON = 500
-_CANDIDATE_BATCH = 20
+_CANDIDATE_BATCH = 8  # rows locked per candidate query: few, so concurrent leasers skip few of them
+_HOLDING = (Assignment.Status.SUBMITTED, Assignment.Status.ACTIVE)
 _LOCKED_WAIT_S = 2.0  # how long to wait for candidates that other labelers hold locked
 _LOCKED_RETRY_S = 0.01
 
 
-def shown_order_for(*, prompt: Prompt, labeler) -> list[int]:
+def shown_order_for(*, prompt: Prompt, labeler, sample_ids: list[int] | None = None) -> list[int]:
     """The prompt's sample ids shuffled by a RNG seeded from (labeler, prompt): stable per labeler,
-    different across labelers, so position bias averages out over the overlap."""
-    sample_ids = list(prompt.samples.order_by("position").values_list("pk", flat=True))
+    different across labelers, so position bias averages out over the overlap.
+
+    ``sample_ids``: the prompt's sample ids in position order, when the caller has already read them."""
+    if sample_ids is None:
+        sample_ids = list(prompt.samples.order_by("position").values_list("pk", flat=True))
+    sample_ids = list(sample_ids)
     random.Random(f"shown-order:{labeler.pk}:{prompt.pk}").shuffle(sample_ids)
     return sample_ids
 
 
-def _lease(*, prompt: Prompt, labeler, now: datetime, lease_minutes: int) -> Assignment:
-    """Create the lease, or reuse this labeler's expired row for the prompt (one row per (prompt, labeler))."""
+def prompt_slots_refresh(*, prompt_ids: Iterable[int]) -> int:
+    """Recompute the prompts' slot columns from their leases, in one UPDATE; returns how many prompts.
+
+    ``slots_taken`` = submitted + active leases (an active lease past its expiry still counts here; the
+    selectors see it through ``lease_expires_min`` ≤ now), ``lease_expires_min`` = the earliest expiry
+    of an active lease. The services call this under the prompts' row locks after every lease change;
+    call it yourself after writing Assignment rows by other means (admin, data fixes).
+    """
+    taken = (Assignment.objects.filter(prompt=OuterRef("pk"), status__in=_HOLDING).order_by().values("prompt")
+             .annotate(n=Count("pk")).values("n"))
+    first_expiry = (Assignment.objects.filter(prompt=OuterRef("pk"), status=Assignment.Status.ACTIVE).order_by()
+                    .values("prompt").annotate(t=Min("expires_at")).values("t"))
+    return Prompt.objects.filter(pk__in=list(prompt_ids)).update(
+        slots_taken=Coalesce(Subquery(taken, output_field=IntegerField()), Value(0)),
+        lease_expires_min=Subquery(first_expiry),
+    )
+
+
+def _lease(*, prompt: Prompt, labeler, now: datetime, lease_minutes: int, sample_ids: list[int]) -> Assignment:
+    """Create the lease, or reuse this labeler's expired row for the prompt (one row per (prompt, labeler)).
+
+    The caller holds the labeler's user lock (no concurrent lease of the same pair) and the prompt's lock.
+    """
     values = {
         "status": Assignment.Status.ACTIVE,
-        "shown_order": shown_order_for(prompt=prompt, labeler=labeler),
+        "shown_order": shown_order_for(prompt=prompt, labeler=labeler, sample_ids=sample_ids),
         "expires_at": now + timedelta(minutes=lease_minutes),
         "skip_reason": "",
         "finished_at": None,
     }
-    assignment, _ = Assignment.objects.update_or_create(prompt=prompt, labeler=labeler, defaults=values)
+    if Assignment.objects.filter(prompt=prompt, labeler=labeler).update(**values):
+        assignment = Assignment.objects.select_related("prompt", "prompt__project").get(prompt=prompt, labeler=labeler)
+    else:
+        assignment = Assignment.objects.create(prompt=prompt, labeler=labeler, **values)
+    prompt_slots_refresh(prompt_ids=[prompt.pk])
     return assignment
 
 
@@ -88,9 +131,11 @@ def _lease_first_free(*, project: Project, labeler, now: datetime, gold: bool) -
     tried: list[int] = []
     deadline = time.monotonic() + _LOCKED_WAIT_S
     while True:
-        available = prompt_available_for_labeler(project=project, labeler=labeler, now=now, gold=gold)
+        available = prompt_lease_candidates(project=project, labeler=labeler, now=now, gold=gold)
         available = available.exclude(pk__in=tried)
-        candidates = list(available.select_for_update(skip_locked=True, of=("self",))[:_CANDIDATE_BATCH])
+        candidates = list(
+            available.select_related("project").select_for_update(skip_locked=True, of=("self",))[:_CANDIDATE_BATCH]
+        )
         if not candidates:
             # Every candidate may be locked by other labelers' leasing right now; their transactions
             # last milliseconds and may leave a slot free for us (overlap > 1), so look again shortly
@@ -100,10 +145,13 @@ def _lease_first_free(*, project: Project, labeler, now: datetime, gold: bool) -
             time.sleep(_LOCKED_RETRY_S)
             continue
         for prompt in candidates:
-            # The candidate query's snapshot may predate a lease committed just before our lock: recount.
-            # Gold prompts are shown to every labeler who draws them: no overlap limit.
+            # The candidate columns are a hint (and the query's snapshot may predate a lease committed just
+            # before our lock): recount exactly. Gold prompts have no overlap limit.
             if prompt.is_gold or prompt_live_slot_count(prompt_id=prompt.pk, now=now) < project.overlap:
-                return _lease(prompt=prompt, labeler=labeler, now=now, lease_minutes=project.lease_minutes)
+                sample_ids = list(prompt.samples.order_by("position").values_list("pk", flat=True))
+                if len(sample_ids) >= 2:  # a prompt needs two responses to be ranked
+                    return _lease(prompt=prompt, labeler=labeler, now=now, lease_minutes=project.lease_minutes,
+                                  sample_ids=sample_ids)
             tried.append(prompt.pk)
 
 
@@ -147,48 +195,66 @@ def ranking_record(
     ``labeler`` may be None only for ``source="imported"``. Recording the same ranking again returns the
     stored one (idempotent); a different ranking of the same prompt by the same labeler is rejected.
     """
+    _check_source(source=source, labeler=labeler)
+    time_spent_ms = _check_time_spent(time_spent_ms)
+    with transaction.atomic():
+        prompt = Prompt.objects.select_for_update().get(pk=prompt.pk)
+        return _ranking_write(
+            prompt=prompt, labeler=labeler, tiers=tiers, flags=flags, source=source, time_spent_ms=time_spent_ms,
+            shown_order=shown_order, assignment=assignment,
+        )
+
+
+def _check_source(*, source: str, labeler) -> None:
     if source not in Ranking.Source.values:
         raise RankingInvalid(f"unknown source {str(source)[:40]!r}; expected one of {Ranking.Source.values}", location="source")
     if labeler is None and source != Ranking.Source.IMPORTED:
         raise RankingInvalid("a ranking without a labeler must have source 'imported'", location="labeler")
-    time_spent_ms = _check_time_spent(time_spent_ms)
-    with transaction.atomic():
-        prompt = Prompt.objects.select_for_update().get(pk=prompt.pk)
-        sample_ids = list(prompt.samples.order_by("position").values_list("pk", flat=True))
-        clean_tiers = ranking_rules.tiers_validate(tiers=tiers, sample_ids=sample_ids)
-        clean_flags = ranking_rules.flags_validate(flags=flags, sample_ids=sample_ids, allowed=RankingEntry.Flag.values)
-        positions = ranking_rules.shown_positions(shown_order=shown_order, sample_ids=sample_ids)
-        existing = Ranking.objects.filter(prompt=prompt, labeler=labeler).first()
-        if existing is not None:
-            return _existing_ranking_or_reject(existing=existing, tiers=clean_tiers)
-        ranking = Ranking.objects.create(
-            prompt=prompt, labeler=labeler, assignment=assignment, source=source, time_spent_ms=time_spent_ms
+
+
+def _ranking_write(
+    *, prompt: Prompt, labeler, tiers, flags, source: str, time_spent_ms: int, shown_order, assignment
+) -> Ranking:
+    """``ranking_record``'s writes, for a caller that holds the prompt's row lock in a transaction:
+    validate against the prompt's samples, return an identical stored ranking, else insert the ranking,
+    its entries and its pairs (three INSERTs)."""
+    sample_ids = list(prompt.samples.order_by("position").values_list("pk", flat=True))
+    clean_tiers = ranking_rules.tiers_validate(tiers=tiers, sample_ids=sample_ids)
+    clean_flags = ranking_rules.flags_validate(flags=flags, sample_ids=sample_ids, allowed=RankingEntry.Flag.values)
+    positions = ranking_rules.shown_positions(shown_order=shown_order, sample_ids=sample_ids)
+    existing = Ranking.objects.filter(prompt=prompt, labeler=labeler).first()
+    if existing is not None:
+        return _existing_ranking_or_reject(existing=existing, tiers=clean_tiers)
+    ranking = Ranking.objects.create(
+        prompt=prompt, labeler=labeler, assignment=assignment, source=source, time_spent_ms=time_spent_ms
+    )
+    RankingEntry.objects.bulk_create(
+        RankingEntry(
+            ranking=ranking, sample_id=sample_id, tier=tier,
+            shown_position=positions[sample_id], flags=clean_flags.get(sample_id, []),
         )
-        RankingEntry.objects.bulk_create(
-            RankingEntry(
-                ranking=ranking, sample_id=sample_id, tier=tier,
-                shown_position=positions[sample_id], flags=clean_flags.get(sample_id, []),
-            )
-            for tier, members in enumerate(clean_tiers)
-            for sample_id in members
-        )
-        PairwiseComparison.objects.bulk_create(
-            PairwiseComparison(ranking=ranking, prompt=prompt, chosen_id=chosen, rejected_id=rejected, margin=margin)
-            for chosen, rejected, margin in ranking_rules.pairs_from_tiers(clean_tiers)
-        )
+        for tier, members in enumerate(clean_tiers)
+        for sample_id in members
+    )
+    PairwiseComparison.objects.bulk_create(
+        PairwiseComparison(ranking=ranking, prompt=prompt, chosen_id=chosen, rejected_id=rejected, margin=margin)
+        for chosen, rejected, margin in ranking_rules.pairs_from_tiers(clean_tiers)
+    )
     return ranking
 
 
 def _locked_assignment_of(*, assignment_id: int, labeler, error: type[InvalidInput]) -> Assignment:
-    """Lock and return the labeler's assignment; someone else's or a missing one is an error (not revealed).
+    """Lock and return the labeler's assignment with its prompt; someone else's or a missing one is an
+    error (not revealed).
 
     The labeler's user row is locked first, as in ``assignment_next_for_labeler``, so one labeler's
-    requests always take their locks in the same order (user, prompt, assignment) and cannot deadlock.
+    requests are serialised; then the Assignment and its Prompt row in one statement (user → assignment
+    → prompt, the order of every waiting lock in this module).
     """
     if labeler is not None:
         _lock_user(labeler)
     assignment = (
-        Assignment.objects.select_for_update(of=("self",))
+        Assignment.objects.select_for_update(of=("self", "prompt"))
         .select_related("prompt", "prompt__project")
         .filter(pk=assignment_id)
         .first()
@@ -199,13 +265,12 @@ def _locked_assignment_of(*, assignment_id: int, labeler, error: type[InvalidInp
 
 
 def _check_lease_submittable(*, assignment: Assignment, now: datetime) -> None:
-    """Active leases may be submitted; so may an expired one whose slot is still free."""
+    """Active leases may be submitted; so may an expired one whose slot is still free (prompt locked)."""
     if assignment.status == Assignment.Status.SKIPPED:
         raise RankingInvalid("you skipped this task; it can no longer be submitted", location="assignment")
     if assignment.status == Assignment.Status.ACTIVE and assignment.expires_at > now:
         return
     project = assignment.prompt.project
-    list(Prompt.objects.select_for_update().filter(pk=assignment.prompt_id).values_list("pk", flat=True))  # lock, then count
     taken = prompt_live_slot_count(prompt_id=assignment.prompt_id, now=now, exclude_assignment_id=assignment.pk)
     if taken >= project.overlap and not assignment.prompt.is_gold:
         raise RankingInvalid(
@@ -239,13 +304,16 @@ def ranking_submit(
             valid = ranking_rules.tiers_validate(tiers=tiers, sample_ids=[s for t in ranking_tiers(ranking=existing) for s in t])
             return _existing_ranking_or_reject(existing=existing, tiers=valid)
         _check_lease_submittable(assignment=assignment, now=now)
-        ranking = ranking_record(
+        _check_source(source=source, labeler=labeler)
+        ranking = _ranking_write(
             prompt=assignment.prompt, labeler=labeler, tiers=tiers, flags=flags, source=source,
-            time_spent_ms=time_spent_ms, shown_order=assignment.shown_order, assignment=assignment,
+            time_spent_ms=_check_time_spent(time_spent_ms), shown_order=assignment.shown_order,
+            assignment=assignment,
         )
         assignment.status = Assignment.Status.SUBMITTED
         assignment.finished_at = now
         assignment.save(update_fields=["status", "finished_at"])
+        prompt_slots_refresh(prompt_ids=[assignment.prompt_id])
     return ranking
 
 
@@ -270,13 +338,29 @@ def assignment_skip(*, assignment_id: int, labeler, reason: str, now: datetime |
         assignment.skip_reason = reason
         assignment.finished_at = now
         assignment.save(update_fields=["status", "skip_reason", "finished_at"])
+        prompt_slots_refresh(prompt_ids=[assignment.prompt_id])
     return assignment
 
 
 def assignment_expire_stale(*, now: datetime | None = None) -> int:
-    """Mark active leases past their expiry EXPIRED; returns how many. Run every minute by Celery beat."""
+    """Mark active leases past their expiry EXPIRED and refresh their prompts' slot columns; returns how
+    many. Run every minute by Celery beat.
+
+    Never waits for a lock: leases whose prompt or row a request holds right now (being leased or
+    submitted) are left for the next run, so this cannot deadlock with the requests (they take the
+    assignment before the prompt; this takes the prompt first).
+    """
     now = now or timezone.now()
     with transaction.atomic():
-        return Assignment.objects.filter(status=Assignment.Status.ACTIVE, expires_at__lte=now).update(
-            status=Assignment.Status.EXPIRED
+        stale = Assignment.objects.filter(status=Assignment.Status.ACTIVE, expires_at__lte=now)
+        prompt_ids = list(
+            Prompt.objects.select_for_update(skip_locked=True)
+            .filter(pk__in=stale.values("prompt_id"))
+            .values_list("pk", flat=True)
         )
+        stale_ids = list(
+            stale.filter(prompt_id__in=prompt_ids).select_for_update(skip_locked=True).values_list("pk", flat=True)
+        )
+        expired = Assignment.objects.filter(pk__in=stale_ids).update(status=Assignment.Status.EXPIRED)
+        prompt_slots_refresh(prompt_ids=prompt_ids)
+    return expired

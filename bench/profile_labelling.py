@@ -83,6 +83,7 @@ def profile_services(*, label: str, calls: int) -> None:
             lease = assignment_next_for_labeler(project=project, labeler=labeler)
             fetch_t.append(time.perf_counter() - start)
         fetch_q.append(len(queries))
+        last_fetch = queries
         order = list(lease.shown_order)
         rng.shuffle(order)
         with CaptureQueriesContext(connection) as queries:
@@ -91,6 +92,9 @@ def profile_services(*, label: str, calls: int) -> None:
             submit_t.append(time.perf_counter() - start)
         submit_q.append(len(queries))
     print(f"[{label}] fetch  assignment_next_for_labeler: {max(fetch_q)} queries  {_ms(fetch_t)}")
+    if os.environ.get("SHOW_QUERIES"):
+        for q in last_fetch.captured_queries + queries.captured_queries:
+            print(f"    {q['time']} s  {q['sql'][:150]}")
     print(f"[{label}] submit ranking_submit             : {max(submit_q)} queries  {_ms(submit_t)}")
 
 
@@ -100,13 +104,13 @@ def explain_candidates(*, label: str) -> None:
     from django.db import connection, transaction
 
     from annotation.models import Membership, Project
-    from annotation.selectors import prompt_available_for_labeler
+    from annotation.selectors import prompt_lease_candidates
 
     project = Project.objects.get(slug="load")
     user, _ = get_user_model().objects.get_or_create(username="explainer")
     Membership.objects.get_or_create(project=project, user=user)
-    query = prompt_available_for_labeler(project=project, labeler=user, gold=False)
-    query = query.select_for_update(skip_locked=True, of=("self",))[:20]
+    query = prompt_lease_candidates(project=project, labeler=user, gold=False).select_related("project")
+    query = query.select_for_update(skip_locked=True, of=("self",))[:8]
     with transaction.atomic(), connection.cursor() as cursor:
         sql, params = query.query.sql_with_params()
         cursor.execute(f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) {sql}", params)

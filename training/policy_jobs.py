@@ -118,7 +118,7 @@ def generate_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobRe
     health = _health(prompts, samples)
     written, dropped = samples_write(run=run, rnd=rnd, prompts=prompts, samples=samples, config=config, health=health)
     hooks.log(f"round {rnd.number}: {written} samples for {len(prompts) - dropped} prompts; round open"
-              + (f" ({dropped} prompts dropped: fewer than {config.k} distinct samples)" if dropped else ""))
+              + (f" ({dropped} prompts dropped: fewer than {config.k} distinct clean samples)" if dropped else ""))
     return JobResult(summary={"samples": written, "prompts": len(prompts) - dropped, "prompts_dropped": dropped,
                               "steps": total, **health}, model_dir=None)
 
@@ -128,13 +128,12 @@ def samples_write(*, run: TrainingRun, rnd: Round, prompts, samples, config, hea
     model_name = (run.base_artifact.name if run.base_artifact else Path(config.base_model).name)[:200]
     rows, drop = [], []
     for prompt, group in zip(prompts, samples, strict=True):
-        texts = [sample_text_clean(s.text) for s in group]
-        if len(set(texts)) < config.k:
+        if not samples_usable(group, config.k):
             drop.append(prompt.pk)
             continue
-        rows += [Sample(prompt=prompt, text=text, text_sha256=hashlib.sha256(text.encode()).hexdigest(),
+        rows += [Sample(prompt=prompt, text=s.text, text_sha256=hashlib.sha256(s.text.encode()).hexdigest(),
                         position=i, model_name=model_name, logprob=s.logprob, num_tokens=s.num_tokens)
-                 for i, (s, text) in enumerate(zip(group, texts))]
+                 for i, s in enumerate(group)]
     if not rows:
         raise JobFailed(f"The policy produced fewer than {config.k} distinct samples for every prompt.")
     with transaction.atomic():
@@ -152,9 +151,10 @@ def samples_write(*, run: TrainingRun, rnd: Round, prompts, samples, config, hea
     return len(rows), len(drop)
 
 
-def sample_text_clean(text: str) -> str:
-    """Model output is untrusted: NUL bytes (which PostgreSQL text refuses) become U+FFFD; HTML is escaped on output."""
-    return text.replace("\x00", "\ufffd")
+def samples_usable(group, k: int) -> bool:
+    """K distinct texts, none with a NUL byte (model output is untrusted; PostgreSQL text refuses NUL, and a
+    changed text would no longer match its stored log-prob). HTML in samples is escaped on output."""
+    return len({s.text for s in group}) >= k and not any("\x00" in s.text for s in group)
 
 
 def _sampling(config) -> dict:

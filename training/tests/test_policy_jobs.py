@@ -89,9 +89,9 @@ def test_sft_generate_dpo_reward_ppo_grpo_register_policies_with_lineage(story):
     assert ppo.artifact.parent == dpo.artifact and _changed(ppo.artifact, dpo.artifact)
     assert {"rm_score", "fn_score", "kl", "value_loss"} <= set(ppo.metrics.order_by("step").last().values)
     grpo = _execute(services.run_create(
-        project=project, kind="grpo", base_artifact=ppo.artifact,
+        project=project, kind="grpo", base_artifact=ppo.artifact, reward_artifact=rm.artifact,  # scores differ within a group
         config={**TINY, "max_steps": 2, "batch_size": 2, "samples_per_prompt": 4, "max_new_tokens": 12,
-                "learning_rate": 1e-4, "reward_fn": "training.ml.demo_task:demo_utility"}))
+                "learning_rate": 1e-4}))
     assert grpo.artifact.parent == ppo.artifact and grpo.artifact.kind == "policy" and _changed(grpo.artifact, ppo.artifact)
 
 
@@ -112,7 +112,8 @@ def test_run_loop_one_round_stores_the_per_round_report(story, capsys):
     for key in ("utility_mean", "utility_se", "kl_to_round0", "eos_rate", "distinct_rate", "nll_round0"):
         assert key in first and key in second
     assert first["kl_to_round0"] == pytest.approx(0.0, abs=1e-3)  # round 0 is sampled from round 0's policy
-    assert "rm_accuracy" in first and "rm_score_mean" in second and first["rankings"] == 8
+    assert "rm_accuracy" in first and "rm_score_mean" in second
+    assert first["rankings"] == reports[0].round.prompts.count() > 0
     assert reports[1].policy.parent == reports[0].policy  # DPO's policy generated round 1
     assert "round 1 vs round 0: utility" in out.out and "KL to r0" in out.err + out.out
     kinds = list(TrainingRun.objects.filter(project=project).order_by("id").values_list("kind", flat=True))

@@ -48,7 +48,7 @@
     const button = f.querySelector("button[data-choice='" + choice + "']");
     if (!button || button.disabled) return;
     event.preventDefault();
-    f.requestSubmit(button);
+    button.click(); // a click (not requestSubmit) so that htmx sends the button's name=value
   });
 
   function start() {

@@ -1,0 +1,138 @@
+"""JSON API of the arena. Same conventions as ``annotation/api.py``: non-members get 404, labelers 403 on
+researcher actions, rejected input a 400 ``{"error": message, "location": where}`` with nothing written.
+
+Voters get blind data only: the next pair as ``left``/``right`` (sample id and raw text; a client must escape
+it), never the model names. Researchers also see each arena's name and checkpoints.
+"""
+from django.http import Http404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.decorators import api_view
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from annotation import arena as arena_service
+from annotation import selectors
+from annotation.api import ERRORS, _validated, error_response
+from annotation.arena_models import Arena, ArenaPair, ArenaVote
+from annotation.errors import InvalidInput, NotAllowed
+
+
+class ArenaCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    model_a = serializers.IntegerField(help_text="ModelArtifact id (policy or base) of this project.")
+    model_b = serializers.IntegerField()
+    items = serializers.ListField(child=serializers.JSONField(), help_text=(
+        'Prompts: {"prompt": str} or {"messages": [...]}, each optionally with "response_a" and "response_b".'))
+    sampling = serializers.DictField(required=False, default=dict,
+                                     help_text="temperature, top_p, max_new_tokens, seed, batch_size")
+
+
+class VoteSerializer(serializers.Serializer):
+    pair = serializers.IntegerField()
+    left = serializers.IntegerField(help_text="The sample id you were shown on the left (from /next/).")
+    choice = serializers.ChoiceField(choices=arena_service.CHOICES)
+    time_spent_ms = serializers.IntegerField(required=False, default=0, min_value=0,
+                                             max_value=arena_service.MAX_TIME_SPENT_MS)
+
+
+def arena_json(arena: Arena, *, user, manage: bool) -> dict:
+    progress = arena_service.arena_progress_for_voter(arena=arena, voter=user)
+    data = {"id": arena.pk, "status": arena.status, "pairs": progress["total"], "my_votes": progress["done"]}
+    if manage:
+        data.update(name=arena.name, round=arena.round.number, summary=arena.summary,
+                    sampling=arena.sampling_params, votes=ArenaVote.objects.filter(pair__arena=arena).count(),
+                    model_a={"id": arena.model_a_id, "name": arena.model_a.name},
+                    model_b={"id": arena.model_b_id, "name": arena.model_b.name})
+    return data
+
+
+@extend_schema(methods=["GET"], responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Arenas of a project")
+@extend_schema(methods=["POST"], request=ArenaCreateSerializer, responses={201: OpenApiTypes.OBJECT, **ERRORS},
+               summary="Create an arena (researchers): with responses it opens at once")
+@api_view(["GET", "POST"])
+def arena_list(request: Request, slug: str) -> Response:
+    from training.models import ModelArtifact
+
+    project = selectors.project_get_for_user(user=request.user, slug=slug)
+    manage = selectors.user_can_manage(user=request.user, project=project)
+    if request.method == "GET":
+        arenas = arena_service.arena_list_for_user(user=request.user, project=project).select_related("round")
+        return Response([arena_json(a, user=request.user, manage=manage) for a in arenas])
+    if not manage:
+        raise PermissionDenied("Only researchers of this project and admins may do this.")
+    data, error = _validated(ArenaCreateSerializer, request.data)
+    if error:
+        return error
+    models = ModelArtifact.objects.in_bulk([data["model_a"], data["model_b"]])
+    try:
+        arena = arena_service.arena_create(
+            project=project, model_a=models.get(data["model_a"]), model_b=models.get(data["model_b"]),
+            name=data["name"], items=data["items"], sampling=data["sampling"], user=request.user,
+        )
+    except InvalidInput as exc:
+        return error_response(exc.message, exc.location)
+    return Response(arena_json(arena, user=request.user, manage=True), status=status.HTTP_201_CREATED)
+
+
+@extend_schema(responses={200: OpenApiTypes.OBJECT, 204: None, **ERRORS},
+               summary="The next pair for you to vote on (204 when none is left)")
+@api_view(["GET"])
+def arena_next(request: Request, slug: str, arena_id: int) -> Response:
+    arena = arena_service.arena_get_for_user(user=request.user, slug=slug, arena_id=arena_id)
+    pair = arena_service.arena_pair_next_for_voter(arena=arena, voter=request.user)
+    if pair is None:
+        return Response(status=status.HTTP_204_NO_CONTENT)
+    texts = dict(pair.prompt.samples.values_list("pk", "text"))
+    left, right = arena_service.arena_shown_order(pair=pair, voter=request.user)
+    return Response({"pair": pair.pk, "messages": pair.prompt.messages,
+                     "left": {"sample_id": left, "text": texts[left]},
+                     "right": {"sample_id": right, "text": texts[right]}})
+
+
+@extend_schema(request=VoteSerializer, responses={201: OpenApiTypes.OBJECT, 200: OpenApiTypes.OBJECT, **ERRORS},
+               summary="Vote on a pair: left, right, tie or both_bad (idempotent)")
+@api_view(["POST"])
+def arena_vote(request: Request, slug: str, arena_id: int) -> Response:
+    arena = arena_service.arena_get_for_user(user=request.user, slug=slug, arena_id=arena_id)
+    data, error = _validated(VoteSerializer, request.data)
+    if error:
+        return error
+    if not ArenaPair.objects.filter(pk=data["pair"], arena=arena).exists():
+        raise Http404("No such pair.")
+    before = ArenaVote.objects.filter(pair_id=data["pair"], voter=request.user).exists()
+    try:
+        vote = arena_service.arena_vote(pair_id=data["pair"], voter=request.user, choice=data["choice"],
+                                        left_sample_id=data["left"], time_spent_ms=data["time_spent_ms"])
+    except NotAllowed as exc:
+        raise Http404("No such pair.") from exc
+    except InvalidInput as exc:
+        return error_response(exc.message, exc.location)
+    body = {"vote": vote.pk, "ranking": vote.ranking_id, "choice": data["choice"],
+            "pairs_written": vote.ranking.pairs.count()}
+    return Response(body, status=status.HTTP_200_OK if before else status.HTTP_201_CREATED)
+
+
+@extend_schema(
+    parameters=[OpenApiParameter("resamples", int, description="bootstrap resamples (default 200)"),
+                OpenApiParameter("seed", int, description="bootstrap seed (default 0)")],
+    responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Bradley-Terry leaderboard with bootstrap intervals",
+)
+@api_view(["GET"])
+def arena_leaderboard(request: Request, slug: str) -> Response:
+    project = selectors.project_get_for_user(user=request.user, slug=slug)
+    if not selectors.user_can_manage(user=request.user, project=project):
+        raise PermissionDenied("Only researchers of this project and admins may do this.")
+    try:
+        params = {}
+        for name in ("resamples", "seed"):
+            raw = request.query_params.get(name)
+            if raw is not None:
+                if not raw.strip().isdigit():
+                    raise InvalidInput(f"must be a whole number, got {raw[:20]!r}", location=name)
+                params[name] = int(raw)
+        return Response(arena_service.arena_leaderboard(project=project, **params))
+    except InvalidInput as exc:
+        return error_response(exc.message, exc.location)
