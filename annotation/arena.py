@@ -329,8 +329,15 @@ def arena_generate(*, arena: Arena, log=print) -> Arena:
             max_new_tokens=params["max_new_tokens"], seed=params["seed"], batch_size=params["batch_size"],
             model=model, tokenizer=tokenizer,
         )
-        texts.append([group[0].text if group[0].text.strip() else "(empty response)" for group in groups])
+        texts.append([_generated_text(group[0].text) for group in groups])
     return arena_responses_write(arena=arena, responses=list(zip(texts[0], texts[1])))
+
+
+def _generated_text(text: str) -> str:
+    """Model output as storable text: NUL bytes removed (PostgreSQL text cannot hold them; byte-level tiny
+    models do emit them), cut at MAX_RESPONSE_CHARS, and a visible marker when nothing is left."""
+    text = text.replace("\x00", "")[:MAX_RESPONSE_CHARS]
+    return text if text.strip() else "(empty response)"
 
 
 def _tiers_for(choice: str, *, left: int, right: int) -> list[list[int]]:

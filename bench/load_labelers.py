@@ -1,17 +1,34 @@
 """Load test: N simulated labelers fetch and submit over HTTP against gunicorn + PostgreSQL on 127.0.0.1.
 
-    .venv/bin/python bench/load_labelers.py --labelers 32 --duration 30
+    .venv/bin/python bench/load_labelers.py --labelers 32 --duration 30              # zero think time
+    .venv/bin/python bench/load_labelers.py --labelers 32 --duration 120 --think 10  # realistic labelers
+
+A simulated labeler is one browser session: it logs in through the login form (session cookie + CSRF
+token, as a browser does), then loops over one keep-alive connection:
+``POST /api/projects/<slug>/assignments/next/`` (fetch: lease the next prompt, or get the current lease),
+then "thinks" (reads the prompt and the K responses and ranks them), then
+``POST /api/assignments/<id>/ranking/`` (submit: a random ranking with ties, its think time as
+``time_spent_ms``). Two load models:
+- ``--think 0`` (default): no think time: every labeler fires its next request the moment the last one
+  returns. A closed loop that measures the server's saturation throughput; with 32 labelers the latency
+  is mostly queueing (Little's law: latency ≈ 32 / throughput), not service time.
+- ``--think S``: each task takes a think time drawn from a log-normal distribution with median ``S``
+  seconds (σ = 0.5, clipped to [S/4, 4S]); labelers start at random moments within the first ``S``
+  seconds, so they do not arrive in lock-step. Human labelers rank K=4 responses in tens of seconds;
+  ``--think 10`` is a fast labeler, i.e. a pessimistic load for a given N.
 
 What it does, all on loopback, bounded in time:
 1. creates a fresh database ``rlhf_bench_load`` on the local PostgreSQL, migrates it and seeds a project
    (K responses per prompt, overlap 3) with N labelers;
-2. starts gunicorn (gthread) on a free port with DEBUG off;
-3. each labeler logs in through the login form (session + CSRF, as a browser does), then loops:
-   ``POST /api/projects/<slug>/assignments/next/`` (fetch) and ``POST /api/assignments/<id>/ranking/``
-   (submit) with a random ranking with ties, over one keep-alive connection, for ``--duration`` seconds;
-4. prints p50/p95/p99 latency and throughput of fetch and submit, then checks in the database that
-   nothing was lost or duplicated: every acknowledged submit is a ranking with exactly its pairs, no
-   labeler ranked a prompt twice, no prompt has more than ``overlap`` rankings.
+2. starts gunicorn (gthread, ``--workers`` processes × ``--threads`` threads; the default 3 × 4 suits
+   2 cores shared with PostgreSQL: one process more than cores keeps a core busy while another waits
+   on the database, and threads overlap the waits on commits) on a free port with DEBUG off;
+3. runs the N labelers for ``--duration`` seconds (a labeler stops fetching at the deadline and finishes
+   the task in hand);
+4. prints p50/p95/p99 latency and throughput of fetch and submit, and the load average before and
+   after, then checks in the database that nothing was lost or duplicated: every acknowledged submit is
+   a ranking with exactly its pairs, no labeler ranked a prompt twice, no prompt has more than
+   ``overlap`` rankings.
 Exit status 1 if a check fails (the latency target is reported, not enforced).
 """
 import argparse
@@ -45,6 +62,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=4000)
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
+    parser.add_argument("--think", type=float, default=0.0, help="median think time per task in seconds (0: none)")
     return parser.parse_args()
 
 
@@ -158,8 +176,16 @@ def random_tiers(sample_ids: list[int], rng: random.Random) -> list[list[int]]:
     return [order[a:b] for a, b in zip([0, *cuts], [*cuts, len(order)])]
 
 
-def run_labeler(client: Labeler, seed: int, deadline: float, log: dict) -> None:
+def think_time(median_s: float, rng: random.Random) -> float:
+    """Seconds a labeler spends reading and ranking one task: log-normal around the median, clipped."""
+    if median_s <= 0:
+        return 0.0
+    return min(max(rng.lognormvariate(0.0, 0.5) * median_s, median_s / 4), median_s * 4)
+
+
+def run_labeler(client: Labeler, seed: int, deadline: float, log: dict, think_s: float) -> None:
     rng = random.Random(seed)
+    time.sleep(rng.uniform(0, think_s))  # arrive at random moments, not in lock-step
     while time.monotonic() < deadline:
         start = time.perf_counter()
         status, data = client.post_json("/api/projects/load/assignments/next/")
@@ -169,8 +195,11 @@ def run_labeler(client: Labeler, seed: int, deadline: float, log: dict) -> None:
         assert status == 200, (status, data[:300])
         lease = json.loads(data)
         tiers = random_tiers(lease["shown_order"], rng)
+        thinking = think_time(think_s, rng)
+        time.sleep(thinking)
+        payload = {"tiers": tiers, "time_spent_ms": max(1, int(thinking * 1000))}
         start = time.perf_counter()
-        status, data = client.post_json(f"/api/assignments/{lease['id']}/ranking/", {"tiers": tiers, "time_spent_ms": 1})
+        status, data = client.post_json(f"/api/assignments/{lease['id']}/ranking/", payload)
         log["submit"].append(time.perf_counter() - start)
         assert status == 200, (status, data[:300])
         log["acked"].append((lease["prompt_id"], client.username, tiers))
@@ -219,19 +248,24 @@ def main() -> int:
         clients = [Labeler(port, f"load{i}") for i in range(args.labelers)]
         for client in clients:
             client.login()
+        load_before = os.getloadavg()
         deadline = time.monotonic() + args.duration
-        threads = [threading.Thread(target=run_labeler, args=(c, i, deadline, log)) for i, c in enumerate(clients)]
+        threads = [threading.Thread(target=run_labeler, args=(c, i, deadline, log, args.think))
+                   for i, c in enumerate(clients)]
         started = time.monotonic()
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(timeout=args.duration + 60)
+            thread.join(timeout=args.duration + 4 * args.think + 60)
         elapsed = time.monotonic() - started
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    print(f"{args.labelers} labelers, {elapsed:.1f} s, gunicorn gthread {args.workers}x{args.threads}, "
-          f"K={args.k}, overlap={args.overlap}, {os.cpu_count()} CPUs")
+    load_after = os.getloadavg()
+    think = f"think time median {args.think:g} s" if args.think else "zero think time"
+    print(f"{args.labelers} labelers, {think}, {elapsed:.1f} s, gunicorn gthread {args.workers}x{args.threads}, "
+          f"K={args.k}, overlap={args.overlap}, {args.prompts} prompts, {os.cpu_count()} CPUs")
+    print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(f"fetch  (POST assignments/next): {percentiles(log['fetch'])}  {len(log['fetch']) / elapsed:7.1f} req/s")
     print(f"submit (POST ranking)         : {percentiles(log['submit'])}  {len(log['submit']) / elapsed:7.1f} req/s")
     problems = check_nothing_lost(log["acked"], args)

@@ -58,16 +58,19 @@ class LoopFailed(Exception):
 # ----------------------------------------------------------------------------- running runs
 def run_execute(*, run: TrainingRun, in_process: bool = False, poll: float = 1.0) -> TrainingRun:
     """Run a queued run now, the way the Celery task does; wait for a worker that claimed it first."""
-    claimed = services.run_claim(run_id=run.pk, worker=f"cli:{os.uname().nodename}:{os.getpid()}")
-    if claimed is not None:
-        if in_process:
-            runner.run_claimed(run_id=run.pk, claim_token=claimed.claim_token)
-        else:
-            runner.supervise(run_id=run.pk, claim_token=claimed.claim_token, attempt=claimed.attempts)
-    run.refresh_from_db()
-    while not run.is_terminal:  # a worker has it (or it was re-queued after a crash: a worker retries it)
-        time.sleep(poll)
+    worker = f"cli:{os.uname().nodename}:{os.getpid()}"
+    while True:  # a crashed attempt re-queues the run (until max_attempts): claim it again, or let a worker
+        claimed = services.run_claim(run_id=run.pk, worker=worker)
+        if claimed is not None:
+            if in_process:
+                runner.run_claimed(run_id=run.pk, claim_token=claimed.claim_token)
+            else:
+                runner.supervise(run_id=run.pk, claim_token=claimed.claim_token, attempt=claimed.attempts)
         run.refresh_from_db()
+        if run.is_terminal:
+            break
+        if claimed is None:
+            time.sleep(poll)  # a worker holds it
     if run.status != TrainingRun.Status.SUCCEEDED:
         raise LoopFailed(f"{run.kind} run {run.pk} {run.status}: {run.error or 'no error recorded'}")
     return run

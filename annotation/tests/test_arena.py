@@ -236,3 +236,10 @@ def test_arena_generate_writes_one_response_per_checkpoint_and_opens(arena_setup
         assert pair.sample_a.model_name == "sft-policy" and pair.sample_b.model_name == "dpo-policy"
         assert pair.sample_a.text != pair.sample_b.text
     assert arena_generate(arena=arena).pk == arena.pk  # already open: nothing happens
+
+
+def test_generated_text_is_made_storable():
+    from annotation.arena import MAX_RESPONSE_CHARS, _generated_text
+
+    assert _generated_text("a\x00b") == "ab" and _generated_text(" \x00 ") == "(empty response)"
+    assert len(_generated_text("x" * (MAX_RESPONSE_CHARS + 5))) == MAX_RESPONSE_CHARS

@@ -5,6 +5,7 @@ labeler OF project B tries what only researchers may do, and tries to see anothe
 import pytest
 from django.test import Client
 
+from annotation.arena import arena_create
 from annotation.models import Assignment, Membership, PairwiseComparison, Project, Prompt, Ranking, Round
 from annotation.services import assignment_next_for_labeler, ranking_submit
 from training.models import ModelArtifact, TrainingRun
@@ -29,8 +30,12 @@ def world(make_user, make_project):
     run = TrainingRun.objects.create(project=bravo, kind=TrainingRun.Kind.REWARD, config={"note": SECRET})
     artifact = ModelArtifact.objects.create(project=bravo, kind=ModelArtifact.Kind.REWARD, name=f"{SECRET} model",
                                             path="missing/dir", run=run)
+    policies = [ModelArtifact.objects.create(project=bravo, kind=ModelArtifact.Kind.POLICY, name=f"{SECRET} policy {i}",
+                                             path="missing/dir") for i in range(2)]
+    arena = arena_create(project=bravo, model_a=policies[0], model_b=policies[1], name=f"{SECRET} arena",
+                         items=[{"prompt": f"{SECRET} arena prompt", "response_a": "x", "response_b": "y"}])
     ids = {"slug": bravo.slug, "assignment_id": open_lease.pk, "run_id": run.pk, "artifact_id": artifact.pk,
-           "prompt_id": done.prompt_id}
+           "prompt_id": done.prompt_id, "arena_id": arena.pk}
     return {"alice": alice, "res_a": res_a, "bob": bob, "carol": carol, "res_b": res_b, "alpha": alpha,
             "bravo": bravo, "ids": ids, "open_lease": open_lease, "bob_ranking": Ranking.objects.get(labeler=bob)}
 

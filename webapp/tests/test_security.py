@@ -41,7 +41,7 @@ def site(make_user, make_project):
 
 def _ids(site) -> dict:
     return {"slug": site["project"].slug, "assignment_id": site["assignment"].pk, "run_id": 999999,
-            "artifact_id": 999999, "prompt_id": site["assignment"].prompt_id}
+            "artifact_id": 999999, "prompt_id": site["assignment"].prompt_id, "arena_id": 999999}
 
 
 def test_every_page_sends_csp_frame_and_sniff_headers(site, client):
