@@ -142,14 +142,23 @@ class Labeler:
     """One browser-like client: a session cookie, a CSRF token, one keep-alive connection."""
 
     def __init__(self, port: int, username: str) -> None:
+        self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         self.cookies: dict[str, str] = {}
         self.username = username
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
         headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items()), **(headers or {})}
-        self.conn.request(method, path, body=body, headers=headers)
-        response = self.conn.getresponse()
+        try:
+            self.conn.request(method, path, body=body, headers=headers)
+            response = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            # The server closed the idle keep-alive connection (a long think time): reconnect and send
+            # again, as a browser does. Both endpoints are idempotent, so a resend is safe.
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            self.conn.request(method, path, body=body, headers=headers)
+            response = self.conn.getresponse()
         data = response.read()
         for header in response.headers.get_all("Set-Cookie") or []:
             name, _, rest = header.partition("=")

@@ -67,9 +67,11 @@ def supervise(*, run_id: int, claim_token: str, attempt: int) -> str:
     log_path = run_output_dir(run) / "logs" / f"attempt-{attempt}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RLHF_CLAIM_TOKEN": claim_token, "PYTHONUNBUFFERED": "1"}
+    from training.distributed_runner import child_command  # one process, or one per GPU through accelerate
+
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "training.runner", str(run_id)], env=env, stdout=log, stderr=subprocess.STDOUT,
+            child_command(run_id=run_id, kind=run.kind), env=env, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent, cwd=str(Path(__file__).resolve().parent.parent),
         )
     services.run_append_log(run_id=run_id, message=f"attempt {attempt}: training process {proc.pid} started",

@@ -56,7 +56,8 @@ class LoopConfig:
     dpo_epochs: float = 2.0
     dpo_batch_size: int = 8
     train_reward_model: bool = True
-    reward_steps: int = 60
+    reward_steps: int = 60  # DPO's loop only reports the reward model's accuracy
+    rl_reward_steps: int = 200  # PPO/GRPO optimise against it, so it trains longer
     reward_learning_rate: float = 1e-3
     # PPO against the round's reward model (value head on the policy, fixed KL coefficient)
     ppo_steps: int = 12
@@ -77,6 +78,11 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+
+    @property
+    def reward_model_steps(self) -> int:
+        """Steps of each round's reward model: ``rl_reward_steps`` when PPO/GRPO optimise against it."""
+        return self.reward_steps if self.optimizer == "dpo" else self.rl_reward_steps
 
 
 def _stderr(values: list[float]) -> float:
@@ -139,7 +145,7 @@ def round_train_reward_model(groups: list[RankedGroup], *, base_model: str, outp
     from training.ml.trainers.reward import train_reward_model
 
     train, held_out = split_by_prompt(groups, 0.2, config.seed)
-    reward_config = RewardConfig(base_model=base_model, seed=config.seed, max_steps=config.reward_steps,
+    reward_config = RewardConfig(base_model=base_model, seed=config.seed, max_steps=config.reward_model_steps,
                                  learning_rate=config.reward_learning_rate, batch_size=8, eval_every=10_000,
                                  checkpoint_every=10_000, num_threads=config.num_threads)
     summary = train_reward_model(reward_config, train, held_out, output_dir=output_dir, hooks=NullHooks(),

@@ -5,7 +5,9 @@ import pytest
 
 from training.ml import demo_task
 from training.ml.generation import GeneratedSample
-from training.ml.loop import LoopConfig, round_label, run_loop, tiers_from_scores
+from training.ml.loop import (
+    LoopConfig, over_optimisation_flag, rm_score_trend, round_label, run_loop, tiers_from_scores,
+)
 
 
 def test_tiers_from_scores_orders_best_first_and_ties_near_scores():
@@ -40,3 +42,47 @@ def test_one_round_smoke_produces_finite_metrics(tmp_path):
     assert history[0]["kl_to_round0"] == pytest.approx(0.0, abs=1e-3)  # round 0 is the reference itself
     assert 0.0 <= history[0]["rm_accuracy"] <= 1.0
     assert any("round 1:" in line for line in lines)
+
+
+def test_loop_config_rejects_an_unknown_optimizer():
+    with pytest.raises(ValueError, match="optimizer must be one of dpo, ppo, grpo"):
+        LoopConfig(optimizer="sgd")
+
+
+def test_rm_score_trend_compares_the_last_quarter_of_steps_with_the_first():
+    steps = [{"rm_score": v} for v in (0.0, 1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 5.0)]
+    assert rm_score_trend(steps) == pytest.approx((3.0 + 5.0) / 2 - (0.0 + 1.0) / 2)
+    assert rm_score_trend([{"rm_score": 2.0}, {"rm_score": -1.0}]) == pytest.approx(-3.0)
+    assert math.isnan(rm_score_trend([{"fn_score": 1.0}]))  # no reward model in the run
+
+
+def test_over_optimisation_flag_on_constructed_numbers():
+    reason = over_optimisation_flag(rm_score_change=1.2, utility_change=-0.3)
+    assert reason is not None and "+1.200" in reason and "-0.300" in reason
+    assert over_optimisation_flag(rm_score_change=1.2, utility_change=0.3) is None  # both rose: fine
+    assert over_optimisation_flag(rm_score_change=-0.5, utility_change=-0.3) is None  # the RM saw it too
+    assert over_optimisation_flag(rm_score_change=1.2, utility_change=-0.03, utility_se=0.05) is None  # noise
+    assert over_optimisation_flag(rm_score_change=1.2, utility_change=-0.3, utility_se=0.05) is not None
+    assert over_optimisation_flag(rm_score_change=float("nan"), utility_change=-0.3) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer, extra", [("ppo", {"ppo_ptx_coef": 0.5}), ("grpo", {})])
+def test_one_round_rl_smoke_produces_finite_metrics_and_the_monitor(tmp_path, optimizer, extra):
+    config = LoopConfig(optimizer=optimizer, rounds=1, prompts_per_round=8, k=3, max_new_tokens=16, sft_steps=20,
+                        reward_steps=2, rl_reward_steps=2, ppo_steps=2, ppo_batch_size=4, grpo_steps=2,
+                        grpo_batch_size=2, grpo_samples=4, **extra)
+    lines = []
+    history = run_loop(config, tmp_path, utility=demo_task.demo_utility, prompt_pool=demo_task.make_prompt_pool(),
+                       demonstrations=demo_task.load_demonstrations()[:200], build_base=demo_task.build_demo_base,
+                       log=lines.append)
+    assert [m["round"] for m in history] == [0, 1]
+    for key in ("utility_mean", "utility_se", "kl_to_round0", "eos_rate", "distinct_rate", "nll_round0"):
+        assert all(math.isfinite(m[key]) for m in history), key
+    assert 0.0 <= history[0]["rm_accuracy"] <= 1.0
+    after = history[1]
+    assert math.isfinite(after["rm_score_change"]) and math.isfinite(after["policy_kl"])
+    assert after["utility_change"] == pytest.approx(after["utility_mean"] - history[0]["utility_mean"])
+    assert "over_optimised" in after
+    assert (tmp_path / f"{optimizer}0" / "policy" / "config.json").exists()  # round 1 sampled from this policy
+    assert any("round 1:" in line and "RM score Δ" in line for line in lines)

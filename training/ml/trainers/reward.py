@@ -4,6 +4,11 @@ A batch is B prompts; each prompt brings its K responses (B·K sequences, one fo
 of every ranking of them, all scored from those K rewards: C(K,2) comparisons for K forwards instead of
 2·C(K,2) for shuffled pairs. Reads top to bottom: load -> encode -> loop (step, eval, checkpoint, cancel)
 -> save. No Django here: the caller passes plain RankedGroups and a TrainHooks.
+
+Several devices: started under ``accelerate launch`` (``training.ml.distributed``), every process holds the
+model (DDP), scores its share of each step's prompts, and scales its loss so the synced gradient is the one
+of the whole batch; only the main process reports to the hooks and writes checkpoints and the model. One
+process takes exactly the single-device path: no wrapper, no collective, no extra work per step.
 """
 from __future__ import annotations
 
@@ -15,14 +20,15 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
-from training.ml import losses
+from training.ml import distributed, losses
 from training.ml.checkpoint import atomic_save_dir, checkpoint_latest, checkpoint_load, checkpoint_save
 from training.ml.collators import RankedGroupCollator
 from training.ml.config import RewardConfig
 from training.ml.data import EncodedGroup, encode_groups
-from training.ml.types import RankedGroup, TrainHooks
+from training.ml.types import NullHooks, RankedGroup, TrainHooks
 
 
 def load_reward_model(config: RewardConfig, hooks: TrainHooks):
@@ -64,15 +70,24 @@ def score(model, batch: dict[str, torch.Tensor], device: torch.device) -> torch.
     return logits.squeeze(-1).float()  # (N,)
 
 
-def reward_loss(rewards: torch.Tensor, batch: dict[str, torch.Tensor], config: RewardConfig) -> dict:
-    """Loss and metrics of one batch from its (N,) rewards and the pair indices of the collator."""
+def reward_loss(
+    rewards: torch.Tensor, batch: dict[str, torch.Tensor], config: RewardConfig, *,
+    pair_scale: float = 1.0, reward_scale: float = 1.0,
+) -> dict:
+    """Loss and metrics of one batch from its (N,) rewards and the pair indices of the collator.
+
+    ``pair_scale``/``reward_scale`` weigh the pair mean and the per-response centering mean: 1 on one
+    process, this process's share of the global means under data parallelism (``distributed.global_mean_scales``).
+    """
     device = rewards.device
     chosen = rewards[batch["chosen"].to(device)]  # (P,)
     rejected = rewards[batch["rejected"].to(device)]  # (P,)
     margins = batch["margins"].to(device) * config.margin_coef if config.margin_coef else None
     loss = losses.bradley_terry_loss(chosen, rejected, margins=margins, weights=batch["weights"].to(device))
+    if pair_scale != 1.0:
+        loss = loss * pair_scale
     if config.center_coef:
-        loss = loss + config.center_coef * losses.reward_centering_loss(rewards)
+        loss = loss + reward_scale * config.center_coef * losses.reward_centering_loss(rewards)
     return {
         "loss": loss,
         "accuracy": losses.pairwise_accuracy(chosen, rejected).item(),
@@ -82,25 +97,39 @@ def reward_loss(rewards: torch.Tensor, batch: dict[str, torch.Tensor], config: R
 
 
 @torch.no_grad()
-def evaluate(model, groups: list[EncodedGroup], collate, device, batch_size: int) -> dict[str, float]:
-    """Held-out pairwise accuracy, unweighted Bradley-Terry loss and mean margin over every pair."""
+def evaluate(
+    model, groups: list[EncodedGroup], collate, device, batch_size: int, accelerator: Accelerator | None = None
+) -> dict[str, float]:
+    """Held-out pairwise accuracy, unweighted Bradley-Terry loss and mean margin over every pair.
+
+    With an accelerator of several processes, each scores every W-th group with the bare model (no DDP
+    collective) and the sums are added up, so every process returns the figures of the whole held-out set.
+    """
     if not groups:
         return {}
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
-    for start in range(0, len(groups), batch_size):
+    loss_sum, correct, margin_sum, pairs = 0.0, 0.0, 0.0, 0
+    for start in range(rank * batch_size, len(groups), batch_size * world):  # this process's batches
         batch = collate(groups[start:start + batch_size])
         rewards = score(model, batch, device)  # (N,)
-        chosen.append(rewards[batch["chosen"].to(device)])
-        rejected.append(rewards[batch["rejected"].to(device)])
+        chosen, rejected = rewards[batch["chosen"].to(device)], rewards[batch["rejected"].to(device)]  # (P,), (P,)
+        n = int(chosen.numel())
+        if n:
+            loss_sum += losses.bradley_terry_loss(chosen, rejected).item() * n
+            correct += losses.pairwise_accuracy(chosen, rejected).item() * n
+            margin_sum += losses.mean_margin(chosen, rejected).item() * n
+            pairs += n
     model.train(was_training)
-    chosen_all, rejected_all = torch.cat(chosen), torch.cat(rejected)  # (P,), (P,)
+    if accelerator is not None:
+        loss_sum, correct, margin_sum, pairs = distributed.sum_over_processes([loss_sum, correct, margin_sum, pairs], accelerator)
+    pairs = int(pairs)
     return {
-        "loss": losses.bradley_terry_loss(chosen_all, rejected_all).item(),
-        "accuracy": losses.pairwise_accuracy(chosen_all, rejected_all).item(),
-        "margin": losses.mean_margin(chosen_all, rejected_all).item(),
-        "pairs": int(chosen_all.numel()),
+        "loss": loss_sum / max(pairs, 1),
+        "accuracy": correct / max(pairs, 1),
+        "margin": margin_sum / max(pairs, 1),
+        "pairs": pairs,
     }
 
 
@@ -130,11 +159,16 @@ def train_reward_model(
     ``output_dir/model/`` (save_pretrained: full model, or LoRA adapter whose base is config.base_model)
     with the tokenizer. If hooks.should_stop() turns true, saves a checkpoint and returns
     ``{"stopped": True, ...}``; calling again with resume=True continues from the latest checkpoint.
+    Under ``accelerate launch`` every process calls this with the same arguments; only the main one
+    calls ``hooks`` and writes files, and all of them return the same summary.
     """
     config.validate()
     output_dir = Path(output_dir)
-    torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    accelerator = Accelerator()  # one process: plain device placement; several: DDP over NCCL (CUDA) or gloo (CPU)
+    main = accelerator.is_main_process
+    hooks = hooks if main else NullHooks()  # cancel is asked of the main process only, then shared
+    torch.set_num_threads(distributed.threads_per_process(config.num_threads, accelerator.num_processes))
+    device = accelerator.device
     tokenizer, model = load_reward_model(config, hooks)
     model.to(device).train()
     max_length = min(config.max_length, getattr(model.config, "max_position_embeddings", None) or config.max_length)
@@ -146,9 +180,10 @@ def train_reward_model(
         raise ValueError("no training pairs: every training group is empty or fully tied")
     _log_data(hooks, train_counts, eval_counts, max_length)
 
-    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)  # a step is batch_size prompts over all processes
     total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # Optimizer and scheduler stay plain torch: every process steps them on the same synced gradients.
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler(
         config.lr_scheduler, optimizer, num_warmup_steps=round(config.warmup_ratio * total), num_training_steps=total
@@ -157,60 +192,91 @@ def train_reward_model(
     checkpoints = output_dir / "checkpoints"
 
     def save_checkpoint(at_step: int) -> None:
-        checkpoint_save(
-            root=checkpoints, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
-            keep=config.keep_checkpoints,
-        )
+        if main:
+            checkpoint_save(
+                root=checkpoints, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
+                keep=config.keep_checkpoints,
+            )
 
     step, last_saved = 0, -1
     latest = checkpoint_latest(checkpoints) if resume else None
-    if latest is not None:
+    if latest is not None:  # every process loads the same files before DDP wraps the model
         step = last_saved = checkpoint_load(latest, model=model, optimizer=optimizer, scheduler=scheduler)["step"]
         hooks.log(f"resumed from {latest.name} (step {step} of {total})")
     else:
-        torch.manual_seed(config.seed)  # dropout and anything else random in the loop
+        torch.manual_seed(config.seed + accelerator.process_index)  # dropout and anything else random in the loop
+    trained = accelerator.prepare_model(model) if accelerator.num_processes > 1 else model  # (DDP) forward/backward
 
     train_seconds, pairs_seen, last_eval = 0.0, 0, {}
     while step < total:
-        if hooks.should_stop():
+        if distributed.any_process(hooks.should_stop(), accelerator):
             if last_saved != step:
                 save_checkpoint(step)
             hooks.log(f"stopped at step {step} of {total}; checkpoint kept")
+            accelerator.wait_for_everyone()
             return _summary(config, step, total, train_counts, eval_counts, last_eval, stopped=True)
         started = time.perf_counter()
-        batch = collate([train_data[i] for i in batch_indices(step, len(train_data), config.batch_size, config.seed)])
-        out = reward_loss(score(model, batch, device), batch, config)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-        optimizer.step()
+        indices = batch_indices(step, len(train_data), config.batch_size, config.seed)
+        out = _train_step(trained, [train_data[i] for i in indices], collate, config, accelerator, optimizer, trainable)
         scheduler.step()
         step += 1
         train_seconds += time.perf_counter() - started
         pairs_seen += out["pairs"]
-        metrics = {**out, "loss": out["loss"].item(), "lr": scheduler.get_last_lr()[0], "epoch": step / steps_per_epoch}
-        hooks.on_step(step, total, metrics)
+        hooks.on_step(step, total, {**out, "lr": scheduler.get_last_lr()[0], "epoch": step / steps_per_epoch})
         if eval_data and (step % config.eval_every == 0 or step == total):
-            last_eval = evaluate(model, eval_data, collate, device, config.batch_size)
+            last_eval = evaluate(model, eval_data, collate, device, config.batch_size, accelerator)
             hooks.on_eval(step, last_eval)
         if step % config.checkpoint_every == 0 and step < total:
             save_checkpoint(step)
             last_saved = step
 
     if eval_data and not last_eval:  # resumed at the very end: evaluate what is saved
-        last_eval = evaluate(model, eval_data, collate, device, config.batch_size)
+        last_eval = evaluate(model, eval_data, collate, device, config.batch_size, accelerator)
         hooks.on_eval(step, last_eval)
-    model_dir = save_model(model, tokenizer, output_dir / "model")
+    model_dir = output_dir / "model"
+    if main:
+        save_model(model, tokenizer, model_dir)
     summary = _summary(config, step, total, train_counts, eval_counts, last_eval, stopped=False)
     summary.update(
         model_dir=str(model_dir),
         train_seconds=round(train_seconds, 3),
         pairs_per_second=round(pairs_seen / train_seconds, 2) if train_seconds else None,
+        processes=accelerator.num_processes,
     )
-    atomic_save_dir(output_dir / "summary", lambda tmp: (tmp / "summary.json").write_text(json.dumps(summary, indent=2)))
+    if main:
+        atomic_save_dir(output_dir / "summary", lambda tmp: (tmp / "summary.json").write_text(json.dumps(summary, indent=2)))
     hooks.log(f"saved {'adapter' if summary['is_adapter'] else 'model'} to {model_dir}")
+    accelerator.wait_for_everyone()  # no process returns before the model is on disk
     return summary
+
+
+def _train_step(model, groups: list[EncodedGroup], collate, config: RewardConfig, accelerator: Accelerator,
+                optimizer, trainable) -> dict:
+    """One optimizer step on one step's groups (this process's share of them under data parallelism)."""
+    device, world = accelerator.device, accelerator.num_processes
+    scales = {}
+    if world > 1:
+        mine, padding = distributed.shard(range(len(groups)), rank=accelerator.process_index, world=world)
+        groups = [groups[i] for i in mine]
+    batch = collate(groups)
+    if world > 1:  # weigh this process's means by its share of the step's pairs and responses
+        pair_weight = 0.0 if padding else batch["weights"].sum().item()
+        responses = 0 if padding else batch["input_ids"].shape[0]
+        pair_scale, reward_scale = distributed.global_mean_scales(accelerator, pair_weight=pair_weight, responses=responses)
+        scales = {"pair_scale": pair_scale, "reward_scale": reward_scale}
+    out = reward_loss(score(model, batch, device), batch, config, **scales)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()  # DDP averages the gradients over processes here
+    if config.grad_clip:
+        torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+    optimizer.step()
+    if world == 1:
+        return {**out, "loss": out["loss"].item()}
+    pairs = 0 if padding else out["pairs"]  # metrics of the whole step, the same on every process
+    loss, correct, margin, pairs = distributed.sum_over_processes(
+        [out["loss"].item(), out["accuracy"] * pairs, out["margin"] * pairs, pairs], accelerator
+    )
+    return {"loss": loss / world, "accuracy": correct / max(pairs, 1), "margin": margin / max(pairs, 1), "pairs": int(pairs)}
 
 
 def save_model(model, tokenizer, target: Path) -> Path:
