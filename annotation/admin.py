@@ -1,7 +1,9 @@
-"""Django admin for every annotation model. Rankings, their entries and pairs are derived from what
-labelers submitted: the admin shows them read-only (change them through the services, never by hand)."""
+"""Django admin for every annotation model (preferences, arena, quality control). Rankings, their entries and
+pairs are derived from what labelers submitted, arena votes and computed reliabilities likewise: the admin shows
+them read-only (change them through the services, never by hand)."""
 from django.contrib import admin
 
+from annotation.arena_models import Arena, ArenaPair, ArenaVote
 from annotation.models import (
     Assignment,
     Membership,
@@ -12,6 +14,10 @@ from annotation.models import (
     RankingEntry,
     Round,
     Sample,
+)
+from annotation.quality_models import (
+    AILabeler, GoldRanking, LabelerReliability, PromptPriority, PromptReview, QualitySettings, RankingExclusion,
+    SelectionRecord,
 )
 
 
@@ -128,3 +134,103 @@ class PairwiseComparisonAdmin(ReadOnlyAdmin):
     list_filter = ["margin", "prompt__project"]
     search_fields = ["ranking__labeler__username"]
     raw_id_fields = ["ranking", "prompt", "chosen", "rejected"]
+
+
+# ----------------------------------------------------------------------------- arena and quality control
+
+@admin.register(Arena)
+class ArenaAdmin(admin.ModelAdmin):
+    """Status, summary and round change through ``annotation.arena`` (create, generate, close): shown read-only."""
+
+    list_display = ["id", "project", "name", "model_a", "model_b", "status", "created_at"]
+    list_filter = ["status", "project"]
+    search_fields = ["name", "project__slug"]
+    raw_id_fields = ["project", "model_a", "model_b", "round", "created_by"]
+    readonly_fields = ["project", "model_a", "model_b", "round", "status", "sampling_params", "summary",
+                       "created_by", "created_at"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(ArenaPair)
+class ArenaPairAdmin(ReadOnlyAdmin):
+    list_display = ["id", "arena", "prompt", "sample_a", "sample_b"]
+    list_filter = ["arena__project"]
+    search_fields = ["arena__name"]
+    raw_id_fields = ["arena", "prompt", "sample_a", "sample_b"]
+
+
+@admin.register(ArenaVote)
+class ArenaVoteAdmin(ReadOnlyAdmin):
+    """A vote is also a ranking: change neither by hand."""
+
+    list_display = ["id", "pair", "voter", "outcome", "time_spent_ms", "created_at"]
+    list_filter = ["outcome", "pair__arena__project"]
+    search_fields = ["voter__username"]
+    raw_id_fields = ["pair", "voter", "left_sample", "ranking"]
+
+
+@admin.register(QualitySettings)
+class QualitySettingsAdmin(admin.ModelAdmin):
+    list_display = ["project", "gold_rate", "review_threshold", "speed_ratio", "updated_at"]
+    raw_id_fields = ["project"]
+    search_fields = ["project__slug"]
+
+
+@admin.register(GoldRanking)
+class GoldRankingAdmin(admin.ModelAdmin):
+    list_display = ["id", "prompt", "created_by", "created_at"]
+    list_filter = ["prompt__project"]
+    search_fields = ["prompt__external_id"]
+    raw_id_fields = ["prompt", "created_by"]
+
+
+@admin.register(RankingExclusion)
+class RankingExclusionAdmin(admin.ModelAdmin):
+    list_display = ["id", "ranking", "reason", "excluded_by", "created_at"]
+    list_filter = ["ranking__prompt__project"]
+    search_fields = ["reason", "ranking__labeler__username"]
+    raw_id_fields = ["ranking", "excluded_by"]
+
+
+@admin.register(PromptReview)
+class PromptReviewAdmin(admin.ModelAdmin):
+    list_display = ["id", "prompt", "status", "reviewed_by", "created_at"]
+    list_filter = ["status", "prompt__project"]
+    search_fields = ["note"]
+    raw_id_fields = ["prompt", "reviewed_by"]
+
+
+@admin.register(LabelerReliability)
+class LabelerReliabilityAdmin(ReadOnlyAdmin):
+    """Computed by the quality services; recompute rather than edit."""
+
+    list_display = ["project", "labeler", "reliability", "weight", "gold_pairs", "consensus_pairs", "updated_at"]
+    list_filter = ["project"]
+    search_fields = ["labeler__username"]
+    raw_id_fields = ["project", "labeler"]
+
+
+@admin.register(AILabeler)
+class AILabelerAdmin(admin.ModelAdmin):
+    list_display = ["user", "project", "kind", "spec", "tie_threshold", "created_at"]
+    list_filter = ["kind", "project"]
+    search_fields = ["user__username", "spec"]
+    raw_id_fields = ["user", "project"]
+
+
+@admin.register(SelectionRecord)
+class SelectionRecordAdmin(ReadOnlyAdmin):
+    list_display = ["id", "round", "strategy", "created_by", "created_at"]
+    list_filter = ["strategy", "round__project"]
+    search_fields = ["round__project__slug"]
+    raw_id_fields = ["round", "created_by"]
+
+
+@admin.register(PromptPriority)
+class PromptPriorityAdmin(ReadOnlyAdmin):
+    list_display = ["prompt", "score", "selection"]
+    list_filter = ["selection__strategy"]
+    search_fields = ["prompt__external_id"]
+    raw_id_fields = ["prompt", "selection"]

@@ -1,7 +1,8 @@
 """Arena: blind side-by-side votes between two checkpoints, and a Bradley-Terry leaderboard with bootstrap CIs.
 
-Services (writes, one transaction each): ``arena_create``, ``arena_responses_write``, ``arena_generate``,
-``arena_vote``, ``arena_close``. Selectors (reads): ``arena_get_for_user``, ``arena_list_for_user``,
+Services (writes, one transaction each): ``arena_create``, ``arena_responses_write``, ``arena_generate``
+(and ``arena_generate_by_id``, which the Celery task ``annotation.tasks.generate_arena`` runs on the ``gpu``
+queue: ``arena_create`` enqueues it on commit for an arena without responses), ``arena_vote``, ``arena_close``. Selectors (reads): ``arena_get_for_user``, ``arena_list_for_user``,
 ``arena_pair_next_for_voter``, ``arena_shown_order``, ``arena_leaderboard``. Pure: ``leaderboard_from_votes``.
 
 Blindness: voters never see model names (the page says "Arena #id"), the two samples of a prompt get their
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import random
 from collections import Counter
@@ -33,6 +35,8 @@ from annotation.models import Project, Prompt, Ranking, Round, Sample
 from annotation.quality import bradley_terry
 from annotation.selectors import project_get_for_user, user_can_manage, user_role
 from annotation.services import ranking_record
+
+logger = logging.getLogger(__name__)
 
 CHOICES = ("left", "right", "tie", "both_bad")
 SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "seed", "batch_size")
@@ -250,8 +254,8 @@ def sampling_validate(sampling: object) -> dict:
 def arena_create(*, project: Project, model_a, model_b, name: str, items: list, sampling: dict | None = None,
                  user=None) -> Arena:
     """A new arena round with its prompts. ``items``: ``{"prompt"|"messages", ["response_a", "response_b"]}``;
-    with responses it opens at once, without them it waits (GENERATING) for ``arena_generate``.
-    Researchers and admins only; nothing is written on bad input."""
+    with responses it opens at once, without them it waits (GENERATING) for ``arena_generate``, which a ``gpu``
+    worker runs once this transaction commits. Researchers and admins only; nothing is written on bad input."""
     if user is not None and not user_can_manage(user=user, project=project):
         raise NotAllowed("Only researchers and admins of this project can create an arena.")
     name = (name or "").strip()
@@ -270,8 +274,20 @@ def arena_create(*, project: Project, model_a, model_b, name: str, items: list, 
         Prompt.objects.bulk_create([Prompt(project=project, round=rnd, messages=m) for m in prompts])
         if responses is not None:
             arena_responses_write(arena=arena, responses=responses)
+        else:
+            _enqueue_generation_on_commit(arena.pk)
     arena.refresh_from_db()
     return arena
+
+
+def _enqueue_generation_on_commit(arena_id: int) -> None:
+    def send() -> None:
+        from annotation.tasks import generate_arena
+
+        generate_arena.delay(arena_id)
+
+    # robust: with the broker down the arena still exists; ``manage.py arena generate`` fills it by hand.
+    transaction.on_commit(send, robust=True)
 
 
 def arena_responses_write(*, arena: Arena, responses: Sequence[tuple[str, str]]) -> Arena:
@@ -331,6 +347,23 @@ def arena_generate(*, arena: Arena, log=print) -> Arena:
         )
         texts.append([_generated_text(group[0].text) for group in groups])
     return arena_responses_write(arena=arena, responses=list(zip(texts[0], texts[1])))
+
+
+def arena_generate_by_id(*, arena_id: int) -> str:
+    """The task's service: generate the arena's responses unless it has them already. A failure is recorded in
+    the arena's ``summary["error"]`` (shown to researchers; ``manage.py arena generate`` retries) and re-raised."""
+    arena = Arena.objects.select_related("model_a", "model_b").filter(pk=arena_id).first()
+    if arena is None:
+        return f"no arena {arena_id}"
+    if arena.status != Arena.Status.GENERATING:
+        return f"arena {arena_id} is already {arena.status}"
+    try:
+        arena = arena_generate(arena=arena, log=lambda message: logger.info("arena %s: %s", arena_id, message))
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}"[:2000]
+        Arena.objects.filter(pk=arena_id, status=Arena.Status.GENERATING).update(summary={"error": message})
+        raise
+    return f"arena {arena_id} is {arena.status}: {arena.summary}"
 
 
 def _generated_text(text: str) -> str:

@@ -6,7 +6,7 @@ it), never the model names. Researchers also see each arena's name and checkpoin
 """
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
 from rest_framework.exceptions import PermissionDenied
@@ -18,6 +18,7 @@ from annotation import selectors
 from annotation.api import ERRORS, _validated, error_response
 from annotation.arena_models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
+from training.idempotency import KeyReused, idempotent_write, key_from_request
 
 
 class ArenaCreateSerializer(serializers.Serializer):
@@ -38,6 +39,11 @@ class VoteSerializer(serializers.Serializer):
                                              max_value=arena_service.MAX_TIME_SPENT_MS)
 
 
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+    description="A client key: a repeat answers 200 with the first arena and writes nothing (422: key reused).")
+
+
 def arena_json(arena: Arena, *, user, manage: bool) -> dict:
     progress = arena_service.arena_progress_for_voter(arena=arena, voter=user)
     data = {"id": arena.pk, "status": arena.status, "pairs": progress["total"], "my_votes": progress["done"]}
@@ -50,8 +56,10 @@ def arena_json(arena: Arena, *, user, manage: bool) -> dict:
 
 
 @extend_schema(methods=["GET"], responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Arenas of a project")
-@extend_schema(methods=["POST"], request=ArenaCreateSerializer, responses={201: OpenApiTypes.OBJECT, **ERRORS},
-               summary="Create an arena (researchers): with responses it opens at once")
+@extend_schema(methods=["POST"], request=ArenaCreateSerializer, parameters=[IDEMPOTENCY_KEY],
+               responses={201: OpenApiTypes.OBJECT, 200: OpenApiTypes.OBJECT, **ERRORS,
+                          422: OpenApiResponse(description="The Idempotency-Key was used for a different request.")},
+               summary="Create an arena (researchers): with responses it opens at once, else a worker generates")
 @api_view(["GET", "POST"])
 def arena_list(request: Request, slug: str) -> Response:
     from training.models import ModelArtifact
@@ -68,13 +76,20 @@ def arena_list(request: Request, slug: str) -> Response:
         return error
     models = ModelArtifact.objects.in_bulk([data["model_a"], data["model_b"]])
     try:
-        arena = arena_service.arena_create(
-            project=project, model_a=models.get(data["model_a"]), model_b=models.get(data["model_b"]),
-            name=data["name"], items=data["items"], sampling=data["sampling"], user=request.user,
+        arena, replayed = idempotent_write(
+            user=request.user, scope=f"arena_create:project {project.pk}", key=key_from_request(request),
+            arguments=data, write=lambda: arena_service.arena_create(
+                project=project, model_a=models.get(data["model_a"]), model_b=models.get(data["model_b"]),
+                name=data["name"], items=data["items"], sampling=data["sampling"], user=request.user),
         )
+    except KeyReused as exc:
+        return error_response(exc.message, exc.location, status_code=status.HTTP_422_UNPROCESSABLE_ENTITY)
     except InvalidInput as exc:
         return error_response(exc.message, exc.location)
-    return Response(arena_json(arena, user=request.user, manage=True), status=status.HTTP_201_CREATED)
+    body = arena_json(arena, user=request.user, manage=True)
+    if replayed:
+        return Response(body, status=status.HTTP_200_OK, headers={"Idempotent-Replayed": "true"})
+    return Response(body, status=status.HTTP_201_CREATED)
 
 
 @extend_schema(responses={200: OpenApiTypes.OBJECT, 204: None, **ERRORS},

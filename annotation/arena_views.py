@@ -22,6 +22,7 @@ from annotation import selectors
 from annotation.arena_models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.rendering import render_markdown, render_messages
+from training.idempotency import idempotent_write, key_from_request
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 CHOICE_BUTTONS = [  # (choice, label, keys shown)
@@ -109,18 +110,21 @@ def arena_create(request: HttpRequest, slug: str) -> HttpResponse:
             items = [line.strip() for line in data["prompts"].splitlines() if line.strip()]
         sampling = {k: data[k] for k in ("max_new_tokens", "temperature", "seed") if data[k] is not None}
         artifacts = ModelArtifact.objects.in_bulk([data["model_a"], data["model_b"]])
-        arena = arena_service.arena_create(
-            project=project, model_a=artifacts.get(data["model_a"]), model_b=artifacts.get(data["model_b"]),
-            name=data["name"], items=items, sampling=sampling, user=request.user,
+        arena, replayed = idempotent_write(
+            user=request.user, scope=f"arena_create:project {project.pk}", key=key_from_request(request),
+            arguments=data, write=lambda: arena_service.arena_create(
+                project=project, model_a=artifacts.get(data["model_a"]), model_b=artifacts.get(data["model_b"]),
+                name=data["name"], items=items, sampling=sampling, user=request.user),
         )
     except InvalidInput as exc:
         messages.error(request, f"No arena created: {exc}")
         return redirect(reverse("annotation:arena", args=[slug]))
+    first = "This form was already submitted: " if replayed else ""
     if arena.status == Arena.Status.OPEN:
-        messages.success(request, f"Arena #{arena.pk} is open with {arena.summary.get('pairs', 0)} prompts.")
+        messages.success(request, f"{first}Arena #{arena.pk} is open with {arena.summary.get('pairs', 0)} prompts.")
     else:
-        messages.success(request, f"Arena #{arena.pk} created. Generate its responses with: "
-                                  f"python manage.py arena generate --arena {arena.pk}")
+        messages.success(request, f"{first}Arena #{arena.pk} created: a worker is generating its responses "
+                                  "(it opens for votes when they are written).")
     return redirect(reverse("annotation:arena", args=[slug]))
 
 

@@ -2,17 +2,16 @@
 
     .venv/bin/python bench/bench_reward.py                # K=4 and K=8, prints a table
     .venv/bin/python bench/bench_reward.py --k 4 --prompts 200
-    .venv/bin/python bench/bench_reward.py --noise 0     # the old, near-saturated task (accuracy ~0.99 for both)
+    .venv/bin/python bench/bench_reward.py --noise 0     # noiseless labels
 
 What is held equal, so that the ratio measures the recipe and not the setup:
 - the same tiny Llama-style reward model directory (same seed, same initial weights), same tokenizer;
-- the same rankings: synthetic groups of K replies ranked by a noisy labeler (``noisy_groups``): utility
-  = how often a reply says "sunny" − 0.1 × its length in words + ``--noise`` × Gumbel noise, ranked best
-  first (a total order: C(K,2) pairs). Gumbel noise makes each pair a Bradley-Terry (logistic) choice, as
-  human labels are, so held-out accuracy is capped well below 1 (the noiseless utility's own accuracy on
-  the held-out labels, printed as "oracle", is that cap) and differences between trainers show instead
-  of both saturating near 0.99. Split by prompt;
-  TRL gets every pair of every training group (ties give none), we get the groups themselves;
+- the same rankings (``noisy_groups``): each prompt asks about one topic word; its K replies mix that word and
+  another topic word into filler; a labeler ranks them by (copies of the asked-for word − 0.1 × length +
+  ``--noise`` × Gumbel noise), a total order with C(K,2) pairs. The reward depends on prompt and reply
+  together, and Gumbel noise makes every pair a Bradley-Terry (logistic) choice as human labels are, so
+  held-out accuracy is informative rather than saturated near 0.99 as on the earlier "count sunny" task;
+  "oracle" is the noiseless utility's accuracy on the same held-out labels (the ceiling). Split by prompt;
 - the same token ids: both sides use sequences produced by ``training.ml.data.encode_group`` (same chat
   rendering, same max_length), given to TRL pre-tokenised as ``chosen_ids``/``rejected_ids``;
 - the same optimisation: one epoch over the pairs, AdamW with the same learning rate, linear decay, no
@@ -32,7 +31,6 @@ measuring the work done.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import random
 import statistics
@@ -49,39 +47,55 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer  # no
 from training.ml.collators import RankedGroupCollator  # noqa: E402
 from training.ml.config import RewardConfig  # noqa: E402
 from training.ml.data import encode_groups, split_by_prompt  # noqa: E402
-from training.ml.tiny_models import build_tiny_reward_model, build_tokenizer, synthetic_groups  # noqa: E402
+from training.ml.tiny_models import SYNTHETIC_WORDS, build_tiny_reward_model, build_tokenizer  # noqa: E402
 from training.ml.trainers.reward import evaluate, train_reward_model  # noqa: E402
-from training.ml.types import NullHooks  # noqa: E402
+from training.ml.types import NullHooks, RankedGroup  # noqa: E402
 
 
-def clean_utility(reply: str) -> float:
-    """What the synthetic labeler wants: more "sunny", then shorter."""
+TOPICS = ["sunny", "rain", "tree", "river"]
+FILLER = [w for w in SYNTHETIC_WORDS if w not in TOPICS]
+
+
+def clean_utility(reply: str, topic: str) -> float:
+    """What the synthetic labeler wants: more of the word the prompt asks about, then shorter."""
     words = reply.split()
-    return words.count("sunny") - 0.1 * len(words)
+    return words.count(topic) - 0.1 * len(words)
 
 
-def noisy_groups(num_prompts: int, k: int, *, seed: int, noise: float) -> list:
-    """The synthetic replies, each prompt ranked once by a labeler whose utility carries Gumbel(0, noise) noise.
+def noisy_groups(num_prompts: int, k: int, *, seed: int, noise: float) -> list[RankedGroup]:
+    """K replies per prompt, ranked once by a labeler whose utility carries Gumbel(0, noise) noise.
 
-    With noise 0 this is ``synthetic_groups(strict=True)``: ranked by count of "sunny", then shorter first.
+    Each prompt asks about one of TOPICS; every reply mixes 0-2 copies of that word and 0-2 of another topic
+    into 4-10 filler words, so the reward depends on the prompt and the reply together (the model must read
+    both), and the labeler's choices are Bradley-Terry (logistic) in the utility difference.
     """
-    groups = synthetic_groups(num_prompts, k, seed=seed, strict=True)
-    if not noise:
-        return groups
-    rng = random.Random(seed + 1_000_003)
-    noisy = []
-    for group in groups:
-        gumbel = [-math.log(-math.log(rng.random() or 1e-300)) for _ in group.responses]
-        utility = [clean_utility(r) + noise * g for r, g in zip(group.responses, gumbel)]
-        order = sorted(range(len(utility)), key=lambda i: -utility[i])
-        noisy.append(dataclasses.replace(group, rankings=[[[i] for i in order]]))
-    return noisy
+    rng = random.Random(seed)
+    groups = []
+    for prompt_id in range(num_prompts):
+        topic = rng.choice(TOPICS)
+        replies, utility = [], []
+        for _ in range(k):
+            words = rng.choices(FILLER, k=rng.randint(4, 10))
+            for word, copies in ((topic, rng.randint(0, 2)), (rng.choice(TOPICS), rng.randint(0, 2))):
+                for _ in range(copies):
+                    words.insert(rng.randrange(len(words) + 1), word)
+            replies.append(" ".join(words))
+            gumbel = -math.log(-math.log(rng.random() or 1e-300))
+            utility.append(clean_utility(replies[-1], topic) + noise * gumbel)
+        order = sorted(range(k), key=lambda i: -utility[i])
+        messages = [{"role": "user", "content": f"Tell me about {topic} things, day {prompt_id}."}]
+        groups.append(RankedGroup(prompt_id=prompt_id, messages=messages, responses=replies,
+                                  rankings=[[[i] for i in order]]))
+    return groups
 
 
-def oracle_accuracy(groups) -> float:
+def oracle_accuracy(groups: list[RankedGroup]) -> float:
     """Share of the labelled pairs the noiseless utility orders the same way: what a perfect model scores
     (in expectation; on a finite held-out set a model can land above it by chance)."""
-    diffs = [clean_utility(g.responses[w]) - clean_utility(g.responses[l]) for g in groups for w, l, _, _ in g.pairs()]
+    diffs = []
+    for g in groups:
+        topic = g.messages[0]["content"].split()[3]
+        diffs += [clean_utility(g.responses[w], topic) - clean_utility(g.responses[l], topic) for w, l, _, _ in g.pairs()]
     hits = [1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diffs]  # a tie counts one half, as in pairwise_accuracy
     return sum(hits) / max(len(hits), 1)
 

@@ -2,9 +2,13 @@
 
 Object-level authorization: non-members of the run's project get 404, labelers get 403 on launch and
 cancel. Errors: 400 with ``{"error": message, "location": where}``.
+
+Launching a run and starting a round take an optional ``Idempotency-Key`` header (``training/idempotency.py``):
+a repeat with the same key answers 200 with the first request's run and ``Idempotent-Replayed: true``, and
+writes nothing; the same key with a different body answers 422. Cancelling is idempotent by itself.
 """
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.decorators import api_view
 from rest_framework.exceptions import PermissionDenied
@@ -13,6 +17,7 @@ from rest_framework.response import Response
 
 from annotation.errors import InvalidInput, NotAllowed
 from training import selectors, services
+from training.idempotency import HEADER, KeyReused, idempotent_write, key_from_request
 from training.models import ModelArtifact
 from training.policy_data import pool_prompts_sample
 from training.rounds import round_start
@@ -22,10 +27,33 @@ from training.serializers import (
 from training.views import artifact_zip_response
 
 ERROR = OpenApiResponse(description='{"error": message, "location": where}')
+KEY_PARAMETER = OpenApiParameter(HEADER, str, OpenApiParameter.HEADER, required=False, description=(
+    "A client key (at most 200 printable ASCII characters): a repeat returns the first result, writes nothing."))
+IDEMPOTENT_RESPONSES = {
+    200: OpenApiResponse(RunDetailSerializer, description="A repeat of an earlier request with the same key."),
+    422: OpenApiResponse(description="The key was used before for a different request."),
+}
 
 
-def _error(message: str, location: str = "") -> Response:
-    return Response({"error": message, "location": location}, status=status.HTTP_400_BAD_REQUEST)
+def _error(message: str, location: str = "", *, code: int = status.HTTP_400_BAD_REQUEST) -> Response:
+    return Response({"error": message, "location": location}, status=code)
+
+
+def _idempotent_run_response(request: Request, *, scope: str, arguments: dict, write,
+                             type_errors_at: str | None = None) -> Response:
+    """201 with the new run, or 200 with the first run for a repeated key; 400/422 on rejected input.
+    ``type_errors_at``: where a TypeError of ``write`` comes from (a bad sampling value), else it propagates."""
+    rejected = (InvalidInput, TypeError) if type_errors_at is not None else InvalidInput
+    try:
+        run, replayed = idempotent_write(user=request.user, scope=scope, key=key_from_request(request),
+                                         arguments=arguments, write=write)
+    except KeyReused as error:
+        return _error(error.message, location=error.location, code=status.HTTP_422_UNPROCESSABLE_ENTITY)
+    except rejected as error:
+        return _error(getattr(error, "message", str(error)), location=getattr(error, "location", type_errors_at))
+    if replayed:
+        return Response(_run_detail(run), status=status.HTTP_200_OK, headers={"Idempotent-Replayed": "true"})
+    return Response(_run_detail(run), status=status.HTTP_201_CREATED)
 
 
 def _run_detail(run) -> dict:
@@ -33,7 +61,8 @@ def _run_detail(run) -> dict:
 
 
 @extend_schema(methods=["GET"], responses=RunSerializer(many=True), summary="List the project's runs")
-@extend_schema(methods=["POST"], request=RunCreateSerializer, responses={201: RunDetailSerializer, 400: ERROR},
+@extend_schema(methods=["POST"], request=RunCreateSerializer, parameters=[KEY_PARAMETER],
+               responses={201: RunDetailSerializer, 400: ERROR, **IDEMPOTENT_RESPONSES},
                summary="Launch a training run (researchers and admins)")
 @api_view(["GET", "POST"])
 def project_runs(request: Request, slug: str) -> Response:
@@ -57,12 +86,11 @@ def project_runs(request: Request, slug: str) -> Response:
         reward = ModelArtifact.objects.filter(pk=data["reward_artifact"], project=project).first()
         if reward is None:
             return _error("No such model in this project.", location="reward_artifact")
-    try:
-        run = services.run_create(project=project, kind=data["kind"], config=data["config"], user=request.user,
-                                  base_artifact=base, rounds=data.get("rounds"), reward_artifact=reward)
-    except InvalidInput as error:
-        return _error(error.message, location=error.location)
-    return Response(_run_detail(run), status=status.HTTP_201_CREATED)
+    return _idempotent_run_response(
+        request, scope=f"run_create:project {project.pk}", arguments=data,
+        write=lambda: services.run_create(project=project, kind=data["kind"], config=data["config"], user=request.user,
+                                          base_artifact=base, rounds=data.get("rounds"), reward_artifact=reward),
+    )
 
 
 @extend_schema(responses=RunDetailSerializer, summary="A run's status, progress, metric series and log tail")
@@ -101,7 +129,8 @@ def artifact_download(request: Request, artifact_id: int):
     return artifact_zip_response(selectors.artifact_get_for_user(user=request.user, artifact_id=artifact_id))
 
 
-@extend_schema(request=RoundStartSerializer, responses={201: RunDetailSerializer, 400: ERROR},
+@extend_schema(request=RoundStartSerializer, parameters=[KEY_PARAMETER],
+               responses={201: RunDetailSerializer, 400: ERROR, **IDEMPOTENT_RESPONSES},
                summary="Start the next round: generate K samples per prompt from a policy, then open it")
 @api_view(["POST"])
 def project_rounds(request: Request, slug: str) -> Response:
@@ -117,13 +146,15 @@ def project_rounds(request: Request, slug: str) -> Response:
     if policy is None:
         return _error("No such model in this project.", location="policy")
     sampling = data.get("sampling") or {}
-    try:
+
+    def write():
         prompts = data.get("prompts") or pool_prompts_sample(project=project, n=data["sample"],
                                                               seed=int(sampling.get("seed", 0) or 0))
-        run = round_start(project=project, policy_artifact=policy, prompts=prompts, sampling=sampling, user=request.user)
-    except (InvalidInput, TypeError) as error:
-        return _error(getattr(error, "message", str(error)), location=getattr(error, "location", "sampling"))
-    return Response(_run_detail(run), status=status.HTTP_201_CREATED)
+        return round_start(project=project, policy_artifact=policy, prompts=prompts, sampling=sampling,
+                           user=request.user)
+
+    return _idempotent_run_response(request, scope=f"round_start:project {project.pk}", arguments=data, write=write,
+                                    type_errors_at="sampling")
 
 
 @extend_schema(responses=OpenApiTypes.OBJECT, summary="Rounds as a lineage with their figures and runs")

@@ -2,7 +2,8 @@
 
 Thin views over ``training.selectors.project_lineage`` and the services in ``training.rounds``,
 ``training.services`` and ``training.policy_data``. Members see the page (others get 404); only
-researchers and admins post (labelers get 403). A rejected form answers 400 and writes nothing.
+researchers and admins post (labelers get 403). A rejected form answers 400 and writes nothing. Every form
+carries an idempotency key (``training/idempotency.py``): a double submit gets the first submit's result.
 """
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -14,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from annotation.errors import InvalidInput, NotAllowed
 from training import selectors, services
 from training.forms import PolicyDataForm, PolicyRunForm, StartRoundForm
+from training.idempotency import idempotent_write, key_from_request
 from training.policy_data import policy_data_import, policy_lines_parse, pool_prompts_sample
 from training.rounds import round_start
 
@@ -53,19 +55,25 @@ def start_round(request: HttpRequest, slug: str) -> HttpResponse:
     project = _managed_project(request, slug)
     form = StartRoundForm(request.POST, request.FILES, project=project)
     if form.is_valid():
-        try:
+        def write():
             lines = form.prompt_lines()
+            data = form.cleaned_data
             prompts = ([m for m, _ in policy_lines_parse(lines)] if lines is not None else
-                       pool_prompts_sample(project=project, n=form.cleaned_data["sample"], seed=form.cleaned_data["seed"]))
-            run = round_start(project=project, policy_artifact=form.cleaned_data["policy"], prompts=prompts,
-                              sampling=form.sampling(), user=request.user)
+                       pool_prompts_sample(project=project, n=data["sample"], seed=data["seed"]))
+            return round_start(project=project, policy_artifact=data["policy"], prompts=prompts,
+                               sampling=form.sampling(), user=request.user)
+
+        try:
+            run, replayed = idempotent_write(user=request.user, scope=f"round_start:project {project.pk}",
+                                             key=key_from_request(request), arguments=form.cleaned_data, write=write)
         except NotAllowed as error:
             raise PermissionDenied(str(error)) from error
         except InvalidInput as error:
             _form_error(form, error)
         else:
-            messages.success(request, f"Round {run.round.number} is generating (run {run.pk}); it opens to labelers "
-                                      "when the samples are written.")
+            first = "This form was already submitted: " if replayed else ""
+            messages.success(request, f"{first}Round {run.round.number} is generating (run {run.pk}); it opens to "
+                                      "labelers when the samples are written.")
             return redirect("training:project_lineage", slug=project.slug)
     return _page(request, project, status=400, start_form=form)
 
@@ -78,15 +86,19 @@ def policy_run(request: HttpRequest, slug: str) -> HttpResponse:
     if form.is_valid():
         data = form.cleaned_data
         try:
-            run = services.run_create(project=project, kind=data["kind"], config=data["config"], user=request.user,
-                                      base_artifact=data["policy"], reward_artifact=data.get("reward_artifact"),
-                                      rounds=data["rounds"])
+            run, replayed = idempotent_write(
+                user=request.user, scope=f"run_create:project {project.pk}", key=key_from_request(request),
+                arguments=data, write=lambda: services.run_create(
+                    project=project, kind=data["kind"], config=data["config"], user=request.user,
+                    base_artifact=data["policy"], reward_artifact=data.get("reward_artifact"), rounds=data["rounds"]),
+            )
         except NotAllowed as error:
             raise PermissionDenied(str(error)) from error
         except InvalidInput as error:
             _form_error(form, error)
         else:
-            messages.success(request, f"Run {run.pk} is queued.")
+            messages.success(request, f"This form was already submitted: run {run.pk}." if replayed
+                             else f"Run {run.pk} is queued.")
             return redirect("training:run_detail", run_id=run.pk)
     return _page(request, project, status=400, run_form=form)
 

@@ -188,3 +188,27 @@ class RoundReport(models.Model):
 
     def __str__(self) -> str:
         return f"report of {self.round}"
+
+
+class IdempotencyKey(models.Model):
+    """One user's write made with a client key (a form's hidden field, or the API's ``Idempotency-Key`` header).
+
+    The unique constraint makes a repeat of the key (a double click, a retry after a timeout) wait for the
+    first request's transaction and then return its result instead of writing again; see
+    ``training/idempotency.py``. ``fingerprint`` is a sha256 of the request's arguments, so the same key
+    with different arguments is rejected rather than silently answered with the first result.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    scope = models.CharField(max_length=100, help_text='The write and its target, e.g. "round_start:project 3".')
+    key = models.CharField(max_length=200)
+    fingerprint = models.CharField(max_length=64)
+    result_type = models.CharField(max_length=100, blank=True, help_text='"app_label.model" of the result.')
+    result_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "scope", "key"], name="idempotency_key_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} key {self.key[:12]}"

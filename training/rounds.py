@@ -3,6 +3,8 @@ reward over-optimisation.
 
 ``round_start`` creates the round (status GENERATING, not yet visible to labelers) with its prompts and a
 generation run on the ``gpu`` queue; the run writes the samples and opens the round in one transaction.
+One round generates at a time per project. A generation run that ends without samples (cancelled, failed)
+leaves its round CLOSED and empty (``training.services``): a round never opens without samples.
 
 Over-optimisation: a policy whose reward-model score rose while the labelers' measure of it fell is
 flagged (``overoptimisation_verdict``, on the round's report and on the run that trained the policy).
@@ -51,6 +53,7 @@ def round_start(
     messages = prompts_validate(prompts)
     with transaction.atomic():
         Project.objects.select_for_update().get(pk=project.pk)  # one new round number at a time
+        _check_none_generating(project=project)
         number = (project.rounds.aggregate(n=Max("number"))["n"] or 0) + 1
         rnd = Round.objects.create(project=project, number=number, status=Round.Status.GENERATING,
                                    source=f"policy {policy_artifact.name} (#{policy_artifact.pk})"[:200],
@@ -59,6 +62,18 @@ def round_start(
         RoundReport.objects.create(round=rnd, policy=policy_artifact)
         return run_create(project=project, kind=TrainingRun.Kind.GENERATE, config=sampling, user=user,
                           base_artifact=policy_artifact, round=rnd)
+
+
+def _check_none_generating(*, project: Project) -> None:
+    """One generating round per project at a time: a second "start next round" (a double submit without an
+    idempotency key, or a click while the last round is still generating) is refused, nothing written.
+    Called with the project row locked, so two concurrent starts cannot both pass."""
+    busy = (TrainingRun.objects.filter(project=project, kind=TrainingRun.Kind.GENERATE,
+                                       round__status=Round.Status.GENERATING)
+            .exclude(status__in=TrainingRun.TERMINAL).select_related("round").order_by("id").first())
+    if busy is not None:
+        raise InvalidInput(f"round {busy.round.number} is still generating (run {busy.pk}): wait until it opens, "
+                           "or cancel that run, before starting another round", location="round")
 
 
 def prompts_validate(prompts: list) -> list[list[dict]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -232,10 +232,14 @@ def run_request_cancel(*, run_id: int, user=None) -> TrainingRun:
             raise NotAllowed("Only researchers and admins of this project can cancel its runs.")
         if run.is_terminal:
             return run
+        if run.cancel_requested:  # a repeated cancel (double click, retry) writes nothing
+            return run
         if run.status == Status.QUEUED:
             run.status, run.finished_at = Status.CANCELLED, timezone.now()
         run.cancel_requested = True
         run.save(update_fields=["status", "finished_at", "cancel_requested"])
+        if run.is_terminal:
+            _round_close_if_unfilled(run_id=run.pk)
     return run
 
 
@@ -254,10 +258,12 @@ def run_finish(
     if claim_token is not None:
         runs = runs.filter(claim_token=claim_token, status=Status.RUNNING)
     fields = {"step": step} if step is not None else {}
-    return bool(
-        runs.update(status=status, summary=json_safe(summary), error=error[:10_000], finished_at=timezone.now(),
-                    heartbeat_at=timezone.now(), **fields)
-    )
+    with transaction.atomic():
+        finished = runs.update(status=status, summary=json_safe(summary), error=error[:10_000],
+                               finished_at=timezone.now(), heartbeat_at=timezone.now(), **fields)
+        if finished:
+            _round_close_if_unfilled(run_id=run_id)
+    return bool(finished)
 
 
 def run_retry_or_fail(*, run_id: int, error: str, claim_token: str | None = None) -> TrainingRun | None:
@@ -294,6 +300,17 @@ def run_requeue(*, run_id: int, claim_token: str, reason: str) -> bool:
 def _set_terminal(run: TrainingRun, status: str, *, error: str = "") -> None:
     run.status, run.error, run.finished_at = status, error[:10_000], timezone.now()
     run.save(update_fields=["status", "error", "finished_at"])
+    _round_close_if_unfilled(run_id=run.pk)
+
+
+def _round_close_if_unfilled(*, run_id: int) -> None:
+    """A generation run that ended without opening its round (cancelled, failed) leaves the round CLOSED and
+    empty, not GENERATING for ever (the lineage page shows "generation cancelled/failed"). No-op for other
+    runs, for rounds the run opened, and while another generation run of the round is still live."""
+    live = TrainingRun.objects.filter(round=OuterRef("pk"), kind=TrainingRun.Kind.GENERATE).exclude(
+        status__in=TrainingRun.TERMINAL)
+    rounds = Round.objects.filter(status=Round.Status.GENERATING, runs__pk=run_id, runs__kind=TrainingRun.Kind.GENERATE)
+    rounds.exclude(Exists(live)).update(status=Round.Status.CLOSED)
 
 
 def _set_queued(run: TrainingRun, *, error: str, now: datetime | None = None) -> None:

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from annotation.errors import InvalidInput, NotAllowed
 from training import selectors, services
 from training.forms import RewardRunForm
+from training.idempotency import idempotent_write, key_from_request
 from training.models import TrainingRun
 
 HTMX_STOP_POLLING = 286
@@ -39,14 +40,18 @@ def project_runs(request: HttpRequest, slug: str) -> HttpResponse:
         form = RewardRunForm(request.POST, project=project)
         if form.is_valid():
             try:
-                run = services.run_create(
-                    project=project, kind=TrainingRun.Kind.REWARD, config=form.run_config(), user=request.user,
-                    base_artifact=form.cleaned_data["base_artifact"], rounds=form.cleaned_data["rounds"],
+                run, replayed = idempotent_write(
+                    user=request.user, scope=f"run_create:project {project.pk}", key=key_from_request(request),
+                    arguments={"kind": TrainingRun.Kind.REWARD, **form.cleaned_data}, write=lambda: services.run_create(
+                        project=project, kind=TrainingRun.Kind.REWARD, config=form.run_config(), user=request.user,
+                        base_artifact=form.cleaned_data["base_artifact"], rounds=form.cleaned_data["rounds"],
+                    ),
                 )
             except InvalidInput as error:
                 form.add_error(None, f"{error.location}: {error.message}" if error.location else error.message)
             else:
-                messages.success(request, f"Run {run.pk} is queued.")
+                messages.success(request, f"This form was already submitted: run {run.pk}." if replayed
+                                 else f"Run {run.pk} is queued.")
                 return redirect("training:run_detail", run_id=run.pk)
         status = 400
     context = {
@@ -87,7 +92,12 @@ def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
         services.run_request_cancel(run_id=run.pk, user=request.user)
     except NotAllowed as error:
         raise PermissionDenied(str(error)) from error
-    messages.info(request, "Cancel requested: the run stops at its next step and keeps its last checkpoint.")
+    if run.is_terminal:  # a repeated cancel, or the run ended meanwhile: nothing to do
+        messages.info(request, f"Run {run.pk} is already {run.get_status_display().lower()}.")
+    elif run.cancel_requested:
+        messages.info(request, "Cancel was already requested: the run stops at its next step.")
+    else:
+        messages.info(request, "Cancel requested: the run stops at its next step and keeps its last checkpoint.")
     return redirect("training:run_detail", run_id=run.pk)
 
 

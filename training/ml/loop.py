@@ -59,19 +59,20 @@ class LoopConfig:
     reward_steps: int = 60  # DPO's loop only reports the reward model's accuracy
     rl_reward_steps: int = 200  # PPO/GRPO optimise against it, so it trains longer
     reward_learning_rate: float = 1e-3
-    # PPO against the round's reward model (value head on the policy, fixed KL coefficient)
-    ppo_steps: int = 12
+    # PPO against the round's reward model (value head on the policy, fixed KL coefficient). The strong KL
+    # is what keeps it honest: at kl_coef 0.05 seed 1's first reward model was hacked (docs/ppo_grpo.md).
+    ppo_steps: int = 24
     ppo_batch_size: int = 32  # prompts per step, one sample each
-    ppo_learning_rate: float = 1e-4
-    ppo_kl_coef: float = 0.05
+    ppo_learning_rate: float = 2e-4
+    ppo_kl_coef: float = 0.5
     ppo_epochs: int = 2
     ppo_ptx_coef: float = 0.0  # γ of PPO-ptx on the SFT demonstrations (0: plain PPO)
     # GRPO against the round's reward model
-    grpo_steps: int = 12
+    grpo_steps: int = 24
     grpo_batch_size: int = 8  # prompts per step
     grpo_samples: int = 8  # G per prompt
-    grpo_learning_rate: float = 1e-4
-    grpo_beta: float = 0.04
+    grpo_learning_rate: float = 5e-4
+    grpo_beta: float = 0.5
     rl_missing_eos_penalty: float = 1.0  # subtracted from the score of a response cut at max_new_tokens
     num_threads: int = 1  # tiny models gain nothing from more; oversubscribed cores lose a lot
 

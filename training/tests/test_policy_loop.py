@@ -138,6 +138,7 @@ def test_overoptimisation_verdict_on_constructed_numbers(rm, utility, flagged):
 def test_round_reports_flag_the_round_and_the_run_that_trained_its_policy(loop_project, sent):
     project, _, _, policy = loop_project
     first = round_start(project=project, policy_artifact=policy, prompts=["a"]).round
+    TrainingRun.objects.filter(round=first).update(status="succeeded")  # generated: the next round may start
     trainer = TrainingRun.objects.create(project=project, kind="ppo", status="succeeded", base_artifact=policy,
                                          summary={"first": {"rm_score": 0.1}, "final": {"rm_score": 0.8}})
     tuned = ModelArtifact.objects.create(project=project, kind="policy", name="p1", path=policy.path, run=trainer,

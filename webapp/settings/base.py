@@ -164,7 +164,10 @@ CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {"visibility_timeout": 6 * 3600}
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_QUEUES = (Queue("default"), Queue("gpu"))
-CELERY_TASK_ROUTES = {"training.tasks.execute_run": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {
+    "training.tasks.execute_run": {"queue": "gpu"},
+    "annotation.tasks.generate_arena": {"queue": "gpu"},  # arena responses from two checkpoints
+}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
