@@ -1,8 +1,18 @@
 """Benchmark: our ranked-group reward trainer vs TRL's RewardTrainer on the same rankings expanded to pairs.
 
-    .venv/bin/python bench/bench_reward.py                # K=4 and K=8, prints a table
-    .venv/bin/python bench/bench_reward.py --k 4 --prompts 200
+    .venv/bin/python bench/bench_reward.py                # K=4 and K=8, 3 seeds, prints a table
+    .venv/bin/python bench/bench_reward.py --k 4 --prompts 200 --seeds 0
     .venv/bin/python bench/bench_reward.py --noise 0     # noiseless labels
+    .venv/bin/python bench/bench_reward.py --batch-sizes 8 4 2   # our prompts per step; the first is the default
+
+Two comparisons, both printed per K over the seeds:
+(a) equal epochs: one epoch each, TRL at the same optimizer steps and pairs per step as our default recipe;
+    the throughput ratio and held-out accuracy of both, plus ours at smaller prompts-per-step (more optimizer
+    steps per epoch over the same pairs; their ratio is against the same TRL run, which is conservative: TRL
+    with smaller batches would be slower per pair, not faster).
+(b) equal compute, what a fixed GPU budget buys: ours (default recipe) for as many whole epochs (>= 1) as fit
+    in the CPU seconds TRL's training loop took for its one epoch, from ours' measured per-epoch CPU time in
+    (a); the same lr (linear decay stretched over the longer run); accuracy and time of both.
 
 What is held equal, so that the ratio measures the recipe and not the setup:
 - the same tiny Llama-style reward model directory (same seed, same initial weights), same tokenizer;
@@ -32,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import statistics
 import sys
@@ -134,6 +145,7 @@ def run_ours(config: RewardConfig, train, held_out, out: Path) -> dict:
     summary = train_reward_model(config, train, held_out, output_dir=out, hooks=clock, resume=False)
     return {
         "pairs": summary["num_pairs"],
+        "pairs_seen": round(summary["num_pairs"] * config.epochs),
         "steps": summary["steps"],
         "loop_s": summary["train_seconds"],
         "loop_cpu_s": clock.last - clock.first,
@@ -167,6 +179,7 @@ def run_trl(config: RewardConfig, train, held_out, out: Path, pairs_per_step: in
     loop_s, loop_cpu_s = time.perf_counter() - loop_started, time.process_time() - cpu_started
     return {
         "pairs": len(rows),
+        "pairs_seen": len(rows),
         "steps": result.global_step,
         "loop_s": loop_s,
         "loop_cpu_s": loop_cpu_s,
@@ -175,28 +188,74 @@ def run_trl(config: RewardConfig, train, held_out, out: Path, pairs_per_step: in
     }
 
 
-def bench(k: int, prompts: int, batch_size: int, hidden: int, layers: int, threads: int, seed: int,
+def ours_config(base: str, *, batch_size: int, epochs: float, threads: int, seed: int) -> RewardConfig:
+    return RewardConfig(
+        base_model=base, batch_size=batch_size, epochs=epochs, learning_rate=1e-3, max_length=128,
+        eval_every=10**6, checkpoint_every=10**6, num_threads=threads, seed=seed,
+    )
+
+
+def add_rates(row: dict) -> dict:
+    row["pairs_per_s"] = row["pairs_seen"] / row["loop_s"]
+    row["pairs_per_cpu_s"] = row["pairs_seen"] / row["loop_cpu_s"]
+    return row
+
+
+def bench(k: int, *, prompts: int, batch_sizes: list[int], hidden: int, layers: int, threads: int, seed: int,
           noise: float) -> dict:
+    """One seed at one K: (a) ours at each prompts-per-step for one epoch and TRL for one epoch at the steps and
+    pairs per step of ``batch_sizes[0]`` (the default recipe); (b) ours (default recipe) for as many whole epochs
+    as fit in TRL's measured CPU seconds for its one epoch, with the linear decay stretched over the longer run."""
     groups = noisy_groups(prompts, k, seed=seed, noise=noise)
     train, held_out = split_by_prompt(groups, 0.2, seed=seed)
+    default = batch_sizes[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         base = build_model(root / "base", groups, hidden=hidden, layers=layers, seed=seed)
-        config = RewardConfig(
-            base_model=base, batch_size=batch_size, epochs=1.0, learning_rate=1e-3, max_length=128,
-            eval_every=10**6, checkpoint_every=10**6, num_threads=threads, seed=seed,
-        )
-        ours = run_ours(config, train, held_out, root / "ours")
+        sweep = {}
+        for batch_size in batch_sizes:
+            config = ours_config(base, batch_size=batch_size, epochs=1.0, threads=threads, seed=seed)
+            sweep[batch_size] = add_rates({**run_ours(config, train, held_out, root / f"ours{batch_size}"), "epochs": 1})
+        ours = sweep[default]
         pairs_per_step = -(-ours["pairs"] // ours["steps"])  # same optimizer steps and pairs per step
-        theirs = run_trl(config, train, held_out, root / "trl", pairs_per_step)
-    for row in (ours, theirs):
-        row["pairs_per_s"] = row["pairs"] / row["loop_s"]
-        row["pairs_per_cpu_s"] = row["pairs"] / row["loop_cpu_s"]
+        config = ours_config(base, batch_size=default, epochs=1.0, threads=threads, seed=seed)
+        theirs = add_rates({**run_trl(config, train, held_out, root / "trl", pairs_per_step), "epochs": 1})
+        epochs = max(1, math.floor(theirs["loop_cpu_s"] / ours["loop_cpu_s"]))  # whole epochs in TRL's CPU time
+        config = ours_config(base, batch_size=default, epochs=float(epochs), threads=threads, seed=seed)
+        equal_compute = add_rates({**run_ours(config, train, held_out, root / "ours_long"), "epochs": epochs})
     return {
-        "k": k, "ours": ours, "trl": theirs, "oracle": oracle_accuracy(held_out),
-        "ratio": ours["pairs_per_s"] / theirs["pairs_per_s"],
-        "cpu_ratio": ours["pairs_per_cpu_s"] / theirs["pairs_per_cpu_s"],
+        "k": k, "seed": seed, "sweep": sweep, "ours": ours, "trl": theirs, "equal_compute": equal_compute,
+        "oracle": oracle_accuracy(held_out),
     }
+
+
+def print_row(k: int, who: str, seed: int, r: dict) -> None:
+    print(f"{k:>2} {who:<11} {seed:>4} {r['epochs']:>3} {r['pairs_seen']:>7} {r['steps']:>5} {r['loop_s']:>7.2f} "
+          f"{r['loop_cpu_s']:>7.2f} {r['call_s']:>7.2f} {r['pairs_per_s']:>8.1f} {r['pairs_per_cpu_s']:>11.1f} "
+          f"{r['accuracy']:>8.4f}", flush=True)
+
+
+def print_summary(k: int, results: list[dict], batch_sizes: list[int]) -> None:
+    n, default = len(results), batch_sizes[0]
+    print(f"K={k} (a) equal epochs (one epoch each; TRL at the steps and pairs per step of our B={default}), "
+          f"mean ± std over {n} seeds; ratio = pairs per second ours/TRL (bound from forward counts: K-1 = {k - 1}):")
+    for batch_size in batch_sizes:
+        rows = [r["sweep"][batch_size] for r in results]
+        ratio = statistics.fmean(o["pairs_per_s"] / r["trl"]["pairs_per_s"] for o, r in zip(rows, results))
+        cpu_ratio = statistics.fmean(o["pairs_per_cpu_s"] / r["trl"]["pairs_per_cpu_s"] for o, r in zip(rows, results))
+        print(f"    ours B={batch_size:<2} ratio {ratio:.2f} wall, {cpu_ratio:.2f} CPU; held-out acc "
+              f"{mean_std([o['accuracy'] for o in rows])}; ours − TRL per seed "
+              f"{mean_std([o['accuracy'] - r['trl']['accuracy'] for o, r in zip(rows, results)])}", flush=True)
+    print(f"    TRL        held-out acc {mean_std([r['trl']['accuracy'] for r in results])}; "
+          f"oracle {mean_std([r['oracle'] for r in results])}", flush=True)
+    long = [r["equal_compute"] for r in results]
+    print(f"K={k} (b) equal compute (ours B={default} for the whole epochs that fit in TRL's one-epoch CPU time: "
+          f"{', '.join(str(e['epochs']) for e in long)} epochs): held-out acc ours {mean_std([e['accuracy'] for e in long])} "
+          f"in {mean_std([e['loop_cpu_s'] for e in long], 1)} CPU s ({mean_std([e['loop_s'] for e in long], 1)} wall s), "
+          f"TRL {mean_std([r['trl']['accuracy'] for r in results])} in "
+          f"{mean_std([r['trl']['loop_cpu_s'] for r in results], 1)} CPU s "
+          f"({mean_std([r['trl']['loop_s'] for r in results], 1)} wall s); ours − TRL per seed "
+          f"{mean_std([e['accuracy'] - r['trl']['accuracy'] for e, r in zip(long, results)])}", flush=True)
 
 
 def main() -> None:
@@ -206,43 +265,38 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=1000, help="prompts per K (80%% train, 20%% held out)")
     parser.add_argument("--noise", type=float, default=0.5,
                         help="scale of the labeler's Gumbel noise (0: noiseless, near-saturated task)")
-    parser.add_argument("--batch-size", type=int, default=8, help="our prompts per step")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 4, 2],
+                        help="our prompts per step to compare at one epoch; the first is the default recipe, "
+                             "which sets TRL's steps and is the one trained at equal compute")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 keeps CPU seconds meaningful on a shared machine")
     args = parser.parse_args()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"torch {torch.__version__}, {args.threads} threads, device cpu, tiny Llama hidden={args.hidden} "
-          f"layers={args.layers}, {args.prompts} prompts per K and seed, our batch {args.batch_size} prompts, "
-          f"labeler noise {args.noise}")
-    header = (f"{'K':>2} {'who':<5} {'seed':>4} {'pairs':>6} {'steps':>5} {'loop s':>7} {'call s':>7} {'pairs/s':>8} "
-              f"{'pairs/cpu-s':>11} {'held-out acc':>12}")
-    print(header)
+          f"layers={args.layers}, {args.prompts} prompts per K and seed, our prompts per step {args.batch_sizes} "
+          f"(default {args.batch_sizes[0]}), labeler noise {args.noise}")
+    print(f"{'K':>2} {'who':<11} {'seed':>4} {'ep':>3} {'pairs':>7} {'steps':>5} {'loop s':>7} {'cpu s':>7} "
+          f"{'call s':>7} {'pairs/s':>8} {'pairs/cpu-s':>11} {'held-out':>8}")
     for k in args.k:
         results = []
         for seed in args.seeds:
-            result = bench(k, args.prompts, args.batch_size, args.hidden, args.layers, args.threads, seed, args.noise)
+            result = bench(k, prompts=args.prompts, batch_sizes=args.batch_sizes, hidden=args.hidden,
+                           layers=args.layers, threads=args.threads, seed=seed, noise=args.noise)
             results.append(result)
-            for who in ("ours", "trl"):
-                r = result[who]
-                print(f"{k:>2} {who:<5} {seed:>4} {r['pairs']:>6} {r['steps']:>5} {r['loop_s']:>7.2f} {r['call_s']:>7.2f} "
-                      f"{r['pairs_per_s']:>8.1f} {r['pairs_per_cpu_s']:>11.1f} {r['accuracy']:>12.4f}", flush=True)
-            print(f"{k:>2} {'oracle':<6}{seed:>3} {'':>52} {result['oracle']:>12.4f}", flush=True)
-        n = len(results)
-        ratio = sum(r["ratio"] for r in results) / n
-        cpu_ratio = sum(r["cpu_ratio"] for r in results) / n
-        print(f"K={k}: ratio ours/TRL {ratio:.2f} in pairs per wall second, {cpu_ratio:.2f} in pairs per CPU second "
-              f"(bound from forward counts: K-1 = {k - 1}); held-out accuracy over {n} seeds, mean ± std: "
-              f"ours {mean_std([r['ours']['accuracy'] for r in results])}, "
-              f"TRL {mean_std([r['trl']['accuracy'] for r in results])}, "
-              f"oracle {mean_std([r['oracle'] for r in results])}; "
-              f"ours − TRL per seed {mean_std([r['ours']['accuracy'] - r['trl']['accuracy'] for r in results])}",
-              flush=True)
+            for batch_size, row in result["sweep"].items():
+                print_row(k, f"ours B={batch_size}", seed, row)
+            print_row(k, "trl", seed, result["trl"])
+            print_row(k, f"ours B={args.batch_sizes[0]}", seed, result["equal_compute"])
+            print(f"{k:>2} {'oracle':<11} {seed:>4} {'':>68} {result['oracle']:>8.4f}", flush=True)
+        print_summary(k, results, args.batch_sizes)
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 4) -> str:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {std:.4f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -187,32 +187,39 @@ def _loop_config(settings: LoopSettings):
     unknown = sorted(set(settings.overrides) - set(LoopConfig.__dataclass_fields__))
     if unknown:
         raise InvalidInput(f"unknown loop setting {unknown[0]!r}", location="overrides")
-    loop = LoopConfig(seed=settings.seed, rounds=settings.rounds, labelers=settings.labelers, **settings.overrides)
+    if "optimizer" in settings.overrides:
+        raise InvalidInput("choose the optimizer with --optimizer, not in the loop settings", location="overrides")
+    loop = LoopConfig(seed=settings.seed, rounds=settings.rounds, labelers=settings.labelers,
+                      optimizer=settings.optimizer, **settings.overrides)  # optimizer: reward_model_steps
     if settings.prompts_per_round:
         loop.prompts_per_round = settings.prompts_per_round
     return loop
 
 
 def _policy_run(*, project, settings: LoopSettings, loop, policy, rm, rnd: Round) -> TrainingRun:
-    common = {"seed": loop.seed, "num_threads": loop.num_threads, "eval_every": 10_000, "checkpoint_every": 10_000}
+    """The run that makes policy r+1 from policy r: DPO on the round's rankings, or PPO/GRPO on its prompts
+    against the round's reward model, with the pure loop's settings (``ppo_config``/``grpo_config``)."""
     if settings.optimizer == "dpo":
+        common = {"seed": loop.seed, "num_threads": loop.num_threads, "eval_every": 10_000, "checkpoint_every": 10_000}
         config = {**common, "epochs": loop.dpo_epochs, "batch_size": loop.dpo_batch_size, "beta": loop.dpo_beta,
                   "learning_rate": loop.dpo_learning_rate, "lr_scheduler": "constant", **settings.policy_config}
         return services.run_create(project=project, kind="dpo", config=config, base_artifact=policy,
                                    rounds=[rnd.number])
-    config = {**common, "max_new_tokens": loop.max_new_tokens, **RL_DEFAULTS[settings.optimizer],
-              **settings.policy_config}
+    config = rl_run_config(settings.optimizer, loop)
+    config.update(settings.policy_config)
     return services.run_create(project=project, kind=settings.optimizer, config=config, base_artifact=policy,
                                reward_artifact=rm, round=rnd)
 
 
-# PPO/GRPO defaults of the loop (one policy run per round, on the tiny demo policy; docs/loop.md).
-RL_DEFAULTS = {
-    "ppo": {"max_steps": 12, "batch_size": 32, "learning_rate": 1e-4, "kl_coef": 0.05, "ppo_epochs": 2,
-            "lr_scheduler": "constant", "missing_eos_penalty": 1.0},
-    "grpo": {"max_steps": 12, "batch_size": 8, "samples_per_prompt": 8, "learning_rate": 1e-4, "beta": 0.04,
-             "lr_scheduler": "constant", "missing_eos_penalty": 1.0},
-}
+def rl_run_config(optimizer: str, loop) -> dict:
+    """A PPO/GRPO run's config from ``LoopConfig`` (one source of truth with ``training.ml.loop``); the policy
+    and reward model paths are filled from the chosen artifacts by ``run_create``."""
+    from training.ml.loop import grpo_config, ppo_config
+
+    config = (ppo_config if optimizer == "ppo" else grpo_config)("", loop).to_dict()
+    for key in ("base_model", "reward_model"):
+        config.pop(key)
+    return config
 
 
 def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact | None = None, log=print,
@@ -229,7 +236,7 @@ def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact 
     round0_policy = policy
     round0 = load_policy(artifact_dir(artifact=policy)) if not policy.is_adapter else \
         load_policy(policy.base_model, artifact_dir(artifact=policy))
-    history, labelled, rm, previous = [], [], None, None
+    history, labelled, rm, previous, carried = [], [], None, None, {}
     for r in range(settings.rounds + 1):
         prompts = pool_prompts_sample(project=project, n=loop.prompts_per_round, seed=loop.seed * 1000 + r)
         sampling = {"temperature": loop.temperature, "top_p": loop.top_p, "max_new_tokens": loop.max_new_tokens,
@@ -239,7 +246,10 @@ def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact 
         step(f"round {r}: generated")
         rnd = gen.round
         figures = {"round": r, "round_number": rnd.number,
-                   **round_measure(rnd=rnd, utility=utility, round0=round0, rm_artifact=rm, previous=previous)}
+                   **round_measure(rnd=rnd, utility=utility, round0=round0, rm_artifact=rm, previous=previous),
+                   **carried}
+        if carried:  # the over-optimisation monitor's figures, as training.ml.loop prints them
+            figures["utility_change"] = figures["utility_mean"] - history[-1]["utility_mean"]
         if r < settings.rounds:
             figures.update(round_label_simulated(rnd=rnd, utility=utility, labelers=loop.labelers,
                                                  noise=loop.label_noise, tie_threshold=loop.tie_threshold, seed=loop.seed))
@@ -247,7 +257,7 @@ def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact 
             labelled.append(rnd.number)
             rm = run_execute(run=services.run_create(
                 project=project, kind="reward", base_artifact=round0_policy, rounds=list(labelled),
-                config={"seed": loop.seed, "max_steps": loop.reward_steps, "learning_rate": loop.reward_learning_rate,
+                config={"seed": loop.seed, "max_steps": loop.reward_model_steps, "learning_rate": loop.reward_learning_rate,
                         "batch_size": 8, "eval_every": 10_000, "checkpoint_every": 10_000, "eval_fraction": 0.2,
                         "num_threads": loop.num_threads}), in_process=settings.in_process).artifact
             figures["rm_accuracy"] = (rm.run.summary.get("final_eval") or {}).get("accuracy")
@@ -255,6 +265,8 @@ def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact 
             trained = run_execute(run=_policy_run(project=project, settings=settings, loop=loop, policy=policy, rm=rm,
                                                   rnd=rnd), in_process=settings.in_process)
             figures["policy_run"] = trained.pk
+            change = (trained.summary or {}).get("rm_score_change")  # PPO/GRPO: RM score trend during the run
+            carried = {} if change is None else {"rm_score_change": change}
             policy = trained.artifact
             step(f"round {r}: {settings.optimizer}")
         report = round_report_record(round=rnd, metrics={k: v for k, v in figures.items() if k != "round"},
@@ -275,4 +287,6 @@ def format_round_line(m: dict) -> str:
             f"{m['utility_mean']:+.3f} ± {m['utility_se']:.3f} | RM acc {fmt('rm_accuracy', '.3f')} | KL to r0 "
             f"{m['kl_to_round0']:.3f} | EOS {fmt('eos_rate', '.1f', 100)}% | distinct {100 * m['distinct_rate']:.1f}% "
             f"| NLL@r0 {m['nll_round0']:.3f} | tokens {m['mean_tokens']:.1f}")
+    if "utility_change" in m:
+        line += f" | RM score Δ {m['rm_score_change']:+.3f}, utility Δ {m['utility_change']:+.3f}"
     return line + (f"\n  OVER-OPTIMISATION: {m['flag']}" if m.get("flag") else "")

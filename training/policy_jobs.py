@@ -205,23 +205,51 @@ def rl_check(*, project: Project, config, snapshot, round) -> None:
                            location="config.ptx_coef")
 
 
+def rl_prompts(run: TrainingRun) -> list[list[dict]]:
+    """A loop round's PPO/GRPO run rolls out on that round's prompts (as ``training.ml.loop`` does); a run
+    started without a round, on the project's prompt pool."""
+    if run.round_id is not None and run.round.prompts.exists():
+        return list(run.round.prompts.order_by("id").values_list("messages", flat=True))
+    return pool_prompts_all(project=run.project)
+
+
+def rm_score_change(run: TrainingRun) -> float | None:
+    """How much the reward model's score rose during the run (``training.ml.loop.rm_score_trend`` over every
+    step stored, earlier attempts included); None when the run logged no reward-model score."""
+    import math
+
+    from training.ml.loop import rm_score_trend
+
+    trend = rm_score_trend([p.values for p in run.metrics.filter(split="train").order_by("step")])
+    return trend if math.isfinite(trend) else None
+
+
 def _rl_job(train, run: TrainingRun, output_dir: Path, hooks: TrainHooks, **extra) -> JobResult:
     config = config_parse(kind=run.kind, data=run.config)
-    prompts = pool_prompts_all(project=run.project)
-    hooks.log(f"{run.kind.upper()} on {len(prompts)} prompts; reward: "
+    prompts = rl_prompts(run)
+    where = f"round {run.round.number}'s" if run.round_id is not None else "pool"
+    hooks.log(f"{run.kind.upper()} on {len(prompts)} {where} prompts; reward: "
               + " + ".join(x for x in (config.reward_model and "reward model", config.reward_fn) if x))
     try:
         summary = train(config, prompts, policy_dir=config.base_model, output_dir=str(output_dir), hooks=hooks,
                         resume=True, **extra)
     except ValueError as error:
         raise JobFailed(str(error)) from error
+    if not summary.get("stopped"):  # the over-optimisation monitor's evidence (training.rounds.flags_update)
+        summary["rm_score_change"] = rm_score_change(run)
     return _policy_result(summary)
 
 
 def ppo_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResult:
+    from transformers import AutoTokenizer
+
+    from training.ml.loop import ptx_texts_from
     from training.ml.trainers.ppo import train_ppo
 
-    ptx = [response for _, response in demonstrations_all(project=run.project)] if run.config.get("ptx_coef") else None
+    ptx = None
+    if run.config.get("ptx_coef"):  # the same PPO-ptx texts as training.ml.loop: chat-rendered prompt + response
+        tokenizer = AutoTokenizer.from_pretrained(run.config["base_model"])
+        ptx = ptx_texts_from(demonstrations_all(project=run.project), tokenizer)
     return _rl_job(train_ppo, run, output_dir, hooks, ptx_texts=ptx)
 
 

@@ -141,7 +141,8 @@ def flags_update(*, report: RoundReport) -> None:
 
     RM evidence, either: the same reward model scored this round's and the previous round's samples
     (``rm_score_mean`` vs ``rm_score_prev_round``); or the policy's PPO/GRPO run logged its mean RM score
-    per step (first vs final step).
+    per step: its summary's ``rm_score_change`` (``training.ml.loop.rm_score_trend``: last quarter of the
+    steps vs the first, the same test as ``over_optimisation_flag``), else first vs final step.
     """
     previous = _previous_report(report)
     m = report.metrics
@@ -154,7 +155,10 @@ def flags_update(*, report: RoundReport) -> None:
                                         **utility)]
     run = report.policy.run if report.policy is not None and report.policy.run_id else None
     if run is not None:
-        first, final = (run.summary or {}).get("first") or {}, (run.summary or {}).get("final") or {}
+        summary = run.summary or {}
+        first, final = summary.get("first") or {}, summary.get("final") or {}
+        if summary.get("rm_score_change") is not None:  # PPO/GRPO: training.ml.loop.rm_score_trend (policy_jobs)
+            first, final = {"rm_score": 0.0}, {"rm_score": summary["rm_score_change"]}
         reasons.append(overoptimisation_verdict(rm_before=first.get("rm_score"), rm_after=final.get("rm_score"),
                                                 **utility))
     reason = "; ".join(r for r in reasons if r)[:500]

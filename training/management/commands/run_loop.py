@@ -53,6 +53,9 @@ class Command(BaseCommand):
             overrides=_json_object(o["loop_config"], "--loop-config"),
             policy_config=_json_object(o["policy_config"], "--policy-config"),
         )
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # model loads in this process would break the round lines
         started = time.perf_counter()
         stages = 1 + 4 * o["rounds"]
         with tqdm(total=stages, desc=f"{project.slug} loop", unit="stage") as bar:

@@ -1,0 +1,82 @@
+"""The Django loop's PPO/GRPO side: run settings from the pure loop's ``LoopConfig`` (one source of truth),
+rollouts on the round's prompts, and the over-optimisation monitor's RM score trend (the same test as
+``training.ml.loop.over_optimisation_flag``)."""
+import json
+
+import pytest
+from django.core.management import call_command
+
+from annotation.errors import InvalidInput
+from training.loop import LoopSettings, _loop_config, rl_run_config
+from training.ml.loop import LoopConfig, grpo_config, ppo_config, rm_score_trend
+from training.models import ModelArtifact, RoundReport, TrainingRun
+from training.rounds import round_report_record, round_start
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize("optimizer, build", [("ppo", ppo_config), ("grpo", grpo_config)])
+def test_rl_runs_take_the_pure_loops_tuned_settings(optimizer, build):
+    loop = _loop_config(LoopSettings(optimizer=optimizer, seed=2))
+    assert loop.optimizer == optimizer and loop.reward_model_steps == LoopConfig().rl_reward_steps != LoopConfig().reward_steps
+    config = rl_run_config(optimizer, loop)
+    expected = build("x", LoopConfig(optimizer=optimizer, seed=2)).to_dict()
+    assert config == {k: v for k, v in expected.items() if k not in ("base_model", "reward_model")}
+    assert config["seed"] == 2 and config["max_steps"] == LoopConfig().ppo_steps == LoopConfig().grpo_steps
+    assert _loop_config(LoopSettings(optimizer="dpo")).reward_model_steps == LoopConfig().reward_steps
+    with pytest.raises(InvalidInput, match="--optimizer"):
+        _loop_config(LoopSettings(optimizer="ppo", overrides={"optimizer": "dpo"}))
+
+
+def _rounds_with_trainer(project, policy, summary):
+    first = round_start(project=project, policy_artifact=policy, prompts=["a"]).round
+    TrainingRun.objects.filter(round=first).update(status="succeeded")
+    trainer = TrainingRun.objects.create(project=project, kind="ppo", status="succeeded", base_artifact=policy,
+                                         summary=summary)
+    tuned = ModelArtifact.objects.create(project=project, kind="policy", name="p1", path=policy.path, run=trainer,
+                                         parent=policy)
+    second = round_start(project=project, policy_artifact=tuned, prompts=["b"]).round
+    round_report_record(round=first, metrics={"utility_mean": 0.6, "utility_se": 0.02})
+    return second, trainer
+
+
+def test_the_flag_uses_the_runs_rm_score_trend_over_first_and_final_steps(ranked, model_dir, sent):
+    project = ranked[0]
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(model_dir))
+    # first vs final step says the RM score fell, but its trend over the quarters rose: the trend decides
+    second, trainer = _rounds_with_trainer(project, policy, {"first": {"rm_score": 0.9}, "final": {"rm_score": 0.1},
+                                                              "rm_score_change": 0.4})
+    report = round_report_record(round=second, metrics={"utility_mean": 0.3, "utility_se": 0.02})
+    trainer.refresh_from_db()
+    assert report.overoptimised and trainer.overoptimised and "rose by 0.400" in report.flag_reason
+    trainer.summary = {"first": {"rm_score": 0.1}, "final": {"rm_score": 0.9}, "rm_score_change": -0.2}
+    trainer.save()
+    report = round_report_record(round=second, metrics={"utility_mean": 0.3})
+    assert not report.overoptimised  # the RM's trend fell too: a bad policy, not over-optimisation
+
+
+@pytest.mark.slow
+def test_run_loop_grpo_rolls_out_on_the_rounds_prompts_and_reports_the_rm_trend(make_user, make_project,
+                                                                                 artifact_root, capsys):
+    from training.ml.demo_task import load_demonstrations
+    from training.policy_data import policy_data_import
+
+    project = make_project(slug="story", k=4, prompts=0, researchers=[make_user("rita")])
+    lines = [json.dumps({"messages": m, "response": r}) for m, r in load_demonstrations()[:200]]
+    lines += [json.dumps({"prompt": f"Continue the story about the {n}."}) for n in
+              ("river", "road", "hill", "boat", "tower", "field", "market", "garden", "bridge", "forest")]
+    policy_data_import(project=project, lines=lines)
+    call_command("run_loop", "--project", "story", "--rounds", "1", "--in-process", "--prompts-per-round", "4",
+                 "--optimizer", "grpo", "--loop-config", json.dumps({
+                     "sft_steps": 20, "rl_reward_steps": 3, "max_new_tokens": 12, "grpo_steps": 2,
+                     "grpo_batch_size": 2, "grpo_samples": 4}))
+    out = capsys.readouterr().out
+    grpo = TrainingRun.objects.get(project=project, kind="grpo")
+    rounds = list(project.rounds.filter(number__gt=1).order_by("number"))
+    assert grpo.round == rounds[0] and grpo.config["max_steps"] == 2 and grpo.config["beta"] == LoopConfig().grpo_beta
+    assert f"GRPO on {rounds[0].prompts.count()} round {rounds[0].number}'s prompts" in grpo.log_tail and TrainingRun.objects.get(kind="reward").config["max_steps"] == 3
+    steps = [p.values for p in grpo.metrics.filter(split="train").order_by("step")]
+    assert len(steps) == 2 and grpo.summary["rm_score_change"] == pytest.approx(rm_score_trend(steps))
+    report = RoundReport.objects.get(round=rounds[1])
+    assert report.policy.run == grpo and report.metrics["rm_score_change"] == pytest.approx(rm_score_trend(steps))
+    assert "RM score Δ" in out and "utility Δ" in out
