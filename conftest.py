@@ -39,3 +39,24 @@ def make_project(db):
         return project
 
     return _make
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; `playwright install` cannot download here
+
+
+@pytest.fixture
+def browser_page():
+    """A page in headless Debian Chromium driven by Playwright's sync API (10 s default timeout)."""
+    import os
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1360, "height": 900})
+        page.set_default_timeout(10_000)
+        yield page
+        browser.close()

@@ -22,17 +22,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def browser_page():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        page = browser.new_page(viewport={"width": 1360, "height": 900})
-        page.set_default_timeout(10_000)
-        yield page
-        browser.close()
-
 
 def test_vote_by_mouse_and_keyboard_blind_and_inert(browser_page, live_server, make_user, tmp_path):
     page, voter, researcher = browser_page, make_user("val"), make_user("rex")

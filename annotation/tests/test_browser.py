@@ -27,17 +27,6 @@ XSS = [
 ]
 
 
-@pytest.fixture
-def browser_page():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        page = browser.new_page(viewport={"width": 1360, "height": 900})
-        page.set_default_timeout(10_000)
-        yield page
-        browser.close()
-
 
 def _project(slug: str, labeler, prompts: list[tuple[str, list[str]]], guidelines: str = "Be **kind**.") -> Project:
     project = Project.objects.create(slug=slug, name=slug.title(), k=len(prompts[0][1]), overlap=1, guidelines=guidelines)

@@ -38,17 +38,6 @@ def payloads(tag: str) -> str:
     )
 
 
-@pytest.fixture
-def browser_page():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(10_000)
-        yield page
-        browser.close()
-
 
 @pytest.fixture
 def poisoned(django_user_model):
