@@ -46,3 +46,34 @@ def sent(monkeypatch):
 def artifact_root(tmp_path, settings):
     settings.ARTIFACT_ROOT = tmp_path / "artifacts"
     return settings.ARTIFACT_ROOT
+
+
+class WorkerProcesses:
+    """Real Celery worker processes (solo pool, queues gpu+default) for end-to-end tests; logs under tmp_path."""
+
+    def __init__(self, *, env: dict, log_dir, name: str) -> None:
+        self.env, self.log_dir, self.name = env, log_dir, name
+        self.started: list = []
+
+    def start(self):
+        import subprocess
+        import sys
+        import uuid
+        from pathlib import Path
+
+        log = open(self.log_dir / f"worker-{len(self.started)}.log", "wb")
+        cmd = [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", "gpu,default", "-c", "1", "--pool",
+               "solo", "-n", f"{self.name}-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
+               "--loglevel", "INFO"]
+        proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for log in sorted(self.log_dir.glob("worker-*.log")):  # shown by pytest when a test fails
+            print(f"==> {log.name}\n" + log.read_text(errors="replace")[-3000:])

@@ -13,9 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from django.utils import timezone
 
 from training import services
 from training.models import MetricPoint, ModelArtifact, TrainingRun
-from training.tests.conftest import rank_all
+from training.tests.conftest import WorkerProcesses, rank_all
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 Status = TrainingRun.Status
@@ -119,24 +117,9 @@ def start_worker(broker, tmp_path, settings, monkeypatch):
     settings.ARTIFACT_ROOT = var / "test-artifacts"
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings.test", "TEST_PG_NAME": connection.settings_dict["NAME"],
            "TEST_REDIS_URL": broker.url, "RLHF_RUN_HEARTBEAT_SECONDS": "1", "PYTHONUNBUFFERED": "1"}
-    started: list[subprocess.Popen] = []
-
-    def start() -> subprocess.Popen:
-        log = open(tmp_path / f"worker-{len(started)}.log", "wb")
-        cmd = [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", "gpu,default", "-c", "1", "--pool",
-               "solo", "-n", f"redis-restart-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
-               "--loglevel", "INFO"]
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    for log in sorted(tmp_path.glob("worker-*.log")):  # shown by pytest when the test fails
-        print(f"==> {log.name}\n" + log.read_text(errors="replace")[-3000:])
+    workers = WorkerProcesses(env=env, log_dir=tmp_path, name="redis-restart")
+    yield workers.start
+    workers.stop_all()
 
 
 def _wait_all(run_ids: list[int], timeout: float = 240.0) -> list[TrainingRun]:

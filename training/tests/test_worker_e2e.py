@@ -5,10 +5,7 @@ checkpoint and finishes exactly once; SIGTERM hands the run back to the queue; c
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from django.utils import timezone
 from training import services
 from training.models import MetricPoint, ModelArtifact, TrainingRun
 from training.selectors import artifact_dir
-from training.tests.conftest import rank_all
+from training.tests.conftest import WorkerProcesses, rank_all
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 Status = TrainingRun.Status
@@ -43,24 +40,9 @@ def worker_env(tmp_path, settings, monkeypatch):
 
 @pytest.fixture
 def start_worker(worker_env, tmp_path):
-    started: list[subprocess.Popen] = []
-
-    def start() -> subprocess.Popen:
-        log = open(tmp_path / f"worker-{len(started)}.log", "wb")
-        cmd = [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", "gpu,default", "-c", "1", "--pool",
-               "solo", "-n", f"e2e-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
-               "--loglevel", "INFO"]
-        proc = subprocess.Popen(cmd, cwd=REPO, env=worker_env, stdout=log, stderr=subprocess.STDOUT)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    for log in sorted(tmp_path.glob("worker-*.log")):  # shown by pytest when a test fails
-        print(f"==> {log.name}\n" + log.read_text(errors="replace")[-3000:])
+    workers = WorkerProcesses(env=worker_env, log_dir=tmp_path, name="e2e")
+    yield workers.start
+    workers.stop_all()
 
 
 @pytest.fixture
