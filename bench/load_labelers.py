@@ -36,7 +36,6 @@ import http.client
 import json
 import os
 import random
-import re
 import signal
 import socket
 import statistics

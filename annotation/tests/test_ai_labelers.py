@@ -6,7 +6,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from annotation.ai_labelers import ai_labeler_create, ai_labeler_run, llm_judge_scorer, reward_model_scorer
-from annotation.errors import InvalidInput, RankingInvalid
+from annotation.errors import InvalidInput
 from annotation.exporters import export_preferences
 from annotation.models import Ranking
 from annotation.quality_models import AILabeler

@@ -7,7 +7,7 @@ from django.core.management import CommandError, call_command
 
 from annotation.errors import ImportRejected, InvalidInput, RankingInvalid
 from annotation.exporters import export_preferences
-from annotation.models import Assignment, PairwiseComparison, Prompt, Ranking
+from annotation.models import PairwiseComparison, Prompt, Ranking
 from annotation.quality_models import GoldRanking, LabelerReliability, PromptReview, RankingExclusion
 from annotation.quality_selectors import consensus_rows, quality_report
 from annotation.quality_services import (

@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from annotation.models import Membership, PairwiseComparison, Prompt, Ranking
+from annotation.models import PairwiseComparison, Prompt, Ranking
 from annotation.quality_models import GoldRanking, PromptReview, QualitySettings, RankingExclusion
 from annotation.tests.test_quality_services import rank_all
 
