@@ -1,4 +1,4 @@
-"""train_reward_model and build_tiny_models from the command line."""
+"""train_reward_model, train_policy and build_tiny_models from the command line."""
 import json
 
 import pytest
@@ -28,6 +28,32 @@ def test_train_reward_model_rejects_bad_input_and_writes_nothing(ranked, model_d
     with pytest.raises(CommandError, match="No project"):
         call_command("train_reward_model", "--project", "nope", "--base", str(model_dir))
     assert not TrainingRun.objects.exists()
+
+
+def test_train_policy_queues_a_dpo_run_from_a_registered_policy(
+    ranked, model_dir, sent, capsys, django_capture_on_commit_callbacks
+):
+    project = ranked[0]
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(model_dir))
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("train_policy", "--project", "ranked", "--kind", "dpo", "--policy", str(policy.pk))
+    run = TrainingRun.objects.get()
+    assert run.kind == "dpo" and run.config["base_model"] == str(model_dir) and run.base_artifact == policy
+    assert run.snapshot.num_pairs == 36 and sent == [run.pk] and "36 pairs" in capsys.readouterr().out
+
+
+def test_train_policy_rejects_bad_input_and_writes_nothing(ranked, model_dir, sent):
+    project = ranked[0]
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(model_dir))
+    reward = ModelArtifact.objects.create(project=project, kind="reward", name="rm", path=str(model_dir))
+    with pytest.raises(CommandError, match="takes no reward model"):
+        call_command("train_policy", "--project", "ranked", "--kind", "dpo", "--policy", str(policy.pk),
+                     "--reward", str(reward.pk))
+    with pytest.raises(CommandError, match="no model artifact with that id"):
+        call_command("train_policy", "--project", "ranked", "--kind", "ppo", "--policy", "999999")
+    with pytest.raises(CommandError, match="No project"):
+        call_command("train_policy", "--project", "nope", "--kind", "dpo", "--policy", str(policy.pk))
+    assert not TrainingRun.objects.exists() and sent == []
 
 
 @pytest.mark.slow

@@ -1,0 +1,44 @@
+"""Shared by the run-launching commands: read a JSON config file, follow a run with a progress bar."""
+import json
+import time
+from pathlib import Path
+
+from django.core.management.base import CommandError
+from tqdm import tqdm
+
+from training.models import ModelArtifact, TrainingRun
+
+WAIT_HELP = "seconds between progress checks with --wait"
+
+
+def read_config(path: str | None) -> dict:
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CommandError(f"--config {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise CommandError(f"--config {path}: must hold a JSON object")
+    return data
+
+
+def run_follow(run: TrainingRun, *, poll: float, stdout) -> None:
+    """Show the run's progress until it ends; CommandError (exit 1) unless it succeeded."""
+    with tqdm(total=None, unit="step", desc=f"run {run.pk}") as bar:
+        while True:
+            run.refresh_from_db()
+            if run.total_steps and bar.total != run.total_steps:
+                bar.total = run.total_steps
+            bar.n = run.step
+            bar.set_postfix_str(run.status)
+            bar.refresh()
+            if run.is_terminal:
+                break
+            time.sleep(poll)
+    if run.status != TrainingRun.Status.SUCCEEDED:
+        raise CommandError(f"run {run.pk} {run.status}: {run.error or 'no error recorded'}")
+    artifact = ModelArtifact.objects.filter(run=run).first()
+    accuracy = (run.summary.get("final_eval") or {}).get("accuracy")
+    stdout.write(f"run {run.pk} succeeded: model {artifact.path if artifact else '?'}"
+                 + (f", held-out accuracy {accuracy:.3f}" if accuracy is not None else ""))
