@@ -20,10 +20,10 @@ from training.ml.config import GRPOConfig
 from training.ml.losses import grpo_loss
 from training.ml.rl import clip_fraction, entropy_from_logits, group_advantages, masked_mean
 from training.ml.rollout import (
-    RewardFn, RewardScorer, Rollout, batched_logprobs, load_reward_fn, prompt_batch, response_logits,
+    RewardFn, RewardScorer, Rollout, batched_logprobs, load_reward_fn, response_logits,
     sample_rollout, token_logprobs,
 )
-from training.ml.trainers.ppo import run_summary, total_steps
+from training.ml.trainers.ppo import rl_steps, run_summary, total_steps
 from training.ml.types import NullHooks, TrainHooks
 
 
@@ -124,21 +124,11 @@ def train_grpo(
         checkpoint_save(root=out / "checkpoints", step=at, model=policy, optimizer=optimizer, scheduler=scheduler,
                         keep=config.keep_checkpoints)
 
-    history: list[dict[str, float]] = []
-    stopped = False
-    while step < total:
-        batch = [prompts[i] for i in prompt_batch(len(prompts), step=step, batch_size=config.batch_size, seed=config.seed)]
-        torch.manual_seed(config.seed * 1_000_003 + step)  # sampling of step s is the same after a resume
-        metrics = grpo_step(policy, reference, tokenizer, config, batch, scorer, optimizer, scheduler, step)
-        step += 1
-        history.append(metrics)
-        hooks.on_step(step, total, metrics)
-        if step % config.checkpoint_every == 0 and step < total:
-            save_checkpoint(step)
-        if hooks.should_stop():
-            save_checkpoint(step)
-            stopped = True
-            break
+    def one_step(batch: list[list[dict]], at: int) -> dict[str, float]:
+        return grpo_step(policy, reference, tokenizer, config, batch, scorer, optimizer, scheduler, at)
+
+    history, step, stopped = rl_steps(prompts, config, start=step, total=total, step_fn=one_step, hooks=hooks,
+                                      save_checkpoint=save_checkpoint)
     if not stopped:
         policy.save_pretrained(out / "policy")
         tokenizer.save_pretrained(out / "policy")

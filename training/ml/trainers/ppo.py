@@ -242,12 +242,27 @@ def train_ppo(
                         scheduler=scheduler, extra={"kl_coef": kl_ctl.value, "value": models.value_state()},
                         keep=config.keep_checkpoints)
 
+    def one_step(batch: list[list[dict]], step: int) -> dict[str, float]:
+        return ppo_step(models, config, batch, scorer, kl_ctl, optimizer, scheduler, ptx_texts, step)
+
+    history, step, stopped = rl_steps(prompts, config, start=start, total=total, step_fn=one_step, hooks=hooks,
+                                      save_checkpoint=save_checkpoint)
+    if not stopped:
+        models.policy.save_pretrained(out / "policy")
+        models.tokenizer.save_pretrained(out / "policy")
+    return run_summary(history, step, total, stopped, out)
+
+
+def rl_steps(prompts, config, *, start: int, total: int, step_fn, hooks: TrainHooks, save_checkpoint):
+    """The outer loop PPO and GRPO share: a deterministic prompt batch and sampling seed per step (so a resumed
+    run repeats exactly what the uninterrupted one would do), hooks, periodic checkpoints, stop on request.
+    Returns (per-step metrics, steps done, stopped)."""
     history: list[dict[str, float]] = []
     step, stopped = start, False
     while step < total:
         batch = [prompts[i] for i in prompt_batch(len(prompts), step=step, batch_size=config.batch_size, seed=config.seed)]
         torch.manual_seed(config.seed * 1_000_003 + step)  # sampling of step s is the same after a resume
-        metrics = ppo_step(models, config, batch, scorer, kl_ctl, optimizer, scheduler, ptx_texts, step)
+        metrics = step_fn(batch, step)
         step += 1
         history.append(metrics)
         hooks.on_step(step, total, metrics)
@@ -257,10 +272,7 @@ def train_ppo(
             save_checkpoint(step)
             stopped = True
             break
-    if not stopped:
-        models.policy.save_pretrained(out / "policy")
-        models.tokenizer.save_pretrained(out / "policy")
-    return run_summary(history, step, total, stopped, out)
+    return history, step, stopped
 
 
 def run_summary(history: list[dict[str, float]], step: int, total: int, stopped: bool, out: Path) -> dict:
