@@ -10,9 +10,12 @@ from rest_framework.decorators import api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from annotation.active import STRATEGIES, round_select
+from annotation.ai_labelers import ai_labeler_create, ai_labeler_run
 from annotation.api import ERRORS, _manageable_project, _validated, error_response
 from annotation.errors import InvalidInput
-from annotation.models import Prompt
+from annotation.models import Prompt, Round
+from annotation.quality_models import AILabeler, SelectionRecord
 from annotation.quality_selectors import quality_report
 from annotation.quality_services import (
     gold_set, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude, ranking_include,
@@ -46,6 +49,36 @@ class ReviewSerializer(serializers.Serializer):
                                   required=False, allow_null=True, default=None)
     exclude = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
     note = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+
+class AILabelerSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=41, help_text="The labeler's account becomes ai-<name>.")
+    kind = serializers.ChoiceField(choices=AILabeler.Kind.choices)
+    spec = serializers.CharField(max_length=500, help_text="module:function, reward artifact id, or judge directory.")
+    tie_threshold = serializers.FloatField(min_value=0, required=False, default=0.0)
+
+
+class AILabelerRunSerializer(serializers.Serializer):
+    labeler_id = serializers.IntegerField()
+    max_prompts = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+
+
+class SelectionSerializer(serializers.Serializer):
+    round = serializers.IntegerField(min_value=1)
+    strategy = serializers.ChoiceField(choices=STRATEGIES)
+    artifact_id = serializers.IntegerField(required=False, allow_null=True, default=None,
+                                           help_text="Reward model artifact (uncertainty only).")
+    seed = serializers.IntegerField(required=False, default=0)
+
+
+def _labeler_row(labeler: AILabeler) -> dict:
+    return {"id": labeler.pk, "username": labeler.user.username, "kind": labeler.kind, "spec": labeler.spec,
+            "tie_threshold": labeler.tie_threshold}
+
+
+def _selection_row(record: SelectionRecord) -> dict:
+    return {"id": record.pk, "round": record.round.number, "strategy": record.strategy, "params": record.params,
+            "order": record.order, "created_at": record.created_at.isoformat()}
 
 
 def _prompt(project, prompt_id: int) -> Prompt:
@@ -135,3 +168,60 @@ def quality_review(request: Request, slug: str) -> Response:
 @api_view(["GET"])
 def quality_consensus(request: Request, slug: str):
     return consensus_jsonl(_manageable_project(request, slug))
+
+
+@extend_schema(request=AILabelerSerializer, responses={200: OpenApiTypes.OBJECT, **ERRORS},
+               summary="List AI labelers (GET) or add / update one (POST)")
+@api_view(["GET", "POST"])
+def quality_ai_labelers(request: Request, slug: str) -> Response:
+    project = _manageable_project(request, slug)
+    if request.method == "GET":
+        labelers = AILabeler.objects.filter(project=project).select_related("user").order_by("user__username")
+        return Response({"ai_labelers": [_labeler_row(labeler) for labeler in labelers]})
+    data, error = _validated(AILabelerSerializer, request.data)
+    if error:
+        return error
+    try:
+        labeler = ai_labeler_create(project=project, **data)
+    except InvalidInput as exc:
+        return error_response(exc.message, exc.location)
+    return Response(_labeler_row(labeler))
+
+
+@extend_schema(request=AILabelerRunSerializer, responses={200: OpenApiTypes.OBJECT, **ERRORS},
+               summary="Run an AI labeler over its open prompts (synchronous)")
+@api_view(["POST"])
+def quality_ai_labeler_run(request: Request, slug: str) -> Response:
+    project = _manageable_project(request, slug)
+    data, error = _validated(AILabelerRunSerializer, request.data)
+    if error:
+        return error
+    labeler = AILabeler.objects.filter(project=project, pk=data["labeler_id"]).select_related("user").first()
+    if labeler is None:
+        return error_response(f"project {project.slug} has no AI labeler {data['labeler_id']}", "labeler_id")
+    try:
+        return Response(ai_labeler_run(labeler=labeler, max_prompts=data["max_prompts"]))
+    except InvalidInput as exc:
+        return error_response(exc.message, exc.location)
+
+
+@extend_schema(request=SelectionSerializer, responses={200: OpenApiTypes.OBJECT, **ERRORS},
+               summary="List recorded selections (GET) or order a round's prompts by a strategy (POST)")
+@api_view(["GET", "POST"])
+def quality_selection(request: Request, slug: str) -> Response:
+    project = _manageable_project(request, slug)
+    if request.method == "GET":
+        records = SelectionRecord.objects.filter(round__project=project).select_related("round").order_by("-created_at")
+        return Response({"selections": [_selection_row(record) for record in records[:100]]})
+    data, error = _validated(SelectionSerializer, request.data)
+    if error:
+        return error
+    round_ = Round.objects.filter(project=project, number=data["round"]).first()
+    if round_ is None:
+        return error_response(f"project {project.slug} has no round {data['round']}", "round")
+    try:
+        record = round_select(round_=round_, strategy=data["strategy"], artifact_id=data["artifact_id"],
+                              seed=data["seed"], user=request.user)
+    except InvalidInput as exc:
+        return error_response(exc.message, exc.location)
+    return Response(_selection_row(record))

@@ -15,8 +15,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from annotation import selectors
+from annotation.active import STRATEGIES, round_select
+from annotation.ai_labelers import ai_labeler_create, ai_labeler_run
 from annotation.errors import InvalidInput
-from annotation.models import Prompt, Ranking
+from annotation.models import Prompt, Ranking, Round
+from annotation.quality_models import AILabeler, SelectionRecord
 from annotation.quality_selectors import consensus_rows, quality_report
 from annotation.quality_services import (
     gold_import, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude, ranking_include,
@@ -56,7 +59,10 @@ def _review_items(project, queue: list[dict]) -> list[dict]:
 @login_required
 @require_GET
 def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
-    project = _managed_project(request, slug)
+    return _render_page(request, _managed_project(request, slug))
+
+
+def _render_page(request: HttpRequest, project, status: int = 200) -> HttpResponse:
     report = quality_report(project=project)
     chart = {"day": report["timeline"]["day"], "agreement": report["timeline"]["pairwise_agreement"]}
     return render(request, "annotation/quality/report.html", {
@@ -64,7 +70,18 @@ def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
         "review_items": _review_items(project, report["review_queue"]),
         "excluded": Ranking.objects.filter(prompt__project=project, exclusion__isnull=False)
         .select_related("labeler", "exclusion").order_by("-exclusion__created_at")[:50],
-    })
+        "ai_labelers": AILabeler.objects.filter(project=project).select_related("user").order_by("user__username"),
+        "ai_kinds": AILabeler.Kind.choices, "strategies": STRATEGIES,
+        "rounds": Round.objects.filter(project=project).order_by("number"),
+        "selections": SelectionRecord.objects.filter(round__project=project)
+        .select_related("round", "created_by").order_by("-created_at")[:20],
+    }, status=status)
+
+
+def _rejected(request: HttpRequest, project, prefix: str, exc: InvalidInput) -> HttpResponse:
+    """Bad input: the page again with status 400 and the message (nothing was written)."""
+    messages.error(request, f"{prefix}: {exc}")
+    return _render_page(request, project, status=400)
 
 
 def _float_or_none(value: str | None, name: str) -> float | None:
@@ -173,3 +190,53 @@ def consensus_jsonl(project) -> StreamingHttpResponse:
 @require_GET
 def quality_consensus(request: HttpRequest, slug: str) -> StreamingHttpResponse:
     return consensus_jsonl(_managed_project(request, slug))
+
+
+@login_required
+@require_POST
+def quality_ai_labeler_add(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _managed_project(request, slug)
+    try:
+        tie = _float_or_none(request.POST.get("tie_threshold"), "tie_threshold")
+        labeler = ai_labeler_create(project=project, name=request.POST.get("name", "").strip(),
+                                    kind=request.POST.get("kind", ""), spec=request.POST.get("spec", "").strip(),
+                                    tie_threshold=tie or 0.0)
+    except InvalidInput as exc:
+        return _rejected(request, project, "AI labeler not saved", exc)
+    messages.success(request, f"AI labeler {labeler.user.username} saved.")
+    return _back(slug, "#ai-labelers")
+
+
+@login_required
+@require_POST
+def quality_ai_labeler_run(request: HttpRequest, slug: str) -> HttpResponse:
+    """Rank every open prompt in the AI labeler's queue (synchronous: CPU scorers, seconds)."""
+    project = _managed_project(request, slug)
+    try:
+        labeler = AILabeler.objects.filter(project=project, pk=_int(request.POST.get("labeler_id"), "labeler_id")).first()
+        if labeler is None:
+            raise InvalidInput("this project has no such AI labeler", location="labeler_id")
+        result = ai_labeler_run(labeler=labeler)
+    except InvalidInput as exc:
+        return _rejected(request, project, "AI labeler not run", exc)
+    messages.success(request, f"{result['labeler']} ranked {result['rankings']} prompts ({result['pairs']} pairs).")
+    return _back(slug, "#ai-labelers")
+
+
+@login_required
+@require_POST
+def quality_selection(request: HttpRequest, slug: str) -> HttpResponse:
+    """Order a round's prompts by a selection strategy (random, uncertainty, disagreement) and record it."""
+    project = _managed_project(request, slug)
+    try:
+        number = _int(request.POST.get("round"), "round")
+        round_ = Round.objects.filter(project=project, number=number).first()
+        if round_ is None:
+            raise InvalidInput(f"project {project.slug} has no round {number}", location="round")
+        artifact = request.POST.get("artifact_id", "").strip()
+        record = round_select(round_=round_, strategy=request.POST.get("strategy", ""), user=request.user,
+                              artifact_id=_int(artifact, "artifact_id") if artifact else None)
+    except InvalidInput as exc:
+        return _rejected(request, project, "Selection not recorded", exc)
+    messages.success(request, f"Round {number}: {len(record.order)} prompts ordered by {record.strategy}.")
+    return _back(slug, "#selection")
