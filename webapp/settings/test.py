@@ -51,10 +51,11 @@ else:
 ARTIFACT_ROOT = VAR_DIR / "test-artifacts"
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 
-if os.environ.get("CI") and not (USING_POSTGRES and USING_REDIS):
+_ON_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"  # also via DATABASE_URL (subprocesses)
+if os.environ.get("CI") and not (_ON_POSTGRES and USING_REDIS):
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured(
         "CI must test against the real PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379); "
-        f"PostgreSQL answered: {USING_POSTGRES}, Redis answered: {USING_REDIS}."
+        f"database engine: {DATABASES['default']['ENGINE']}, Redis answered: {USING_REDIS}."
     )
