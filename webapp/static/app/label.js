@@ -30,6 +30,8 @@
       order: data.samples.map((s) => s.id), // shown order
       letters: new Map(data.samples.map((s) => [s.id, s.letter])),
       rank: new Map(data.samples.map((s) => [s.id, null])),
+      lastTyped: null, // the response whose letter was typed last (for `=`, tie the next letter with it)
+      tieNext: false,
       chips: chips,
       form: area.querySelector("#rank-form"),
       visibleMs: 0,
@@ -191,6 +193,36 @@
     setRank(id, rank, "Response " + board.letters.get(id) + " tied with " + board.letters.get(Number(above.dataset.sampleId)) + " at rank " + rank);
   }
 
+  // Typing letters: each response letter goes to the next free rank (B D A C = B best, C worst); `=` ties
+  // the next letter with the one typed before it; Enter with one response left ranks it last.
+  function letterToId(key) {
+    const letter = key.toUpperCase();
+    for (const [id, l] of board.letters) if (l === letter) return id;
+    return null;
+  }
+
+  function rankByLetter(id) {
+    const others = board.order.filter((o) => o !== id).map((o) => board.rank.get(o)).filter((r) => r !== null);
+    const top = others.length ? Math.max(...others) : 0;
+    const last = board.lastTyped;
+    const tie = board.tieNext && last !== null && last !== id && board.rank.get(last) !== null;
+    board.tieNext = false;
+    board.lastTyped = id;
+    if (tie) {
+      const rank = board.rank.get(last);
+      setRank(id, rank, "Response " + board.letters.get(id) + " tied with " + board.letters.get(last) + " at rank " + rank);
+    } else {
+      setRank(id, top + 1);
+    }
+  }
+
+  function rankLastImplied() {
+    const missing = board.order.filter((id) => board.rank.get(id) === null);
+    if (missing.length !== 1 || board.order.length < 2) return;
+    const ranks = [...board.rank.values()].filter((r) => r !== null);
+    setRank(missing[0], Math.max(...ranks) + 1, "Response " + board.letters.get(missing[0]) + " ranked last");
+  }
+
   function openPanel(selector, focusSelector) {
     const panel = selector instanceof Element ? selector : board.area.querySelector(selector);
     if (!panel) return;
@@ -203,6 +235,9 @@
     return el && (el.tagName === "TEXTAREA" || el.tagName === "SELECT" || el.isContentEditable ||
       (el.tagName === "INPUT" && !["checkbox", "radio", "hidden"].includes(el.type)));
   }
+
+  // Command letters; when one is also a response's letter (K ≥ 6), Shift+letter gives the command.
+  const COMMAND_KEYS = new Set(["t", "f", "v", "s", "j", "k"]);
 
   document.addEventListener("keydown", (event) => {
     if (!board || !document.body.contains(board.area) || event.ctrlKey || event.metaKey) return;
@@ -217,26 +252,34 @@
     if (isTyping(el)) return;
     const id = focusedSampleId();
     const key = event.key;
+    const letterId = /^[a-z]$/i.test(key) && !event.altKey ? letterToId(key) : null;
+    const command = COMMAND_KEYS.has(key.toLowerCase()) && (letterId === null || event.shiftKey);
     let handled = true;
-    if (/^[0-9]$/.test(key) && id !== null && !event.altKey) {
+    if (letterId !== null && !command) {
+      rankByLetter(letterId);
+    } else if (key === "=") {
+      board.tieNext = board.lastTyped !== null;
+      announce(board.tieNext ? "Next letter ties with " + board.letters.get(board.lastTyped) : "Type a letter first, then = and the letter to tie with it");
+    } else if (/^[0-9]$/.test(key) && id !== null && !event.altKey) {
       const n = Number(key);
       if (n === 0) setRank(id, null); else if (n <= board.k) setRank(id, n); else handled = false;
     } else if ((key === "ArrowUp" || key === "ArrowDown") && (event.altKey || event.shiftKey) && id !== null) {
       moveRank(id, key === "ArrowUp" ? -1 : 1);
-    } else if (key === "ArrowUp" || key === "ArrowDown" || key === "k" || key === "j") {
-      moveFocus(id, key === "ArrowUp" || key === "k" ? -1 : 1);
+    } else if (key === "ArrowUp" || key === "ArrowDown" || (command && /^[jk]$/i.test(key))) {
+      moveFocus(id, key === "ArrowUp" || key.toLowerCase() === "k" ? -1 : 1);
     } else if (key === "Backspace" && id !== null) {
       setRank(id, null);
-    } else if (key === "t" && id !== null) {
+    } else if (key.toLowerCase() === "t" && id !== null) {
       tieWithAbove(id);
-    } else if (key === "f") {
+    } else if (key.toLowerCase() === "f") {
       const card = board.area.querySelector("#response-" + (id !== null ? id : board.order[0]));
       openPanel(card.querySelector("details.flags"), "input[type=checkbox]");
-    } else if (key === "v" && id !== null) {
+    } else if (key.toLowerCase() === "v" && id !== null) {
       board.area.querySelector("#response-" + id).scrollIntoView({ behavior: "smooth", block: "start" });
-    } else if (key === "s") {
+    } else if (key.toLowerCase() === "s") {
       openPanel("#skip-panel", "select, input");
     } else if (key === "Enter" && !(el && (el.tagName === "BUTTON" || el.tagName === "A" || el.tagName === "SUMMARY"))) {
+      rankLastImplied();
       board.form.requestSubmit();
     } else {
       handled = false;

@@ -1,0 +1,67 @@
+"""Real Chromium (Playwright), the labelling page as a labeler uses it: every order of K=4 typed in at most
+6 keys, a tie typed with `=`, skipping by keyboard alone, and the page on a 390-px phone."""
+import itertools
+import os
+import shutil
+
+import pytest
+
+from annotation.models import Assignment, PairwiseComparison, Ranking
+from annotation.services import ranking_tiers
+from annotation.tests.test_browser import CHROMIUM, _login, _project
+
+pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not shutil.which(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's Chromium at /usr/bin/chromium (never skipped in CI)"),
+]
+SHOTS = os.environ.get("LABEL_SCREENSHOTS")  # a folder to keep the screenshots in, when set
+
+
+def _letters(page) -> dict[str, int]:
+    """Letter shown on each chip → its sample id."""
+    return page.evaluate("Object.fromEntries([...document.querySelectorAll('.chip')].map("
+                         "c => [c.querySelector('.chip-letter').textContent.trim(), Number(c.dataset.sampleId)]))")
+
+
+def _wait_for_next(page, action: str) -> None:
+    page.wait_for_function("a => { const f = document.querySelector('#rank-form'); return !f || f.getAttribute('action') !== a; }",
+                           arg=action)
+
+
+def test_every_order_of_four_in_at_most_six_keys(browser_page, live_server, make_user):
+    page, labeler = browser_page, make_user("kim")
+    orders = list(itertools.permutations("ABCD"))
+    _project("keys", labeler, [(f"Q{i}?", [f"answer {i}.{j}" for j in range(4)]) for i in range(len(orders) + 1)])
+    _login(page, live_server, "kim")
+    page.goto(f"{live_server.url}/p/keys/label/")
+    expected = {}
+    for n, order in enumerate(orders):
+        page.wait_for_function("() => document.activeElement.classList.contains('chip')")
+        action, letters = page.locator("#rank-form").get_attribute("action"), _letters(page)
+        keys = list(order[:3]) if n % 2 else list(order)  # every other order leaves the last one implied
+        keys.append("Enter")
+        assert len(keys) <= 6
+        for key in keys:
+            page.keyboard.press(key.lower() if n % 3 and len(key) == 1 else key)  # lower and upper case letters both work
+        _wait_for_next(page, action)
+        expected[int(action.split("/")[2])] = [[letters[letter]] for letter in order]
+    # a tie: `B = D A C Enter` puts B and D together at rank 1 (6 keys)
+    page.wait_for_function("() => document.activeElement.classList.contains('chip')")
+    action, letters = page.locator("#rank-form").get_attribute("action"), _letters(page)
+    for key in ["b", "=", "d", "a", "c", "Enter"]:
+        page.keyboard.press(key)
+    _wait_for_next(page, action)
+    page.wait_for_selector("text=Nothing left to rank")
+
+    for assignment_id, tiers in expected.items():
+        ranking = Ranking.objects.get(assignment_id=assignment_id)
+        assert ranking_tiers(ranking=ranking) == tiers, f"assignment {assignment_id}"
+        pairs = {(p.chosen_id, p.rejected_id) for p in ranking.pairs.all()}
+        assert pairs == {(a[0], b[0]) for a, b in itertools.combinations(tiers, 2)}
+    tied = Ranking.objects.get(assignment_id=int(action.split("/")[2]))
+    stored = ranking_tiers(ranking=tied)
+    assert sorted(stored[0]) == sorted([letters["B"], letters["D"]]) and stored[1:] == [[letters["A"]], [letters["C"]]]
+    assert PairwiseComparison.objects.filter(ranking=tied).count() == 5  # C(4,2) minus the tie
