@@ -9,6 +9,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
 from annotation import selectors, services
@@ -134,15 +135,22 @@ def _own_assignment(request: HttpRequest, assignment_id: int) -> tuple[Assignmen
 
 
 def _form_error(request: HttpRequest, project: Project, assignment: Assignment, *, message: str,
-                location: str = "", skip_form: SkipForm | None = None) -> HttpResponse:
-    """400 with the reason: htmx swaps only the error box; a plain POST re-renders the same assignment."""
+                location: str = "", skip_form: SkipForm | None = None, skip: bool = False) -> HttpResponse:
+    """400 with the reason. htmx swaps the error box by the control (the skip panel's for a skip) and puts
+    the message in place of the previous notice ("Ranking saved." would contradict it); a plain POST
+    re-renders the same assignment."""
     error = {"message": message, "location": location}
+    box = "skip-error" if skip else "form-error"
     if request.htmx:
-        response = render(request, "annotation/label.html#form-error", {"error": error}, status=400)
-        response["HX-Retarget"] = "#form-error"
+        context = {"error": error, "skip_error": error}
+        html = (render_to_string(f"annotation/label.html#{box}", context, request)
+                + render_to_string("annotation/label.html#notice-oob", context, request))
+        response = HttpResponse(html, status=400)
+        response["HX-Retarget"] = f"#{box}"
         response["HX-Reswap"] = "innerHTML"
         return response
-    return _label_response(request, project, status=400, assignment=assignment, error=error, skip_form=skip_form)
+    extra = {"skip_error": error} if skip else {"error": error}
+    return _label_response(request, project, status=400, assignment=assignment, skip_form=skip_form, **extra)
 
 
 @login_required
@@ -169,11 +177,12 @@ def assignment_skip(request: HttpRequest, assignment_id: int) -> HttpResponse:
     if not form.is_valid():
         first = next(iter(form.errors.items()))
         location = "" if first[0] == "__all__" else first[0]
-        return _form_error(request, project, assignment, message=first[1][0], location=location, skip_form=form)
+        return _form_error(request, project, assignment, message=first[1][0], location=location, skip_form=form,
+                           skip=True)
     try:
         services.assignment_skip(assignment_id=assignment.pk, labeler=request.user, reason=form.cleaned_data["text"])
     except InvalidInput as exc:
-        return _form_error(request, project, assignment, message=exc.message, location=exc.location)
+        return _form_error(request, project, assignment, message=exc.message, location=exc.location, skip=True)
     if not request.htmx:
         return redirect("annotation:label", slug=project.slug)
     return _label_response(request, project, notice="Prompt skipped.")

@@ -65,3 +65,36 @@ def test_every_order_of_four_in_at_most_six_keys(browser_page, live_server, make
     stored = ranking_tiers(ranking=tied)
     assert sorted(stored[0]) == sorted([letters["B"], letters["D"]]) and stored[1:] == [[letters["A"]], [letters["C"]]]
     assert PairwiseComparison.objects.filter(ranking=tied).count() == 5  # C(4,2) minus the tie
+
+
+def test_skip_by_keyboard_with_a_reason_and_without(browser_page, live_server, make_user):
+    page, labeler = browser_page, make_user("sam")
+    _project("skips", labeler, [(f"Q{i}?", [f"answer {i}.{j}" for j in range(3)]) for i in range(3)])
+    _login(page, live_server, "sam")
+    page.goto(f"{live_server.url}/p/skips/label/")
+    keys = page.keyboard
+    page.wait_for_function("() => document.activeElement.classList.contains('chip')")
+    for key in ["a", "b", "Enter"]:  # first prompt ranked: the green notice appears
+        keys.press(key)
+    page.wait_for_selector(".notice:has-text('Ranking saved.')")
+    page.wait_for_function("() => document.activeElement.classList.contains('chip')")
+    first = page.locator("#rank-form").get_attribute("action")
+
+    keys.press("s")  # opens the panel and puts focus on the reason
+    assert page.evaluate("document.querySelector('#skip-panel').open")
+    assert page.evaluate("document.activeElement.name") == "reason"
+    keys.press("Enter")  # no reason chosen: a message in place of the notice, focus stays in the panel
+    page.wait_for_selector("#skip-error .error")
+    assert "reason" in page.locator("#skip-error").inner_text().lower()
+    assert page.locator("#notice-slot").inner_text() == page.locator("#skip-error").inner_text()
+    assert page.locator(".notice").count() == 0  # "Ranking saved." is gone
+    assert page.evaluate("document.querySelector('#skip-panel').contains(document.activeElement)")
+    assert Assignment.objects.filter(labeler=labeler, status=Assignment.Status.SKIPPED).count() == 0
+
+    keys.press("ArrowDown")  # choose "I cannot judge this topic" with the keyboard, Enter skips
+    assert page.evaluate("document.activeElement.value") == "cannot_judge"
+    keys.press("Enter")
+    page.wait_for_selector(".notice:has-text('Prompt skipped.')")
+    assert page.locator("#rank-form").get_attribute("action") != first
+    skipped = Assignment.objects.get(labeler=labeler, status=Assignment.Status.SKIPPED)
+    assert skipped.skip_reason == "I cannot judge this topic" and skipped.pk == int(first.split("/")[2])

@@ -181,6 +181,10 @@ def test_skip_needs_a_reason_then_frees_the_prompt(team):
     assignment = lease(client)
     empty = client.post(reverse("annotation:skip", args=[assignment.pk]), {"reason": "", "detail": ""}, **HTMX)
     assert empty.status_code == 400
+    assert empty["HX-Retarget"] == "#skip-error"  # the message goes in the skip panel
+    body = empty.content.decode()
+    assert 'id="notice-slot" class="notice-slot" hx-swap-oob="true"><p class="error">' in body  # and replaces the notice
+    assert "Give a reason for skipping" in body
     assert Assignment.objects.get(pk=assignment.pk).status == Assignment.Status.ACTIVE
     done = client.post(reverse("annotation:skip", args=[assignment.pk]),
                        {"reason": "other", "detail": "<script>alert(1)</script>"}, **HTMX)

@@ -146,6 +146,8 @@
   }, true);
 
   function showError(text) {
+    const notice = board.area.querySelector("#notice-slot");
+    if (notice) notice.replaceChildren(); // a stale "Ranking saved." must not sit next to an error
     const box = board.area.querySelector("#form-error");
     box.replaceChildren();
     const p = document.createElement("p");
@@ -249,6 +251,11 @@
       event.preventDefault();
       return;
     }
+    if (event.key === "Enter" && el && el.tagName === "SELECT" && el.form && el.form.closest("#skip-panel")) {
+      event.preventDefault(); // a <select> has no implicit submission: Enter on the reason skips
+      el.form.requestSubmit();
+      return;
+    }
     if (isTyping(el)) return;
     const id = focusedSampleId();
     const key = event.key;
@@ -277,7 +284,7 @@
     } else if (key.toLowerCase() === "v" && id !== null) {
       board.area.querySelector("#response-" + id).scrollIntoView({ behavior: "smooth", block: "start" });
     } else if (key.toLowerCase() === "s") {
-      openPanel("#skip-panel", "select, input");
+      openPanel("#skip-panel", "select[name=reason]");
     } else if (key === "Enter" && !(el && (el.tagName === "BUTTON" || el.tagName === "A" || el.tagName === "SUMMARY"))) {
       rankLastImplied();
       board.form.requestSubmit();
@@ -285,6 +292,17 @@
       handled = false;
     }
     if (handled) event.preventDefault();
+  });
+
+  // A rejected skip: the message is in the panel (and in place of the notice); keep focus in the panel,
+  // on the field the message names.
+  document.addEventListener("htmx:afterSwap", (event) => {
+    if (!board || !event.detail.target || event.detail.target.id !== "skip-error") return;
+    const panel = board.area.querySelector("#skip-panel");
+    panel.open = true;
+    const named = event.detail.target.textContent.trim().startsWith("detail") ? "[name=detail]" : "[name=reason]";
+    const field = panel.querySelector(named);
+    if (field) field.focus();
   });
 
   function start() {
