@@ -6,6 +6,8 @@ iframes, images, event handlers, htmx attributes or `javascript:` links survive.
 string is marked safe. Templates wrap the result in an `hx-disable` container as a second line of
 defence against htmx processing anything inside.
 """
+import re
+
 import markdown
 import nh3
 from django.utils.safestring import SafeString, mark_safe
@@ -73,6 +75,25 @@ def render_markdown(text: str | None) -> SafeString:
         text = text[:MAX_RENDER_CHARS] + "\n\n… (truncated)"
     html = markdown.markdown(text, extensions=_MARKDOWN_EXTENSIONS, output_format="html")
     return mark_safe(sanitize_html(html))  # noqa: S308 - sanitised on the line above
+
+
+# What a one-line excerpt (a chip on the ranking board) keeps: inline formatting only, no links (a chip is
+# dragged and clicked) and no blocks; the text of everything else stays, as text.
+INLINE_TAGS: set[str] = {"strong", "em", "b", "i", "del", "s", "sub", "sup", "code", "kbd", "samp"}
+_BLOCK_END = re.compile(r"</(p|li|h[1-6]|pre|blockquote|tr|td|th|dt|dd)>|<br\s*/?>|<hr\s*/?>")
+EXCERPT_SOURCE_CHARS = 240  # enough for a chip's line; the chip's CSS ends it with an ellipsis
+
+
+def render_inline_excerpt(text: str | None, *, limit: int = EXCERPT_SOURCE_CHARS) -> SafeString:
+    """The start of a Markdown text as one line of sanitised inline HTML: `` `x` `` → <code>x</code>,
+    ``*y*`` → <em>y</em>; blocks become spaces, everything not inline is dropped but its text kept."""
+    if not text:
+        return mark_safe("")
+    html = markdown.markdown(text[:limit], extensions=_MARKDOWN_EXTENSIONS, output_format="html")
+    html = _BLOCK_END.sub(lambda m: (m.group(0) if m.group(1) else "") + " ", html)  # keep words apart
+    clean = nh3.clean(html, tags=INLINE_TAGS, attributes={}, strip_comments=True,
+                      clean_content_tags={"script", "style"})
+    return mark_safe(" ".join(clean.split()).replace(" </code>", "</code>"))  # noqa: S308 - sanitised above
 
 
 def render_messages(messages: list[dict] | None) -> list[dict]:

@@ -18,7 +18,7 @@ from annotation.exporters import export_filename, export_preferences
 from annotation.forms import FLAG_CHOICES, ExportForm, ImportForm, SkipForm, ranking_payload_from_post
 from annotation.importers import ImportResult, import_samples_from_file
 from annotation.models import Assignment, Project
-from annotation.rendering import render_markdown, render_messages
+from annotation.rendering import render_inline_excerpt, render_markdown, render_messages
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 EXPORT_CONTENT_TYPES = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
@@ -95,7 +95,8 @@ def _label_context(request: HttpRequest, project: Project, assignment: Assignmen
         samples = {sample.pk: sample for sample in assignment.prompt.samples.all()}
         responses = [
             {"id": sample_id, "letter": LETTERS[i % 26], "html": render_markdown(samples[sample_id].text),
-             "excerpt": " ".join(samples[sample_id].text.split())[:90]}
+             "excerpt": " ".join(samples[sample_id].text.split())[:90],
+             "excerpt_html": render_inline_excerpt(samples[sample_id].text)}
             for i, sample_id in enumerate(assignment.shown_order)
         ]
         context.update(

@@ -3,7 +3,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from annotation.rendering import render_markdown, render_messages, sanitize_html
+from annotation.rendering import render_inline_excerpt, render_markdown, render_messages, sanitize_html
 
 PAYLOADS = [
     "<script>alert(1)</script>",
@@ -95,3 +95,20 @@ def test_empty_and_huge_inputs():
     assert str(render_markdown("")) == ""
     assert str(render_markdown(None)) == ""
     assert "truncated" in str(render_markdown("x" * 300_000))
+
+
+def test_chip_excerpts_render_inline_markdown_as_one_line():
+    assert str(render_inline_excerpt("Use `numbers.reverse()` to *reverse* it")) == (
+        "Use <code>numbers.reverse()</code> to <em>reverse</em> it")
+    assert str(render_inline_excerpt("*bonjour*")) == "<em>bonjour</em>"
+    listed = str(render_inline_excerpt("# Title\n\n- one\n- **two**\n\n```python\nprint('hi')\n```"))
+    assert listed == "Title one <strong>two</strong> <code>print('hi')</code>"  # blocks gone, words kept apart
+    assert str(render_inline_excerpt("[a link](https://example.com) <b>raw</b>")) == "a link &lt;b&gt;raw&lt;/b&gt;"
+    assert len(str(render_inline_excerpt("word " * 500))) < 300  # only the start is rendered
+    assert str(render_inline_excerpt("")) == ""
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_chip_excerpts_stay_inert(payload):
+    html = str(render_inline_excerpt(payload))
+    assert _Elements(html).tags <= {"code", "em", "strong"} and not _Elements(html).attrs, html
