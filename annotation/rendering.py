@@ -89,7 +89,10 @@ def render_inline_excerpt(text: str | None, *, limit: int = EXCERPT_SOURCE_CHARS
     ``*y*`` → <em>y</em>; blocks become spaces, everything not inline is dropped but its text kept."""
     if not text:
         return mark_safe("")
-    html = markdown.markdown(text[:limit], extensions=_MARKDOWN_EXTENSIONS, output_format="html")
+    head = text[:limit]
+    if head.count("```") % 2:  # the cut fell inside a fenced block: close it, or the fence shows as text
+        head += "\n```"
+    html = markdown.markdown(head, extensions=_MARKDOWN_EXTENSIONS, output_format="html")
     html = _BLOCK_END.sub(lambda m: (m.group(0) if m.group(1) else "") + " ", html)  # keep words apart
     clean = nh3.clean(html, tags=INLINE_TAGS, attributes={}, strip_comments=True,
                       clean_content_tags={"script", "style"})

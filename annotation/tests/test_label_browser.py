@@ -98,3 +98,45 @@ def test_skip_by_keyboard_with_a_reason_and_without(browser_page, live_server, m
     assert page.locator("#rank-form").get_attribute("action") != first
     skipped = Assignment.objects.get(labeler=labeler, status=Assignment.Status.SKIPPED)
     assert skipped.skip_reason == "I cannot judge this topic" and skipped.pk == int(first.split("/")[2])
+
+
+PHONE_ANSWERS = [
+    "Reverse in place:\n\n```python\nnumbers = [1, 2, 3]; numbers.reverse(); print(numbers)  # " + "x" * 160 + "\n```",
+    "Use `numbers.reverse()` or *slicing*: `numbers[::-1]` gives a copy. " * 6,
+    "A long word: " + "supercalifragilistic" * 12,
+    "| a | b |\n| --- | --- |\n| " + "wide cell " * 30 + " | 2 |",
+]
+
+
+def test_phone_layout_fits_and_the_board_follows_the_responses(browser_page, live_server, make_user):
+    page, labeler = browser_page, make_user("pia")
+    _project("phone", labeler, [("How do I reverse a list?", PHONE_ANSWERS)])
+    page.set_viewport_size({"width": 390, "height": 844})
+    _login(page, live_server, "pia")
+    page.goto(f"{live_server.url}/p/phone/label/")
+    page.wait_for_selector(".chip")
+    if SHOTS:
+        page.screenshot(path=os.path.join(SHOTS, "phone.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no code block widens the page
+    assert page.evaluate("document.body.scrollWidth") <= 390
+    gap = page.evaluate("""() => {
+        const cards = document.querySelectorAll('.response');
+        return document.querySelector('#board').getBoundingClientRect().top - cards[cards.length - 1].getBoundingClientRect().bottom;
+    }""")
+    assert gap <= 844, f"the board starts {gap} px below the last response"
+    submit = page.locator("#submit-ranking").bounding_box()
+    last_card = page.locator(".response").last.bounding_box()
+    assert submit["y"] - (last_card["y"] + last_card["height"]) <= 844  # submit is within a screen, too
+    small = page.evaluate("""() => [...document.querySelectorAll(
+            '.chip, #label-area select, #label-area button, #label-area summary, #label-area .flags label, #label-area .skip input')]
+        .filter(el => el.offsetParent !== null)
+        .map(el => [el.className || el.tagName, el.getBoundingClientRect().height])
+        .filter(([, h]) => h < 44)""")
+    assert small == [], f"touch targets under 44 px: {small}"
+    assert not page.evaluate("document.querySelector('details.legend').open")  # the key legend is folded away
+    # ranking by touch still works: the rank selects of the cards
+    for i, select in enumerate(page.locator(".response select").all()):
+        select.select_option(str(i + 1))
+    page.locator("#submit-ranking").click()
+    page.wait_for_selector("text=Nothing left to rank")
+    assert Ranking.objects.filter(labeler=labeler).count() == 1

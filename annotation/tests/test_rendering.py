@@ -105,6 +105,8 @@ def test_chip_excerpts_render_inline_markdown_as_one_line():
     assert listed == "Title one <strong>two</strong> <code>print('hi')</code>"  # blocks gone, words kept apart
     assert str(render_inline_excerpt("[a link](https://example.com) <b>raw</b>")) == "a link &lt;b&gt;raw&lt;/b&gt;"
     assert len(str(render_inline_excerpt("word " * 500))) < 300  # only the start is rendered
+    cut = str(render_inline_excerpt("Code:\n\n```python\nprint('" + "x" * 300 + "')\n```"))
+    assert cut.startswith("Code: <code>print(") and "```" not in cut  # a fence cut off is still code
     assert str(render_inline_excerpt("")) == ""
 
 

@@ -9,6 +9,7 @@
 (function () {
   "use strict";
 
+  const WIDE_SCREEN = "(min-width: 701px)"; // the phone layout of app.css is below this
   let board = null; // the current assignment's board; replaced after every htmx swap
 
   function readBoardData(root) {
@@ -55,6 +56,8 @@
         });
       });
     }
+    const legend = area.querySelector("#key-legend");
+    if (legend && window.matchMedia(WIDE_SCREEN).matches) legend.open = true; // folded on a phone
     render();
     const first = area.querySelector(".chip");
     if (first) first.focus({ preventScroll: true });
