@@ -165,6 +165,10 @@ class Ranking(models.Model):
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.HUMAN)
     time_spent_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The labeler's own words and verdict (migration 0006). "All bad" leaves the pairs as ranked (the least
+    # bad first still says which is better); it tells researchers that even the chosen responses are poor.
+    comment = models.CharField(max_length=1000, blank=True, help_text="The labeler's free-text comment.")
+    all_bad = models.BooleanField(default=False, help_text="The labeler marked every response as bad.")
 
     class Meta:
         ordering = ["id"]

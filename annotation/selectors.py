@@ -154,6 +154,12 @@ def assignment_get_for_labeler(*, assignment_id: int, labeler) -> Assignment:
     return assignment
 
 
+def ranking_last_for_labeler(*, project: Project, labeler) -> Ranking | None:
+    """The labeler's most recent ranking in the project made on a lease (the one "Undo / edit last" may change)."""
+    return (Ranking.objects.filter(prompt__project=project, labeler=labeler, assignment__isnull=False)
+            .select_related("assignment", "prompt__round").order_by("-id").first())
+
+
 def ranking_list_for_user(*, user, project: Project) -> QuerySet[Ranking]:
     """All rankings of the project for researchers and admins; a labeler's own rankings otherwise."""
     rankings = Ranking.objects.filter(prompt__project=project).select_related("prompt", "labeler")

@@ -35,9 +35,10 @@ from django.utils import timezone
 
 from annotation import ranking as ranking_rules
 from annotation.errors import InvalidInput, NotAllowed, RankingInvalid
-from annotation.models import Assignment, PairwiseComparison, Project, Prompt, Ranking, RankingEntry
+from annotation.models import Assignment, PairwiseComparison, Project, Prompt, Ranking, RankingEntry, Round
 from annotation.selectors import (
     assignment_active_for_labeler,
+    ranking_last_for_labeler,
     prompt_lease_candidates,
     prompt_live_slot_count,
     user_role,
@@ -46,6 +47,8 @@ from annotation.quality_selectors import gold_turn_order
 
 MAX_TIME_SPENT_MS = 2**31 - 1  # PositiveIntegerField's bound on PostgreSQL
 MAX_SKIP_REASON = 500
+MAX_COMMENT = 1000  # Ranking.comment's max_length
+WITHDRAWN_REASON = "Ranking withdrawn by the labeler"
 _CANDIDATE_BATCH = 8  # rows locked per candidate query: few, so concurrent leasers skip few of them
 _HOLDING = (Assignment.Status.SUBMITTED, Assignment.Status.ACTIVE)
 _LOCKED_WAIT_S = 2.0  # how long to wait for candidates that other labelers hold locked
@@ -163,6 +166,21 @@ def _check_time_spent(time_spent_ms: object) -> int:
     return time_spent_ms
 
 
+def _check_comment(comment: object) -> str:
+    if not isinstance(comment, str):
+        raise RankingInvalid("the comment must be text", location="comment")
+    comment = comment.strip()
+    if len(comment) > MAX_COMMENT:
+        raise RankingInvalid(f"the comment is {len(comment)} characters; at most {MAX_COMMENT}", location="comment")
+    return comment
+
+
+def _check_all_bad(all_bad: object) -> bool:
+    if not isinstance(all_bad, bool):
+        raise RankingInvalid("all_bad must be true or false", location="all_bad")
+    return all_bad
+
+
 def _existing_ranking_or_reject(*, existing: Ranking, tiers: list[list[int]]) -> Ranking:
     """A repeat of the same ranking returns the stored one; a different ranking is rejected."""
     stored = ranking_tiers(ranking=existing)
@@ -213,7 +231,8 @@ def _check_source(*, source: str, labeler) -> None:
 
 
 def _ranking_write(
-    *, prompt: Prompt, labeler, tiers, flags, source: str, time_spent_ms: int, shown_order, assignment
+    *, prompt: Prompt, labeler, tiers, flags, source: str, time_spent_ms: int, shown_order, assignment,
+    comment: str = "", all_bad: bool = False,
 ) -> Ranking:
     """``ranking_record``'s writes, for a caller that holds the prompt's row lock in a transaction:
     validate against the prompt's samples, return an identical stored ranking, else insert the ranking,
@@ -226,8 +245,16 @@ def _ranking_write(
     if existing is not None:
         return _existing_ranking_or_reject(existing=existing, tiers=clean_tiers)
     ranking = Ranking.objects.create(
-        prompt=prompt, labeler=labeler, assignment=assignment, source=source, time_spent_ms=time_spent_ms
+        prompt=prompt, labeler=labeler, assignment=assignment, source=source, time_spent_ms=time_spent_ms,
+        comment=comment, all_bad=all_bad,
     )
+    _entries_and_pairs_write(ranking=ranking, tiers=clean_tiers, flags=clean_flags, positions=positions)
+    return ranking
+
+
+def _entries_and_pairs_write(*, ranking: Ranking, tiers, flags, positions, weight: float = 1.0) -> None:
+    """A ranking's K entries and its pairs from validated tiers (two INSERTs)."""
+    clean_tiers, clean_flags = tiers, flags
     RankingEntry.objects.bulk_create(
         RankingEntry(
             ranking=ranking, sample_id=sample_id, tier=tier,
@@ -237,10 +264,10 @@ def _ranking_write(
         for sample_id in members
     )
     PairwiseComparison.objects.bulk_create(
-        PairwiseComparison(ranking=ranking, prompt=prompt, chosen_id=chosen, rejected_id=rejected, margin=margin)
+        PairwiseComparison(ranking=ranking, prompt_id=ranking.prompt_id, chosen_id=chosen, rejected_id=rejected,
+                           margin=margin, weight=weight)
         for chosen, rejected, margin in ranking_rules.pairs_from_tiers(clean_tiers)
     )
-    return ranking
 
 
 def _locked_assignment_of(*, assignment_id: int, labeler, error: type[InvalidInput]) -> Assignment:
@@ -287,14 +314,18 @@ def ranking_submit(
     flags: dict[int, list[str]] | None = None,
     time_spent_ms: int = 0,
     source: str = "human",
+    comment: str = "",
+    all_bad: bool = False,
     now: datetime | None = None,
 ) -> Ranking:
     """Submit the labeler's ranking for their lease: one Ranking, K entries, its pairs, lease submitted.
+    ``comment`` (at most 1,000 characters) and ``all_bad`` are stored on the Ranking; pairs are as ranked.
 
     Idempotent: submitting the same assignment again (double click, retry) returns the stored Ranking;
     a different ranking for an already submitted assignment raises RankingInvalid ("already submitted").
     """
     now = now or timezone.now()
+    comment, all_bad = _check_comment(comment), _check_all_bad(all_bad)
     with transaction.atomic():
         assignment = _locked_assignment_of(assignment_id=assignment_id, labeler=labeler, error=RankingInvalid)
         if assignment.status == Assignment.Status.SUBMITTED:
@@ -308,7 +339,7 @@ def ranking_submit(
         ranking = _ranking_write(
             prompt=assignment.prompt, labeler=labeler, tiers=tiers, flags=flags, source=source,
             time_spent_ms=_check_time_spent(time_spent_ms), shown_order=assignment.shown_order,
-            assignment=assignment,
+            assignment=assignment, comment=comment, all_bad=all_bad,
         )
         assignment.status = Assignment.Status.SUBMITTED
         assignment.finished_at = now
@@ -336,6 +367,85 @@ def assignment_skip(*, assignment_id: int, labeler, reason: str, now: datetime |
             raise InvalidInput("this task was already submitted and cannot be skipped", location="assignment")
         assignment.status = Assignment.Status.SKIPPED
         assignment.skip_reason = reason
+        assignment.finished_at = now
+        assignment.save(update_fields=["status", "skip_reason", "finished_at"])
+        prompt_slots_refresh(prompt_ids=[assignment.prompt_id])
+    return assignment
+
+
+def _correctable_ranking(*, assignment: Assignment, labeler) -> Ranking:
+    """The ranking of a locked, submitted lease, if the labeler may still change it: it is their last one,
+    its round is open and no training run has snapshotted it. Otherwise RankingInvalid says why."""
+    ranking = Ranking.objects.filter(assignment=assignment).first()
+    if assignment.status != Assignment.Status.SUBMITTED or ranking is None:
+        raise RankingInvalid("this task has no submitted ranking to change", location="assignment")
+    last = ranking_last_for_labeler(project=assignment.prompt.project, labeler=labeler)
+    if last is None or last.pk != ranking.pk:
+        raise RankingInvalid("only your last ranking can be changed", location="assignment")
+    round_ = Round.objects.get(pk=assignment.prompt.round_id)
+    if round_.status != Round.Status.OPEN:
+        raise RankingInvalid(f"round {round_.number} is {round_.get_status_display().lower()}; its rankings can "
+                             "no longer be changed", location="assignment")
+    if ranking.snapshots.exists():  # DatasetSnapshot (training app), through the reverse relation only
+        raise RankingInvalid("a training run has already used this ranking; it can no longer be changed",
+                             location="assignment")
+    return ranking
+
+
+def ranking_replace(
+    *,
+    assignment_id: int,
+    labeler,
+    tiers: list[list[int]],
+    flags: dict[int, list[str]] | None = None,
+    comment: str = "",
+    all_bad: bool = False,
+    time_spent_ms: int = 0,
+) -> Ranking:
+    """Correct the labeler's last ranking ("Undo / edit last") while its round is open.
+
+    The Ranking row stays (same id); its entries and pairs are replaced, the pairs keeping the reliability
+    weight the old ones had; comment and verdict are replaced; the time spent is added. The lease stays
+    submitted, so the prompt's slot counters do not move. Idempotent: the same correction again changes
+    nothing.
+    """
+    comment, all_bad = _check_comment(comment), _check_all_bad(all_bad)
+    time_spent_ms = _check_time_spent(time_spent_ms)
+    with transaction.atomic():
+        assignment = _locked_assignment_of(assignment_id=assignment_id, labeler=labeler, error=RankingInvalid)
+        ranking = _correctable_ranking(assignment=assignment, labeler=labeler)
+        sample_ids = list(assignment.prompt.samples.order_by("position").values_list("pk", flat=True))
+        clean_tiers = ranking_rules.tiers_validate(tiers=tiers, sample_ids=sample_ids)
+        clean_flags = ranking_rules.flags_validate(flags=flags, sample_ids=sample_ids, allowed=RankingEntry.Flag.values)
+        stored_flags = {sid: f for sid, f in ranking.entries.values_list("sample_id", "flags") if f}
+        if (ranking_rules.tiers_normalize(ranking_tiers(ranking=ranking)) == ranking_rules.tiers_normalize(clean_tiers)
+                and stored_flags == {sid: f for sid, f in clean_flags.items() if f}
+                and (ranking.comment, ranking.all_bad) == (comment, all_bad)):
+            return ranking  # a repeat (double click): nothing to change
+        weight = ranking.pairs.values_list("weight", flat=True).first()
+        ranking.pairs.all().delete()
+        ranking.entries.all().delete()
+        positions = ranking_rules.shown_positions(shown_order=assignment.shown_order, sample_ids=sample_ids)
+        _entries_and_pairs_write(ranking=ranking, tiers=clean_tiers, flags=clean_flags, positions=positions,
+                                 weight=1.0 if weight is None else weight)
+        ranking.comment, ranking.all_bad = comment, all_bad
+        ranking.time_spent_ms = min(ranking.time_spent_ms + time_spent_ms, MAX_TIME_SPENT_MS)
+        ranking.save(update_fields=["comment", "all_bad", "time_spent_ms"])
+    return ranking
+
+
+def ranking_withdraw(*, assignment_id: int, labeler, now: datetime | None = None) -> Assignment:
+    """Withdraw the labeler's last ranking while its round is open: the ranking, its entries and pairs are
+    deleted and the lease is marked skipped (reason: withdrawn), so the slot goes back to other labelers and
+    the prompt is not offered to this labeler again. Idempotent: withdrawing again returns the lease."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        assignment = _locked_assignment_of(assignment_id=assignment_id, labeler=labeler, error=RankingInvalid)
+        if assignment.status == Assignment.Status.SKIPPED and assignment.skip_reason == WITHDRAWN_REASON:
+            return assignment
+        _correctable_ranking(assignment=assignment, labeler=labeler).delete()  # cascades to entries and pairs
+        assignment.status = Assignment.Status.SKIPPED
+        assignment.skip_reason = WITHDRAWN_REASON
         assignment.finished_at = now
         assignment.save(update_fields=["status", "skip_reason", "finished_at"])
         prompt_slots_refresh(prompt_ids=[assignment.prompt_id])
