@@ -9,7 +9,8 @@ Formats (docs/formats.md has examples of each):
 - ``conversational``: TRL's conversational preference format: ``prompt`` is the list of ``{role, content}``
   messages, ``chosen`` and ``rejected`` are lists with one assistant message.
 - ``rankings``: lossless, one row per Ranking: tiers of ``{sample_id, text, model}`` best first, per-sample
-  flags, time spent, the order the responses were shown in, labeler and source.
+  flags, time spent, the order the responses were shown in, labeler and source, the labeler's comment and
+  ``all_bad`` (the labeler marked every response bad; its pairs are still the order given).
 
 Both pair formats also carry ``tier_distance``, ``weight``, ``labeler``, ``source``, ``round``,
 ``prompt_id``, ``ranking_id``, ``chosen_id`` and ``rejected_id``.
@@ -65,7 +66,7 @@ SCHEMAS = {
         ("messages", pa.list_(_MESSAGE)), ("tiers", pa.list_(pa.list_(_TIER_SAMPLE))),
         ("flags", pa.list_(pa.struct([("sample_id", pa.int64()), ("flags", pa.list_(pa.string()))]))),
         ("shown_order", pa.list_(pa.int64())), ("time_spent_ms", pa.int64()), ("labeler", pa.string()),
-        ("source", pa.string()), ("created_at", pa.string()),
+        ("source", pa.string()), ("created_at", pa.string()), ("comment", pa.string()), ("all_bad", pa.bool_()),
     ]),
 }
 
@@ -117,7 +118,7 @@ def _ranking_rows(project: Project, round_number: int | None) -> Iterator[dict]:
     labeler = _username_field("")
     rankings = rankings.order_by("id").values(
         "id", "prompt_id", "prompt__external_id", "prompt__round__number", "prompt__messages", "time_spent_ms",
-        labeler, "source", "created_at",
+        labeler, "source", "created_at", "comment", "all_bad",
     )
     chunk: list[dict] = []
     for ranking in rankings.iterator(chunk_size=CHUNK_ROWS):
@@ -147,7 +148,8 @@ def _ranking_chunk(chunk: list[dict], *, labeler: str) -> Iterator[dict]:
             "flags": [{"sample_id": e["sample_id"], "flags": list(e["flags"])} for e in own if e["flags"]],
             "shown_order": [e["sample_id"] for e in sorted(own, key=lambda e: e["shown_position"])],
             "time_spent_ms": ranking["time_spent_ms"], "labeler": ranking[labeler], "source": ranking["source"],
-            "created_at": ranking["created_at"].isoformat(),
+            "created_at": ranking["created_at"].isoformat(), "comment": ranking["comment"],
+            "all_bad": ranking["all_bad"],
         }
 
 

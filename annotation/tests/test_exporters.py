@@ -43,7 +43,8 @@ def ranked(make_project, make_user):
     project = make_project(slug="demo", k=3, prompts=2, labelers=[alice, bob])
     first, second = project.prompts.order_by("id")
     rank(first, tiers_by_position=[[2], [0], [1]], labeler=alice, flags={1: ["unsafe"]}, shown=[1, 2, 0])
-    rank(second, tiers_by_position=[[0, 1], [2]], labeler=alice)  # a tie: 2 pairs, not 3
+    tied = rank(second, tiers_by_position=[[0, 1], [2]], labeler=alice)  # a tie: 2 pairs, not 3
+    Ranking.objects.filter(pk=tied.pk).update(comment='<script>x</script> "too long"', all_bad=True)
     import_samples_from_file(project_slug="demo", stream=io.BytesIO(
         b'{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],'
         b' "responses": ["Hello", "Hey", "Yo"]}\n'))
@@ -97,6 +98,8 @@ def test_rankings_jsonl_is_lossless(ranked):
     assert first["shown_order"] == [ids["1"], ids["2"], ids["0"]]
     assert first["flags"] == [{"sample_id": ids["1"], "flags": ["unsafe"]}]
     assert (first["time_spent_ms"], first["labeler"], first["source"]) == (4200, "alice", "human")
+    assert (first["comment"], first["all_bad"]) == ("", False)
+    assert (tied["comment"], tied["all_bad"]) == ('<script>x</script> "too long"', True)  # as typed: escaping is the reader's
     assert first["messages"] == [{"role": "user", "content": "Question 0?"}]
     assert [len(tier) for tier in tied["tiers"]] == [2, 1] and tied["flags"] == []
     assert all(s["model"] == "fixture" for tier in first["tiers"] for s in tier)
