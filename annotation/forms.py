@@ -52,7 +52,8 @@ def _tiers_from_rank_fields(data: QueryDict) -> list[list[int]]:
 
 
 def ranking_payload_from_post(data: QueryDict) -> dict:
-    """POST data → {"tiers", "flags", "time_spent_ms"} for `ranking_submit`; RankingInvalid on bad input."""
+    """POST data → {"tiers", "flags", "time_spent_ms", "comment", "all_bad"} for `ranking_submit` and
+    `ranking_replace`; RankingInvalid on bad input (the comment's length is checked by the services)."""
     raw_tiers = data.get("tiers", "").strip()
     tiers = _tiers_from_json(raw_tiers) if raw_tiers else _tiers_from_rank_fields(data)
     flags: dict[int, list[str]] = {}
@@ -64,7 +65,11 @@ def ranking_payload_from_post(data: QueryDict) -> dict:
     if not raw_time.isdigit():
         raise RankingInvalid(f"time spent must be a whole number of milliseconds, got {raw_time[:20]!r}",
                              location="time_spent_ms")
-    return {"tiers": tiers, "flags": flags, "time_spent_ms": min(int(raw_time), MAX_TIME_SPENT_MS)}
+    raw_all_bad = data.get("all_bad", "").strip().lower()
+    if raw_all_bad not in ("", "on", "1", "true"):
+        raise RankingInvalid(f"all_bad must be on or absent, got {raw_all_bad[:20]!r}", location="all_bad")
+    return {"tiers": tiers, "flags": flags, "time_spent_ms": min(int(raw_time), MAX_TIME_SPENT_MS),
+            "comment": data.get("comment", ""), "all_bad": bool(raw_all_bad)}
 
 
 class SkipForm(forms.Form):

@@ -7,6 +7,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("p/<slug:slug>/", views.project_detail, name="project"),
     path("p/<slug:slug>/label/", views.label, name="label"),
+    path("p/<slug:slug>/label/last/", views.label_edit_last, name="edit-last"),
     path("p/<slug:slug>/import/", views.project_import, name="import"),
     path("p/<slug:slug>/export/", views.project_export, name="export"),
     path("p/<slug:slug>/quality/", quality_views.quality_page, name="quality"),
@@ -26,4 +27,6 @@ urlpatterns = [
     path("p/<slug:slug>/arena/<int:arena_id>/close/", arena_views.arena_close, name="arena-close"),
     path("assignments/<int:assignment_id>/submit/", views.assignment_submit, name="submit"),
     path("assignments/<int:assignment_id>/skip/", views.assignment_skip, name="skip"),
+    path("assignments/<int:assignment_id>/edit/", views.assignment_edit, name="edit"),
+    path("assignments/<int:assignment_id>/withdraw/", views.assignment_withdraw, name="withdraw"),
 ]

@@ -17,7 +17,7 @@ from annotation.errors import ImportRejected, InvalidInput, NotAllowed
 from annotation.exporters import export_filename, export_preferences
 from annotation.forms import FLAG_CHOICES, ExportForm, ImportForm, SkipForm, ranking_payload_from_post
 from annotation.importers import ImportResult, import_samples_from_file
-from annotation.models import Assignment, Project
+from annotation.models import Assignment, Project, Round
 from annotation.rendering import render_inline_excerpt, render_markdown, render_messages
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -81,7 +81,11 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _label_context(request: HttpRequest, project: Project, assignment: Assignment | None, **extra) -> dict:
+    editing = extra.pop("editing", None)  # the Ranking being corrected ("Undo / edit last"), else None
+    last = selectors.ranking_last_for_labeler(project=project, labeler=request.user)
     context = {
+        "editing": editing,
+        "can_edit_last": editing is None and last is not None and last.prompt.round.status == Round.Status.OPEN,
         "project": project,
         "assignment": assignment,
         "guidelines_html": render_markdown(project.guidelines),
@@ -92,11 +96,13 @@ def _label_context(request: HttpRequest, project: Project, assignment: Assignmen
         **extra,
     }
     if assignment is not None:
+        entries = {e.sample_id: e for e in editing.entries.all()} if editing else {}
         samples = {sample.pk: sample for sample in assignment.prompt.samples.all()}
         responses = [
             {"id": sample_id, "letter": LETTERS[i % 26], "html": render_markdown(samples[sample_id].text),
              "excerpt": " ".join(samples[sample_id].text.split())[:90],
-             "excerpt_html": render_inline_excerpt(samples[sample_id].text)}
+             "excerpt_html": render_inline_excerpt(samples[sample_id].text),
+             "flags": entries[sample_id].flags if sample_id in entries else []}
             for i, sample_id in enumerate(assignment.shown_order)
         ]
         context.update(
@@ -104,7 +110,8 @@ def _label_context(request: HttpRequest, project: Project, assignment: Assignmen
             responses=responses,
             ranks=range(1, len(responses) + 1),
             board={"assignment": assignment.pk, "k": len(responses),
-                   "samples": [{"id": r["id"], "letter": r["letter"], "excerpt": r["excerpt"]} for r in responses]},
+                   "samples": [{"id": r["id"], "letter": r["letter"], "excerpt": r["excerpt"]} for r in responses],
+                   "initial": {str(sid): e.tier + 1 for sid, e in entries.items()}},
         )
     return context
 
@@ -135,8 +142,53 @@ def _own_assignment(request: HttpRequest, assignment_id: int) -> tuple[Assignmen
     return assignment, project
 
 
+def _edit_response(request: HttpRequest, project: Project, *, status: int = 200, **extra) -> HttpResponse:
+    """The labelling page on the labeler's last ranking, to correct or withdraw it; the next prompt's page
+    with a message when there is none they may change."""
+    last = selectors.ranking_last_for_labeler(project=project, labeler=request.user)
+    if last is None or last.prompt.round.status != Round.Status.OPEN:
+        return _label_response(request, project, status=status,
+                               notice="You have no ranking in an open round to change.", **extra)
+    return _label_response(request, project, status=status, assignment=last.assignment, editing=last, **extra)
+
+
+@login_required
+@require_GET
+def label_edit_last(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_get_for_user(user=request.user, slug=slug)
+    return _edit_response(request, project)
+
+
+@login_required
+@require_POST
+def assignment_edit(request: HttpRequest, assignment_id: int) -> HttpResponse:
+    assignment, project = _own_assignment(request, assignment_id)
+    try:
+        payload = ranking_payload_from_post(request.POST)
+        services.ranking_replace(assignment_id=assignment.pk, labeler=request.user, **payload)
+    except InvalidInput as exc:
+        return _form_error(request, project, assignment, message=exc.message, location=exc.location, editing=True)
+    if not request.htmx:
+        return redirect("annotation:label", slug=project.slug)
+    return _label_response(request, project, notice="Ranking corrected.")
+
+
+@login_required
+@require_POST
+def assignment_withdraw(request: HttpRequest, assignment_id: int) -> HttpResponse:
+    assignment, project = _own_assignment(request, assignment_id)
+    try:
+        services.ranking_withdraw(assignment_id=assignment.pk, labeler=request.user)
+    except InvalidInput as exc:
+        return _form_error(request, project, assignment, message=exc.message, location=exc.location, editing=True)
+    if not request.htmx:
+        return redirect("annotation:label", slug=project.slug)
+    return _label_response(request, project, notice="Ranking withdrawn; the prompt goes back to other labelers.")
+
+
 def _form_error(request: HttpRequest, project: Project, assignment: Assignment, *, message: str,
-                location: str = "", skip_form: SkipForm | None = None, skip: bool = False) -> HttpResponse:
+                location: str = "", skip_form: SkipForm | None = None, skip: bool = False,
+                editing: bool = False) -> HttpResponse:
     """400 with the reason. htmx swaps the error box by the control (the skip panel's for a skip) and puts
     the message in place of the previous notice ("Ranking saved." would contradict it); a plain POST
     re-renders the same assignment."""
@@ -151,6 +203,8 @@ def _form_error(request: HttpRequest, project: Project, assignment: Assignment, 
         response["HX-Reswap"] = "innerHTML"
         return response
     extra = {"skip_error": error} if skip else {"error": error}
+    if editing:
+        return _edit_response(request, project, status=400, **extra)
     return _label_response(request, project, status=400, assignment=assignment, skip_form=skip_form, **extra)
 
 

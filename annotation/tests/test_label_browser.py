@@ -140,3 +140,63 @@ def test_phone_layout_fits_and_the_board_follows_the_responses(browser_page, liv
     page.locator("#submit-ranking").click()
     page.wait_for_selector("text=Nothing left to rank")
     assert Ranking.objects.filter(labeler=labeler).count() == 1
+
+
+def test_comment_all_bad_then_edit_and_withdraw_the_last_ranking(browser_page, live_server, make_user):
+    page, labeler = browser_page, make_user("eda")
+    _project("edits", labeler, [(f"Q{i}?", [f"**answer** {i}.{j} " + "long text " * 80 for j in range(3)]) for i in range(3)])
+    _login(page, live_server, "eda")
+    page.goto(f"{live_server.url}/p/edits/label/")
+    keys = page.keyboard
+    page.wait_for_function("() => document.activeElement.classList.contains('chip')")
+    letters, action = _letters(page), page.locator("#rank-form").get_attribute("action")
+    assert page.locator("#edit-last").count() == 0  # nothing to correct yet
+
+    keys.press("w")  # side by side: responses A and B on one row
+    assert "compare" in page.locator("#label-area").get_attribute("class")
+    a, b = page.locator(".response").nth(0).bounding_box(), page.locator(".response").nth(1).bounding_box()
+    assert a["y"] == b["y"] and b["x"] > a["x"] + a["width"] - 1
+    if SHOTS:
+        page.screenshot(path=os.path.join(SHOTS, "compare.png"))
+    keys.press("w")
+    assert "compare" not in page.locator("#label-area").get_attribute("class")
+
+    for key in ["c", "a", "b"]:
+        keys.press(key)
+    page.click("details.comment summary")
+    page.fill("textarea[name=comment]", "<b>meh</b> all weak")
+    page.check("input[name=all_bad]")
+    page.click("#submit-ranking")
+    _wait_for_next(page, action)
+    first_id = int(action.split("/")[2])
+    ranking = Ranking.objects.get(assignment_id=first_id)
+    assert (ranking.comment, ranking.all_bad) == ("<b>meh</b> all weak", True)
+    assert ranking_tiers(ranking=ranking) == [[letters["C"]], [letters["A"]], [letters["B"]]]
+    slots = type(ranking.prompt).objects.get(pk=ranking.prompt_id).slots_taken
+
+    page.wait_for_function("() => document.activeElement.classList.contains('chip')")
+    keys.press("u")  # undo / edit last: the stored ranking comes back on the board
+    page.wait_for_selector(".editing-banner")
+    if SHOTS:
+        page.screenshot(path=os.path.join(SHOTS, "edit.png"), full_page=True)
+    assert page.locator("#rank-form").get_attribute("action") == f"/assignments/{first_id}/edit/"
+    assert page.locator(f"select[name=rank_{letters['C']}]").input_value() == "1"
+    assert page.locator("textarea[name=comment]").input_value() == "<b>meh</b> all weak"
+    assert page.locator(".extras b").count() == 0 and page.locator("input[name=all_bad]").is_checked()
+    page.locator(".chip").first.focus()
+    for key in ["a", "=", "b", "Enter"]:  # typing on the full board starts a new order: A = B, C implied last
+        keys.press(key)
+    page.wait_for_selector(".notice:has-text('Ranking corrected.')")
+    fixed = Ranking.objects.get(assignment_id=first_id)
+    assert fixed.pk == ranking.pk
+    assert [sorted(t) for t in ranking_tiers(ranking=fixed)] == [sorted([letters["A"], letters["B"]]), [letters["C"]]]
+    assert PairwiseComparison.objects.filter(ranking=fixed).count() == 2
+    assert type(fixed.prompt).objects.get(pk=fixed.prompt_id).slots_taken == slots  # counters unchanged
+
+    page.click("#edit-last")
+    page.wait_for_selector("#withdraw-form")
+    page.click("#withdraw-form button")
+    page.wait_for_selector(".notice:has-text('Ranking withdrawn')")
+    assert not Ranking.objects.filter(pk=ranking.pk).exists()
+    assert Assignment.objects.get(pk=first_id).status == Assignment.Status.SKIPPED
+    assert page.locator("#edit-last").count() == 0  # nothing left to correct

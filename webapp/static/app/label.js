@@ -56,6 +56,10 @@
         });
       });
     }
+    Object.entries(data.initial || {}).forEach(([id, rank]) => board.rank.set(Number(id), rank)); // editing
+    const toggle = area.querySelector("#compare-toggle");
+    if (toggle) toggle.addEventListener("click", () => setCompare(!area.classList.contains("compare")));
+    setCompare(readCompare());
     const legend = area.querySelector("#key-legend");
     if (legend && window.matchMedia(WIDE_SCREEN).matches) legend.open = true; // folded on a phone
     render();
@@ -207,6 +211,9 @@
   }
 
   function rankByLetter(id) {
+    if (board.lastTyped === null && [...board.rank.values()].every((r) => r !== null)) {
+      board.rank.forEach((_, key) => board.rank.set(key, null)); // a full board: typing starts a new order
+    }
     const others = board.order.filter((o) => o !== id).map((o) => board.rank.get(o)).filter((r) => r !== null);
     const top = others.length ? Math.max(...others) : 0;
     const last = board.lastTyped;
@@ -228,6 +235,18 @@
     setRank(missing[0], Math.max(...ranks) + 1, "Response " + board.letters.get(missing[0]) + " ranked last");
   }
 
+  // Side by side: the response cards two per row, each scrolling on its own; remembered in this browser.
+  function readCompare() {
+    try { return window.localStorage.getItem("label.compare") === "1"; } catch (e) { return false; }
+  }
+
+  function setCompare(on) {
+    board.area.classList.toggle("compare", on);
+    const toggle = board.area.querySelector("#compare-toggle");
+    if (toggle) toggle.setAttribute("aria-pressed", on ? "true" : "false");
+    try { window.localStorage.setItem("label.compare", on ? "1" : "0"); } catch (e) { /* private mode */ }
+  }
+
   function openPanel(selector, focusSelector) {
     const panel = selector instanceof Element ? selector : board.area.querySelector(selector);
     if (!panel) return;
@@ -242,7 +261,7 @@
   }
 
   // Command letters; when one is also a response's letter (K ≥ 6), Shift+letter gives the command.
-  const COMMAND_KEYS = new Set(["t", "f", "v", "s", "j", "k"]);
+  const COMMAND_KEYS = new Set(["t", "f", "v", "s", "j", "k", "u", "w"]);
 
   document.addEventListener("keydown", (event) => {
     if (!board || !document.body.contains(board.area) || event.ctrlKey || event.metaKey) return;
@@ -286,7 +305,12 @@
       openPanel(card.querySelector("details.flags"), "input[type=checkbox]");
     } else if (key.toLowerCase() === "v" && id !== null) {
       board.area.querySelector("#response-" + id).scrollIntoView({ behavior: "smooth", block: "start" });
-    } else if (key.toLowerCase() === "s") {
+    } else if (key.toLowerCase() === "u" && board.area.querySelector("#edit-last")) {
+      board.area.querySelector("#edit-last").click(); // htmx loads the last ranking to correct
+    } else if (key.toLowerCase() === "w") {
+      setCompare(!board.area.classList.contains("compare"));
+      announce(board.area.classList.contains("compare") ? "Responses side by side" : "Responses one below the other");
+    } else if (key.toLowerCase() === "s" && board.area.querySelector("#skip-panel")) {
       openPanel("#skip-panel", "select[name=reason]");
     } else if (key === "Enter" && !(el && (el.tagName === "BUTTON" || el.tagName === "A" || el.tagName === "SUMMARY"))) {
       rankLastImplied();
