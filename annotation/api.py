@@ -125,6 +125,7 @@ def assignment_ranking(request: Request, assignment_id: int) -> Response:
         ranking = services.ranking_submit(
             assignment_id=assignment.pk, labeler=request.user, tiers=data["tiers"],
             flags=data.get("flags") or {}, time_spent_ms=data["time_spent_ms"],
+            comment=data["comment"], all_bad=data["all_bad"],
         )
     except InvalidInput as exc:
         return error_response(exc.message, exc.location)

@@ -95,6 +95,10 @@ class RankingSubmitSerializer(StrictSerializer):
         required=False, help_text="Sample id -> flags.",
     )
     time_spent_ms = serializers.IntegerField(min_value=0, max_value=MAX_TIME_SPENT_MS, required=False, default=0)
+    comment = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="",
+                                    help_text="Free-text comment on this ranking.")
+    all_bad = serializers.BooleanField(required=False, default=False,
+                                       help_text="Every response is bad (the pairs are still the order given).")
 
 
 class SkipSerializer(StrictSerializer):
@@ -126,7 +130,7 @@ class RankingSerializer(serializers.ModelSerializer):
     class Meta:
         model = Ranking
         fields = ["id", "prompt_id", "assignment_id", "labeler", "source", "time_spent_ms", "created_at",
-                  "tiers", "flags", "pair_count"]
+                  "tiers", "flags", "pair_count", "comment", "all_bad"]
         read_only_fields = fields
 
     def _entries(self, ranking: Ranking) -> list[RankingEntry]:

@@ -47,10 +47,12 @@ def test_next_submit_and_rankings_roundtrip(team):
     assert [s["id"] for s in assignment["samples"]] == assignment["shown_order"]
     assert assignment["messages"][0]["role"] == "user"
     a, b, c = assignment["shown_order"]
-    body = {"tiers": [[a], [b, c]], "flags": {str(c): ["unsafe"]}, "time_spent_ms": 1500}
+    body = {"tiers": [[a], [b, c]], "flags": {str(c): ["unsafe"]}, "time_spent_ms": 1500, "comment": "close call",
+            "all_bad": True}
     response = client.post(f"/api/assignments/{assignment['id']}/ranking/", body, format="json")
     assert response.status_code == 200, response.content
     ranking = response.json()
+    assert (ranking["comment"], ranking["all_bad"]) == ("close call", True)
     assert ranking["tiers"] == [[a], sorted([b, c], key=assignment["shown_order"].index)]
     assert ranking["pair_count"] == 2 and ranking["flags"] == {str(c): ["unsafe"]}
     assert PairwiseComparison.objects.filter(ranking_id=ranking["id"]).count() == 2
@@ -167,4 +169,4 @@ def test_schema_documents_every_endpoint(team):
         assert path in paths, path
     body = paths["/api/assignments/{assignment_id}/ranking/"]["post"]["requestBody"]["content"]["application/json"]
     submit = schema["components"]["schemas"][body["schema"]["$ref"].rsplit("/", 1)[1]]
-    assert set(submit["properties"]) == {"tiers", "flags", "time_spent_ms"}
+    assert set(submit["properties"]) == {"tiers", "flags", "time_spent_ms", "comment", "all_bad"}
