@@ -175,6 +175,8 @@ def test_comment_all_bad_then_edit_and_withdraw_the_last_ranking(browser_page, l
     slots = type(ranking.prompt).objects.get(pk=ranking.prompt_id).slots_taken
 
     page.wait_for_function("() => document.activeElement.classList.contains('chip')")
+    if SHOTS:
+        page.screenshot(path=os.path.join(SHOTS, "saved.png"))
     keys.press("u")  # undo / edit last: the stored ranking comes back on the board
     page.wait_for_selector(".editing-banner")
     if SHOTS:
