@@ -102,7 +102,8 @@ def _label_context(request: HttpRequest, project: Project, assignment: Assignmen
             {"id": sample_id, "letter": LETTERS[i % 26], "html": render_markdown(samples[sample_id].text),
              "excerpt": " ".join(samples[sample_id].text.split())[:90],
              "excerpt_html": render_inline_excerpt(samples[sample_id].text),
-             "flags": entries[sample_id].flags if sample_id in entries else []}
+             "flags": entries[sample_id].flags if sample_id in entries else [],
+             "rank": entries[sample_id].tier + 1 if sample_id in entries else None}
             for i, sample_id in enumerate(assignment.shown_order)
         ]
         context.update(

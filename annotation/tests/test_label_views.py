@@ -1,6 +1,7 @@
 """The labelling page's corrections over HTTP: edit and withdraw the last ranking, comment and all-bad; bad input
 is a 400 with the place named and writes nothing, someone else's lease is a 404."""
 import json
+import re
 
 import pytest
 from django.urls import reverse
@@ -27,6 +28,8 @@ def test_submit_stores_comment_and_all_bad_and_offers_undo(team):
     page = client.get(reverse("annotation:edit-last", args=["alpha"])).content.decode()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;</textarea>" in page and "<script>alert(1)" not in page
     assert reverse("annotation:edit", args=[assignment.pk]) in page and "Withdraw this ranking" in page
+    first = assignment.shown_order[0]  # ranked first: its select is on 1 without JavaScript too
+    assert re.search(rf'name="rank_{first}"[^>]*>\s*<option value="">—</option>\s*<option value="1" selected>', page)
 
 
 @pytest.mark.parametrize("bad", [{"comment": "x" * 1001}, {"all_bad": "maybe"}, {"tiers": "[[1]]"}])
