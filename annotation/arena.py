@@ -406,7 +406,7 @@ def arena_vote(*, pair_id: int, voter, choice: str, left_sample_id: int, time_sp
             raise InvalidInput("this arena is closed for votes", location="arena")
         ranking = ranking_record(
             prompt=pair.prompt, labeler=voter, tiers=_tiers_for(choice, left=left, right=right),
-            source=_source_of(voter), time_spent_ms=time_spent_ms, shown_order=[left, right],
+            source=Ranking.Source.ARENA, time_spent_ms=time_spent_ms, shown_order=[left, right],
         )
         return ArenaVote.objects.create(pair=pair, voter=voter, outcome=outcome, left_sample_id=left,
                                         ranking=ranking, time_spent_ms=time_spent_ms)
@@ -414,12 +414,6 @@ def arena_vote(*, pair_id: int, voter, choice: str, left_sample_id: int, time_sp
 
 def _side(pair: ArenaPair, sample_id: int) -> str:
     return ArenaVote.Outcome.A if sample_id == pair.sample_a_id else ArenaVote.Outcome.B
-
-
-def _source_of(voter) -> str:
-    from annotation.quality_models import AILabeler
-
-    return Ranking.Source.AI if AILabeler.objects.filter(user=voter).exists() else Ranking.Source.HUMAN
 
 
 def arena_close(*, arena: Arena, user, reopen: bool = False) -> Arena:

@@ -142,7 +142,7 @@ def test_a_vote_is_a_ranking_with_one_pair_and_repeating_it_writes_nothing(arena
     vote = _vote(pair, labeler, "left", time_spent_ms=1234)
     assert vote.outcome == ("a" if left == pair.sample_a_id else "b") and vote.left_sample_id == left
     assert ranking_tiers(ranking=vote.ranking) == [[left], [right]]
-    assert vote.ranking.source == Ranking.Source.HUMAN and vote.ranking.time_spent_ms == 1234
+    assert vote.ranking.source == Ranking.Source.ARENA and vote.ranking.time_spent_ms == 1234
     stored = PairwiseComparison.objects.get(ranking=vote.ranking)
     assert (stored.chosen_id, stored.rejected_id, stored.margin) == (left, right, 1)
     shown = dict(vote.ranking.entries.values_list("sample_id", "shown_position"))

@@ -32,3 +32,5 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"{result['labeler']} ranked {result['rankings']} prompts ({result['pairs']} pairs, "
                           f"source ai). See: python manage.py quality_report --project {project.slug}")
+        if result.get("reason"):
+            self.stdout.write(f"nothing more to rank: {result['reason']}")
