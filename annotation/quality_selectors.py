@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import combinations
 
+from django.db.models import Exists, OuterRef, Subquery
+
 from annotation import provenance, quality
 from annotation.errors import InvalidInput
-from annotation.models import Assignment, Prompt, Ranking, RankingEntry
+from annotation.models import Assignment, Project, Prompt, Ranking, RankingEntry
 from annotation.quality_models import GoldRanking, LabelerReliability, PromptReview, QualitySettings
 
 HUMAN_SOURCES = frozenset(provenance.HUMAN_SOURCES)
@@ -51,9 +53,30 @@ class RankingRecord:
     excluded: bool
 
 
+DEFAULT_GOLD_RATE_WITH_GOLD = 0.1  # a project that never set its gold rate but has gold prompts uses this
+
+
 def quality_settings_get(*, project) -> dict:
+    """The project's settings; without a stored row the defaults, with gold rate 0.1 once it has gold prompts
+    (so uploaded gold prompts are not silently withheld; a researcher's explicit 0 is kept and warned about)."""
     row = QualitySettings.objects.filter(project=project).values(*DEFAULT_SETTINGS).first()
-    return row or dict(DEFAULT_SETTINGS)
+    if row:
+        return row
+    return {**DEFAULT_SETTINGS, "gold_rate": _default_gold_rate(project=project)}
+
+
+def _default_gold_rate(*, project) -> float:
+    has_gold = GoldRanking.objects.filter(prompt__project=project).exists()
+    return DEFAULT_GOLD_RATE_WITH_GOLD if has_gold else DEFAULT_SETTINGS["gold_rate"]
+
+
+def quality_warnings(*, project, settings: dict, gold_prompts: int) -> list[str]:
+    """Plain-language warnings for the quality page and API."""
+    warnings = []
+    if gold_prompts and settings["gold_rate"] <= 0:
+        warnings.append(f"{gold_prompts} gold prompts are withheld from every labeler because the gold rate is 0: "
+                        f"set a gold rate (e.g. {DEFAULT_GOLD_RATE_WITH_GOLD}) to mix them into the queues.")
+    return warnings
 
 
 def gold_turn_order(*, project, labeler) -> tuple[bool, ...]:
@@ -61,7 +84,11 @@ def gold_turn_order(*, project, labeler) -> tuple[bool, ...]:
     gold turn, ``(False,)`` otherwise. A turn is gold with probability ``gold_rate``, drawn from an RNG seeded
     by (project, labeler, how many leases they had), so it is silent to the labeler yet reproducible.
     """
-    rate = QualitySettings.objects.filter(project=project).values_list("gold_rate", flat=True).first() or 0.0
+    stored, has_gold = Project.objects.filter(pk=project.pk).annotate(  # one query: stored rate, any gold
+        stored=Subquery(QualitySettings.objects.filter(project=OuterRef("pk")).values("gold_rate")[:1]),
+        has_gold=Exists(GoldRanking.objects.filter(prompt__project=OuterRef("pk"))),
+    ).values_list("stored", "has_gold").first()
+    rate = stored if stored is not None else (DEFAULT_GOLD_RATE_WITH_GOLD if has_gold else 0.0)
     if rate <= 0:
         return (False,)
     leases = Assignment.objects.filter(prompt__project=project, labeler=labeler).count()
@@ -277,6 +304,7 @@ def quality_report(*, project, round_number: int | None = None, sources: str = "
         "sources": {"choice": sources or "human", "included_sources": sorted(included),
                     "left_out": _left_out(everyone, included)},
         "settings": settings,
+        "warnings": quality_warnings(project=project, settings=settings, gold_prompts=len(gold)),
         "excluded_rankings": Ranking.objects.filter(prompt__project=project, exclusion__isnull=False).count(),
         "gold_prompts": len(gold),
         "overall": agreement_summary(records),

@@ -63,7 +63,8 @@ def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _render_page(request: HttpRequest, project, status: int = 200) -> HttpResponse:
-    report = quality_report(project=project)
+    sources = "both" if request.GET.get("sources") == "both" else "human"
+    report = quality_report(project=project, sources=sources)
     chart = {"day": report["timeline"]["day"], "agreement": report["timeline"]["pairwise_agreement"]}
     return render(request, "annotation/quality/report.html", {
         "project": project, "report": report, "chart": chart,
