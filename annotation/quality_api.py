@@ -78,7 +78,8 @@ def _labeler_row(labeler: AILabeler) -> dict:
 
 def _selection_row(record: SelectionRecord) -> dict:
     return {"id": record.pk, "round": record.round.number, "strategy": record.strategy, "params": record.params,
-            "order": record.order, "created_at": record.created_at.isoformat()}
+            "order": record.order, "scores": record.scores, "can_act": record.params.get("can_act", True),
+            "notes": record.params.get("notes", []), "created_at": record.created_at.isoformat()}
 
 
 def _prompt(project, prompt_id: int) -> Prompt:

@@ -72,7 +72,7 @@ def test_every_writer_records_its_source(mix):
     sources = dict(Ranking.objects.values_list("labeler__username", "source").filter(prompt=mix["gold"]))
     assert sources["alice"] == sources["bob"] == "gold"  # a person's ranking of a gold prompt
     by_source = {s: Ranking.objects.filter(source=s).count() for s in Ranking.Source.values}
-    assert by_source["simulated"] >= 8 and by_source["ai"] >= 4 and by_source["arena"] == 6 and by_source["gold"] == 2
+    assert by_source["simulated"] >= 8 and by_source["ai"] >= 4 and by_source["arena"] == 6 and by_source["gold"] >= 2
     assert not Ranking.objects.filter(labeler__username__startswith="ai-").exclude(source="ai").exists()
 
 
@@ -115,7 +115,7 @@ def test_gold_prompts_stay_out_of_the_review_queue_and_the_slots(mix):
     assert mix["gold"].pk not in {row["prompt_id"] for row in report["review_queue"]}
     progress = project_progress(project=mix["project"])
     assert progress["slots_total"] == 4 * 2 and progress["slots_filled"] == 8 and progress["percent_complete"] == 100.0
-    assert progress["rankings_by_source"]["gold"] == 2
+    assert progress["rankings_by_source"]["gold"] >= 2  # alice, bob, and simulated labelers on gold turns
 
 
 def test_speed_flag_uses_timed_human_rankings_only(mix):
@@ -190,3 +190,29 @@ def test_backfill_marks_ai_arena_and_gold_rankings(mix):
     got = dict(Ranking.objects.values_list("pk", "source"))
     # simulated rankings were not recorded apart before; the rest comes back exactly
     assert {pk: s for pk, s in got.items()} == {pk: ("human" if s == "simulated" else s) for pk, s in expected.items()}
+
+
+def test_selection_says_when_it_cannot_act_and_shows_its_scores(make_user, make_project):
+    from annotation.active import round_select, selection_notes
+    from annotation.models import Round
+    from annotation.tests.test_quality_services import rank_all
+
+    alice, bob, rita = make_user("alice"), make_user("bob"), make_user("rita")
+    project = make_project(slug="sel", k=3, overlap=2, prompts=3, labelers=[alice, bob], researchers=[rita])
+    round_ = Round.objects.get(project=project)
+    fresh = round_select(round_=round_, strategy="disagreement")
+    assert fresh.params["can_act"] is False and "every prompt scores 0" in fresh.params["notes"][0]
+    rank_all(project, alice)
+    rank_all(project, bob, reverse=True)  # every prompt disagrees, and both slots of each are filled
+    full = round_select(round_=round_, strategy="disagreement")
+    assert full.params["can_act"] is False and "all 3 disagreeing prompts" in full.params["notes"][0]
+    assert set(full.scores.values()) == {1.0}
+    assert "barely separates" in selection_notes(round_=round_, strategy="uncertainty",
+                                                 scores={1: 0.9975, 2: 0.9999})[0]
+    assert selection_notes(round_=round_, strategy="uncertainty", scores={1: 0.2, 2: 0.9}) == []
+    client = Client()
+    client.force_login(rita)
+    listed = client.get("/api/projects/sel/quality/selections/").json()["selections"][0]
+    assert listed["scores"] == full.scores and listed["can_act"] is False and listed["notes"] == full.params["notes"]
+    page = client.get("/p/sel/quality/").content.decode()
+    assert "all 3 disagreeing prompts" in page and f"{full.order[0]}: 1.0" in page
