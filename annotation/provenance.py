@@ -34,6 +34,7 @@ ARENA_SOURCES = ("arena",)
 CHOICES = ("human", "ai", "both", "weighted", "arena")
 DEFAULT_CHOICE = "human"
 DEFAULT_AI_WEIGHT = 0.5
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")  # include_arena as a query string
 _GROUPS = {
     "human": HUMAN_SOURCES, "ai": AI_SOURCES, "both": HUMAN_SOURCES + AI_SOURCES,
     "weighted": HUMAN_SOURCES + AI_SOURCES, "arena": ARENA_SOURCES,
@@ -88,8 +89,8 @@ def source_selection_parse(*, choice: object = None, include_arena: object = Fal
                            location="sources")
     if include_arena in (None, ""):
         include_arena = False
-    if isinstance(include_arena, str) and include_arena.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-        include_arena = include_arena.lower() in ("true", "1", "yes", "on")
+    if isinstance(include_arena, str) and include_arena.lower() in _TRUE + _FALSE:
+        include_arena = include_arena.lower() in _TRUE
     if not isinstance(include_arena, bool):
         raise InvalidInput(f"include_arena must be true or false, got {str(include_arena)[:40]!r}",
                            location="include_arena")

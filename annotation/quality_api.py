@@ -52,7 +52,8 @@ class ReviewSerializer(serializers.Serializer):
 
 
 class AILabelerSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=41, help_text="The labeler's account becomes ai-<name>@<project slug>: names are per project.")
+    name = serializers.CharField(max_length=41, help_text="The labeler's account becomes ai-<name>@<project slug>: "
+                                                          "names are per project.")
     kind = serializers.ChoiceField(choices=AILabeler.Kind.choices)
     spec = serializers.CharField(max_length=500, help_text="module:function, reward artifact id, or judge directory.")
     tie_threshold = serializers.FloatField(min_value=0, required=False, default=0.0)

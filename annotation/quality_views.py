@@ -229,7 +229,8 @@ def quality_ai_labeler_run(request: HttpRequest, slug: str) -> HttpResponse:
     except InvalidInput as exc:
         return _rejected(request, project, "AI labeler not run", exc)
     why = f" Nothing more to rank: {result['reason']}." if result.get("reason") else ""
-    messages.success(request, f"{result['labeler']} ranked {result['rankings']} prompts ({result['pairs']} pairs).{why}")
+    messages.success(request,
+                     f"{result['labeler']} ranked {result['rankings']} prompts ({result['pairs']} pairs).{why}")
     return _back(slug, "#ai-labelers")
 
 

@@ -59,7 +59,8 @@ def _add_ai_and_arena(mix):
     model_a = ModelArtifact.objects.create(project=project, kind="policy", name="sft", path="a")
     model_b = ModelArtifact.objects.create(project=project, kind="policy", name="dpo", path="b")
     arena = arena_create(project=project, model_a=model_a, model_b=model_b, name="a vs b", user=mix["rita"],
-                         items=[{"prompt": f"Q{i}?", "response_a": f"A {i}.", "response_b": f"B {i}."} for i in range(3)])
+                         items=[{"prompt": f"Q{i}?", "response_a": f"A {i}.", "response_b": f"B {i}."}
+                                for i in range(3)])
     for voter, choice in ((alice, "left"), (mix["bob"], "right")):
         while (pair := arena_pair_next_for_voter(arena=arena, voter=voter)) is not None:
             arena_vote(pair_id=pair.pk, voter=voter, choice=choice,

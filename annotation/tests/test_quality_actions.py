@@ -28,7 +28,8 @@ def test_page_adds_and_runs_an_ai_labeler(qa):
     assert bad.status_code == 400 and "AI labeler not saved" in bad.content.decode()
     bad_spec = qa["researcher"].post(url, {"name": "rules", "kind": "utility", "spec": "nope"})
     assert bad_spec.status_code == 400 and "module:function" in bad_spec.content.decode()
-    assert not AILabeler.objects.exists() and not get_user_model().objects.filter(username__startswith="ai-rules").exists()
+    assert not AILabeler.objects.exists()
+    assert not get_user_model().objects.filter(username__startswith="ai-rules").exists()
     response = qa["researcher"].post(url, {"name": "rules", "kind": "utility", "spec": UTILITY})
     assert response.status_code == 302
     labeler = AILabeler.objects.get()

@@ -13,7 +13,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--project", required=True)
-        parser.add_argument("--name", required=True, help="The labeler is the user ai-NAME@PROJECT (names are per project).")
+        parser.add_argument("--name", required=True,
+                            help="The labeler is the user ai-NAME@PROJECT (names are per project).")
         parser.add_argument("--kind", required=True, choices=AILabeler.Kind.values)
         parser.add_argument("--spec", required=True,
                             help="module:function (utility), artifact id (reward_model) or model directory (llm_judge).")

@@ -27,7 +27,8 @@ class Command(BaseCommand):
                                  "ai; both; weighted; arena)")
         parser.add_argument("--include-arena", action="store_true", help="add arena votes to the chosen sources")
         parser.add_argument("--ai-weight", type=float, default=None,
-                            help=f"with --sources weighted: AI pair weight factor in (0, 1] (default {DEFAULT_AI_WEIGHT})")
+                            help=f"with --sources weighted: AI pair weight factor in (0, 1] "
+                                 f"(default {DEFAULT_AI_WEIGHT})")
 
     def handle(self, *args, project: str, fmt: str, file_format: str, output: str | None, round_number, **options):
         found = Project.objects.filter(slug=project).first()

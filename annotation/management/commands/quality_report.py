@@ -67,7 +67,8 @@ class Command(BaseCommand):
                 f"{row['labeler'][:20]:<20} {row['source']:<10} {row['rankings']:>5} {_fmt(row['pairwise_agreement']):>7} "
                 f"{_fmt(row['kendall_tau_b']):>7} {_fmt(row['agreement_with_humans']):>7} {_fmt(row['gold_agreement']):>7} "
                 f"{_fmt(row['consensus_agreement']):>7} {_fmt(row['reliability']):>7} {_fmt(row['weight']):>7} "
-                f"{row['evidence_pairs']:>5} {_fmt(bias['earlier_preferred']):>7} {_fmt(row['median_time_ms']):>8} {' '.join(flags)}"
+                f"{row['evidence_pairs']:>5} {_fmt(bias['earlier_preferred']):>7} {_fmt(row['median_time_ms']):>8} "
+                f"{' '.join(flags)}"
             )
         queue = report["review_queue"]
         self.stdout.write(f"review queue: {len(queue)} prompts below agreement {report['settings']['review_threshold']}"

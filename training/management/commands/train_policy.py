@@ -40,7 +40,8 @@ class Command(BaseCommand):
         rounds = [int(r) for r in options["rounds"].split(",")] if options["rounds"] else None
         try:
             run = run_create(project=project, kind=options["kind"], config=read_config(options["config"]),
-                             base_artifact=policy, reward_artifact=reward, rounds=rounds, sources=source_selection_from(options))
+                             base_artifact=policy, reward_artifact=reward, rounds=rounds,
+                             sources=source_selection_from(options))
         except InvalidInput as error:
             raise CommandError(str(error)) from error
         data = (f"snapshot {run.snapshot_id}: {run.snapshot.num_pairs} pairs, sources "
