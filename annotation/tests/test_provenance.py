@@ -217,3 +217,25 @@ def test_selection_says_when_it_cannot_act_and_shows_its_scores(make_user, make_
     assert listed["scores"] == full.scores and listed["can_act"] is False and listed["notes"] == full.params["notes"]
     page = client.get("/p/sel/quality/").content.decode()
     assert "all 3 disagreeing prompts" in page and f"{full.order[0]}: 1.0" in page
+
+
+@pytest.mark.parametrize("kwargs, where", [
+    ({"choice": "everything"}, "sources"), ({"choice": 3}, "sources"), ({"include_arena": "maybe"}, "include_arena"),
+    ({"include_arena": 1}, "include_arena"), ({"choice": "weighted", "ai_weight": 0}, "ai_weight"),
+    ({"choice": "weighted", "ai_weight": float("nan")}, "ai_weight"), ({"choice": "weighted", "ai_weight": True},
+                                                                        "ai_weight"),
+    ({"choice": "weighted", "ai_weight": "heavy"}, "ai_weight"), ({"choice": "ai", "ai_weight": 0.5}, "ai_weight"),
+])
+def test_source_choice_rejects_bad_input_naming_the_field(kwargs, where):
+    with pytest.raises(InvalidInput) as error:
+        source_selection_parse(**kwargs)
+    assert error.value.location == where
+
+
+def test_source_choice_defaults_and_labels():
+    assert source_selection_parse().sources == ("gold", "human", "imported", "simulated")
+    weighted = source_selection_parse(choice="weighted", include_arena="true")
+    assert weighted.ai_weight == 0.5 and weighted.sources == ("ai", "arena", "gold", "human", "imported", "simulated")
+    assert weighted.weight_factor("ai") == 0.5 and weighted.weight_factor("human") == 1.0
+    assert weighted.label() == "weighted (ai ×0.5, arena, gold, human, imported, simulated)"
+    assert source_selection_parse(choice="both").weight_factor("ai") == 1.0
