@@ -94,6 +94,8 @@ def test_run_page_api_and_command_show_the_sources(mixed, model_dir, sent):
         "base_model_path": str(model_dir), "epochs": "1", "learning_rate": "0.0001", "batch_size": "4",
         "max_length": "128", "eval_fraction": "0.2", "lora_r": "8", "sources": "ai"})
     assert form.status_code == 302 and TrainingRun.objects.latest("id").snapshot.filters["sources"] == "ai"
+    listing = client.get(reverse("training:project_runs", args=[project.slug])).content.decode()
+    assert '<span class="muted">(ai)</span>' in listing and '<span class="muted">(weighted)</span>' in listing
     out = StringIO()
     call_command("train_reward_model", "--project", project.slug, "--base", str(model_dir), "--sources", "arena",
                  stdout=out)
