@@ -5,7 +5,7 @@ Strategies (scores: higher = labelled first):
 - ``uncertainty``: the current reward model's doubt about a prompt's K responses, the mean over its pairs
   of 4·p·(1 − p) with p = σ(r_i − r_j) (Bradley-Terry win probability): 1 when all rewards are equal,
   near 0 when they are far apart;
-- ``disagreement``: 1 − the mean pairwise agreement of the prompt's rankings so far (0 with < 2 rankings).
+- ``disagreement``: 1 − the mean pairwise agreement of the prompt's human rankings so far (0 with < 2 rankings).
 
 ``round_select`` writes a ``SelectionRecord`` (strategy, parameters, every score, the order) and one
 ``PromptPriority`` per prompt; ``prompt_available_for_labeler`` serves higher priorities first.
@@ -30,6 +30,7 @@ from django.db import transaction
 from annotation import quality
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Round
+from annotation.provenance import HUMAN_SOURCES
 from annotation.quality_models import PromptPriority, SelectionRecord
 
 STRATEGIES = ("random", "uncertainty", "disagreement")
@@ -59,8 +60,6 @@ def _round_prompts(round_: Round) -> list[Prompt]:
 
 def disagreement_scores(*, round_: Round) -> dict[int, float]:
     from annotation.quality_selectors import ranking_records
-
-    from annotation.provenance import HUMAN_SOURCES
 
     by_prompt: dict[int, list] = {}
     for record in ranking_records(project=round_.project, round_number=round_.number):
