@@ -5,7 +5,7 @@ Strategies (scores: higher = labelled first):
 - ``uncertainty``: the current reward model's doubt about a prompt's K responses, the mean over its pairs
   of 4·p·(1 − p) with p = σ(r_i − r_j) (Bradley-Terry win probability): 1 when all rewards are equal,
   near 0 when they are far apart;
-- ``disagreement``: 1 − the mean pairwise agreement of the prompt's rankings so far (0 with < 2 rankings).
+- ``disagreement``: 1 − the mean pairwise agreement of the prompt's human rankings so far (0 with < 2 rankings).
 
 ``round_select`` writes a ``SelectionRecord`` (strategy, parameters, every score, the order) and one
 ``PromptPriority`` per prompt; ``prompt_available_for_labeler`` serves higher priorities first.
@@ -30,6 +30,7 @@ from django.db import transaction
 from annotation import quality
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Round
+from annotation.provenance import HUMAN_SOURCES
 from annotation.quality_models import PromptPriority, SelectionRecord
 
 STRATEGIES = ("random", "uncertainty", "disagreement")
@@ -62,7 +63,7 @@ def disagreement_scores(*, round_: Round) -> dict[int, float]:
 
     by_prompt: dict[int, list] = {}
     for record in ranking_records(project=round_.project, round_number=round_.number):
-        if record.labeler_id is not None:
+        if record.labeler_id is not None and record.source in HUMAN_SOURCES:  # people's disagreement only
             by_prompt.setdefault(record.prompt_id, []).append(record.tiers)
     scores = {}
     for prompt in Prompt.objects.filter(round=round_).values_list("id", flat=True):
@@ -80,9 +81,39 @@ def uncertainty_scores(*, prompts: list[Prompt], scorer: Callable[[list[dict], l
     return out
 
 
+CANNOT_ACT = "cannot act: "
+UNCERTAINTY_MIN_SPREAD = 0.01  # scores closer than this do not order prompts meaningfully
+
+
+def selection_notes(*, round_: Round, strategy: str, scores: dict[int, float]) -> list[str]:
+    """What a researcher must know about a selection: when it cannot change what labelers get next (a note
+    starting "cannot act: "), and when its scores barely differ."""
+    values = list(scores.values())
+    if strategy == "disagreement":
+        disagreeing = [pk for pk, score in scores.items() if score > 0]
+        if not disagreeing:
+            return [CANNOT_ACT + "every prompt scores 0: no prompt has two human rankings that disagree yet (a "
+                    "fresh round, or overlap 1); the queue stays in id order"]
+        overlap = round_.project.overlap
+        full = Prompt.objects.filter(pk__in=disagreeing, slots_taken__gte=overlap, is_gold=False).count()
+        if full == len(disagreeing):
+            return [CANNOT_ACT + f"all {full} disagreeing prompts have their {overlap} overlap slots filled, so no "
+                    "labeler is served them again; raise the overlap or settle them in the review queue"]
+        if full:
+            return [f"{full} of the {len(disagreeing)} disagreeing prompts have all their slots filled and get no "
+                    "more labels"]
+    if strategy == "uncertainty" and values and max(values) - min(values) < UNCERTAINTY_MIN_SPREAD:
+        return [f"scores span only {min(values):.4f}–{max(values):.4f}: the reward model barely separates the "
+                "prompts (too little training?), so the order is close to arbitrary"]
+    return []
+
+
 def round_select(*, round_: Round, strategy: str, artifact_id: int | None = None, seed: int = 0,
                  user=None) -> SelectionRecord:
-    """Score the round's prompts by ``strategy``, record the choice and set their queue priorities."""
+    """Score the round's prompts by ``strategy``, record the choice and set their queue priorities.
+
+    ``params`` records ``notes`` (``selection_notes``) and ``can_act``: False when the strategy cannot change
+    what labelers are served (disagreement on a fresh round, or with every disagreeing prompt full)."""
     if strategy not in STRATEGIES:
         raise InvalidInput(f"unknown strategy {str(strategy)[:40]!r}; expected one of {STRATEGIES}", location="strategy")
     prompts = _round_prompts(round_)
@@ -107,6 +138,8 @@ def round_select(*, round_: Round, strategy: str, artifact_id: int | None = None
         scores = uncertainty_scores(prompts=prompts, scorer=scorer)
         params["artifact"] = artifact.pk
     order = sorted(scores, key=lambda pk: (-scores[pk], pk))
+    params["notes"] = selection_notes(round_=round_, strategy=strategy, scores=scores)
+    params["can_act"] = not any(note.startswith(CANNOT_ACT) for note in params["notes"])
     with transaction.atomic():
         record = SelectionRecord.objects.create(round=round_, strategy=strategy, params=params,
                                                 scores={str(k): round(v, 6) for k, v in scores.items()},

@@ -30,7 +30,8 @@ from annotation.services import assignment_next_for_labeler, ranking_submit
 from annotation.utility import load_utility
 
 Scorer = Callable[[list[dict], list[str]], list[float]]
-AI_USERNAME = "ai-{}"
+AI_USERNAME = "ai-{name}@{project}"  # per project: two projects may each have an AI labeler "rules"
+LEGACY_AI_USERNAME = "ai-{name}"  # accounts created before names were per project
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 JUDGE_TEMPLATE = ("Conversation:\n{conversation}\n\nReply:\n{reply}\n\n"
                   "Is the reply helpful, correct and on topic? Answer:")
@@ -59,7 +60,9 @@ def _reward_artifact(*, project: Project, spec: str):
 
 
 def ai_labeler_create(*, project: Project, name: str, kind: str, spec: str, tie_threshold: float = 0.0) -> AILabeler:
-    """Create (or update) the AI labeler ``ai-<name>``: a user with no password, a labeler of the project."""
+    """Create (or update) the project's AI labeler ``<name>``: the user ``ai-<name>@<project slug>`` with no
+    password, a labeler of the project. Names are per project; an existing ``ai-<name>`` labeler of this
+    project (created before names were per project) is updated in place."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidInput("name must be 1-41 lowercase letters, digits, '-' or '_'", location="name")
     if not isinstance(tie_threshold, (int, float)) or isinstance(tie_threshold, bool) or tie_threshold < 0:
@@ -67,7 +70,11 @@ def ai_labeler_create(*, project: Project, name: str, kind: str, spec: str, tie_
     _check_spec(project=project, kind=kind, spec=spec)
     User = get_user_model()
     with transaction.atomic():
-        user, created = User.objects.get_or_create(username=AI_USERNAME.format(name))
+        legacy = AILabeler.objects.filter(project=project, user__username=LEGACY_AI_USERNAME.format(name=name)).first()
+        if legacy is not None:
+            user, created = legacy.user, False
+        else:
+            user, created = User.objects.get_or_create(username=AI_USERNAME.format(name=name, project=project.slug))
         existing = AILabeler.objects.filter(user=user).first()
         if created:
             user.set_unusable_password()
@@ -160,9 +167,11 @@ def ai_labeler_run(*, labeler: AILabeler, max_prompts: int | None = None, scorer
     scorer = scorer or scorer_for(labeler)
     user, project = labeler.user, labeler.project
     done = pairs = 0
+    reason = ""
     while max_prompts is None or done < max_prompts:
         assignment = assignment_next_for_labeler(project=project, labeler=user)
         if assignment is None:
+            reason = ai_labeler_idle_reason(labeler=labeler)
             break
         texts = dict(assignment.prompt.samples.values_list("pk", "text"))
         ids = list(assignment.shown_order)
@@ -175,4 +184,20 @@ def ai_labeler_run(*, labeler: AILabeler, max_prompts: int | None = None, scorer
         ranking = ranking_submit(assignment_id=assignment.pk, labeler=user, tiers=tiers, source="ai")
         done += 1
         pairs += ranking.pairs.count()
-    return {"labeler": user.username, "rankings": done, "pairs": pairs}
+    return {"labeler": user.username, "rankings": done, "pairs": pairs, "reason": reason}
+
+
+def ai_labeler_idle_reason(*, labeler: AILabeler) -> str:
+    """Why the AI labeler has nothing (more) to rank, in words: no open round, no rankable prompt, or it has
+    ranked every open prompt. AI labelers do not take human overlap slots, so full slots are never the reason."""
+    from annotation.models import Prompt, Ranking, Round
+
+    open_prompts = Prompt.objects.filter(project=labeler.project, round__status=Round.Status.OPEN, is_gold=False)
+    total = open_prompts.count()
+    if not total:
+        return "the project has no open (non-gold) prompts: start a round or import samples first"
+    ranked = Ranking.objects.filter(prompt__in=open_prompts, labeler=labeler.user).count()
+    if ranked >= total:
+        return f"it has already ranked all {total} (non-gold) prompts of the open rounds"
+    return (f"it has ranked {ranked} of the {total} open prompts; the rest have fewer than two responses "
+            "or are leased to it in another run")

@@ -34,6 +34,7 @@ from annotation.serializers import (
     RankingSubmitSerializer,
     SkipSerializer,
 )
+from annotation.provenance import CHOICES as PROVENANCE_CHOICES
 from annotation.views import export_response
 
 ERRORS = {400: ErrorSerializer, 403: OpenApiResponse(description="Not allowed for your role."),
@@ -186,6 +187,11 @@ class ProjectExport(APIView):
             OpenApiParameter("format", str, enum=["pairs", "conversational", "rankings"], default="pairs"),
             OpenApiParameter("file_format", str, enum=["jsonl", "parquet"], default="jsonl"),
             OpenApiParameter("round", int, required=False),
+            OpenApiParameter("sources", str, enum=list(PROVENANCE_CHOICES), default="human",
+                             description="human (default) | ai | both | weighted | arena; see docs/quality.md"),
+            OpenApiParameter("include_arena", bool, default=False, description="add arena votes to the choice"),
+            OpenApiParameter("ai_weight", float, required=False, description="weighted only: AI pair weight factor, "
+                             "in (0, 1], default 0.5"),
         ],
         responses={(200, "application/x-ndjson"): OpenApiTypes.BINARY,
                    (200, "application/vnd.apache.parquet"): OpenApiTypes.BINARY, **ERRORS},
@@ -199,7 +205,8 @@ class ProjectExport(APIView):
             return error_response(errors[0], field)
         fmt, file_format, round_number = (form.cleaned_data[k] for k in ("format", "file_format", "round"))
         try:
-            return export_response(project=project, fmt=fmt, file_format=file_format, round_number=round_number)
+            return export_response(project=project, fmt=fmt, file_format=file_format, round_number=round_number,
+                                   selection=form.cleaned_data["selection"])
         except InvalidInput as exc:
             return error_response(exc.message, exc.location)
 

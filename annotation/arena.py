@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import math
 import random
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -71,6 +73,9 @@ def leaderboard_from_votes(
     The bootstrap resamples the votes with replacement (``resamples`` times, numpy generator seeded with
     ``seed``): drawing n votes from the n observed ones is a multinomial over the distinct votes, so each
     resample is one multinomial draw. ``rank`` is 1 + the number of models whose interval lies wholly above.
+    Each row: ``log_strength`` (natural log, mean 0 over the models) with ``log_strength_low``/``_high``,
+    ``strength`` = exp(log_strength) with ``strength_low``/``_high`` (P(a beats b) = s_a / (s_a + s_b)), and
+    ``rating`` = 1000 + 400·log₁₀(strength) with ``rating_low``/``_high``.
     """
     import numpy as np
 
@@ -90,12 +95,15 @@ def leaderboard_from_votes(
     rows = []
     for m in models:
         low, high = (np.quantile(draws[m], [tail, 1 - tail]).tolist() if draws[m] else (point[m], point[m]))
-        rows.append({"model": m, "strength": point[m], "ci_low": low, "ci_high": high, **_record(m, keys, observed)})
+        rows.append({"model": m, "log_strength": point[m], "log_strength_low": low, "log_strength_high": high,
+                     **_record(m, keys, observed)})
     for row in rows:
-        row["rank"] = 1 + sum(other["ci_low"] > row["ci_high"] for other in rows)
-        for key in ("strength", "ci_low", "ci_high"):
-            row[key.replace("strength", "rating").replace("ci_", "rating_")] = round(1000 + ELO_SCALE * row[key], 1)
-    return sorted(rows, key=lambda r: (-r["strength"], repr(r["model"])))
+        row["rank"] = 1 + sum(other["log_strength_low"] > row["log_strength_high"] for other in rows)
+        for suffix in ("", "_low", "_high"):
+            log_strength = row[f"log_strength{suffix}"]
+            row[f"strength{suffix}"] = math.exp(log_strength)  # the BT strength itself: odds = ratio of strengths
+            row[f"rating{suffix}"] = round(1000 + ELO_SCALE * log_strength, 1)
+    return sorted(rows, key=lambda r: (-r["log_strength"], repr(r["model"])))
 
 
 def _record(model, keys: list[tuple], counts) -> dict:
@@ -183,13 +191,41 @@ def arena_leaderboard(*, project: Project, resamples: int = 200, seed: int = 0, 
 
 
 # ----------------------------------------------------------------------------- services
-def _check_models(*, project: Project, model_a, model_b) -> None:
+GENERATOR_ARCHITECTURE_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def artifact_can_generate(artifact) -> bool:
+    """Whether a model artifact can write responses: a policy, or a base model whose ``config.json`` names a
+    causal-LM architecture. Reward models (and base models for them, e.g. ``tiny-reward-model``) cannot."""
+    from training.models import ModelArtifact
+    from training.services import artifact_abs_path
+
+    if artifact.kind == ModelArtifact.Kind.POLICY:
+        return True
+    if artifact.kind != ModelArtifact.Kind.BASE:
+        return False
+    try:
+        config = json.loads((Path(artifact_abs_path(artifact=artifact)) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    names = config.get("architectures") if isinstance(config, dict) else None
+    return isinstance(names, list) and any(str(n).endswith(GENERATOR_ARCHITECTURE_SUFFIXES) for n in names)
+
+
+def arena_generators(*, project: Project) -> list:
+    """The project's artifacts that an arena may compare (policies and causal-LM bases), newest first."""
     from training.models import ModelArtifact
 
+    artifacts = ModelArtifact.objects.filter(project=project, kind__in=[ModelArtifact.Kind.POLICY,
+                                                                        ModelArtifact.Kind.BASE])
+    return [a for a in artifacts.order_by("-created_at", "-id") if artifact_can_generate(a)]
+
+
+def _check_models(*, project: Project, model_a, model_b) -> None:
     for where, artifact in (("model_a", model_a), ("model_b", model_b)):
-        if artifact is None or artifact.project_id != project.pk or artifact.kind not in (
-                ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE):
-            raise InvalidInput("choose a policy (or base causal LM) of this project", location=where)
+        if artifact is None or artifact.project_id != project.pk or not artifact_can_generate(artifact):
+            raise InvalidInput("choose a policy (or base causal LM) of this project; a reward model cannot "
+                               "generate responses", location=where)
     if model_a.pk == model_b.pk:
         raise InvalidInput("an arena compares two different checkpoints", location="model_b")
 
@@ -321,6 +357,11 @@ def arena_responses_write(*, arena: Arena, responses: Sequence[tuple[str, str]])
         Prompt.objects.filter(pk__in=identical).delete()
         arena.status = Arena.Status.OPEN
         arena.summary = {"pairs": len(prompts) - len(identical), "dropped_identical": len(identical)}
+        if len(identical) == len(prompts):  # nothing to vote on: end with the reason, never "open" and empty
+            arena.status = Arena.Status.CLOSED
+            arena.summary["error"] = (f"the two checkpoints wrote identical responses to all {len(prompts)} prompts, "
+                                      "so there is nothing to vote on; compare other checkpoints or sample with "
+                                      "another seed or temperature")
         arena.save(update_fields=["status", "summary"])
     return arena
 
@@ -406,7 +447,7 @@ def arena_vote(*, pair_id: int, voter, choice: str, left_sample_id: int, time_sp
             raise InvalidInput("this arena is closed for votes", location="arena")
         ranking = ranking_record(
             prompt=pair.prompt, labeler=voter, tiers=_tiers_for(choice, left=left, right=right),
-            source=_source_of(voter), time_spent_ms=time_spent_ms, shown_order=[left, right],
+            source=Ranking.Source.ARENA, time_spent_ms=time_spent_ms, shown_order=[left, right],
         )
         return ArenaVote.objects.create(pair=pair, voter=voter, outcome=outcome, left_sample_id=left,
                                         ranking=ranking, time_spent_ms=time_spent_ms)
@@ -414,12 +455,6 @@ def arena_vote(*, pair_id: int, voter, choice: str, left_sample_id: int, time_sp
 
 def _side(pair: ArenaPair, sample_id: int) -> str:
     return ArenaVote.Outcome.A if sample_id == pair.sample_a_id else ArenaVote.Outcome.B
-
-
-def _source_of(voter) -> str:
-    from annotation.quality_models import AILabeler
-
-    return Ranking.Source.AI if AILabeler.objects.filter(user=voter).exists() else Ranking.Source.HUMAN
 
 
 def arena_close(*, arena: Arena, user, reopen: bool = False) -> Arena:
@@ -430,6 +465,8 @@ def arena_close(*, arena: Arena, user, reopen: bool = False) -> Arena:
         arena = Arena.objects.select_for_update().get(pk=arena.pk)
         target, allowed = ((Arena.Status.OPEN, Arena.Status.CLOSED) if reopen
                            else (Arena.Status.CLOSED, Arena.Status.OPEN))
+        if reopen and arena.status == allowed and not arena.pairs.exists():
+            raise InvalidInput("this arena has no pairs to vote on; create a new one", location="arena")
         if arena.status == allowed:
             arena.status = target
             arena.save(update_fields=["status"])

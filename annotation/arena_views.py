@@ -48,11 +48,8 @@ class ArenaCreateForm(forms.Form):
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
-        from training.models import ModelArtifact
-
-        artifacts = ModelArtifact.objects.filter(project=project, kind__in=[ModelArtifact.Kind.POLICY,
-                                                                            ModelArtifact.Kind.BASE])
-        choices = [(a.pk, f"{a.name} (#{a.pk}, {a.kind})") for a in artifacts.order_by("-created_at")]
+        # policies and causal-LM bases only: a reward model cannot write responses
+        choices = [(a.pk, f"{a.name} (#{a.pk}, {a.kind})") for a in arena_service.arena_generators(project=project)]
         self.fields["model_a"].choices = self.fields["model_b"].choices = choices
 
 

@@ -23,6 +23,12 @@ range grows with K. Feeding it as a margin would change the objective silently, 
 ``tier_distance`` and TRL ignores it. To opt in, rename (and scale) it yourself:
 ``dataset.rename_column("tier_distance", "margin")``.
 
+Sources: every export takes a ``SourceSelection`` (``annotation/provenance.py``); the default is human only
+(human, simulated, imported and gold-prompt rankings). AI-labeler rankings and arena votes are included only
+when asked for; under "weighted" an AI pair's ``weight`` is its stored weight × ``ai_weight``. The choice is
+in every row's ``source``, in Parquet's schema metadata (key ``rlhf_studio.sources``) and in the
+``X-Export-Sources`` header of the HTTP downloads.
+
 Rows are read with ``QuerySet.iterator(chunk_size=...)`` and encoded in batches. JSONL is yielded as it is
 produced; Parquet is written in row groups to a spooled temporary file (a Parquet footer comes last), then
 yielded in 1 MiB chunks.
@@ -40,6 +46,7 @@ from django.contrib.auth import get_user_model
 
 from annotation.errors import InvalidInput
 from annotation.models import PairwiseComparison, Project, Ranking, RankingEntry
+from annotation.provenance import HUMAN_ONLY, SourceSelection
 
 Format = Literal["pairs", "conversational", "rankings"]
 FileFormat = Literal["jsonl", "parquet"]
@@ -86,9 +93,11 @@ def _username_field(prefix: str) -> str:
     return f"{prefix}labeler__{get_user_model().USERNAME_FIELD}"
 
 
-def _pair_rows(project: Project, round_number: int | None, *, conversational: bool) -> Iterator[dict]:
+def _pair_rows(project: Project, round_number: int | None, *, conversational: bool,
+               selection: SourceSelection) -> Iterator[dict]:
     """One row per pair; plain values, not model instances (an order of magnitude faster on big exports)."""
-    pairs = PairwiseComparison.objects.filter(prompt__project=project, ranking__exclusion__isnull=True)  # see quality
+    pairs = PairwiseComparison.objects.filter(prompt__project=project, ranking__exclusion__isnull=True,  # see quality
+                                              ranking__source__in=selection.sources)
     if round_number is not None:
         pairs = pairs.filter(prompt__round__number=round_number)
     labeler = _username_field("ranking__")
@@ -104,15 +113,17 @@ def _pair_rows(project: Project, round_number: int | None, *, conversational: bo
         else:
             text = {"prompt": render_plain_prompt(messages), "chosen": " " + chosen, "rejected": " " + rejected}
         yield {
-            **text, "tier_distance": pair["margin"], "weight": pair["weight"], "labeler": pair[labeler],
+            **text, "tier_distance": pair["margin"],
+            "weight": pair["weight"] * selection.weight_factor(pair["ranking__source"]), "labeler": pair[labeler],
             "source": pair["ranking__source"], "round": pair["prompt__round__number"], "prompt_id": pair["prompt_id"],
             "ranking_id": pair["ranking_id"], "chosen_id": pair["chosen_id"], "rejected_id": pair["rejected_id"],
         }
 
 
-def _ranking_rows(project: Project, round_number: int | None) -> Iterator[dict]:
+def _ranking_rows(project: Project, round_number: int | None, *, selection: SourceSelection) -> Iterator[dict]:
     """One row per ranking; rankings are read in chunks, and each chunk's entries with one more query."""
-    rankings = Ranking.objects.filter(prompt__project=project, exclusion__isnull=True)  # excluded in review: left out
+    rankings = Ranking.objects.filter(prompt__project=project, exclusion__isnull=True,  # excluded in review: left out
+                                      source__in=selection.sources)
     if round_number is not None:
         rankings = rankings.filter(prompt__round__number=round_number)
     labeler = _username_field("")
@@ -185,9 +196,12 @@ def _parquet(rows: Iterable[dict], schema: pa.Schema) -> Iterator[bytes]:
 
 
 def export_preferences(
-    *, project: Project, fmt: Format, file_format: FileFormat, round_number: int | None = None
+    *, project: Project, fmt: Format, file_format: FileFormat, round_number: int | None = None,
+    selection: SourceSelection = HUMAN_ONLY,
 ) -> Iterator[bytes]:
-    """The project's preferences in ``fmt`` as ``file_format`` bytes, lazily; checks its arguments first."""
+    """The project's preferences in ``fmt`` as ``file_format`` bytes, lazily; checks its arguments first.
+
+    ``selection``: which ranking sources (default: human only); see ``annotation/provenance.py``."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown format {str(fmt)[:40]!r}; choose one of {', '.join(FORMATS)}", location="format")
     if file_format not in FILE_FORMATS:
@@ -198,10 +212,18 @@ def export_preferences(
     if round_number is not None and not project.rounds.filter(number=round_number).exists():
         raise InvalidInput(f"project {project.slug!r} has no round {round_number}", location="round")
     if fmt == "rankings":
-        rows = _ranking_rows(project, round_number)
+        rows = _ranking_rows(project, round_number, selection=selection)
     else:
-        rows = _pair_rows(project, round_number, conversational=fmt == "conversational")
-    return _jsonl(rows) if file_format == "jsonl" else _parquet(rows, SCHEMAS[fmt])
+        rows = _pair_rows(project, round_number, conversational=fmt == "conversational", selection=selection)
+    if file_format == "jsonl":
+        return _jsonl(rows)
+    schema = SCHEMAS[fmt].with_metadata({b"rlhf_studio.sources": json.dumps(selection.describe()).encode()})
+    return _parquet(rows, schema)
+
+
+def export_sources_header(selection: SourceSelection) -> str:
+    """The ``X-Export-Sources`` header value: the selection's one-line description (ASCII only)."""
+    return selection.label().replace("×", "x")
 
 
 def export_filename(*, project: Project, fmt: Format, file_format: FileFormat, round_number: int | None = None) -> str:

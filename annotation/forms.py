@@ -10,8 +10,9 @@ import re
 from django import forms
 from django.http import QueryDict
 
-from annotation.errors import RankingInvalid
+from annotation.errors import InvalidInput, RankingInvalid
 from annotation.models import RankingEntry
+from annotation.provenance import CHOICE_LABELS, DEFAULT_CHOICE, source_selection_parse
 
 _RANK_FIELD = re.compile(r"^rank_(\d{1,18})$")
 _FLAG_FIELD = re.compile(r"^flag_(\d{1,18})$")
@@ -101,9 +102,33 @@ class ImportForm(forms.Form):
 
 
 class ExportForm(forms.Form):
-    format = forms.ChoiceField(choices=EXPORT_FORMATS, initial="pairs")
-    file_format = forms.ChoiceField(choices=FILE_FORMATS, initial="jsonl")
+    """Export parameters; each has a default (pairs, jsonl, all rounds, human only), as the schema says."""
+
+    format = forms.ChoiceField(choices=EXPORT_FORMATS, initial="pairs", required=False)
+    file_format = forms.ChoiceField(choices=FILE_FORMATS, initial="jsonl", required=False)
     round = forms.IntegerField(required=False, min_value=1)
+    sources = forms.ChoiceField(choices=list(CHOICE_LABELS.items()), initial=DEFAULT_CHOICE, required=False,
+                                label="Sources", help_text="Which rankings: human only unless you choose otherwise.")
+    include_arena = forms.BooleanField(required=False, label="Include arena votes")
+    ai_weight = forms.FloatField(required=False, label="AI pair weight", help_text="Only for 'weighted' (default 0.5).")
+
+    def clean_format(self) -> str:
+        return self.cleaned_data.get("format") or "pairs"
+
+    def clean_file_format(self) -> str:
+        return self.cleaned_data.get("file_format") or "jsonl"
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            data["selection"] = source_selection_parse(
+                choice=data.get("sources"), include_arena=data.get("include_arena") or False,
+                ai_weight=data.get("ai_weight"))
+        except InvalidInput as exc:
+            self.add_error(exc.location if exc.location in self.fields else None, exc.message)
+        return data
 
 
 FLAG_CHOICES = RankingEntry.Flag.choices

@@ -150,10 +150,15 @@ class Ranking(models.Model):
     """Ordered tiers of a prompt's samples (ties allowed). Its entries hold tier, flags and shown position."""
 
     class Source(models.TextChoices):
+        """Where the ranking came from (provenance; ``annotation/provenance.py`` groups them for exports,
+        training snapshots and quality figures)."""
+
         HUMAN = "human", "Human"
         SIMULATED = "simulated", "Simulated labeler"
         IMPORTED = "imported", "Imported"
         AI = "ai", "AI labeler"
+        ARENA = "arena", "Arena vote"
+        GOLD = "gold", "Gold prompt (labeler's ranking of a gold prompt)"
 
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="rankings")
     labeler = models.ForeignKey(
@@ -162,7 +167,7 @@ class Ranking(models.Model):
     assignment = models.OneToOneField(
         Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="ranking"
     )
-    source = models.CharField(max_length=16, choices=Source.choices, default=Source.HUMAN)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.HUMAN, db_index=True)
     time_spent_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     # The labeler's own words and verdict (migration 0006). "All bad" leaves the pairs as ranked (the least

@@ -276,6 +276,29 @@ def reliability_weight(agreeing: float, total: float, *, prior_agree: float = 3.
     return round(reliability, 6), round(weight, 6)
 
 
+WEIGHT_PRIOR_PAIRS = 20.0  # shrinkage strength: the prior (weight 1) counts as this many compared pairs
+
+
+def shrunk_weight(weight: float, evidence: float, *, prior_pairs: float = WEIGHT_PRIOR_PAIRS,
+                  floor: float = 0.05) -> float:
+    """A weight shrunk toward 1 when its evidence is thin: (n · w + m · 1) / (n + m), n = pairs compared,
+    m = ``prior_pairs``: the posterior mean of a normal model whose prior says "trust the labeler" with the
+    weight of m = 20 pairs (about 3 prompts at K = 4). With no evidence the weight is 1; with 20 pairs halfway
+    between w and 1; with 1,000 pairs ≈ w.
+
+    >>> shrunk_weight(0.05, 0)
+    1.0
+    >>> shrunk_weight(0.05, 20)
+    0.525
+    >>> round(shrunk_weight(0.05, 980), 4)
+    0.069
+    """
+    if evidence <= 0:
+        return 1.0
+    shrunk = (evidence * weight + prior_pairs) / (evidence + prior_pairs)
+    return round(min(1.0, max(floor, shrunk)), 6)
+
+
 def agreement_counts(ranking: TierMap, reference: TierMap) -> tuple[int, int]:
     """(agreeing pairs, shared pairs) between one ranking and a reference (e.g. gold); a tie must match a tie."""
     pairs = _common_pairs(ranking, reference)

@@ -4,7 +4,7 @@ Same conventions as ``annotation/api.py``: non-members get 404, labelers 403, re
 ``{"error": message, "location": where}`` with nothing written.
 """
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.decorators import api_view
 from rest_framework.request import Request
@@ -52,7 +52,8 @@ class ReviewSerializer(serializers.Serializer):
 
 
 class AILabelerSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=41, help_text="The labeler's account becomes ai-<name>.")
+    name = serializers.CharField(max_length=41, help_text="The labeler's account becomes ai-<name>@<project slug>: "
+                                                          "names are per project.")
     kind = serializers.ChoiceField(choices=AILabeler.Kind.choices)
     spec = serializers.CharField(max_length=500, help_text="module:function, reward artifact id, or judge directory.")
     tie_threshold = serializers.FloatField(min_value=0, required=False, default=0.0)
@@ -78,7 +79,8 @@ def _labeler_row(labeler: AILabeler) -> dict:
 
 def _selection_row(record: SelectionRecord) -> dict:
     return {"id": record.pk, "round": record.round.number, "strategy": record.strategy, "params": record.params,
-            "order": record.order, "created_at": record.created_at.isoformat()}
+            "order": record.order, "scores": record.scores, "can_act": record.params.get("can_act", True),
+            "notes": record.params.get("notes", []), "created_at": record.created_at.isoformat()}
 
 
 def _prompt(project, prompt_id: int) -> Prompt:
@@ -88,14 +90,22 @@ def _prompt(project, prompt_id: int) -> Prompt:
     return prompt
 
 
-@extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Quality report (agreement, labelers, queue)")
+@extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Quality report (agreement, labelers, queue)",
+               parameters=[OpenApiParameter("round", int, required=False),
+                           OpenApiParameter("sources", str, enum=["human", "both"], default="human",
+                                            description="rankings the figures include: human (default) or human + AI")])
 @api_view(["GET"])
 def quality(request: Request, slug: str) -> Response:
     project = _manageable_project(request, slug)
     round_number = request.query_params.get("round")
     if round_number is not None and not round_number.isdigit():
         return error_response("round must be a number", "round")
-    return Response(quality_report(project=project, round_number=int(round_number) if round_number else None))
+    try:
+        report = quality_report(project=project, round_number=int(round_number) if round_number else None,
+                                sources=request.query_params.get("sources") or "human")
+    except InvalidInput as exc:
+        return error_response(exc.message, exc.location)
+    return Response(report)
 
 
 @extend_schema(request=SettingsSerializer, responses={200: SettingsSerializer, **ERRORS}, summary="Quality settings")

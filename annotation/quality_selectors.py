@@ -6,9 +6,14 @@ ordinal over mid-ranks) per project, round and labeler; agreement with gold and 
 Bradley-Terry consensus; the reliability and pair weight that follow from them; position bias; speed
 flags; agreement per day (the plot); and the review queue of high-disagreement prompts.
 
-Rankings without a labeler (imported) count towards consensus but not towards any labeler's figures.
-Excluded rankings count nowhere. "Human" figures use human and simulated labelers (the simulated ones
-stand in for humans in demos and tests); AI labelers are compared against them.
+Sources (``annotation/provenance.py``): every figure uses the human group by default (human, simulated,
+imported and gold-prompt rankings; the simulated ones stand in for humans in demos and tests), and the
+report says so in ``sources``. ``sources="both"`` adds AI-labeler rankings to the project, round, timeline
+and review-queue figures. AI labelers always get a row of their own, measured against the humans only, and
+never change a human's figures. Arena votes count nowhere here (they have the leaderboard); gold prompts
+never enter the review queue. Rankings without a labeler (imported) count towards consensus but not towards
+any labeler's figures. Excluded rankings count nowhere. The speed flag compares human rankings that have
+timings only (simulated and AI rankings have none worth comparing).
 """
 from __future__ import annotations
 
@@ -19,11 +24,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import combinations
 
-from annotation import quality
-from annotation.models import Assignment, Prompt, Ranking, RankingEntry
+from django.db.models import Exists, OuterRef, Subquery
+
+from annotation import provenance, quality
+from annotation.errors import InvalidInput
+from annotation.models import Assignment, Project, Prompt, Ranking, RankingEntry
 from annotation.quality_models import GoldRanking, LabelerReliability, PromptReview, QualitySettings
 
-HUMAN_SOURCES = frozenset({"human", "simulated"})
+HUMAN_SOURCES = frozenset(provenance.HUMAN_SOURCES)
+AI_SOURCES = frozenset(provenance.AI_SOURCES)
+TIMED_SOURCES = frozenset({"human", "gold"})  # people's rankings timed in the browser
+QUALITY_SOURCES = {"human": HUMAN_SOURCES, "both": HUMAN_SOURCES | AI_SOURCES}
 DEFAULT_SETTINGS = {"gold_rate": 0.0, "review_threshold": 0.5, "speed_ratio": 0.25}
 
 
@@ -42,9 +53,30 @@ class RankingRecord:
     excluded: bool
 
 
+DEFAULT_GOLD_RATE_WITH_GOLD = 0.1  # a project that never set its gold rate but has gold prompts uses this
+
+
 def quality_settings_get(*, project) -> dict:
+    """The project's settings; without a stored row the defaults, with gold rate 0.1 once it has gold prompts
+    (so uploaded gold prompts are not silently withheld; a researcher's explicit 0 is kept and warned about)."""
     row = QualitySettings.objects.filter(project=project).values(*DEFAULT_SETTINGS).first()
-    return row or dict(DEFAULT_SETTINGS)
+    if row:
+        return row
+    return {**DEFAULT_SETTINGS, "gold_rate": _default_gold_rate(project=project)}
+
+
+def _default_gold_rate(*, project) -> float:
+    has_gold = GoldRanking.objects.filter(prompt__project=project).exists()
+    return DEFAULT_GOLD_RATE_WITH_GOLD if has_gold else DEFAULT_SETTINGS["gold_rate"]
+
+
+def quality_warnings(*, project, settings: dict, gold_prompts: int) -> list[str]:
+    """Plain-language warnings for the quality page and API."""
+    warnings = []
+    if gold_prompts and settings["gold_rate"] <= 0:
+        warnings.append(f"{gold_prompts} gold prompts are withheld from every labeler because the gold rate is 0: "
+                        f"set a gold rate (e.g. {DEFAULT_GOLD_RATE_WITH_GOLD}) to mix them into the queues.")
+    return warnings
 
 
 def gold_turn_order(*, project, labeler) -> tuple[bool, ...]:
@@ -52,7 +84,11 @@ def gold_turn_order(*, project, labeler) -> tuple[bool, ...]:
     gold turn, ``(False,)`` otherwise. A turn is gold with probability ``gold_rate``, drawn from an RNG seeded
     by (project, labeler, how many leases they had), so it is silent to the labeler yet reproducible.
     """
-    rate = QualitySettings.objects.filter(project=project).values_list("gold_rate", flat=True).first() or 0.0
+    stored, has_gold = Project.objects.filter(pk=project.pk).annotate(  # one query: stored rate, any gold
+        stored=Subquery(QualitySettings.objects.filter(project=OuterRef("pk")).values("gold_rate")[:1]),
+        has_gold=Exists(GoldRanking.objects.filter(prompt__project=OuterRef("pk"))),
+    ).values_list("stored", "has_gold").first()
+    rate = stored if stored is not None else (DEFAULT_GOLD_RATE_WITH_GOLD if has_gold else 0.0)
     if rate <= 0:
         return (False,)
     leases = Assignment.objects.filter(prompt__project=project, labeler=labeler).count()
@@ -61,8 +97,9 @@ def gold_turn_order(*, project, labeler) -> tuple[bool, ...]:
 
 
 def ranking_records(*, project, round_number: int | None = None, include_excluded: bool = False) -> list[RankingRecord]:
-    """Every ranking of the project (or one round) with its tiers and shown positions, in id order."""
-    rankings = Ranking.objects.filter(prompt__project=project)
+    """Every ranking of the project (or one round) with its tiers and shown positions, in id order; arena votes
+    are left out (they are checkpoint comparisons with their own leaderboard)."""
+    rankings = Ranking.objects.filter(prompt__project=project).exclude(source__in=provenance.ARENA_SOURCES)
     if round_number is not None:
         rankings = rankings.filter(prompt__round__number=round_number)
     if not include_excluded:
@@ -143,7 +180,7 @@ def agreement_summary(records: list[RankingRecord]) -> dict:
 def _labeler_rows(records: list[RankingRecord], gold: dict, settings: dict, weights: dict) -> list[dict]:
     """Per-labeler agreement, gold, consensus, reliability, position bias and speed figures."""
     by_prompt = _by_prompt(records)
-    times = [r.time_spent_ms for r in records if r.labeler_id is not None and r.time_spent_ms > 0]
+    times = [r.time_spent_ms for r in records if _timed(r)]
     project_median = statistics.median(times) if times else None
     stats: dict[int, dict] = defaultdict(lambda: defaultdict(list))
     for prompt_id, prompt_records in by_prompt.items():
@@ -152,12 +189,12 @@ def _labeler_rows(records: list[RankingRecord], gold: dict, settings: dict, weig
                 continue
             s = stats[record.labeler_id]
             s["records"].append(record)
-            others = [o for o in prompt_records if o is not record]
+            # Everyone is measured against the humans only: an AI labeler never moves a human's figures.
+            others = [o for o in prompt_records if o is not record and o.source in HUMAN_SOURCES]
             for other in (o for o in others if o.labeler_id is not None):
                 s["agreement"].append(quality.pairwise_agreement(record.tiers, other.tiers))
                 s["tau"].append(quality.kendall_tau_b(record.tiers, other.tiers))
-                if other.source in HUMAN_SOURCES:
-                    s["with_humans"].append(quality.pairwise_agreement(record.tiers, other.tiers))
+                s["with_humans"].append(quality.pairwise_agreement(record.tiers, other.tiers))
             if prompt_id in gold:
                 s["gold"].append(quality.agreement_counts(record.tiers, gold[prompt_id]))
             elif others:  # leave-one-out: the weighted majority of everyone else who ranked this prompt
@@ -168,10 +205,12 @@ def _labeler_rows(records: list[RankingRecord], gold: dict, settings: dict, weig
         own = s["records"]
         gold_agree, gold_total = map(sum, zip(*s["gold"])) if s["gold"] else (0, 0)
         cons_agree, cons_total = map(sum, zip(*s["consensus"])) if s["consensus"] else (0, 0)
-        reliability, weight = quality.reliability_weight(gold_agree + cons_agree, gold_total + cons_total)
-        own_times = [r.time_spent_ms for r in own if r.time_spent_ms > 0]
-        fast = sum(quality.speed_flags({r.ranking_id: r.time_spent_ms for r in own}, reference=project_median,
-                                       ratio=settings["speed_ratio"]).values()) if project_median else 0
+        reliability, raw_weight = quality.reliability_weight(gold_agree + cons_agree, gold_total + cons_total)
+        weight = quality.shrunk_weight(raw_weight, gold_total + cons_total)
+        own_times = [r.time_spent_ms for r in own if _timed(r)]
+        fast = sum(quality.speed_flags({r.ranking_id: r.time_spent_ms for r in own if _timed(r)},
+                                       reference=project_median, ratio=settings["speed_ratio"]).values()
+                   ) if project_median else 0
         median_time = statistics.median(own_times) if own_times else None
         rows.append({
             "labeler_id": labeler_id, "labeler": own[0].labeler,
@@ -182,13 +221,18 @@ def _labeler_rows(records: list[RankingRecord], gold: dict, settings: dict, weig
             "consensus_pairs": cons_total,
             "consensus_agreement": round(cons_agree / cons_total, 4) if cons_total else None,
             "gold_agreeing": gold_agree, "consensus_agreeing": cons_agree,
-            "reliability": reliability, "weight": weight,
+            "reliability": reliability, "weight": weight, "raw_weight": raw_weight,
+            "evidence_pairs": gold_total + cons_total,
             "position_bias": quality.position_bias((r.tiers, r.shown) for r in own),
             "median_time_ms": median_time, "fast_rankings": fast,
             "speed_flag": bool(project_median and median_time is not None
                                and median_time < settings["speed_ratio"] * project_median),
         })
     return sorted(rows, key=lambda row: row["labeler"])
+
+
+def _timed(record: RankingRecord) -> bool:
+    return record.labeler_id is not None and record.source in TIMED_SOURCES and record.time_spent_ms > 0
 
 
 def labeler_rows_weighted(records: list[RankingRecord], gold: dict, settings: dict, *, rounds: int = 5) -> list[dict]:
@@ -206,11 +250,13 @@ def labeler_rows_weighted(records: list[RankingRecord], gold: dict, settings: di
     return rows
 
 
-def review_queue(*, records: list[RankingRecord], threshold: float, reviewed: set[int]) -> list[dict]:
-    """Prompts with ≥ 2 labelled rankings whose mean pairwise agreement is below ``threshold``, worst first."""
+def review_queue(*, records: list[RankingRecord], threshold: float, reviewed: set[int],
+                 gold: set[int] | frozenset[int] = frozenset()) -> list[dict]:
+    """Prompts with ≥ 2 labelled rankings whose mean pairwise agreement is below ``threshold``, worst first.
+    Gold prompts (``gold``: their ids) never enter it: their answer is known."""
     queue = []
     for prompt_id, prompt_records in _by_prompt([r for r in records if r.labeler_id is not None]).items():
-        if len(prompt_records) < 2 or prompt_id in reviewed:
+        if len(prompt_records) < 2 or prompt_id in reviewed or prompt_id in gold:
             continue
         agreement = _mean(quality.pairwise_agreement(a.tiers, b.tiers) for a, b in combinations(prompt_records, 2))
         if agreement is not None and agreement < threshold:
@@ -230,30 +276,56 @@ def _timeline(records: list[RankingRecord]) -> dict:
             "comparisons": [len(per_day[d]) for d in days]}
 
 
-def quality_report(*, project, round_number: int | None = None) -> dict:
-    """Every quality figure of the project (or one round) as plain JSON-ready data."""
+def quality_sources(sources: object) -> frozenset[str]:
+    """The ranking sources of a quality choice: "human" (default) or "both" (human + AI); InvalidInput else."""
+    if sources in (None, ""):
+        sources = "human"
+    if not isinstance(sources, str) or sources not in QUALITY_SOURCES:
+        raise InvalidInput(f"unknown sources {str(sources)[:40]!r}; choose human or both", location="sources")
+    return QUALITY_SOURCES[sources]
+
+
+def quality_report(*, project, round_number: int | None = None, sources: str = "human") -> dict:
+    """Every quality figure of the project (or one round) as plain JSON-ready data.
+
+    ``sources``: "human" (default) or "both"; which rankings the project, round, timeline and review-queue
+    figures include (stated in the result's ``sources``). Labeler rows: see the module docstring."""
+    included = quality_sources(sources)
     settings = quality_settings_get(project=project)
-    records = ranking_records(project=project, round_number=round_number)
+    everyone = ranking_records(project=project, round_number=round_number)
+    records = [r for r in everyone if r.source in included]
     gold = gold_maps(project=project)
     rounds = sorted({r.round_number for r in records})
     reviewed = set(PromptReview.objects.filter(prompt__project=project).values_list("prompt_id", flat=True))
+    labeler_records = [r for r in everyone if r.source in HUMAN_SOURCES | AI_SOURCES]
     return {
         "project": project.slug,
         "round": round_number,
+        "sources": {"choice": sources or "human", "included_sources": sorted(included),
+                    "left_out": _left_out(everyone, included)},
         "settings": settings,
+        "warnings": quality_warnings(project=project, settings=settings, gold_prompts=len(gold)),
         "excluded_rankings": Ranking.objects.filter(prompt__project=project, exclusion__isnull=False).count(),
         "gold_prompts": len(gold),
         "overall": agreement_summary(records),
         "rounds": [{"round": n, **agreement_summary([r for r in records if r.round_number == n])} for n in rounds],
-        "labelers": labeler_rows_weighted(records, gold, settings),
+        "labelers": labeler_rows_weighted(labeler_records, gold, settings),
         "timeline": _timeline(records),
-        "review_queue": review_queue(records=records, threshold=settings["review_threshold"], reviewed=reviewed),
+        "review_queue": review_queue(records=records, threshold=settings["review_threshold"], reviewed=reviewed,
+                                     gold=set(gold)),
     }
 
 
+def _left_out(records: list[RankingRecord], included: frozenset[str]) -> dict[str, int]:
+    """Rankings per source that the figures leave out (arena votes are never loaded; counted apart)."""
+    counts = Counter(r.source for r in records if r.source not in included)
+    return dict(sorted(counts.items()))
+
+
 def consensus_rows(*, project, round_number: int | None = None):
-    """One row per prompt with rankings: BT strengths, consensus tiers (gold or adjudication wins), counts."""
-    records = ranking_records(project=project, round_number=round_number)
+    """One row per prompt with rankings: BT strengths, consensus tiers (gold or adjudication wins), counts.
+    Human rankings only (human, simulated, imported, gold-prompt): AI labels and arena votes are left out."""
+    records = [r for r in ranking_records(project=project, round_number=round_number) if r.source in HUMAN_SOURCES]
     gold = gold_maps(project=project)
     weights = _weights_by_labeler(project=project)
     adjudicated = dict(PromptReview.objects.filter(prompt__project=project, status=PromptReview.Status.ADJUDICATED)

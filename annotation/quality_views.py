@@ -56,6 +56,14 @@ def _review_items(project, queue: list[dict]) -> list[dict]:
     return items
 
 
+def _with_top_scores(records) -> list:
+    """Selection records with ``top_scores``: (prompt id, score) of the first 50 prompts in queue order."""
+    records = list(records)
+    for record in records:
+        record.top_scores = [(pk, record.scores.get(str(pk))) for pk in record.order[:50]]
+    return records
+
+
 @login_required
 @require_GET
 def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
@@ -63,7 +71,8 @@ def quality_page(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _render_page(request: HttpRequest, project, status: int = 200) -> HttpResponse:
-    report = quality_report(project=project)
+    sources = "both" if request.GET.get("sources") == "both" else "human"
+    report = quality_report(project=project, sources=sources)
     chart = {"day": report["timeline"]["day"], "agreement": report["timeline"]["pairwise_agreement"]}
     return render(request, "annotation/quality/report.html", {
         "project": project, "report": report, "chart": chart,
@@ -73,8 +82,8 @@ def _render_page(request: HttpRequest, project, status: int = 200) -> HttpRespon
         "ai_labelers": AILabeler.objects.filter(project=project).select_related("user").order_by("user__username"),
         "ai_kinds": AILabeler.Kind.choices, "strategies": STRATEGIES,
         "rounds": Round.objects.filter(project=project).order_by("number"),
-        "selections": SelectionRecord.objects.filter(round__project=project)
-        .select_related("round", "created_by").order_by("-created_at")[:20],
+        "selections": _with_top_scores(SelectionRecord.objects.filter(round__project=project)
+                                       .select_related("round", "created_by").order_by("-created_at")[:20]),
     }, status=status)
 
 
@@ -219,7 +228,9 @@ def quality_ai_labeler_run(request: HttpRequest, slug: str) -> HttpResponse:
         result = ai_labeler_run(labeler=labeler)
     except InvalidInput as exc:
         return _rejected(request, project, "AI labeler not run", exc)
-    messages.success(request, f"{result['labeler']} ranked {result['rankings']} prompts ({result['pairs']} pairs).")
+    why = f" Nothing more to rank: {result['reason']}." if result.get("reason") else ""
+    messages.success(request,
+                     f"{result['labeler']} ranked {result['rankings']} prompts ({result['pairs']} pairs).{why}")
     return _back(slug, "#ai-labelers")
 
 
@@ -238,5 +249,7 @@ def quality_selection(request: HttpRequest, slug: str) -> HttpResponse:
                               artifact_id=_int(artifact, "artifact_id") if artifact else None)
     except InvalidInput as exc:
         return _rejected(request, project, "Selection not recorded", exc)
-    messages.success(request, f"Round {number}: {len(record.order)} prompts ordered by {record.strategy}.")
+    notes = " ".join(record.params.get("notes", []))
+    text = f"Round {number}: {len(record.order)} prompts ordered by {record.strategy}." + (f" {notes}" if notes else "")
+    (messages.success if record.params.get("can_act", True) else messages.warning)(request, text)
     return _back(slug, "#selection")

@@ -11,7 +11,9 @@ from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
 
-from annotation.models import Assignment, Membership, PairwiseComparison, Project, Prompt, Ranking, Round, Sample
+from annotation.models import (
+    AILabeler, Assignment, Membership, PairwiseComparison, Project, Prompt, Ranking, Round, Sample,
+)
 
 ADMIN = "admin"
 
@@ -55,9 +57,17 @@ def live_assignment_q(*, now: datetime, prefix: str = "") -> Q:
     )
 
 
+HUMAN_SLOT_Q = Q(labeler__ai_labeler__isnull=True)  # AI labelers rank beside the overlap, never in a human slot
+
+
+def user_is_ai_labeler(*, user) -> bool:
+    return AILabeler.objects.filter(user_id=getattr(user, "pk", None)).exists()
+
+
 def prompt_live_slot_count(*, prompt_id: int, now: datetime, exclude_assignment_id: int | None = None) -> int:
-    """How many of the prompt's ``overlap`` slots are taken (imported rankings without a labeler don't count)."""
-    assignments = Assignment.objects.filter(live_assignment_q(now=now), prompt_id=prompt_id)
+    """How many of the prompt's ``overlap`` slots are taken: human leases only (imported rankings without a
+    labeler and AI labelers' leases don't count)."""
+    assignments = Assignment.objects.filter(live_assignment_q(now=now), HUMAN_SLOT_Q, prompt_id=prompt_id)
     if exclude_assignment_id is not None:
         assignments = assignments.exclude(pk=exclude_assignment_id)
     return assignments.count()
@@ -65,7 +75,7 @@ def prompt_live_slot_count(*, prompt_id: int, now: datetime, exclude_assignment_
 
 def _live_slot_subquery(*, now: datetime) -> Subquery:
     return Subquery(
-        Assignment.objects.filter(live_assignment_q(now=now), prompt=OuterRef("pk"))
+        Assignment.objects.filter(live_assignment_q(now=now), HUMAN_SLOT_Q, prompt=OuterRef("pk"))
         .order_by()
         .values("prompt")
         .annotate(n=Count("pk"))
@@ -75,7 +85,7 @@ def _live_slot_subquery(*, now: datetime) -> Subquery:
 
 
 def prompt_lease_candidates(
-    *, project: Project, labeler, now: datetime | None = None, gold: bool | None = None
+    *, project: Project, labeler, now: datetime | None = None, gold: bool | None = None, ai: bool | None = None
 ) -> QuerySet[Prompt]:
     """Prompts of the project's open rounds that may have a slot for this labeler, in serving order: round,
     then active-selection priority (highest first, unprioritised last), then id.
@@ -85,6 +95,8 @@ def prompt_lease_candidates(
     and anti-joins the labeler's own leases and rankings, with no per-prompt subquery. It is a superset of
     ``prompt_available_for_labeler``: a full prompt whose active lease has expired stays a candidate, and
     the sample count is not checked. Whoever leases must lock the row and recount the slots exactly.
+    An AI labeler's candidates ignore the overlap: it ranks beside the humans and takes none of their slots
+    (``ai``: whether ``labeler`` is one, when the caller knows; looked up otherwise).
     """
     now = now or timezone.now()
     held_by_labeler = Assignment.objects.filter(prompt=OuterRef("pk"), labeler=labeler).exclude(
@@ -95,6 +107,8 @@ def prompt_lease_candidates(
     if gold is not None:
         prompts = prompts.filter(is_gold=gold)
     may_have_slot = Q(is_gold=True) | Q(slots_taken__lt=project.overlap) | Q(lease_expires_min__lte=now)
+    if ai if ai is not None else user_is_ai_labeler(user=labeler):
+        may_have_slot = Q()
     return (
         prompts.filter(may_have_slot)
         .exclude(Exists(held_by_labeler))
@@ -119,8 +133,11 @@ def prompt_available_for_labeler(
     """
     now = now or timezone.now()
     second_sample = Sample.objects.filter(prompt=OuterRef("pk")).order_by("position")[1:2]
+    candidates = prompt_lease_candidates(project=project, labeler=labeler, now=now, gold=gold)
+    if user_is_ai_labeler(user=labeler):
+        return candidates.filter(Exists(second_sample))
     return (
-        prompt_lease_candidates(project=project, labeler=labeler, now=now, gold=gold)
+        candidates
         .alias(live_slots=Coalesce(_live_slot_subquery(now=now), Value(0)))
         .filter(
             Q(is_gold=True) | Q(slots_taken__lt=project.overlap) | Q(live_slots__lt=project.overlap),
@@ -173,13 +190,15 @@ def ranking_list_for_user(*, user, project: Project) -> QuerySet[Ranking]:
 def project_progress(*, project: Project, now: datetime | None = None) -> dict:
     """Figures for the project's progress bar.
 
-    ``slots_total`` = open-round prompts × overlap; a slot is filled by a submitted lease, leased by an
-    unexpired active one, open otherwise. ``rankings`` and ``pairs`` count every source (imports too).
+    ``slots_total`` = open-round prompts × overlap, gold prompts left out (every labeler who draws a gold
+    prompt ranks it: it has no slots); a slot is filled by a human's submitted lease, leased by an unexpired
+    active one, open otherwise (AI labelers rank beside the slots). ``rankings`` and ``pairs`` count every
+    source (imports, AI, arena too); ``rankings_by_source`` splits them.
     """
     now = now or timezone.now()
-    open_prompts = Prompt.objects.filter(project=project, round__status=Round.Status.OPEN)
+    open_prompts = Prompt.objects.filter(project=project, round__status=Round.Status.OPEN, is_gold=False)
     slots_total = open_prompts.count() * project.overlap
-    assignments = Assignment.objects.filter(prompt__in=open_prompts)
+    assignments = Assignment.objects.filter(HUMAN_SLOT_Q, prompt__in=open_prompts)
     filled = assignments.filter(status=Assignment.Status.SUBMITTED).count()
     leased = assignments.filter(status=Assignment.Status.ACTIVE, expires_at__gt=now).count()
     return {
@@ -190,6 +209,9 @@ def project_progress(*, project: Project, now: datetime | None = None) -> dict:
         "slots_leased": leased,
         "open_slots": max(slots_total - filled - leased, 0),
         "rankings": Ranking.objects.filter(prompt__project=project).count(),
+        "rankings_by_source": dict(
+            Ranking.objects.filter(prompt__project=project).order_by().values("source").annotate(n=Count("pk"))
+            .order_by("source").values_list("source", "n")),
         "pairs": PairwiseComparison.objects.filter(prompt__project=project).count(),
         "percent_complete": round(100.0 * filled / slots_total, 1) if slots_total else 0.0,
     }

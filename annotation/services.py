@@ -29,18 +29,20 @@ from collections.abc import Iterable
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Count, IntegerField, Min, OuterRef, Subquery, Value
+from django.db.models import Count, Exists, IntegerField, Min, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotation import ranking as ranking_rules
 from annotation.errors import InvalidInput, NotAllowed, RankingInvalid
-from annotation.models import Assignment, PairwiseComparison, Project, Prompt, Ranking, RankingEntry, Round
+from annotation.models import AILabeler, Assignment, PairwiseComparison, Project, Prompt, Ranking, RankingEntry, Round
 from annotation.selectors import (
+    HUMAN_SLOT_Q,
     assignment_active_for_labeler,
     ranking_last_for_labeler,
     prompt_lease_candidates,
     prompt_live_slot_count,
+    user_is_ai_labeler,
     user_role,
 )
 from annotation.quality_selectors import gold_turn_order
@@ -53,6 +55,9 @@ _CANDIDATE_BATCH = 8  # rows locked per candidate query: few, so concurrent leas
 _HOLDING = (Assignment.Status.SUBMITTED, Assignment.Status.ACTIVE)
 _LOCKED_WAIT_S = 2.0  # how long to wait for candidates that other labelers hold locked
 _LOCKED_RETRY_S = 0.01
+# A human's (or a simulated human's) ranking of a gold prompt is recorded with source "gold"; AI labelers'
+# and arena rankings keep their own source.
+_GOLD_WHEN_GOLD_PROMPT = (Ranking.Source.HUMAN, Ranking.Source.SIMULATED)
 
 
 def shown_order_for(*, prompt: Prompt, labeler, sample_ids: list[int] | None = None) -> list[int]:
@@ -70,14 +75,15 @@ def shown_order_for(*, prompt: Prompt, labeler, sample_ids: list[int] | None = N
 def prompt_slots_refresh(*, prompt_ids: Iterable[int]) -> int:
     """Recompute the prompts' slot columns from their leases, in one UPDATE; returns how many prompts.
 
-    ``slots_taken`` = submitted + active leases (an active lease past its expiry still counts here; the
+    ``slots_taken`` = humans' submitted + active leases (an active lease past its expiry still counts here; the
     selectors see it through ``lease_expires_min`` ≤ now), ``lease_expires_min`` = the earliest expiry
     of an active lease. The services call this under the prompts' row locks after every lease change;
     call it yourself after writing Assignment rows by other means (admin, data fixes).
     """
-    taken = (Assignment.objects.filter(prompt=OuterRef("pk"), status__in=_HOLDING).order_by().values("prompt")
+    human = Assignment.objects.filter(HUMAN_SLOT_Q, prompt=OuterRef("pk"))  # AI labelers take no human slot
+    taken = (human.filter(status__in=_HOLDING).order_by().values("prompt")
              .annotate(n=Count("pk")).values("n"))
-    first_expiry = (Assignment.objects.filter(prompt=OuterRef("pk"), status=Assignment.Status.ACTIVE).order_by()
+    first_expiry = (human.filter(status=Assignment.Status.ACTIVE).order_by()
                     .values("prompt").annotate(t=Min("expires_at")).values("t"))
     return Prompt.objects.filter(pk__in=list(prompt_ids)).update(
         slots_taken=Coalesce(Subquery(taken, output_field=IntegerField()), Value(0)),
@@ -105,8 +111,11 @@ def _lease(*, prompt: Prompt, labeler, now: datetime, lease_minutes: int, sample
     return assignment
 
 
-def _lock_user(user) -> None:
-    list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True))
+def _lock_user(user) -> bool:
+    """Lock the user's row; returns whether the user is an AI labeler (read in the same statement)."""
+    rows = get_user_model().objects.select_for_update().filter(pk=user.pk)
+    is_ai = Exists(AILabeler.objects.filter(user_id=OuterRef("pk")))
+    return any(rows.annotate(is_ai=is_ai).values_list("is_ai", flat=True))
 
 
 def assignment_next_for_labeler(*, project: Project, labeler, now: datetime | None = None) -> Assignment | None:
@@ -118,23 +127,24 @@ def assignment_next_for_labeler(*, project: Project, labeler, now: datetime | No
     if user_role(user=labeler, project=project) is None:
         raise NotAllowed(f"{labeler} is not a member of project {project.slug}")
     with transaction.atomic():
-        _lock_user(labeler)  # serialise this labeler's own requests (two tabs): never two leases at once
+        is_ai = _lock_user(labeler)  # serialise this labeler's own requests (two tabs): never two leases at once
         current = assignment_active_for_labeler(project=project, labeler=labeler, now=now)
         if current is not None:
             return current
         for gold in gold_turn_order(project=project, labeler=labeler):
-            assignment = _lease_first_free(project=project, labeler=labeler, now=now, gold=gold)
+            assignment = _lease_first_free(project=project, labeler=labeler, now=now, gold=gold, is_ai=is_ai)
             if assignment is not None:
                 return assignment
         return None
 
 
-def _lease_first_free(*, project: Project, labeler, now: datetime, gold: bool) -> Assignment | None:
-    """Lease the first free candidate (gold prompts, or the others); None when there is none."""
+def _lease_first_free(*, project: Project, labeler, now: datetime, gold: bool, is_ai: bool) -> Assignment | None:
+    """Lease the first free candidate (gold prompts, or the others); None when there is none. An AI labeler
+    (``is_ai``) ignores the overlap: it takes no human slot."""
     tried: list[int] = []
     deadline = time.monotonic() + _LOCKED_WAIT_S
     while True:
-        available = prompt_lease_candidates(project=project, labeler=labeler, now=now, gold=gold)
+        available = prompt_lease_candidates(project=project, labeler=labeler, now=now, gold=gold, ai=is_ai)
         available = available.exclude(pk__in=tried)
         candidates = list(
             available.select_related("project").select_for_update(skip_locked=True, of=("self",))[:_CANDIDATE_BATCH]
@@ -149,8 +159,8 @@ def _lease_first_free(*, project: Project, labeler, now: datetime, gold: bool) -
             continue
         for prompt in candidates:
             # The candidate columns are a hint (and the query's snapshot may predate a lease committed just
-            # before our lock): recount exactly. Gold prompts have no overlap limit.
-            if prompt.is_gold or prompt_live_slot_count(prompt_id=prompt.pk, now=now) < project.overlap:
+            # before our lock): recount exactly. Gold prompts have no overlap limit, nor have AI labelers.
+            if prompt.is_gold or is_ai or prompt_live_slot_count(prompt_id=prompt.pk, now=now) < project.overlap:
                 sample_ids = list(prompt.samples.order_by("position").values_list("pk", flat=True))
                 if len(sample_ids) >= 2:  # a prompt needs two responses to be ranked
                     return _lease(prompt=prompt, labeler=labeler, now=now, lease_minutes=project.lease_minutes,
@@ -244,6 +254,8 @@ def _ranking_write(
     existing = Ranking.objects.filter(prompt=prompt, labeler=labeler).first()
     if existing is not None:
         return _existing_ranking_or_reject(existing=existing, tiers=clean_tiers)
+    if prompt.is_gold and source in _GOLD_WHEN_GOLD_PROMPT:
+        source = Ranking.Source.GOLD  # a person's answer to a gold prompt: an attention check, kept apart
     ranking = Ranking.objects.create(
         prompt=prompt, labeler=labeler, assignment=assignment, source=source, time_spent_ms=time_spent_ms,
         comment=comment, all_bad=all_bad,
@@ -299,7 +311,7 @@ def _check_lease_submittable(*, assignment: Assignment, now: datetime) -> None:
         return
     project = assignment.prompt.project
     taken = prompt_live_slot_count(prompt_id=assignment.prompt_id, now=now, exclude_assignment_id=assignment.pk)
-    if taken >= project.overlap and not assignment.prompt.is_gold:
+    if taken >= project.overlap and not assignment.prompt.is_gold and not user_is_ai_labeler(user=assignment.labeler):
         raise RankingInvalid(
             "your lease expired and the task was given to another labeler; please take the next one",
             location="assignment",

@@ -14,7 +14,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotation import selectors, services
 from annotation.errors import ImportRejected, InvalidInput, NotAllowed
-from annotation.exporters import export_filename, export_preferences
+from annotation.exporters import export_filename, export_preferences, export_sources_header
+from annotation.provenance import HUMAN_ONLY, SourceSelection
 from annotation.forms import FLAG_CHOICES, ExportForm, ImportForm, SkipForm, ranking_payload_from_post
 from annotation.importers import ImportResult, import_samples_from_file
 from annotation.models import Assignment, Project, Round
@@ -283,15 +284,20 @@ def project_export(request: HttpRequest, slug: str) -> HttpResponse:
         return HttpResponse(f"{field}: {errors[0]}", status=400, content_type="text/plain; charset=utf-8")
     fmt, file_format, round_number = (form.cleaned_data[k] for k in ("format", "file_format", "round"))
     try:
-        return export_response(project=project, fmt=fmt, file_format=file_format, round_number=round_number)
+        return export_response(project=project, fmt=fmt, file_format=file_format, round_number=round_number,
+                               selection=form.cleaned_data["selection"])
     except InvalidInput as exc:
         return HttpResponse(f"{exc.location}: {exc.message}", status=400, content_type="text/plain; charset=utf-8")
 
 
-def export_response(*, project: Project, fmt: str, file_format: str, round_number: int | None) -> StreamingHttpResponse:
-    """A streamed download of the project's preferences (arguments are checked before the first byte)."""
-    chunks = export_preferences(project=project, fmt=fmt, file_format=file_format, round_number=round_number)
+def export_response(*, project: Project, fmt: str, file_format: str, round_number: int | None,
+                    selection: SourceSelection = HUMAN_ONLY) -> StreamingHttpResponse:
+    """A streamed download of the project's preferences (arguments are checked before the first byte); the
+    ``X-Export-Sources`` header says which ranking sources it includes."""
+    chunks = export_preferences(project=project, fmt=fmt, file_format=file_format, round_number=round_number,
+                                selection=selection)
     response = StreamingHttpResponse(chunks, content_type=EXPORT_CONTENT_TYPES[file_format])
+    response["X-Export-Sources"] = export_sources_header(selection)
     name = export_filename(project=project, fmt=fmt, file_format=file_format, round_number=round_number)
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response

@@ -89,7 +89,8 @@ def project_runs(request: Request, slug: str) -> Response:
     return _idempotent_run_response(
         request, scope=f"run_create:project {project.pk}", arguments=data,
         write=lambda: services.run_create(project=project, kind=data["kind"], config=data["config"], user=request.user,
-                                          base_artifact=base, rounds=data.get("rounds"), reward_artifact=reward),
+                                          base_artifact=base, rounds=data.get("rounds"), reward_artifact=reward,
+                                          sources=data["selection"]),
     )
 
 

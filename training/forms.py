@@ -1,10 +1,34 @@
 """The reward-model launch form: turns browser fields into a run config (the service validates it)."""
 from django import forms
 
+from annotation.errors import InvalidInput
+from annotation.provenance import CHOICE_LABELS, DEFAULT_CHOICE, source_selection_parse
 from training.models import ModelArtifact
 
 
-class RewardRunForm(forms.Form):
+class SourceChoiceForm(forms.Form):
+    """Which ranking sources a run trains on: an explicit choice, human only by default."""
+
+    sources = forms.ChoiceField(choices=list(CHOICE_LABELS.items()), initial=DEFAULT_CHOICE, required=False,
+                                label="Training data sources",
+                                help_text="Human only unless you choose: AI-labeler rankings and arena votes are "
+                                          "left out by default.")
+    include_arena = forms.BooleanField(required=False, label="Include arena votes")
+    ai_weight = forms.FloatField(required=False, label="AI pair weight",
+                                 help_text="Only for 'weighted': AI pairs count this much (0 < w ≤ 1, default 0.5).")
+
+    def clean(self) -> dict:
+        data = super().clean()
+        try:
+            data["selection"] = source_selection_parse(
+                choice=data.get("sources"), include_arena=data.get("include_arena") or False,
+                ai_weight=data.get("ai_weight"))
+        except InvalidInput as exc:
+            self.add_error(exc.location if exc.location in self.fields else None, exc.message)
+        return data
+
+
+class RewardRunForm(SourceChoiceForm):
     base_artifact = forms.ModelChoiceField(
         queryset=ModelArtifact.objects.none(), required=False, empty_label="— a model directory instead —",
         help_text="A registered base or reward model of this project.",
@@ -93,7 +117,7 @@ class StartRoundForm(forms.Form):
         return {key: self.cleaned_data[key] for key in ("temperature", "top_p", "max_new_tokens", "seed")}
 
 
-class PolicyRunForm(forms.Form):
+class PolicyRunForm(SourceChoiceForm):
     """Launch SFT, DPO, PPO or GRPO from a policy (and, for PPO/GRPO, a reward model)."""
 
     kind = forms.ChoiceField(choices=[("dpo", "DPO"), ("ppo", "PPO"), ("grpo", "GRPO"), ("sft", "SFT")])

@@ -90,7 +90,8 @@ def policy_run(request: HttpRequest, slug: str) -> HttpResponse:
                 user=request.user, scope=f"run_create:project {project.pk}", key=key_from_request(request),
                 arguments=data, write=lambda: services.run_create(
                     project=project, kind=data["kind"], config=data["config"], user=request.user,
-                    base_artifact=data["policy"], reward_artifact=data.get("reward_artifact"), rounds=data["rounds"]),
+                    base_artifact=data["policy"], reward_artifact=data.get("reward_artifact"), rounds=data["rounds"],
+                    sources=data["selection"]),
             )
         except NotAllowed as error:
             raise PermissionDenied(str(error)) from error

@@ -15,6 +15,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from annotation.models import PairwiseComparison, Project, Prompt, RankingEntry
+from annotation.provenance import AI_SOURCES
 from annotation.selectors import project_get_for_user, project_list_for_user, user_can_manage
 from training.ml.types import RankedGroup
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
@@ -120,7 +121,8 @@ def snapshot_ranked_groups(*, snapshot: DatasetSnapshot) -> list[RankedGroup]:
     """The snapshot's rankings as trainer inputs: one RankedGroup per prompt with every ranking of it.
 
     Responses keep the prompt's sample order; tiers become lists of response indices (best first);
-    a ranking's weight is the mean weight of its pairs (1.0 for a ranking of ties only); ``ref_logprobs``
+    a ranking's weight is the mean weight of its pairs (1.0 for a ranking of ties only), times the snapshot's
+    ``ai_weight`` for AI-labeler rankings when its source choice was "weighted"; ``ref_logprobs``
     are the samples' stored generation log-probabilities (None where unknown).
     """
     ranking_ids = list(snapshot.rankings.values_list("id", flat=True))
@@ -128,6 +130,10 @@ def snapshot_ranked_groups(*, snapshot: DatasetSnapshot) -> list[RankedGroup]:
         PairwiseComparison.objects.filter(ranking_id__in=ranking_ids)
         .values("ranking_id").annotate(w=Avg("weight")).values_list("ranking_id", "w")
     )
+    ai_weight = (snapshot.filters or {}).get("ai_weight")
+    if ai_weight is not None:  # source choice "weighted": AI rankings count ai_weight × their stored weight
+        for ranking_id in snapshot.rankings.filter(source__in=AI_SOURCES).values_list("id", flat=True):
+            weights[ranking_id] = float(weights.get(ranking_id, 1.0)) * float(ai_weight)
     tiers_by_ranking: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     prompt_of_ranking: dict[int, int] = {}
     entries = RankingEntry.objects.filter(ranking_id__in=ranking_ids).values_list(

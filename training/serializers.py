@@ -2,6 +2,9 @@
 from the URL and the launcher from the session (mass assignment of anything else is rejected)."""
 from rest_framework import serializers
 
+from annotation.errors import InvalidInput
+from annotation.provenance import CHOICES, DEFAULT_CHOICE, source_selection_parse
+
 from training.models import ModelArtifact, TrainingRun
 
 
@@ -12,12 +15,24 @@ class RunCreateSerializer(serializers.Serializer):
     rounds = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, allow_null=True)
     reward_artifact = serializers.IntegerField(required=False, allow_null=True,
                                                help_text="PPO/GRPO: a reward-model ModelArtifact id of this project.")
+    sources = serializers.ChoiceField(choices=list(CHOICES), default=DEFAULT_CHOICE,
+                                      help_text="Which rankings the snapshot takes: human (default), ai, both, "
+                                                "weighted, arena.")
+    include_arena = serializers.BooleanField(default=False, help_text="Add arena votes to the chosen sources.")
+    ai_weight = serializers.FloatField(required=False, allow_null=True,
+                                       help_text="weighted only: AI pair weight factor in (0, 1], default 0.5.")
 
     def validate(self, attrs):
         unknown = sorted(set(self.initial_data) - set(self.fields))
         if unknown:
             raise serializers.ValidationError(
-                {unknown[0]: "Unknown field; allowed: kind, config, base_artifact, rounds, reward_artifact."})
+                {unknown[0]: "Unknown field; allowed: " + ", ".join(self.fields) + "."})
+        try:
+            attrs["selection"] = source_selection_parse(
+                choice=attrs.pop("sources", None), include_arena=attrs.pop("include_arena", False),
+                ai_weight=attrs.pop("ai_weight", None))
+        except InvalidInput as exc:
+            raise serializers.ValidationError({exc.location: exc.message}) from None
         return attrs
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import PairwiseComparison, Project, Ranking, Round
+from annotation.provenance import HUMAN_ONLY, SourceSelection
 from training import jobs
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
 
@@ -43,7 +44,7 @@ def run_create(
     user=None,
     base_artifact: ModelArtifact | None = None,
     rounds: list[int] | None = None,
-    sources: list[str] | None = None,
+    sources: SourceSelection = HUMAN_ONLY,
     round: Round | None = None,
     reward_artifact: ModelArtifact | None = None,
 ) -> TrainingRun:
@@ -54,6 +55,7 @@ def run_create(
     the operator at the command line). ``base_artifact`` that is a LoRA adapter fills ``adapter`` and its
     base model; ``reward_artifact`` fills ``reward_model`` (PPO/GRPO); ``round`` is the round a generation
     run fills. Kinds without rankings (generate, PPO, GRPO; SFT unless ``rounds`` are given) take no snapshot.
+    ``sources`` chooses which rankings the snapshot takes (default human only; ``annotation/provenance.py``).
     """
     if user is not None and not _user_can_launch(user=user, project=project):
         raise NotAllowed("Only researchers and admins of this project can launch training runs.")
@@ -107,10 +109,19 @@ def _config_with_artifacts(*, project: Project, kind: str, config: dict, spec, b
 
 
 def snapshot_create(
-    *, project: Project, rounds: list[int] | None = None, sources: list[str] | None = None, require_pairs: bool = True
+    *, project: Project, rounds: list[int] | None = None, sources: SourceSelection = HUMAN_ONLY,
+    require_pairs: bool = True,
 ) -> DatasetSnapshot:
-    """Record exactly which rankings a run trains on (ids, counts, sha256), so later rankings never change it."""
-    rankings = Ranking.objects.filter(prompt__project=project, exclusion__isnull=True)  # excluded in quality review
+    """Record exactly which rankings a run trains on (ids, counts, sha256), so later rankings never change it.
+
+    ``sources``: which ranking sources (default human only). ``filters`` records the choice (``sources``,
+    ``included_sources``, ``ai_weight``, ``include_arena``) and the rankings taken per source
+    (``rankings_by_source``); the trainers multiply AI rankings' weights by ``ai_weight`` (``weighted``).
+    """
+    if not isinstance(sources, SourceSelection):
+        raise InvalidInput("Give the sources as a choice: human, ai, both, weighted or arena.", location="sources")
+    all_rankings = Ranking.objects.filter(prompt__project=project, exclusion__isnull=True)  # excluded in review
+    rankings = all_rankings
     if rounds:
         rounds = sorted({int(r) for r in rounds})
         known = set(Round.objects.filter(project=project, number__in=rounds).values_list("number", flat=True))
@@ -118,22 +129,20 @@ def snapshot_create(
         if missing:
             raise InvalidInput(f"Project {project.slug} has no round {missing[0]}.", location="rounds")
         rankings = rankings.filter(prompt__round__number__in=rounds)
+        all_rankings = rankings
     else:
         rounds = sorted(project.rounds.values_list("number", flat=True))
-    if sources:
-        unknown = sorted(set(sources) - set(Ranking.Source.values))
-        if unknown:
-            raise InvalidInput(f"Unknown ranking source {unknown[0]!r}.", location="sources")
-        rankings = rankings.filter(source__in=sources)
+    rankings = rankings.filter(source__in=sources.sources)
     ids = sorted(rankings.values_list("id", flat=True))
     num_pairs = PairwiseComparison.objects.filter(ranking__in=rankings).count()
     if not ids or (require_pairs and num_pairs == 0):
-        raise InvalidInput(
-            f"Project {project.slug} has no ranked pairs in rounds {rounds}: rank some prompts first.", location="rounds"
-        )
+        message, location = _empty_snapshot_reason(project=project, rounds=rounds, sources=sources,
+                                                   other=all_rankings.exclude(pk__in=ids))
+        raise InvalidInput(message, location=location)
+    by_source = dict(rankings.order_by().values("source").annotate(n=Count("pk")).values_list("source", "n"))
     snapshot = DatasetSnapshot.objects.create(
         project=project,
-        filters={"rounds": rounds, "sources": sorted(sources or [])},
+        filters={"rounds": rounds, **sources.describe(), "rankings_by_source": dict(sorted(by_source.items()))},
         num_rankings=len(ids),
         num_pairs=num_pairs,
         num_prompts=rankings.values("prompt_id").distinct().count(),
@@ -144,6 +153,16 @@ def snapshot_create(
         [through(datasetsnapshot_id=snapshot.id, ranking_id=i) for i in ids], batch_size=2000
     )
     return snapshot
+
+
+def _empty_snapshot_reason(*, project: Project, rounds: list[int], sources: SourceSelection, other) -> tuple[str, str]:
+    """Why a snapshot would be empty: nothing ranked yet, or rankings only from sources not chosen."""
+    left_out = dict(other.order_by().values("source").annotate(n=Count("pk")).values_list("source", "n"))
+    where = f"Project {project.slug} has no ranked pairs from sources {sources.label()} in rounds {rounds}"
+    if left_out:
+        counts = ", ".join(f"{n} {source}" for source, n in sorted(left_out.items()))
+        return f"{where}; the rounds hold rankings from other sources ({counts}): choose them explicitly.", "sources"
+    return f"{where}: rank some prompts first.", "rounds"
 
 
 # ----------------------------------------------------------------------------- claiming and reporting

@@ -45,6 +45,7 @@ def project_runs(request: HttpRequest, slug: str) -> HttpResponse:
                     arguments={"kind": TrainingRun.Kind.REWARD, **form.cleaned_data}, write=lambda: services.run_create(
                         project=project, kind=TrainingRun.Kind.REWARD, config=form.run_config(), user=request.user,
                         base_artifact=form.cleaned_data["base_artifact"], rounds=form.cleaned_data["rounds"],
+                        sources=form.cleaned_data["selection"],
                     ),
                 )
             except InvalidInput as error:

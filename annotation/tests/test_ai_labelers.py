@@ -10,7 +10,10 @@ from annotation.errors import InvalidInput
 from annotation.exporters import export_preferences
 from annotation.models import Ranking
 from annotation.quality_models import AILabeler
+from annotation.provenance import source_selection_parse
 from annotation.quality_selectors import quality_report
+from annotation.selectors import project_progress
+from annotation.services import assignment_next_for_labeler
 from annotation.tests.test_quality_services import rank_all
 
 
@@ -29,17 +32,42 @@ def test_ai_labeler_ranks_as_ai_and_is_compared_with_humans(make_user, make_proj
     good = ai_labeler_create(project=project, name="rules", kind="utility", spec=f"{__name__}:answer_number")
     bad = ai_labeler_create(project=project, name="contrarian", kind="utility",
                             spec=f"{__name__}:reversed_answer_number")
-    assert ai_labeler_run(labeler=good) == {"labeler": "ai-rules", "rankings": 4, "pairs": 24}
+    assert ai_labeler_run(labeler=good) == {"labeler": "ai-rules@rlaif", "rankings": 4, "pairs": 24, "reason": (
+        "it has already ranked all 4 (non-gold) prompts of the open rounds")}
     assert ai_labeler_run(labeler=bad, max_prompts=2)["rankings"] == 2
     assert set(Ranking.objects.filter(labeler=good.user).values_list("source", flat=True)) == {"ai"}
     assert not good.user.has_usable_password()
     rows = {row["labeler"]: row for row in quality_report(project=project)["labelers"]}
-    assert rows["ai-rules"]["agreement_with_humans"] == 1.0 and rows["ai-rules"]["source"] == "ai"
-    assert rows["ai-contrarian"]["agreement_with_humans"] == 0.0
+    assert rows["ai-rules@rlaif"]["agreement_with_humans"] == 1.0 and rows["ai-rules@rlaif"]["source"] == "ai"
+    assert rows["ai-contrarian@rlaif"]["agreement_with_humans"] == 0.0
     exported = [json.loads(line) for line in b"".join(export_preferences(project=project, fmt="pairs",
                                                                          file_format="jsonl")).splitlines()]
-    assert {row["source"] for row in exported if row["labeler"] == "ai-rules"} == {"ai"}
+    assert exported and {row["source"] for row in exported} == {"human"}  # default: human only
+    chosen = [json.loads(line) for line in b"".join(export_preferences(
+        project=project, fmt="pairs", file_format="jsonl", selection=source_selection_parse(choice="ai"))).splitlines()]
+    assert {row["labeler"] for row in chosen} == {"ai-rules@rlaif", "ai-contrarian@rlaif"}
+    assert {row["source"] for row in chosen} == {"ai"}
     assert ai_labeler_run(labeler=good)["rankings"] == 0  # nothing left: idempotent
+
+
+def test_ai_labelers_take_no_human_slot_and_say_why_they_stop(make_user, make_project):
+    alice, bob = make_user("alice"), make_user("bob")
+    project = make_project(slug="full", k=3, overlap=1, prompts=3, labelers=[alice])
+    rank_all(project, alice)  # every human slot is filled
+    rules = ai_labeler_create(project=project, name="rules", kind="utility", spec=f"{__name__}:answer_number")
+    result = ai_labeler_run(labeler=rules)
+    assert result["rankings"] == 3 and "already ranked all 3" in result["reason"]
+    assert project_progress(project=project)["slots_filled"] == 3  # the AI's rankings fill no slot
+    other = make_project(slug="other", k=3, overlap=1, prompts=2, labelers=[bob])
+    twin = ai_labeler_create(project=other, name="rules", kind="utility", spec=f"{__name__}:answer_number")
+    assert twin.user != rules.user and twin.user.username == "ai-rules@other"  # names are per project
+    first = ai_labeler_run(labeler=twin, max_prompts=1)
+    assert first["rankings"] == 1 and first["reason"] == ""
+    lease = assignment_next_for_labeler(project=other, labeler=bob)  # the AI's ranking left bob's slot free
+    assert lease is not None and lease.prompt_id == Ranking.objects.get(labeler=twin.user).prompt_id
+    empty = make_project(slug="empty", k=3, prompts=0)
+    idle = ai_labeler_create(project=empty, name="rules", kind="utility", spec=f"{__name__}:answer_number")
+    assert "no open (non-gold) prompts" in ai_labeler_run(labeler=idle)["reason"]
 
 
 def test_ai_labeler_validation_writes_nothing(make_user, make_project, tmp_path):
@@ -53,7 +81,7 @@ def test_ai_labeler_validation_writes_nothing(make_user, make_project, tmp_path)
             ai_labeler_create(project=project, **kwargs)
         assert error.value.location == where
     assert not AILabeler.objects.exists()
-    make_user("ai-taken")
+    make_user("ai-taken@v")
     with pytest.raises(InvalidInput, match="not this project's AI labeler"):
         ai_labeler_create(project=project, name="taken", kind="utility", spec=f"{__name__}:answer_number")
 
@@ -71,7 +99,8 @@ def test_ai_label_command(make_project):
     out = StringIO()
     call_command("ai_label", "--project", "cmd", "--name", "rules", "--kind", "utility", "--spec",
                  f"{__name__}:answer_number", stdout=out)
-    assert "ai-rules ranked 2 prompts (6 pairs, source ai)" in out.getvalue()
+    assert "ai-rules@cmd ranked 2 prompts (6 pairs, source ai)" in out.getvalue()
+    assert "nothing more to rank: it has already ranked all 2" in out.getvalue()
     with pytest.raises(CommandError, match="cannot import"):
         call_command("ai_label", "--project", "cmd", "--name", "x", "--kind", "utility", "--spec", "no.such:f")
 

@@ -1,5 +1,7 @@
 """Arena services and the leaderboard: Bradley-Terry with bootstrap intervals on constructed votes, arenas
 and their K=2 prompts, votes stored as rankings and pairs (idempotent), bad input writing nothing."""
+import math
+
 import pytest
 
 from annotation.arena import (
@@ -27,12 +29,14 @@ def test_leaderboard_ranks_the_stronger_model_first_with_intervals_around_the_es
     rows = leaderboard_from_votes(constructed_votes(), resamples=200, seed=0)
     assert [r["model"] for r in rows] == ["strong", "mid", "weak"]
     for row in rows:
-        assert row["ci_low"] < row["strength"] < row["ci_high"]
+        assert row["log_strength_low"] < row["log_strength"] < row["log_strength_high"]
+        assert row["strength_low"] < row["strength"] < row["strength_high"]
+        assert row["strength"] == pytest.approx(math.exp(row["log_strength"]))
         assert row["rating_low"] < row["rating"] < row["rating_high"]
     strong = rows[0]
     assert (strong["votes"], strong["wins"], strong["losses"], strong["ties"]) == (60, 42, 16, 2)
     assert strong["rank"] == 1 and rows[2]["rank"] == 2  # weak's interval lies wholly below strong's only
-    assert sum(r["strength"] for r in rows) == pytest.approx(0.0, abs=1e-9)  # log-strengths have mean 0
+    assert sum(r["log_strength"] for r in rows) == pytest.approx(0.0, abs=1e-9)  # log-strengths have mean 0
 
 
 def test_leaderboard_is_deterministic_for_a_seed_and_varies_with_it():
@@ -40,15 +44,15 @@ def test_leaderboard_is_deterministic_for_a_seed_and_varies_with_it():
     first = leaderboard_from_votes(votes, resamples=100, seed=7)
     assert first == leaderboard_from_votes(votes, resamples=100, seed=7)
     other = leaderboard_from_votes(votes, resamples=100, seed=8)
-    assert [r["strength"] for r in first] == [r["strength"] for r in other]  # the point estimate has no noise
-    assert [r["ci_low"] for r in first] != [r["ci_low"] for r in other]
+    assert [r["log_strength"] for r in first] == [r["log_strength"] for r in other]  # the point estimate has no noise
+    assert [r["log_strength_low"] for r in first] != [r["log_strength_low"] for r in other]
 
 
 def test_ties_and_both_bad_are_half_a_win_each_way():
     assert vote_comparisons([("x", "y", "tie"), ("x", "y", "both_bad"), ("x", "y", "b")]) == [
         ("x", "y", 0.5), ("y", "x", 0.5), ("x", "y", 0.5), ("y", "x", 0.5), ("y", "x", 1.0)]
     rows = leaderboard_from_votes([("x", "y", "tie")] * 10, resamples=20, seed=0)
-    assert rows[0]["strength"] == pytest.approx(rows[1]["strength"])
+    assert rows[0]["log_strength"] == pytest.approx(rows[1]["log_strength"])
     assert leaderboard_from_votes([], resamples=10) == []
 
 
@@ -142,7 +146,7 @@ def test_a_vote_is_a_ranking_with_one_pair_and_repeating_it_writes_nothing(arena
     vote = _vote(pair, labeler, "left", time_spent_ms=1234)
     assert vote.outcome == ("a" if left == pair.sample_a_id else "b") and vote.left_sample_id == left
     assert ranking_tiers(ranking=vote.ranking) == [[left], [right]]
-    assert vote.ranking.source == Ranking.Source.HUMAN and vote.ranking.time_spent_ms == 1234
+    assert vote.ranking.source == Ranking.Source.ARENA and vote.ranking.time_spent_ms == 1234
     stored = PairwiseComparison.objects.get(ranking=vote.ranking)
     assert (stored.chosen_id, stored.rejected_id, stored.margin) == (left, right, 1)
     shown = dict(vote.ranking.entries.values_list("sample_id", "shown_position"))
@@ -243,3 +247,37 @@ def test_generated_text_is_made_storable():
 
     assert _generated_text("a\x00b") == "ab" and _generated_text(" \x00 ") == "(empty response)"
     assert len(_generated_text("x" * (MAX_RESPONSE_CHARS + 5))) == MAX_RESPONSE_CHARS
+
+
+def test_only_generators_are_offered_and_accepted(arena_setup, tmp_path):
+    project, researcher, *_ , model_a, _ = arena_setup
+    for name, architecture in (("rm-base", "GPT2ForSequenceClassification"), ("lm-base", "GPT2LMHeadModel")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(f'{{"architectures": ["{architecture}"]}}')
+    rm_base = ModelArtifact.objects.create(project=project, kind="base", name="rm-base", path=str(tmp_path / "rm-base"))
+    lm_base = ModelArtifact.objects.create(project=project, kind="base", name="lm-base", path=str(tmp_path / "lm-base"))
+    reward = ModelArtifact.objects.create(project=project, kind="reward", name="rm", path="r")
+    from annotation.arena import arena_generators
+    from annotation.arena_views import ArenaCreateForm
+
+    offered = {a.name for a in arena_generators(project=project)}
+    assert offered == {"sft-policy", "dpo-policy", "lm-base"}
+    assert {label.split(" ")[0] for _, label in ArenaCreateForm(project=project).fields["model_a"].choices} == offered
+    for bad in (rm_base, reward):
+        with pytest.raises(InvalidInput, match="reward model cannot generate") as error:
+            arena_create(project=project, model_a=bad, model_b=model_a, name="x", items=items(1), user=researcher)
+        assert error.value.location == "model_a"
+    assert not Arena.objects.exists()
+    assert arena_create(project=project, model_a=lm_base, model_b=model_a, name="ok", items=items(1),
+                        user=researcher).status == Arena.Status.OPEN
+
+
+def test_an_arena_whose_responses_are_all_identical_ends_closed_with_the_reason(arena_setup):
+    project, researcher, labeler, _, model_a, model_b = arena_setup
+    same = [{"prompt": f"Q{i}?", "response_a": "Same.", "response_b": "Same."} for i in range(2)]
+    arena = arena_create(project=project, model_a=model_a, model_b=model_b, name="same", items=same, user=researcher)
+    assert arena.status == Arena.Status.CLOSED and arena.summary["pairs"] == 0
+    assert "identical responses to all 2 prompts" in arena.summary["error"]
+    assert arena_pair_next_for_voter(arena=arena, voter=labeler) is None
+    with pytest.raises(InvalidInput, match="no pairs to vote on"):
+        arena_close(arena=arena, user=researcher, reopen=True)

@@ -28,6 +28,9 @@ def rank_all(project, labeler, *, reverse=False, time_spent_ms=30_000):
     return rankings
 
 
+CAROL_WEIGHT = (30 * 0.05 + 20) / 50  # floor weight 0.05 on 30 pairs, shrunk toward 1 by 20 prior pairs
+
+
 @pytest.fixture
 def three_labelers(make_user, make_project):
     """K=4, overlap 3, 5 prompts; alice and bob rank by the answer number, carol in reverse and fast."""
@@ -49,7 +52,9 @@ def test_report_separates_the_contrarian(three_labelers):
     assert overall["alpha_ordinal"] < 0.2
     rows = {row["labeler"]: row for row in report["labelers"]}
     assert rows["alice"]["consensus_agreement"] == 1.0 and rows["carol"]["consensus_agreement"] == 0.0
-    assert rows["alice"]["weight"] > 0.9 and rows["carol"]["weight"] == 0.05
+    # carol's raw weight is the floor; 30 compared pairs shrink it toward 1 by the prior's 20 pairs
+    assert rows["alice"]["weight"] > 0.9 and rows["carol"]["raw_weight"] == 0.05
+    assert rows["carol"]["evidence_pairs"] == 30 and rows["carol"]["weight"] == (30 * 0.05 + 20) / 50
     assert rows["carol"]["speed_flag"] and rows["carol"]["fast_rankings"] == 5 and not rows["alice"]["speed_flag"]
     assert rows["alice"]["position_bias"]["pairs"] == 30
     # every prompt has mean agreement 1/3 < 0.5: all five are in the review queue
@@ -70,14 +75,14 @@ def test_agreement_with_identical_labelers_is_perfect(make_user, make_project):
 def test_pair_weights_are_written_and_exported_and_idempotent(three_labelers):
     project, alice, bob, carol = three_labelers
     weights = pair_weights_update(project=project)
-    assert weights["carol"] == 0.05 and weights["alice"] > 0.9
+    assert weights["carol"] == CAROL_WEIGHT and weights["alice"] > 0.9
     carol_pairs = PairwiseComparison.objects.filter(ranking__labeler=carol)
-    assert set(carol_pairs.values_list("weight", flat=True)) == {0.05}
+    assert set(carol_pairs.values_list("weight", flat=True)) == {CAROL_WEIGHT}
     assert LabelerReliability.objects.get(project=project, labeler=carol).consensus_pairs == 30
     assert pair_weights_update(project=project) == weights  # idempotent
     rows = [json.loads(line) for line in b"".join(export_preferences(project=project, fmt="pairs",
                                                                      file_format="jsonl")).splitlines()]
-    assert {row["weight"] for row in rows if row["labeler"] == "carol"} == {0.05}
+    assert {row["weight"] for row in rows if row["labeler"] == "carol"} == {CAROL_WEIGHT}
 
 
 def test_gold_is_mixed_in_at_the_configured_rate_beyond_overlap(make_user, make_project):

@@ -6,13 +6,17 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from annotation.quality import shrunk_weight
+
 from annotation.models import PairwiseComparison, Prompt, Ranking
 from annotation.quality_models import GoldRanking, PromptReview, QualitySettings, RankingExclusion
 from annotation.tests.test_quality_services import rank_all
 
+THIN = shrunk_weight(0.05, 9)  # 3 prompts × C(3,2) pairs of evidence
+
 
 @pytest.fixture
-def qc(make_user, make_project):
+def qc(make_user, make_project):  # carol: floor weight on 9 pairs, shrunk toward 1 (THIN)
     alice, bob, carol, res = make_user("alice"), make_user("bob"), make_user("carol"), make_user("res")
     project = make_project(slug="qc", k=3, overlap=3, prompts=3, labelers=[alice, bob, carol], researchers=[res])
     rank_all(project, alice)
@@ -52,7 +56,7 @@ def test_page_actions(qc):
     researcher.post(reverse("annotation:quality-exclusion", args=[slug]), {"ranking_id": ranking.pk, "action": "include"})
     assert not RankingExclusion.objects.exists()
     researcher.post(reverse("annotation:quality-weights", args=[slug]))
-    assert set(PairwiseComparison.objects.filter(ranking__labeler=carol).values_list("weight", flat=True)) == {0.05}
+    assert set(PairwiseComparison.objects.filter(ranking__labeler=carol).values_list("weight", flat=True)) == {THIN}
     response = researcher.post(reverse("annotation:quality-settings", args=[slug]), {"gold_rate": "2"}, follow=True)
     assert "Settings not saved" in response.content.decode() and not QualitySettings.objects.exists()
     researcher.post(reverse("annotation:quality-settings", args=[slug]), {"gold_rate": "0.1", "review_threshold": "0.4"})
@@ -79,7 +83,7 @@ def test_quality_api(qc):
     assert qc["labeler"].get(f"/api/projects/{slug}/quality/").status_code == 403
     assert researcher.get(f"/api/projects/{slug}/quality/?round=x").status_code == 400
     weights = researcher.post(f"/api/projects/{slug}/quality/weights/").json()["weights"]
-    assert weights["carol"] == 0.05
+    assert weights["carol"] == THIN
     bad = researcher.post(f"/api/projects/{slug}/quality/exclusions/", {"ranking_id": 10**9, "reason": "x"},
                           content_type="application/json")
     assert bad.status_code == 400 and bad.json()["location"] == "ranking"

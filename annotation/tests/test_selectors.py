@@ -83,7 +83,7 @@ def test_progress_figures(team):
     users, demo, _ = team
     empty = project_progress(project=demo)
     assert empty == {"prompts": 3, "open_prompts": 3, "slots_total": 6, "slots_filled": 0, "slots_leased": 0,
-                     "open_slots": 6, "rankings": 0, "pairs": 0, "percent_complete": 0.0}
+                     "open_slots": 6, "rankings": 0, "rankings_by_source": {}, "pairs": 0, "percent_complete": 0.0}
     _rank(demo, users["alice"])
     skipped = assignment_next_for_labeler(project=demo, labeler=users["alice"])
     assignment_skip(assignment_id=skipped.pk, labeler=users["alice"], reason="unsure")
@@ -91,5 +91,6 @@ def test_progress_figures(team):
     figures = project_progress(project=demo)
     assert (figures["slots_filled"], figures["slots_leased"], figures["open_slots"]) == (1, 1, 4)
     assert figures["pairs"] == comb(3, 2) and figures["percent_complete"] == round(100 / 6, 1)
+    assert figures["rankings_by_source"] == {"human": 1}
     assert labeler_progress(project=demo, labeler=users["alice"]) == {"done": 1, "skipped": 1, "remaining": 1}
     assert labeler_progress(project=demo, labeler=users["bob"]) == {"done": 0, "skipped": 0, "remaining": 3}

@@ -6,9 +6,29 @@ from pathlib import Path
 from django.core.management.base import CommandError
 from tqdm import tqdm
 
+from annotation.errors import InvalidInput
+from annotation.provenance import CHOICES, DEFAULT_AI_WEIGHT, DEFAULT_CHOICE, SourceSelection, source_selection_parse
 from training.models import ModelArtifact, TrainingRun
 
 WAIT_HELP = "seconds between progress checks with --wait"
+
+
+def add_source_arguments(parser) -> None:
+    """--sources / --include-arena / --ai-weight: which ranking sources the run's snapshot takes."""
+    parser.add_argument("--sources", choices=CHOICES, default=DEFAULT_CHOICE,
+                        help="rankings to train on (default human: human, simulated, imported, gold-prompt rankings; "
+                             "ai; both; weighted; arena)")
+    parser.add_argument("--include-arena", action="store_true", help="add arena votes to the chosen sources")
+    parser.add_argument("--ai-weight", type=float, default=None,
+                        help=f"with --sources weighted: AI pair weight factor in (0, 1] (default {DEFAULT_AI_WEIGHT})")
+
+
+def source_selection_from(options: dict) -> SourceSelection:
+    try:
+        return source_selection_parse(choice=options["sources"], include_arena=options["include_arena"],
+                                      ai_weight=options["ai_weight"])
+    except InvalidInput as error:
+        raise CommandError(str(error)) from error
 
 
 def read_config(path: str | None) -> dict:

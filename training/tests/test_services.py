@@ -34,7 +34,9 @@ def test_create_snapshots_and_enqueues_on_commit(ranked, model_dir, sent, django
     assert run.status == Status.QUEUED and run.config["epochs"] == 2.0 and run.config["learning_rate"] == 5e-5
     snap = run.snapshot
     assert (snap.num_rankings, snap.num_prompts, snap.num_pairs) == (6, 6, 6 * 6)
-    assert snap.filters == {"rounds": [1], "sources": []}
+    assert snap.filters == {"rounds": [1], "sources": "human", "included_sources": ["gold", "human", "imported",
+                                                                                  "simulated"],
+                            "ai_weight": None, "include_arena": False, "rankings_by_source": {"human": 6}}
     assert len(snap.content_hash) == 64 and run.max_attempts == 3
 
 

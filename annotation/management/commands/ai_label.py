@@ -13,7 +13,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--project", required=True)
-        parser.add_argument("--name", required=True, help="The labeler is the user ai-NAME.")
+        parser.add_argument("--name", required=True,
+                            help="The labeler is the user ai-NAME@PROJECT (names are per project).")
         parser.add_argument("--kind", required=True, choices=AILabeler.Kind.values)
         parser.add_argument("--spec", required=True,
                             help="module:function (utility), artifact id (reward_model) or model directory (llm_judge).")
@@ -32,3 +33,5 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"{result['labeler']} ranked {result['rankings']} prompts ({result['pairs']} pairs, "
                           f"source ai). See: python manage.py quality_report --project {project.slug}")
+        if result.get("reason"):
+            self.stdout.write(f"nothing more to rank: {result['reason']}")

@@ -1,4 +1,5 @@
-"""python manage.py export_preferences --project SLUG --format FORMAT [--file-format F] [--output FILE] [--round N]."""
+"""python manage.py export_preferences --project SLUG --format FORMAT [--file-format F] [--output FILE] [--round N]
+[--sources human|ai|both|weighted|arena] [--include-arena] [--ai-weight W]."""
 import contextlib
 import os
 import sys
@@ -9,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 from annotation.errors import InvalidInput
 from annotation.exporters import FILE_FORMATS, FORMATS, export_preferences
 from annotation.models import Project
+from annotation.provenance import CHOICES, DEFAULT_AI_WEIGHT, DEFAULT_CHOICE, source_selection_parse
 
 
 class Command(BaseCommand):
@@ -20,15 +22,26 @@ class Command(BaseCommand):
         parser.add_argument("--file-format", choices=FILE_FORMATS, default="jsonl")
         parser.add_argument("--output", help="file to write (default: standard output)")
         parser.add_argument("--round", type=int, default=None, dest="round_number", help="only this round")
+        parser.add_argument("--sources", choices=CHOICES, default=DEFAULT_CHOICE,
+                            help="which rankings (default human: human, simulated, imported, gold-prompt rankings; "
+                                 "ai; both; weighted; arena)")
+        parser.add_argument("--include-arena", action="store_true", help="add arena votes to the chosen sources")
+        parser.add_argument("--ai-weight", type=float, default=None,
+                            help=f"with --sources weighted: AI pair weight factor in (0, 1] "
+                                 f"(default {DEFAULT_AI_WEIGHT})")
 
     def handle(self, *args, project: str, fmt: str, file_format: str, output: str | None, round_number, **options):
         found = Project.objects.filter(slug=project).first()
         if found is None:
             raise CommandError(f"no project {project!r}")
         try:
-            chunks = export_preferences(project=found, fmt=fmt, file_format=file_format, round_number=round_number)
+            selection = source_selection_parse(choice=options["sources"], include_arena=options["include_arena"],
+                                               ai_weight=options["ai_weight"])
+            chunks = export_preferences(project=found, fmt=fmt, file_format=file_format, round_number=round_number,
+                                        selection=selection)
         except InvalidInput as exc:
             raise CommandError(str(exc)) from None
+        self.stderr.write(f"sources: {selection.label()}")
         if output is None:
             sink = getattr(self.stdout, "_out", sys.stdout)
             binary = getattr(sink, "buffer", None)

@@ -29,3 +29,5 @@ class Command(BaseCommand):
         top = ", ".join(f"{pk} ({record.scores[str(pk)]:.3f})" for pk in record.order[:5])
         self.stdout.write(f"selection {record.pk}: {record.strategy} ordered {len(record.order)} prompts of round "
                           f"{round_.number}; first: {top}")
+        for note in record.params.get("notes", []):
+            self.stdout.write(f"note: {note}")

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.errors import InvalidInput
 from annotation.models import Project
-from training.management.cli import WAIT_HELP, read_config, run_follow
+from training.management.cli import WAIT_HELP, add_source_arguments, read_config, run_follow, source_selection_from
 from training.models import ModelArtifact, TrainingRun
 from training.services import run_create
 
@@ -27,6 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--reward", type=int, help="id of the reward-model artifact (PPO, GRPO)")
         parser.add_argument("--config", help="JSON file of the kind's config settings")
         parser.add_argument("--rounds", help="comma-separated round numbers to train on (default: all)")
+        add_source_arguments(parser)
         parser.add_argument("--wait", action="store_true", help="follow the run and fail unless it succeeds")
         parser.add_argument("--poll", type=float, default=1.0, help=WAIT_HELP)
 
@@ -39,10 +40,12 @@ class Command(BaseCommand):
         rounds = [int(r) for r in options["rounds"].split(",")] if options["rounds"] else None
         try:
             run = run_create(project=project, kind=options["kind"], config=read_config(options["config"]),
-                             base_artifact=policy, reward_artifact=reward, rounds=rounds)
+                             base_artifact=policy, reward_artifact=reward, rounds=rounds,
+                             sources=source_selection_from(options))
         except InvalidInput as error:
             raise CommandError(str(error)) from error
-        data = f"snapshot {run.snapshot_id}: {run.snapshot.num_pairs} pairs" if run.snapshot else "prompt pool"
+        data = (f"snapshot {run.snapshot_id}: {run.snapshot.num_pairs} pairs, sources "
+                f"{', '.join(run.snapshot.filters.get('included_sources') or [])}" if run.snapshot else "prompt pool")
         self.stdout.write(f"{run.kind} run {run.pk} queued ({data})")
         if options["wait"]:
             run_follow(run, poll=options["poll"], stdout=self.stdout)

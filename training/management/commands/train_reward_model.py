@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.errors import InvalidInput
 from annotation.models import Project
-from training.management.cli import WAIT_HELP, read_config, run_follow
+from training.management.cli import WAIT_HELP, add_source_arguments, read_config, run_follow, source_selection_from
 from training.models import ModelArtifact, TrainingRun
 from training.services import run_create
 
@@ -22,6 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--base", help="local model directory (default: the project's newest base model)")
         parser.add_argument("--config", help="JSON file of RewardConfig settings")
         parser.add_argument("--rounds", help="comma-separated round numbers (default: all)")
+        add_source_arguments(parser)
         parser.add_argument("--wait", action="store_true", help="follow the run and fail unless it succeeds")
         parser.add_argument("--poll", type=float, default=1.0, help=WAIT_HELP)
 
@@ -41,11 +42,17 @@ class Command(BaseCommand):
         rounds = [int(r) for r in options["rounds"].split(",")] if options["rounds"] else None
         try:
             run = run_create(project=project, kind=TrainingRun.Kind.REWARD, config=config,
-                             base_artifact=base_artifact, rounds=rounds)
+                             base_artifact=base_artifact, rounds=rounds, sources=source_selection_from(options))
         except InvalidInput as error:
             raise CommandError(str(error)) from error
         snap = run.snapshot
         self.stdout.write(f"run {run.pk} queued: {snap.num_rankings} rankings, {snap.num_pairs} pairs, "
-                          f"{snap.num_prompts} prompts (snapshot {snap.pk})")
+                          f"{snap.num_prompts} prompts (snapshot {snap.pk}; sources {_label(snap.filters)})")
         if options["wait"]:
             run_follow(run, poll=options["poll"], stdout=self.stdout)
+
+
+def _label(filters: dict) -> str:
+    included = ", ".join(filters.get("included_sources") or [])
+    weight = f", AI pairs x{filters['ai_weight']:g}" if filters.get("ai_weight") is not None else ""
+    return f"{filters.get('sources')}: {included}{weight}"
