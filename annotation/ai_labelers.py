@@ -1,8 +1,9 @@
 """AI labelers (RLAIF): a user account flagged as AI whose rankings come from a scorer, not a person.
 
 Three kinds of scorer, each ``score(messages, texts) -> [float]`` (higher is better):
-- ``utility``: a rule-based function ``"module:function"`` of ``(prompt_messages, response_text)``, the same
-  signature the simulated labelers use (e.g. ``annotation.utility:default_utility``);
+- ``utility``: a rule-based function of ``(prompt_messages, response_text)``, the same signature the simulated
+  labelers use, chosen BY NAME from the operator's registry (``annotation.hooks``, e.g. ``default``, ``demo``);
+  the stored name is resolved through the registry again at run time, so nothing a user typed is imported;
 - ``reward_model``: a registered reward-model artifact of the project (``ModelArtifact`` id), scored exactly
   as its trainer encoded sequences (``training.ml.data.encode_group``);
 - ``llm_judge``: a local causal LM directory, asked "Is the reply helpful, correct and on topic? Answer:" and
@@ -27,7 +28,7 @@ from annotation.models import Membership, Project
 from annotation.quality_models import AILabeler
 from annotation.ranking import tiers_from_scores
 from annotation.services import assignment_next_for_labeler, ranking_submit
-from annotation.utility import load_utility
+from annotation.hooks import hook_check, hook_resolve
 
 Scorer = Callable[[list[dict], list[str]], list[float]]
 AI_USERNAME = "ai-{}"
@@ -38,7 +39,7 @@ JUDGE_TEMPLATE = ("Conversation:\n{conversation}\n\nReply:\n{reply}\n\n"
 
 def _check_spec(*, project: Project, kind: str, spec: str) -> None:
     if kind == AILabeler.Kind.UTILITY:
-        load_utility(spec)
+        hook_check(kind="utility", name=spec, location="spec")
     elif kind == AILabeler.Kind.REWARD_MODEL:
         _reward_artifact(project=project, spec=spec)
     elif kind == AILabeler.Kind.LLM_JUDGE:
@@ -82,7 +83,7 @@ def ai_labeler_create(*, project: Project, name: str, kind: str, spec: str, tie_
 
 
 def utility_scorer(spec: str) -> Scorer:
-    utility = load_utility(spec)
+    utility = hook_resolve(kind="utility", name=spec, location="spec")
     return lambda messages, texts: [float(utility(messages, text)) for text in texts]
 
 

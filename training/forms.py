@@ -1,6 +1,7 @@
 """The reward-model launch form: turns browser fields into a run config (the service validates it)."""
 from django import forms
 
+from annotation.hooks import hook_names
 from training.models import ModelArtifact
 
 
@@ -100,6 +101,8 @@ class PolicyRunForm(forms.Form):
     policy = forms.ModelChoiceField(queryset=ModelArtifact.objects.none(), help_text="Starting policy (or base).")
     reward_artifact = forms.ModelChoiceField(queryset=ModelArtifact.objects.none(), required=False,
                                              label="Reward model", help_text="PPO/GRPO.")
+    reward_fn = forms.ChoiceField(required=False, label="Reward function", choices=(),
+                                  help_text="PPO/GRPO: a rule-based reward the operator registered (by name).")
     rounds = forms.CharField(required=False, max_length=200,
                              help_text="DPO: rounds to train on (empty: all). SFT: rounds whose top-ranked responses join the demonstrations.")
     config = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}), initial="{}",
@@ -110,8 +113,15 @@ class PolicyRunForm(forms.Form):
         artifacts = ModelArtifact.objects.filter(project=project).order_by("-id")
         self.fields["policy"].queryset = artifacts.filter(kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE])
         self.fields["reward_artifact"].queryset = artifacts.filter(kind=ModelArtifact.Kind.REWARD)
+        self.fields["reward_fn"].choices = [("", "— none —")] + [(n, n) for n in hook_names(kind="reward_fn")]
 
     clean_rounds = RewardRunForm.clean_rounds
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("reward_fn") and isinstance(data.get("config"), dict):
+            data["config"] = {**data["config"], "reward_fn": data["reward_fn"]}
+        return data
 
     def clean_config(self) -> dict:
         import json

@@ -22,13 +22,20 @@ def reversed_answer_number(prompt_messages, response_text):
     return -answer_number(prompt_messages, response_text)
 
 
+@pytest.fixture(autouse=True)
+def registered(settings):
+    """The operator registers this module's scorers by name (users pick names, never module:function)."""
+    settings.RLHF_HOOKS = {"utility": {"answer-number": f"{__name__}:answer_number",
+                                       "reversed": f"{__name__}:reversed_answer_number"}}
+
+
 def test_ai_labeler_ranks_as_ai_and_is_compared_with_humans(make_user, make_project):
     alice = make_user("alice")
     project = make_project(slug="rlaif", k=4, overlap=3, prompts=4, labelers=[alice])
     rank_all(project, alice)
-    good = ai_labeler_create(project=project, name="rules", kind="utility", spec=f"{__name__}:answer_number")
+    good = ai_labeler_create(project=project, name="rules", kind="utility", spec="answer-number")
     bad = ai_labeler_create(project=project, name="contrarian", kind="utility",
-                            spec=f"{__name__}:reversed_answer_number")
+                            spec="reversed")
     assert ai_labeler_run(labeler=good) == {"labeler": "ai-rules", "rankings": 4, "pairs": 24}
     assert ai_labeler_run(labeler=bad, max_prompts=2)["rankings"] == 2
     assert set(Ranking.objects.filter(labeler=good.user).values_list("source", flat=True)) == {"ai"}
@@ -46,7 +53,8 @@ def test_ai_labeler_validation_writes_nothing(make_user, make_project, tmp_path)
     project = make_project(slug="v", k=2, prompts=1)
     for kwargs, where in (({"name": "Bad Name", "kind": "utility", "spec": f"{__name__}:answer_number"}, "name"),
                           ({"name": "x", "kind": "oracle", "spec": "x"}, "kind"),
-                          ({"name": "x", "kind": "utility", "spec": "nope"}, "utility"),
+                          ({"name": "x", "kind": "utility", "spec": "nope"}, "spec"),
+                          ({"name": "x", "kind": "utility", "spec": f"{__name__}:answer_number"}, "spec"),
                           ({"name": "x", "kind": "reward_model", "spec": "999"}, "spec"),
                           ({"name": "x", "kind": "llm_judge", "spec": str(tmp_path)}, "spec")):
         with pytest.raises(InvalidInput) as error:
@@ -55,12 +63,12 @@ def test_ai_labeler_validation_writes_nothing(make_user, make_project, tmp_path)
     assert not AILabeler.objects.exists()
     make_user("ai-taken")
     with pytest.raises(InvalidInput, match="not this project's AI labeler"):
-        ai_labeler_create(project=project, name="taken", kind="utility", spec=f"{__name__}:answer_number")
+        ai_labeler_create(project=project, name="taken", kind="utility", spec="answer-number")
 
 
 def test_scorer_returning_garbage_is_rejected(make_project):
     project = make_project(slug="g", k=3, prompts=1)
-    labeler = ai_labeler_create(project=project, name="g", kind="utility", spec=f"{__name__}:answer_number")
+    labeler = ai_labeler_create(project=project, name="g", kind="utility", spec="answer-number")
     with pytest.raises(InvalidInput, match="finite numbers"):
         ai_labeler_run(labeler=labeler, scorer=lambda messages, texts: [float("nan")] * len(texts))
     assert not Ranking.objects.exists()
@@ -70,9 +78,9 @@ def test_ai_label_command(make_project):
     make_project(slug="cmd", k=3, prompts=2)
     out = StringIO()
     call_command("ai_label", "--project", "cmd", "--name", "rules", "--kind", "utility", "--spec",
-                 f"{__name__}:answer_number", stdout=out)
+                 "answer-number", stdout=out)
     assert "ai-rules ranked 2 prompts (6 pairs, source ai)" in out.getvalue()
-    with pytest.raises(CommandError, match="cannot import"):
+    with pytest.raises(CommandError, match="not a registered utility hook; choose one of: answer-number, default"):
         call_command("ai_label", "--project", "cmd", "--name", "x", "--kind", "utility", "--spec", "no.such:f")
 
 

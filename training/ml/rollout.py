@@ -8,7 +8,6 @@ No Django here.
 """
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -180,13 +179,10 @@ def function_scores(reward_fn: RewardFn, prompts: list[list[dict]], rollout: Rol
     return torch.tensor(scores)
 
 
-def load_reward_fn(spec: str) -> RewardFn:
-    """The function named by 'package.module:function' (e.g. 'training.ml.demo_task:demo_utility')."""
-    module_name, _, attr = spec.partition(":")
-    function = getattr(importlib.import_module(module_name), attr, None)
-    if not callable(function):
-        raise ValueError(f"reward function {spec!r}: {module_name} has no callable {attr!r}")
-    return function
+def reward_fn_unresolved(name: str) -> ValueError:
+    """``config.reward_fn`` is the NAME of an operator-registered hook (``annotation.hooks``), never imported
+    here: the caller resolves it and passes the callable as ``reward_fn=``."""
+    return ValueError(f"reward_fn {name!r} is a registered hook name: pass the resolved callable as reward_fn=")
 
 
 class RewardScorer:

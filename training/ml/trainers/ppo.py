@@ -25,7 +25,7 @@ from training.ml.rl import (
     kl_penalised_rewards, masked_mean, masked_whiten,
 )
 from training.ml.rollout import (
-    RewardFn, RewardScorer, Rollout, batched_logprobs, load_reward_fn, position_ids_for, prompt_batch,
+    RewardFn, RewardScorer, Rollout, batched_logprobs, reward_fn_unresolved, position_ids_for, prompt_batch,
     sample_rollout, token_logprobs,
 )
 from training.ml.types import NullHooks, TrainHooks
@@ -205,7 +205,8 @@ def train_ppo(
 ) -> dict:
     """Train the policy in ``policy_dir`` with PPO; save it to ``output_dir/policy``; return the summary.
 
-    ``reward_fn``/``reward_model_dir`` default to the config's ``reward_fn``/``reward_model``. Checkpoints go
+    ``reward_model_dir`` defaults to the config's ``reward_model``; ``reward_fn`` is the callable (the config's
+    ``reward_fn`` is only the name of the operator's hook, which the caller resolves). Checkpoints go
     to ``output_dir/checkpoints`` every ``checkpoint_every`` steps; with ``resume`` the newest one is loaded.
     ``hooks.should_stop()`` is checked after every step: a stopped run checkpoints and returns early.
     """
@@ -219,7 +220,7 @@ def train_ppo(
     torch.manual_seed(config.seed)
     reward_model_dir = reward_model_dir or config.reward_model or None
     if reward_fn is None and config.reward_fn:
-        reward_fn = load_reward_fn(config.reward_fn)
+        raise reward_fn_unresolved(config.reward_fn)
     scorer = RewardScorer(reward_model_dir=reward_model_dir, reward_fn=reward_fn, max_length=config.max_length)
     models = load_ppo_models(policy_dir, config, reward_model_dir)
     total = total_steps(config, len(prompts))
