@@ -372,13 +372,13 @@ def artifact_register(
     metrics: dict | None = None,
 ) -> ModelArtifact:
     """Record a save_pretrained directory with its lineage. Idempotent per run (a retried finish re-uses it)."""
-    path = Path(path)
-    if not path.is_dir() or not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+    from training.selectors import artifact_files, artifact_path_contained
+
+    resolved = artifact_path_contained(path)  # an artifact lives under ARTIFACT_ROOT, nowhere else
+    if not resolved.is_dir() or not (resolved / "config.json").exists() and not (resolved / "adapter_config.json").exists():
         raise InvalidInput(f"{path} is not a save_pretrained directory (no config.json).", location="path")
-    root = Path(settings.ARTIFACT_ROOT).resolve()
-    resolved = path.resolve()
-    stored = str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
-    size = sum(f.stat().st_size for f in resolved.rglob("*") if f.is_file())
+    stored = str(resolved.relative_to(Path(settings.ARTIFACT_ROOT).resolve()))
+    size = sum(f.stat().st_size for f in artifact_files(resolved))
     with transaction.atomic():
         if run is not None:
             existing = ModelArtifact.objects.filter(run=run).first()
@@ -405,8 +405,10 @@ def json_safe(value):
 
 
 def artifact_abs_path(*, artifact: ModelArtifact) -> Path:
-    path = Path(artifact.path)
-    return path if path.is_absolute() else Path(settings.ARTIFACT_ROOT) / path
+    """The artifact's directory, resolved and refused outside ARTIFACT_ROOT (``selectors.artifact_dir``)."""
+    from training.selectors import artifact_dir
+
+    return artifact_dir(artifact=artifact)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -33,6 +33,15 @@ def model_dir(tmp_path):
 
 
 @pytest.fixture
+def stored_model(artifact_root):
+    """A model directory inside ARTIFACT_ROOT (where registered artifacts live), for ModelArtifact rows."""
+    path = artifact_root / "base" / "fixture" / "model"
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return path
+
+
+@pytest.fixture
 def sent(monkeypatch):
     """Run ids sent to training.tasks.execute_run (the broker is not touched)."""
     from training import tasks

@@ -20,10 +20,10 @@ LINES = [
 
 
 @pytest.fixture
-def loop_project(ranked, model_dir, artifact_root):
+def loop_project(ranked, stored_model, artifact_root):
     project, researcher, labeler = ranked
     policy_data_import(project=project, lines=LINES)
-    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(model_dir))
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(stored_model))
     return project, researcher, labeler, policy
 
 

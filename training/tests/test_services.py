@@ -219,12 +219,12 @@ def test_log_tail_is_bounded(ranked, model_dir, sent):
     assert "line 0 " not in run.log_tail
 
 
-def test_artifact_register_is_idempotent_per_run(ranked, model_dir, sent, artifact_root):
+def test_artifact_register_is_idempotent_per_run(ranked, model_dir, stored_model, sent, artifact_root):
     run = _create(ranked[0], model_dir)
-    first = services.artifact_register(project=run.project, kind="reward", name="rm", path=model_dir, run=run,
+    first = services.artifact_register(project=run.project, kind="reward", name="rm", path=stored_model, run=run,
                                        metrics={"accuracy": 0.75, "loss": float("inf")})
-    again = services.artifact_register(project=run.project, kind="reward", name="rm", path=model_dir, run=run)
+    again = services.artifact_register(project=run.project, kind="reward", name="rm", path=stored_model, run=run)
     assert first.pk == again.pk and ModelArtifact.objects.count() == 1
     assert first.metrics == {"accuracy": 0.75, "loss": None} and first.size_bytes > 0
     with pytest.raises(InvalidInput):
-        services.artifact_register(project=run.project, kind="reward", name="x", path=model_dir.parent / "none")
+        services.artifact_register(project=run.project, kind="reward", name="x", path=stored_model.parent / "none")
