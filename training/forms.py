@@ -2,6 +2,7 @@
 from django import forms
 
 from annotation.hooks import hook_names
+from training.model_sources import model_roots
 from training.models import ModelArtifact
 
 
@@ -12,7 +13,7 @@ class RewardRunForm(forms.Form):
     )
     base_model_path = forms.CharField(
         required=False, max_length=500, label="Model directory",
-        help_text="Any local Hugging Face model directory on the workers, e.g. /models/MiniLM-L6.",
+        help_text="A Hugging Face model directory under the operator's model roots (RLHF_MODEL_ROOTS).",
     )
     epochs = forms.FloatField(initial=1.0, min_value=0.01, max_value=1000)
     learning_rate = forms.FloatField(initial=5e-5, min_value=0.0, max_value=1.0)
@@ -28,6 +29,10 @@ class RewardRunForm(forms.Form):
         self.fields["base_artifact"].queryset = ModelArtifact.objects.filter(
             project=project, kind__in=[ModelArtifact.Kind.BASE, ModelArtifact.Kind.REWARD]
         ).order_by("-id")
+        roots = ", ".join(str(root) for root in model_roots())
+        self.fields["base_model_path"].help_text = (
+            f"A Hugging Face model directory under the operator's model roots: {roots}." if roots
+            else "None allowed: the operator has shared no model roots (RLHF_MODEL_ROOTS); choose a registered model.")
 
     def clean_rounds(self) -> list[int] | None:
         raw = self.cleaned_data["rounds"].replace(" ", "")

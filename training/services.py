@@ -24,6 +24,7 @@ from django.utils import timezone
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import PairwiseComparison, Project, Ranking, Round
 from training import jobs
+from training.model_sources import typed_model_fields_check
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ def run_create(
 
     Raises ``InvalidInput`` (nothing written) for an unknown kind, a bad config, a missing model directory
     or an empty dataset, and ``NotAllowed`` when ``user`` may not train in this project (``user=None`` is
-    the operator at the command line). ``base_artifact`` that is a LoRA adapter fills ``adapter`` and its
+    the operator at the command line, who may name any local model directory; a user's typed model settings
+    must lie under the operator's model roots: ``training.model_sources``). ``base_artifact`` that is a LoRA adapter fills ``adapter`` and its
     base model; ``reward_artifact`` fills ``reward_model`` (PPO/GRPO); ``round`` is the round a generation
     run fills. Kinds without rankings (generate, PPO, GRPO; SFT unless ``rounds`` are given) take no snapshot.
     """
@@ -60,10 +62,14 @@ def run_create(
     spec = jobs.job_for_kind(kind)
     if not isinstance(config, dict):
         raise InvalidInput("The config must be a JSON object.", location="config")
+    if user is not None:  # what a user typed names no server path outside the operator's model roots
+        config = typed_model_fields_check(config)
     config = _config_with_artifacts(project=project, kind=kind, config=config, spec=spec,
                                     base_artifact=base_artifact, reward_artifact=reward_artifact)
     config_obj = jobs.config_parse(kind=kind, data=config)
     jobs.check_model_source(getattr(config_obj, spec.base_model_field, ""), location=f"config.{spec.base_model_field}")
+    if getattr(config_obj, "adapter", ""):  # a DPO/generation adapter that does not exist is refused now
+        jobs.check_model_source(config_obj.adapter, location="config.adapter")
     with transaction.atomic():
         snapshot = None
         if spec.snapshot == "pairs" or (spec.snapshot == "optional" and rounds):

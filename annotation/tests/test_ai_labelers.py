@@ -96,7 +96,8 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_model_scorers_rank_through_the_service(make_project, tiny_models):
+def test_model_scorers_rank_through_the_service(make_project, tiny_models, settings):
+    settings.RLHF_MODEL_ROOTS = [str(tiny_models["lm"].parent)]  # the operator shares these models
     project = make_project(slug="models", k=3, overlap=2, prompts=2)
     messages = [{"role": "user", "content": "Question 0?"}]
     texts = ["Answer 0 to question 0.", "Answer 1 to question 0.", "Answer 2 to question 0."]

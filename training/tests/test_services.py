@@ -56,15 +56,18 @@ def test_bad_config_rejected_and_nothing_written(ranked, model_dir, sent, config
     assert _counts() == before and sent == []
 
 
-def test_missing_model_directory_and_unknown_kind_rejected(ranked, tmp_path, sent):
+def test_missing_model_directory_and_unknown_kind_rejected(ranked, tmp_path, sent, settings):
     project, researcher, _ = ranked
-    with pytest.raises(InvalidInput, match="does not exist"):
-        _create(project, tmp_path / "nope", user=researcher)
-    with pytest.raises(InvalidInput, match="no config.json"):
-        _create(project, tmp_path, user=researcher)
-    (tmp_path / "config.json").write_text("{ broken")
-    with pytest.raises(InvalidInput, match="not valid JSON"):
-        _create(project, tmp_path, user=researcher)
+    settings.RLHF_MODEL_ROOTS = [str(tmp_path)]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{ broken")
+    for path, operator_says in ((tmp_path / "nope", "does not exist"), (tmp_path / "empty", "no config.json"),
+                                (tmp_path / "broken", "not valid JSON")):
+        with pytest.raises(InvalidInput, match=operator_says):  # the operator (command line) is told why
+            _create(project, path)
+        with pytest.raises(InvalidInput, match="^config.base_model: Not an allowed model directory"):
+            _create(project, path, user=researcher)  # a user learns nothing about what exists
     with pytest.raises(InvalidInput, match="Unknown run kind"):
         services.run_create(project=project, kind="magic", config={}, user=researcher)
     assert _counts() == (0, 0) and sent == []

@@ -58,7 +58,7 @@ def test_launch_with_a_missing_model_directory_is_a_400_and_writes_nothing(clien
     data = {"base_model_path": str(tmp_path / "missing"), "epochs": "1", "learning_rate": "0.0001",
             "batch_size": "4", "max_length": "128", "eval_fraction": "0.2", "lora_r": "8"}
     response = researcher.post(reverse("training:project_runs", args=[project.slug]), data)
-    assert response.status_code == 400 and b"does not exist" in response.content
+    assert response.status_code == 400 and b"Not an allowed model directory" in response.content
     assert not TrainingRun.objects.exists() and not DatasetSnapshot.objects.exists() and sent == []
 
 
