@@ -57,6 +57,14 @@ def _stop(proc: subprocess.Popen) -> int:
         return proc.wait()
 
 
+def child_environment(*, claim_token: str) -> dict[str, str]:
+    """The training process's environment: the claim token, and the HF libraries offline unless the operator
+    allows the model hub (``training.model_sources.offline_environment``), whatever the worker inherited."""
+    from training.model_sources import offline_environment
+
+    return {**os.environ, **offline_environment(), "RLHF_CLAIM_TOKEN": claim_token, "PYTHONUNBUFFERED": "1"}
+
+
 def supervise(*, run_id: int, claim_token: str, attempt: int) -> str:
     """Run the claimed run in a child process until it ends; returns a short outcome for the task result."""
     from training import services
@@ -66,7 +74,7 @@ def supervise(*, run_id: int, claim_token: str, attempt: int) -> str:
     run = TrainingRun.objects.get(pk=run_id)
     log_path = run_output_dir(run) / "logs" / f"attempt-{attempt}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RLHF_CLAIM_TOKEN": claim_token, "PYTHONUNBUFFERED": "1"}
+    env = child_environment(claim_token=claim_token)
     from training.distributed_runner import child_command  # one process, or one per GPU through accelerate
 
     with open(log_path, "ab") as log:
@@ -226,6 +234,9 @@ def main(argv: list[str]) -> int:
     import django
 
     django.setup()
+    from training.model_sources import offline_environment
+
+    os.environ.update(offline_environment())  # before any HF library is imported (also when started by hand)
     try:
         return run_claimed(run_id=int(argv[1]), claim_token=os.environ.get("RLHF_CLAIM_TOKEN", ""))
     except Exception:

@@ -136,3 +136,26 @@ def test_llm_judge_takes_an_own_artifact_or_a_shared_directory(two_projects):
     own = ModelArtifact.objects.create(project=t["b"], kind="policy", name="b", path="runs/1/policy")
     assert ai_labeler_create(project=t["b"], name="own", kind="llm_judge", spec=str(own.pk)).spec == str(own.pk)
     assert ai_labeler_create(project=t["b"], name="shared", kind="llm_judge", spec=str(t["shared"])).kind == "llm_judge"
+
+
+def test_training_processes_run_with_the_hub_offline(settings, monkeypatch):
+    import subprocess
+    import sys
+
+    from training.runner import child_environment
+    from training.tasks import _models_offline
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(name, "0")  # recorded, so the worker handler's writes are undone after the test
+        monkeypatch.delenv(name)
+    env = child_environment(claim_token="t")
+    assert env["RLHF_CLAIM_TOKEN"] == "t"
+    assert {env[n] for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")} == {"1"}
+    seen = subprocess.run([sys.executable, "-c", "import huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)"],
+                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert seen == "True"  # the library itself reads the worker's setting as offline
+    _models_offline()  # the Celery worker's own process (worker_init)
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    settings.RLHF_ALLOW_MODEL_HUB = True
+    assert "HF_HUB_OFFLINE" not in child_environment(claim_token="t")
