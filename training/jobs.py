@@ -43,7 +43,9 @@ class JobSpec:
 
 
 class JobFailed(Exception):
-    """A permanent failure (bad data, missing model): the run ends FAILED without another attempt."""
+    """A permanent failure (bad data, missing model): the run ends FAILED without another attempt. The runner
+    treats ``InvalidInput`` and ``training.ml.config.ConfigError`` (raised while loading what a setting
+    names: ``training.ml.config.loading``) the same way."""
 
 
 def run_output_dir(run: TrainingRun) -> Path:

@@ -4,7 +4,8 @@ Parent side (``supervise``, called by ``training.tasks.execute_run`` after it wo
 ``python -m training.runner RUN_ID`` with the claim token in its environment and PR_SET_PDEATHSIG, so
 the child dies with the worker; heartbeats while the child lives; stops it if a cancel is not honoured
 within a grace period; re-queues the run when the worker is shutting down (SIGTERM); and maps the exit
-code: 0 succeeded, 2 failed for good, 3 cancelled (all three written by the child), 4 claim lost,
+code: 0 succeeded, 2 failed for good (bad data, a config error such as a missing model or LoRA target
+modules the model lacks: no retry), 3 cancelled (all three written by the child), 4 claim lost,
 anything else (a crash, an OOM kill) → ``run_retry_or_fail``. GPU memory comes back with the process.
 
 Child side (``main``): sets up Django, runs the kind's job with hooks that write to the database, and
@@ -180,6 +181,7 @@ def run_claimed(*, run_id: int, claim_token: str) -> int:
 
     from annotation.errors import InvalidInput
     from training import jobs, services
+    from training.ml.config import ConfigError  # a missing model, LoRA targets the model lacks (ml.config.loading)
     from training.models import TrainingRun
 
     run = TrainingRun.objects.select_related("project", "snapshot", "base_artifact").get(pk=run_id)
@@ -189,7 +191,7 @@ def run_claimed(*, run_id: int, claim_token: str) -> int:
     output_dir = jobs.run_output_dir(run)
     try:
         result = jobs.job_for_kind(run.kind).run(run, output_dir, hooks)
-    except (jobs.JobFailed, InvalidInput) as error:
+    except (jobs.JobFailed, InvalidInput, ConfigError) as error:  # permanent: no retry can heal these
         hooks.log(f"failed: {error}")
         services.run_finish(run_id=run_id, status=TrainingRun.Status.FAILED, summary={}, error=str(error),
                             claim_token=claim_token)

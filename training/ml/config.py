@@ -20,6 +20,7 @@ import dataclasses
 import math
 import types
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,6 +32,20 @@ class ConfigError(ValueError):
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
         self.message = message
+
+
+@contextmanager
+def loading(field_name: str, value: Any = None):
+    """Errors while loading what a setting names (a missing or unreadable model, LoRA target modules the model
+    lacks) are errors of that setting: ConfigError, which the run runner treats as permanent (the run fails at
+    once; a retry cannot heal it). Out-of-memory and other runtime errors pass through unchanged."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (OSError, ValueError, KeyError) as error:
+        shown = f" ({value!r})" if value is not None else ""
+        raise ConfigError(field_name, f"cannot be loaded{shown}: {error}") from error
 
 
 def setting(default: Any, *, min: float | None = None, max: float | None = None, choices=None, help: str = ""):

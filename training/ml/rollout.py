@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from training.ml.collators import pad_right
+from training.ml.config import loading
 from training.ml.data import encode_group
 from training.ml.generation import prompt_ids
 from training.ml.rl import entropy_from_logits
@@ -199,8 +200,9 @@ class RewardScorer:
         self.reward_fn, self.max_length = reward_fn, max_length
         self.model = self.tokenizer = None
         if reward_model_dir:
-            self.tokenizer = AutoTokenizer.from_pretrained(reward_model_dir)
-            self.model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
+            with loading("reward_model"):
+                self.tokenizer = AutoTokenizer.from_pretrained(reward_model_dir)
+                self.model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
             self.model.requires_grad_(False)
             if self.model.config.num_labels != 1:
                 raise ValueError(f"reward model {reward_model_dir} has {self.model.config.num_labels} outputs; expected 1")

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from training.ml.checkpoint import checkpoint_latest, checkpoint_load, checkpoint_save
-from training.ml.config import GRPOConfig
+from training.ml.config import GRPOConfig, loading
 from training.ml.losses import grpo_loss
 from training.ml.rl import clip_fraction, entropy_from_logits, group_advantages, masked_mean
 from training.ml.rollout import (
@@ -104,10 +104,11 @@ def train_grpo(
         raise reward_fn_unresolved(config.reward_fn)
     scorer = RewardScorer(reward_model_dir=reward_model_dir or config.reward_model or None, reward_fn=reward_fn,
                           max_length=config.max_length)
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    with loading("base_model"):
+        tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+        policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()  # eval: no dropout
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()  # eval: no dropout
     reference = copy.deepcopy(policy).requires_grad_(False)
     total = total_steps(config, len(prompts))
     n = config.batch_size * config.samples_per_prompt

@@ -18,7 +18,7 @@ import torch.nn as nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
 from training.ml.checkpoint import checkpoint_latest, checkpoint_load, checkpoint_save
-from training.ml.config import PPOConfig
+from training.ml.config import PPOConfig, loading
 from training.ml.losses import ppo_policy_loss, ppo_value_loss
 from training.ml.rl import (
     AdaptiveKLController, FixedKLController, clip_fraction, entropy_from_logits, gae_advantages,
@@ -84,10 +84,11 @@ def policy_and_values(models: PPOModels, rollout: Rollout, temperature: float) -
 
 
 def load_ppo_models(policy_dir: str, config: PPOConfig, reward_model_dir: str | None) -> PPOModels:
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    with loading("base_model"):
+        tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+        policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()  # eval: no dropout, so ratios start at 1
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()  # eval: no dropout, so ratios start at 1
     reference = copy.deepcopy(policy).requires_grad_(False)
     if config.value_model == "head":
         return PPOModels(policy, tokenizer, reference, ValueHead(policy.config.get_text_config().hidden_size), None)
