@@ -53,9 +53,9 @@ def run_create(
     Raises ``InvalidInput`` (nothing written) for an unknown kind, a bad config, a missing model directory
     or an empty dataset, and ``NotAllowed`` when ``user`` may not train in this project (``user=None`` is
     the operator at the command line, who may name any local model directory; a user's typed model settings
-    must lie under the operator's model roots: ``training.model_sources``). ``base_artifact`` that is a LoRA adapter fills ``adapter`` and its
-    base model; ``reward_artifact`` fills ``reward_model`` (PPO/GRPO); ``round`` is the round a generation
-    run fills. Kinds without rankings (generate, PPO, GRPO; SFT unless ``rounds`` are given) take no snapshot.
+    must lie under the operator's model roots: ``training.model_sources``). ``base_artifact`` that is a LoRA
+    adapter fills ``adapter`` and its base model; ``reward_artifact`` fills ``reward_model`` (PPO/GRPO);
+    ``round`` is the round a generation run fills. Kinds without rankings (generate, PPO, GRPO; SFT unless ``rounds`` are given) take no snapshot.
     """
     if user is not None and not _user_can_launch(user=user, project=project):
         raise NotAllowed("Only researchers and admins of this project can launch training runs.")
@@ -381,7 +381,7 @@ def artifact_register(
     from training.selectors import artifact_files, artifact_path_contained
 
     resolved = artifact_path_contained(path)  # an artifact lives under ARTIFACT_ROOT, nowhere else
-    if not resolved.is_dir() or not (resolved / "config.json").exists() and not (resolved / "adapter_config.json").exists():
+    if not resolved.is_dir() or not any((resolved / name).exists() for name in ("config.json", "adapter_config.json")):
         raise InvalidInput(f"{path} is not a save_pretrained directory (no config.json).", location="path")
     stored = str(resolved.relative_to(Path(settings.ARTIFACT_ROOT).resolve()))
     size = sum(f.stat().st_size for f in artifact_files(resolved))

@@ -94,8 +94,8 @@ def test_a_directory_under_the_operator_roots_is_accepted_resolved(two_projects,
     t = two_projects
     project, researcher, _ = ranked
     os.symlink(t["shared"], t["root"] / "shared" / "alias")  # a symlink inside a root, to a model inside it
-    run = services.run_create(project=project, kind="reward", config={"base_model": str(t["root"] / "shared" / "alias")},
-                              user=researcher)
+    alias = str(t["root"] / "shared" / "alias")
+    run = services.run_create(project=project, kind="reward", config={"base_model": alias}, user=researcher)
     assert run.config["base_model"] == str(t["shared"])
 
 

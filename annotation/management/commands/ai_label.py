@@ -16,8 +16,9 @@ class Command(BaseCommand):
         parser.add_argument("--name", required=True, help="The labeler is the user ai-NAME.")
         parser.add_argument("--kind", required=True, choices=AILabeler.Kind.values)
         parser.add_argument("--spec", required=True,
-                            help="a registered utility name (utility; RLHF_HOOKS), a reward artifact id (reward_model), "
-                                 "a policy/base artifact id or a directory under RLHF_MODEL_ROOTS (llm_judge).")
+                            help="a registered utility name (utility; RLHF_HOOKS), a reward artifact id "
+                                 "(reward_model), a policy/base artifact id or a directory under RLHF_MODEL_ROOTS "
+                                 "(llm_judge).")
         parser.add_argument("--tie-threshold", type=float, default=0.0)
         parser.add_argument("--max-prompts", type=int, default=None)
 
