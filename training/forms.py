@@ -2,7 +2,7 @@
 from django import forms
 
 from annotation.hooks import hook_names
-from training.model_sources import model_roots
+from training.model_sources import model_roots, shared_model_dirs
 from training.models import ModelArtifact
 
 
@@ -29,6 +29,8 @@ class RewardRunForm(forms.Form):
         self.fields["base_artifact"].queryset = ModelArtifact.objects.filter(
             project=project, kind__in=[ModelArtifact.Kind.BASE, ModelArtifact.Kind.REWARD]
         ).order_by("-id")
+        self.shared_models = shared_model_dirs()
+        self.fields["base_model_path"].widget.attrs["list"] = "shared-models"
         roots = ", ".join(str(root) for root in model_roots())
         self.fields["base_model_path"].help_text = (
             f"A Hugging Face model directory under the operator's model roots: {roots}." if roots

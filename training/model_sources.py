@@ -77,6 +77,20 @@ def model_roots() -> list[Path]:
     return [Path(os.path.realpath(root)) for root in getattr(settings, "RLHF_MODEL_ROOTS", []) or []]
 
 
+def shared_model_dirs(*, limit: int = 200) -> list[str]:
+    """The model directories the operator shared: the folders directly under each model root that hold a
+    config.json (what the launch form offers; deeper ones may still be typed)."""
+    found = []
+    for root in model_roots():
+        try:
+            children = sorted(root.iterdir())
+        except OSError:
+            continue
+        found += [str(child) for child in children if (child / "config.json").is_file()
+                  and not Path(os.path.realpath(child)).is_relative_to(os.path.realpath(settings.ARTIFACT_ROOT))]
+    return found[:limit]
+
+
 def typed_model_dir(value, *, location: str) -> str:
     """A model a user typed: its resolved directory under an operator's model root (or the hub id, where the
     hub is on). One answer for missing, forbidden and non-model paths."""

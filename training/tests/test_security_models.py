@@ -159,3 +159,11 @@ def test_training_processes_run_with_the_hub_offline(settings, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     settings.RLHF_ALLOW_MODEL_HUB = True
     assert "HF_HUB_OFFLINE" not in child_environment(claim_token="t")
+
+
+def test_the_launch_form_offers_the_shared_models_only(two_projects):
+    t = two_projects
+    _model(t["root"] / "another")  # directly under the root: offered
+    page = t["browser"].get(reverse("training:project_runs", args=["b"])).content.decode()
+    assert f'<option value="{t["root"] / "another"}">' in page and 'list="shared-models"' in page
+    assert str(t["a_dir"]) not in page  # project A's runs (inside ARTIFACT_ROOT) are never offered
