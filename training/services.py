@@ -55,7 +55,8 @@ def run_create(
     the operator at the command line, who may name any local model directory; a user's typed model settings
     must lie under the operator's model roots: ``training.model_sources``). ``base_artifact`` that is a LoRA
     adapter fills ``adapter`` and its base model; ``reward_artifact`` fills ``reward_model`` (PPO/GRPO);
-    ``round`` is the round a generation run fills. Kinds without rankings (generate, PPO, GRPO; SFT unless ``rounds`` are given) take no snapshot.
+    ``round`` is the round a generation run fills. Kinds without rankings (generate, PPO, GRPO; SFT unless
+    ``rounds`` are given) take no snapshot.
     """
     if user is not None and not _user_can_launch(user=user, project=project):
         raise NotAllowed("Only researchers and admins of this project can launch training runs.")
