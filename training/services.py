@@ -449,7 +449,9 @@ def base_models_build_tiny(
     texts += list(_sample_texts(project=project))
     if not texts:
         raise InvalidInput(f"Project {project.slug} has no prompts: import some first.", location="project")
-    root = Path(settings.ARTIFACT_ROOT) / "base" / project.slug
+    from training.selectors import artifact_files, artifact_path_contained
+
+    root = artifact_path_contained(Path("base") / project.slug, location="project")  # written inside the root only
     tokenizer = build_tokenizer(texts, root / "tokenizer", vocab_size=vocab_size)
     sizes = dict(hidden=hidden, layers=layers, heads=heads, max_positions=max_positions, seed=seed)
     built = {
@@ -467,7 +469,7 @@ def base_models_build_tiny(
                 )
             else:  # rebuilt in place: runs that used it keep pointing at the same row
                 artifact.metrics = metrics
-                artifact.size_bytes = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+                artifact.size_bytes = sum(f.stat().st_size for f in artifact_files(Path(path)))
                 artifact.save(update_fields=["metrics", "size_bytes"])
             artifacts.append(artifact)
     return artifacts
