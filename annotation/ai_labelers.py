@@ -1,11 +1,13 @@
 """AI labelers (RLAIF): a user account flagged as AI whose rankings come from a scorer, not a person.
 
 Three kinds of scorer, each ``score(messages, texts) -> [float]`` (higher is better):
-- ``utility``: a rule-based function ``"module:function"`` of ``(prompt_messages, response_text)``, the same
-  signature the simulated labelers use (e.g. ``annotation.utility:default_utility``);
+- ``utility``: a rule-based function of ``(prompt_messages, response_text)``, the same signature the simulated
+  labelers use, chosen BY NAME from the operator's registry (``annotation.hooks``, e.g. ``default``, ``demo``);
+  the stored name is resolved through the registry again at run time, so nothing a user typed is imported;
 - ``reward_model``: a registered reward-model artifact of the project (``ModelArtifact`` id), scored exactly
   as its trainer encoded sequences (``training.ml.data.encode_group``);
-- ``llm_judge``: a local causal LM directory, asked "Is the reply helpful, correct and on topic? Answer:" and
+- ``llm_judge``: a causal LM (a policy/base artifact id of the project, or a directory under the operator's model
+  roots), asked "Is the reply helpful, correct and on topic? Answer:" and
   scored log p(" Yes") − log p(" No") of its next token.
 
 An AI labeler leases prompts and submits through ``assignment_next_for_labeler`` / ``ranking_submit`` like a
@@ -27,7 +29,7 @@ from annotation.models import Membership, Project
 from annotation.quality_models import AILabeler
 from annotation.ranking import tiers_from_scores
 from annotation.services import assignment_next_for_labeler, ranking_submit
-from annotation.utility import load_utility
+from annotation.hooks import hook_check, hook_resolve
 
 Scorer = Callable[[list[dict], list[str]], list[float]]
 AI_USERNAME = "ai-{name}@{project}"  # per project: two projects may each have an AI labeler "rules"
@@ -39,12 +41,11 @@ JUDGE_TEMPLATE = ("Conversation:\n{conversation}\n\nReply:\n{reply}\n\n"
 
 def _check_spec(*, project: Project, kind: str, spec: str) -> None:
     if kind == AILabeler.Kind.UTILITY:
-        load_utility(spec)
+        hook_check(kind="utility", name=spec, location="spec")
     elif kind == AILabeler.Kind.REWARD_MODEL:
         _reward_artifact(project=project, spec=spec)
     elif kind == AILabeler.Kind.LLM_JUDGE:
-        if not (Path(spec) / "config.json").is_file():
-            raise InvalidInput(f"{spec[:200]!r} is not a local model directory (no config.json)", location="spec")
+        _judge_dir(project=project, spec=spec)
     else:
         raise InvalidInput(f"unknown kind {str(kind)[:40]!r}; expected one of {AILabeler.Kind.values}", location="kind")
 
@@ -57,6 +58,28 @@ def _reward_artifact(*, project: Project, spec: str):
     if artifact is None:
         raise InvalidInput(f"project {project.slug} has no reward model artifact {str(spec)[:40]!r}", location="spec")
     return artifact
+
+
+def _judge_dir(*, project: Project, spec: str) -> str:
+    """The judge's model: a policy or base artifact of the project (its id), or a directory under the operator's
+    model roots (``training.model_sources.typed_model_dir``: never another project's runs, never a hub id
+    while the hub is off). Checked again at run time, so a row stored before these rules is refused."""
+    from training.model_sources import typed_model_dir
+    from training.models import ModelArtifact
+    from training.selectors import artifact_dir
+
+    if isinstance(spec, str) and spec.strip().isdigit():
+        artifact = ModelArtifact.objects.filter(
+            project=project, pk=int(spec), is_adapter=False,
+            kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE]).first()
+        if artifact is None:
+            raise InvalidInput(f"project {project.slug} has no full policy or base model artifact {spec[:40]!r}",
+                               location="spec")
+        return str(artifact_dir(artifact=artifact))
+    path = typed_model_dir(spec, location="spec")
+    if Path(path).is_absolute() and not (Path(path) / "config.json").is_file():  # an adapter alone cannot judge
+        raise InvalidInput("the judge must be a full causal LM directory (config.json)", location="spec")
+    return path
 
 
 def ai_labeler_create(*, project: Project, name: str, kind: str, spec: str, tie_threshold: float = 0.0) -> AILabeler:
@@ -89,7 +112,7 @@ def ai_labeler_create(*, project: Project, name: str, kind: str, spec: str, tie_
 
 
 def utility_scorer(spec: str) -> Scorer:
-    utility = load_utility(spec)
+    utility = hook_resolve(kind="utility", name=spec, location="spec")
     return lambda messages, texts: [float(utility(messages, text)) for text in texts]
 
 
@@ -159,7 +182,7 @@ def scorer_for(labeler: AILabeler) -> Scorer:
         artifact = _reward_artifact(project=labeler.project, spec=labeler.spec)
         return reward_model_scorer(artifact_dir(artifact=artifact),
                                    base_model=artifact.base_model if artifact.is_adapter else "")
-    return llm_judge_scorer(labeler.spec)
+    return llm_judge_scorer(_judge_dir(project=labeler.project, spec=labeler.spec))
 
 
 def ai_labeler_run(*, labeler: AILabeler, max_prompts: int | None = None, scorer: Scorer | None = None) -> dict:

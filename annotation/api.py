@@ -224,3 +224,12 @@ class RankingList(generics.ListAPIView):
             .annotate(n_pairs=Count("pairs", distinct=True))
             .prefetch_related(Prefetch("entries", queryset=RankingEntry.objects.order_by("tier", "shown_position")))
         )
+
+
+@extend_schema(responses=OpenApiTypes.OBJECT, summary="The operator's code hooks, by kind (names only)")
+@api_view(["GET"])
+def hook_list(request: Request) -> Response:
+    """Names a user may choose: AI labeler utilities, PPO/GRPO reward functions, policy task checks."""
+    from annotation.hooks import HOOK_KINDS, hook_names
+
+    return Response({kind: hook_names(kind=kind) for kind in HOOK_KINDS})

@@ -3,6 +3,7 @@ from django.urls import path
 from annotation import api, arena_api, quality_api
 
 urlpatterns = [
+    path("hooks/", api.hook_list, name="api-hook-list"),
     path("projects/", api.project_list, name="api-project-list"),
     path("projects/<slug:slug>/", api.project_detail, name="api-project-detail"),
     path("projects/<slug:slug>/assignments/next/", api.assignment_next, name="api-assignment-next"),

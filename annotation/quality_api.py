@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from annotation.active import STRATEGIES, round_select
 from annotation.ai_labelers import ai_labeler_create, ai_labeler_run
+from annotation.hooks import hook_names
 from annotation.api import ERRORS, _manageable_project, _validated, error_response
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Round
@@ -55,7 +56,9 @@ class AILabelerSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=41, help_text="The labeler's account becomes ai-<name>@<project slug>: "
                                                           "names are per project.")
     kind = serializers.ChoiceField(choices=AILabeler.Kind.choices)
-    spec = serializers.CharField(max_length=500, help_text="module:function, reward artifact id, or judge directory.")
+    spec = serializers.CharField(max_length=500, help_text=(
+        "utility: a registered utility name (GET /api/hooks/); reward_model: a reward artifact id of the project; "
+        "llm_judge: a model artifact id of the project or a directory under the operator's model roots."))
     tie_threshold = serializers.FloatField(min_value=0, required=False, default=0.0)
 
 
@@ -187,7 +190,8 @@ def quality_ai_labelers(request: Request, slug: str) -> Response:
     project = _manageable_project(request, slug)
     if request.method == "GET":
         labelers = AILabeler.objects.filter(project=project).select_related("user").order_by("user__username")
-        return Response({"ai_labelers": [_labeler_row(labeler) for labeler in labelers]})
+        return Response({"ai_labelers": [_labeler_row(labeler) for labeler in labelers],
+                         "utility_hooks": hook_names(kind="utility")})
     data, error = _validated(AILabelerSerializer, request.data)
     if error:
         return error

@@ -89,7 +89,7 @@ class AILabeler(models.Model):
     """A user account that is an AI labeler: which scorer ranks for it (see ``annotation/ai_labelers.py``)."""
 
     class Kind(models.TextChoices):
-        UTILITY = "utility", "Rule-based scorer (module:function)"
+        UTILITY = "utility", "Rule-based scorer (registered utility)"
         REWARD_MODEL = "reward_model", "Registered reward model"
         LLM_JUDGE = "llm_judge", "Local LLM judge"
 

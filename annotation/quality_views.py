@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from annotation import selectors
 from annotation.active import STRATEGIES, round_select
 from annotation.ai_labelers import ai_labeler_create, ai_labeler_run
+from annotation.hooks import hook_names
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Ranking, Round
 from annotation.quality_models import AILabeler, SelectionRecord
@@ -81,6 +82,7 @@ def _render_page(request: HttpRequest, project, status: int = 200) -> HttpRespon
         .select_related("labeler", "exclusion").order_by("-exclusion__created_at")[:50],
         "ai_labelers": AILabeler.objects.filter(project=project).select_related("user").order_by("user__username"),
         "ai_kinds": AILabeler.Kind.choices, "strategies": STRATEGIES,
+        "utility_hooks": hook_names(kind="utility"),
         "rounds": Round.objects.filter(project=project).order_by("number"),
         "selections": _with_top_scores(SelectionRecord.objects.filter(round__project=project)
                                        .select_related("round", "created_by").order_by("-created_at")[:20]),

@@ -1,14 +1,12 @@
 """Utility functions for scripted labelers: ``(prompt_messages, response_text) -> float``, higher is better.
 
-Any importable function with that signature can stand in for a human's taste; pass it as
+Any importable function with that signature can stand in for a human's taste. Users pick one by name from the
+operator's registry (``annotation.hooks``, kind ``utility``); the operator at the command line may also pass
 ``"package.module:function"`` to ``simulate_labelers --utility`` (resolved by ``load_utility``).
 """
-import importlib
 import math
 import re
 from collections.abc import Callable
-
-from annotation.errors import InvalidInput
 
 Utility = Callable[[list[dict], str], float]
 
@@ -58,19 +56,10 @@ def default_utility(prompt_messages: list[dict], response_text: str) -> float:
 
 
 def load_utility(spec: str) -> Utility:
-    """Resolve ``"package.module:function"`` to a callable, with an error that says what went wrong."""
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise InvalidInput(f"expected 'module:function', got {str(spec)[:80]!r}", location="utility")
-    module_name, function_name = (part.strip() for part in spec.split(":"))
-    if not module_name or not function_name:
-        raise InvalidInput(f"expected 'module:function', got {spec[:80]!r}", location="utility")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidInput(f"cannot import module {module_name!r}: {exc}", location="utility") from exc
-    function = getattr(module, function_name, None)
-    if function is None:
-        raise InvalidInput(f"module {module_name!r} has no attribute {function_name!r}", location="utility")
-    if not callable(function):
-        raise InvalidInput(f"{spec!r} is not callable", location="utility")
-    return function
+    """The operator's command-line form (``simulate_labelers --utility``, ``run_loop``, ``compare_selection``): a
+    registered utility name (``annotation.hooks``) or any ``"package.module:function"``. Never call it with a
+    string a user typed in the browser or the API: those go through ``annotation.hooks.hook_check`` / ``hook_resolve``.
+    """
+    from annotation.hooks import hook_load_for_operator
+
+    return hook_load_for_operator(spec, kind="utility", location="utility")

@@ -3,6 +3,8 @@ from django import forms
 
 from annotation.errors import InvalidInput
 from annotation.provenance import CHOICE_LABELS, DEFAULT_CHOICE, source_selection_parse
+from annotation.hooks import hook_names
+from training.model_sources import model_roots, shared_model_dirs
 from training.models import ModelArtifact
 
 
@@ -35,7 +37,7 @@ class RewardRunForm(SourceChoiceForm):
     )
     base_model_path = forms.CharField(
         required=False, max_length=500, label="Model directory",
-        help_text="Any local Hugging Face model directory on the workers, e.g. /models/MiniLM-L6.",
+        help_text="A Hugging Face model directory under the operator's model roots (RLHF_MODEL_ROOTS).",
     )
     epochs = forms.FloatField(initial=1.0, min_value=0.01, max_value=1000)
     learning_rate = forms.FloatField(initial=5e-5, min_value=0.0, max_value=1.0)
@@ -51,6 +53,12 @@ class RewardRunForm(SourceChoiceForm):
         self.fields["base_artifact"].queryset = ModelArtifact.objects.filter(
             project=project, kind__in=[ModelArtifact.Kind.BASE, ModelArtifact.Kind.REWARD]
         ).order_by("-id")
+        self.shared_models = shared_model_dirs()
+        self.fields["base_model_path"].widget.attrs["list"] = "shared-models"
+        roots = ", ".join(str(root) for root in model_roots())
+        self.fields["base_model_path"].help_text = (
+            f"A Hugging Face model directory under the operator's model roots: {roots}." if roots
+            else "None allowed: the operator has shared no model roots (RLHF_MODEL_ROOTS); choose a registered model.")
 
     def clean_rounds(self) -> list[int] | None:
         raw = self.cleaned_data["rounds"].replace(" ", "")
@@ -124,6 +132,8 @@ class PolicyRunForm(SourceChoiceForm):
     policy = forms.ModelChoiceField(queryset=ModelArtifact.objects.none(), help_text="Starting policy (or base).")
     reward_artifact = forms.ModelChoiceField(queryset=ModelArtifact.objects.none(), required=False,
                                              label="Reward model", help_text="PPO/GRPO.")
+    reward_fn = forms.ChoiceField(required=False, label="Reward function", choices=(),
+                                  help_text="PPO/GRPO: a rule-based reward the operator registered (by name).")
     rounds = forms.CharField(required=False, max_length=200,
                              help_text="DPO: rounds to train on (empty: all). SFT: rounds whose top-ranked responses join the demonstrations.")
     config = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}), initial="{}",
@@ -134,8 +144,15 @@ class PolicyRunForm(SourceChoiceForm):
         artifacts = ModelArtifact.objects.filter(project=project).order_by("-id")
         self.fields["policy"].queryset = artifacts.filter(kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE])
         self.fields["reward_artifact"].queryset = artifacts.filter(kind=ModelArtifact.Kind.REWARD)
+        self.fields["reward_fn"].choices = [("", "— none —")] + [(n, n) for n in hook_names(kind="reward_fn")]
 
     clean_rounds = RewardRunForm.clean_rounds
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("reward_fn") and isinstance(data.get("config"), dict):
+            data["config"] = {**data["config"], "reward_fn": data["reward_fn"]}
+        return data
 
     def clean_config(self) -> dict:
         import json

@@ -9,7 +9,6 @@ only validates configs, never imports torch.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,6 @@ from annotation.errors import InvalidInput
 from training.ml.config import ConfigError, TrainConfig, config_from_dict
 from training.ml.types import TrainHooks
 from training.models import ModelArtifact, TrainingRun
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-
 
 @dataclass(frozen=True)
 class JobResult:
@@ -47,7 +43,9 @@ class JobSpec:
 
 
 class JobFailed(Exception):
-    """A permanent failure (bad data, missing model): the run ends FAILED without another attempt."""
+    """A permanent failure (bad data, missing model): the run ends FAILED without another attempt. The runner
+    treats ``InvalidInput`` and ``training.ml.config.ConfigError`` (raised while loading what a setting
+    names: ``training.ml.config.loading``) the same way."""
 
 
 def run_output_dir(run: TrainingRun) -> Path:
@@ -64,25 +62,11 @@ def config_parse(*, kind: str, data: dict) -> TrainConfig:
 
 
 def check_model_source(value: str, *, location: str) -> None:
-    """A base model is a local save_pretrained directory, or a hub id (only useful where a hub is reachable)."""
-    if not value:
-        raise InvalidInput("A base model is required: a local model directory or a registered base artifact.",
-                           location=location)
-    path = Path(value).expanduser()
-    if path.is_absolute() or value.startswith((".", "~")) or path.exists():
-        if not path.is_dir():
-            raise InvalidInput(f"Model directory {value} does not exist on this server.", location=location)
-        config_file = next((path / n for n in ("adapter_config.json", "config.json") if (path / n).exists()), None)
-        if config_file is None:
-            raise InvalidInput(f"{value} has no config.json: not a save_pretrained model directory.",
-                               location=location)
-        try:
-            json.loads(config_file.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as error:
-            raise InvalidInput(f"{config_file} is not valid JSON ({error}).", location=location) from error
-    elif not HUB_ID.match(value):
-        raise InvalidInput(f"{value!r} is neither an existing directory nor a hub id like 'org/model'.",
-                           location=location)
+    """A base model is a local save_pretrained directory, or a hub id where the operator allows the hub
+    (``training.model_sources``: the operator's rule; what users may type is stricter)."""
+    from training.model_sources import model_source_check
+
+    model_source_check(value, location=location)
 
 
 def job_for_kind(kind: str) -> JobSpec:

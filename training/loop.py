@@ -31,7 +31,7 @@ from training import runner, services
 from training.models import ModelArtifact, TrainingRun
 from training.policy_data import pool_prompts_sample
 from training.rounds import round_report_record, round_start
-from training.selectors import artifact_dir
+from training.selectors import artifact_dir, artifact_path_contained
 
 OPTIMIZERS = ("dpo", "ppo", "grpo")
 
@@ -157,15 +157,13 @@ def policy_bootstrap(*, project: Project, loop, in_process: bool = False, log=pr
 def policy_base_build(*, project: Project, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
                       vocab_size: int = 512) -> ModelArtifact:
     """A tokenizer trained on the project's pool prompts and demonstrations, and a tiny causal LM (BASE)."""
-    from django.conf import settings
-
     from training.ml.generation import prompt_ids  # noqa: F401  (torch and transformers are needed here)
     from training.ml.tiny_models import build_tiny_causal_lm, build_tokenizer
 
     texts = [m["content"] for msgs in project.pool_prompts.values_list("messages", flat=True) for m in msgs]
     for messages, response in project.demonstrations.values_list("messages", "response"):
         texts += [m["content"] for m in messages] + [response]
-    root = Path(settings.ARTIFACT_ROOT) / "base" / project.slug
+    root = artifact_path_contained(Path("base") / project.slug, location="project")  # written inside the root only
     tokenizer = build_tokenizer(texts, root / "policy-tokenizer", vocab_size=vocab_size)
     path = build_tiny_causal_lm(root / "tiny-policy-base", tokenizer, hidden=hidden, layers=layers, heads=heads,
                                 max_positions=128, seed=seed)

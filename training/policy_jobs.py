@@ -15,6 +15,7 @@ from pathlib import Path
 from django.db import transaction
 
 from annotation.errors import InvalidInput
+from annotation.hooks import hook_check, hook_names, hook_resolve
 from annotation.models import Project, Round, Sample
 from training.jobs import JobFailed, JobResult, JobSpec, config_parse
 from training.ml.types import TrainHooks
@@ -184,19 +185,15 @@ def dpo_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResult:
 # ----------------------------------------------------------------------------- PPO and GRPO
 def rl_check(*, project: Project, config, snapshot, round) -> None:
     if not config.reward_model and not config.reward_fn:
-        raise InvalidInput("Give a reward model (a registered reward artifact) and/or a reward function "
-                           "'module:function'.", location="config.reward_model")
+        raise InvalidInput("Give a reward model (a registered reward artifact) and/or a registered reward function "
+                           f"({', '.join(hook_names(kind='reward_fn')) or 'none registered'}).",
+                           location="config.reward_model")
     if config.reward_model:
         from training.jobs import check_model_source
 
         check_model_source(config.reward_model, location="config.reward_model")
-    if config.reward_fn:
-        from annotation.utility import load_utility
-
-        try:
-            load_utility(config.reward_fn)
-        except InvalidInput as error:
-            raise InvalidInput(error.message, location="config.reward_fn") from error
+    if config.reward_fn:  # a name from the operator's registry; nothing is imported here
+        hook_check(kind="reward_fn", name=config.reward_fn, location="config.reward_fn")
     if not pool_prompts_all(project=project):
         raise InvalidInput(f"Project {project.slug} has no prompts to roll out on: import a prompt pool.",
                            location="project")
@@ -230,9 +227,13 @@ def _rl_job(train, run: TrainingRun, output_dir: Path, hooks: TrainHooks, **extr
     where = f"round {run.round.number}'s" if run.round_id is not None else "pool"
     hooks.log(f"{run.kind.upper()} on {len(prompts)} {where} prompts; reward: "
               + " + ".join(x for x in (config.reward_model and "reward model", config.reward_fn) if x))
+    # resolved only through the operator's registry: a stored name that is no longer registered (or an old
+    # row holding "module:function") fails the run, and nothing it names is imported
+    reward_fn = hook_resolve(kind="reward_fn", name=config.reward_fn, location="config.reward_fn") \
+        if config.reward_fn else None
     try:
         summary = train(config, prompts, policy_dir=config.base_model, output_dir=str(output_dir), hooks=hooks,
-                        resume=True, **extra)
+                        resume=True, reward_fn=reward_fn, **extra)
     except ValueError as error:
         raise JobFailed(str(error)) from error
     if not summary.get("stopped"):  # the over-optimisation monitor's evidence (training.rounds.flags_update)

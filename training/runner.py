@@ -4,7 +4,8 @@ Parent side (``supervise``, called by ``training.tasks.execute_run`` after it wo
 ``python -m training.runner RUN_ID`` with the claim token in its environment and PR_SET_PDEATHSIG, so
 the child dies with the worker; heartbeats while the child lives; stops it if a cancel is not honoured
 within a grace period; re-queues the run when the worker is shutting down (SIGTERM); and maps the exit
-code: 0 succeeded, 2 failed for good, 3 cancelled (all three written by the child), 4 claim lost,
+code: 0 succeeded, 2 failed for good (bad data, a config error such as a missing model or LoRA target
+modules the model lacks: no retry), 3 cancelled (all three written by the child), 4 claim lost,
 anything else (a crash, an OOM kill) → ``run_retry_or_fail``. GPU memory comes back with the process.
 
 Child side (``main``): sets up Django, runs the kind's job with hooks that write to the database, and
@@ -57,6 +58,14 @@ def _stop(proc: subprocess.Popen) -> int:
         return proc.wait()
 
 
+def child_environment(*, claim_token: str) -> dict[str, str]:
+    """The training process's environment: the claim token, and the HF libraries offline unless the operator
+    allows the model hub (``training.model_sources.offline_environment``), whatever the worker inherited."""
+    from training.model_sources import offline_environment
+
+    return {**os.environ, **offline_environment(), "RLHF_CLAIM_TOKEN": claim_token, "PYTHONUNBUFFERED": "1"}
+
+
 def supervise(*, run_id: int, claim_token: str, attempt: int) -> str:
     """Run the claimed run in a child process until it ends; returns a short outcome for the task result."""
     from training import services
@@ -66,7 +75,7 @@ def supervise(*, run_id: int, claim_token: str, attempt: int) -> str:
     run = TrainingRun.objects.get(pk=run_id)
     log_path = run_output_dir(run) / "logs" / f"attempt-{attempt}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RLHF_CLAIM_TOKEN": claim_token, "PYTHONUNBUFFERED": "1"}
+    env = child_environment(claim_token=claim_token)
     from training.distributed_runner import child_command  # one process, or one per GPU through accelerate
 
     with open(log_path, "ab") as log:
@@ -172,6 +181,7 @@ def run_claimed(*, run_id: int, claim_token: str) -> int:
 
     from annotation.errors import InvalidInput
     from training import jobs, services
+    from training.ml.config import ConfigError  # a missing model, LoRA targets the model lacks (ml.config.loading)
     from training.models import TrainingRun
 
     run = TrainingRun.objects.select_related("project", "snapshot", "base_artifact").get(pk=run_id)
@@ -181,7 +191,7 @@ def run_claimed(*, run_id: int, claim_token: str) -> int:
     output_dir = jobs.run_output_dir(run)
     try:
         result = jobs.job_for_kind(run.kind).run(run, output_dir, hooks)
-    except (jobs.JobFailed, InvalidInput) as error:
+    except (jobs.JobFailed, InvalidInput, ConfigError) as error:  # permanent: no retry can heal these
         hooks.log(f"failed: {error}")
         services.run_finish(run_id=run_id, status=TrainingRun.Status.FAILED, summary={}, error=str(error),
                             claim_token=claim_token)
@@ -226,6 +236,9 @@ def main(argv: list[str]) -> int:
     import django
 
     django.setup()
+    from training.model_sources import offline_environment
+
+    os.environ.update(offline_environment())  # before any HF library is imported (also when started by hand)
     try:
         return run_claimed(run_id=int(argv[1]), claim_token=os.environ.get("RLHF_CLAIM_TOKEN", ""))
     except Exception:

@@ -5,6 +5,8 @@ never revealed); researchers and admins launch and cancel (``user_can_launch``).
 """
 from __future__ import annotations
 
+import os
+import stat
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
@@ -14,6 +16,7 @@ from django.db.models import Avg, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
+from annotation.errors import InvalidInput
 from annotation.models import PairwiseComparison, Project, Prompt, RankingEntry
 from annotation.provenance import AI_SOURCES
 from annotation.selectors import project_get_for_user, project_list_for_user, user_can_manage
@@ -63,8 +66,20 @@ def artifact_get_for_user(*, user, artifact_id: int) -> ModelArtifact:
 
 
 def artifact_dir(*, artifact: ModelArtifact) -> Path:
-    path = Path(artifact.path)
-    return path if path.is_absolute() else Path(settings.ARTIFACT_ROOT) / path
+    """The artifact's directory, resolved; InvalidInput when the stored path leads outside ARTIFACT_ROOT."""
+    return artifact_path_contained(artifact.path)
+
+
+def artifact_path_contained(path: str | Path, *, location: str = "path") -> Path:
+    """``path`` (relative to ARTIFACT_ROOT, or absolute) resolved with every symlink followed and ``..``
+    collapsed; InvalidInput unless the result lies strictly inside ARTIFACT_ROOT (the root itself holds every
+    project's runs, so it is refused too). Every read and write of an artifact's files goes through this."""
+    root = Path(settings.ARTIFACT_ROOT).resolve()
+    candidate = Path(path)
+    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise InvalidInput("The artifact's path lies outside the artifact root.", location=location)
+    return resolved
 
 
 def run_should_stop(*, run_id: int, claim_token: str) -> bool:
@@ -192,13 +207,26 @@ def artifact_zip_chunks(*, artifact: ModelArtifact, chunk_size: int = 1 << 20):
     root = artifact_dir(artifact=artifact)
     sink = _ChunkSink()
     with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
-            with open(path, "rb") as source, archive.open(str(path.relative_to(root)), mode="w", force_zip64=True) as out:
+        for path in artifact_files(root):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a file swapped for a symlink meanwhile is refused
+            with os.fdopen(fd, "rb") as source, \
+                    archive.open(str(path.relative_to(root)), mode="w", force_zip64=True) as out:
                 while block := source.read(chunk_size):
                     out.write(block)
                     yield sink.take()
             yield sink.take()
     yield sink.take()
+
+
+def artifact_files(root: Path) -> list[Path]:
+    """The regular files under ``root``, sorted; symlinks (to files or directories) are never followed."""
+    out = []
+    for folder, dirs, files in os.walk(root, followlinks=False):  # a symlinked directory is listed, not entered
+        for name in files:
+            path = Path(folder) / name
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                out.append(path)
+    return sorted(out)
 
 
 # ----------------------------------------------------------------------------- lineage of the loop

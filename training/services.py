@@ -25,6 +25,7 @@ from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import PairwiseComparison, Project, Ranking, Round
 from annotation.provenance import HUMAN_ONLY, SourceSelection
 from training import jobs
+from training.model_sources import typed_model_fields_check
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -52,9 +53,11 @@ def run_create(
 
     Raises ``InvalidInput`` (nothing written) for an unknown kind, a bad config, a missing model directory
     or an empty dataset, and ``NotAllowed`` when ``user`` may not train in this project (``user=None`` is
-    the operator at the command line). ``base_artifact`` that is a LoRA adapter fills ``adapter`` and its
-    base model; ``reward_artifact`` fills ``reward_model`` (PPO/GRPO); ``round`` is the round a generation
-    run fills. Kinds without rankings (generate, PPO, GRPO; SFT unless ``rounds`` are given) take no snapshot.
+    the operator at the command line, who may name any local model directory; a user's typed model settings
+    must lie under the operator's model roots: ``training.model_sources``). ``base_artifact`` that is a LoRA
+    adapter fills ``adapter`` and its base model; ``reward_artifact`` fills ``reward_model`` (PPO/GRPO);
+    ``round`` is the round a generation run fills. Kinds without rankings (generate, PPO, GRPO; SFT unless
+    ``rounds`` are given) take no snapshot.
     ``sources`` chooses which rankings the snapshot takes (default human only; ``annotation/provenance.py``).
     """
     if user is not None and not _user_can_launch(user=user, project=project):
@@ -62,10 +65,14 @@ def run_create(
     spec = jobs.job_for_kind(kind)
     if not isinstance(config, dict):
         raise InvalidInput("The config must be a JSON object.", location="config")
+    if user is not None:  # what a user typed names no server path outside the operator's model roots
+        config = typed_model_fields_check(config)
     config = _config_with_artifacts(project=project, kind=kind, config=config, spec=spec,
                                     base_artifact=base_artifact, reward_artifact=reward_artifact)
     config_obj = jobs.config_parse(kind=kind, data=config)
     jobs.check_model_source(getattr(config_obj, spec.base_model_field, ""), location=f"config.{spec.base_model_field}")
+    if getattr(config_obj, "adapter", ""):  # a DPO/generation adapter that does not exist is refused now
+        jobs.check_model_source(config_obj.adapter, location="config.adapter")
     with transaction.atomic():
         snapshot = None
         if spec.snapshot == "pairs" or (spec.snapshot == "optional" and rounds):
@@ -391,13 +398,13 @@ def artifact_register(
     metrics: dict | None = None,
 ) -> ModelArtifact:
     """Record a save_pretrained directory with its lineage. Idempotent per run (a retried finish re-uses it)."""
-    path = Path(path)
-    if not path.is_dir() or not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+    from training.selectors import artifact_files, artifact_path_contained
+
+    resolved = artifact_path_contained(path)  # an artifact lives under ARTIFACT_ROOT, nowhere else
+    if not resolved.is_dir() or not any((resolved / name).exists() for name in ("config.json", "adapter_config.json")):
         raise InvalidInput(f"{path} is not a save_pretrained directory (no config.json).", location="path")
-    root = Path(settings.ARTIFACT_ROOT).resolve()
-    resolved = path.resolve()
-    stored = str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
-    size = sum(f.stat().st_size for f in resolved.rglob("*") if f.is_file())
+    stored = str(resolved.relative_to(Path(settings.ARTIFACT_ROOT).resolve()))
+    size = sum(f.stat().st_size for f in artifact_files(resolved))
     with transaction.atomic():
         if run is not None:
             existing = ModelArtifact.objects.filter(run=run).first()
@@ -424,8 +431,10 @@ def json_safe(value):
 
 
 def artifact_abs_path(*, artifact: ModelArtifact) -> Path:
-    path = Path(artifact.path)
-    return path if path.is_absolute() else Path(settings.ARTIFACT_ROOT) / path
+    """The artifact's directory, resolved and refused outside ARTIFACT_ROOT (``selectors.artifact_dir``)."""
+    from training.selectors import artifact_dir
+
+    return artifact_dir(artifact=artifact)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -459,7 +468,9 @@ def base_models_build_tiny(
     texts += list(_sample_texts(project=project))
     if not texts:
         raise InvalidInput(f"Project {project.slug} has no prompts: import some first.", location="project")
-    root = Path(settings.ARTIFACT_ROOT) / "base" / project.slug
+    from training.selectors import artifact_files, artifact_path_contained
+
+    root = artifact_path_contained(Path("base") / project.slug, location="project")  # written inside the root only
     tokenizer = build_tokenizer(texts, root / "tokenizer", vocab_size=vocab_size)
     sizes = dict(hidden=hidden, layers=layers, heads=heads, max_positions=max_positions, seed=seed)
     built = {
@@ -477,7 +488,7 @@ def base_models_build_tiny(
                 )
             else:  # rebuilt in place: runs that used it keep pointing at the same row
                 artifact.metrics = metrics
-                artifact.size_bytes = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+                artifact.size_bytes = sum(f.stat().st_size for f in artifact_files(Path(path)))
                 artifact.save(update_fields=["metrics", "size_bytes"])
             artifacts.append(artifact)
     return artifacts

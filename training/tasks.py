@@ -3,7 +3,16 @@ import os
 import socket
 
 from celery import shared_task
-from celery.signals import worker_shutting_down
+from celery.signals import worker_init, worker_shutting_down
+
+
+@worker_init.connect
+def _models_offline(**kwargs) -> None:
+    """The worker and every training process it starts never reach a model hub (HF_HUB_OFFLINE,
+    TRANSFORMERS_OFFLINE, HF_DATASETS_OFFLINE), unless the operator set RLHF_ALLOW_MODEL_HUB."""
+    from training.model_sources import offline_environment
+
+    os.environ.update(offline_environment())
 
 
 @worker_shutting_down.connect

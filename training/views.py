@@ -117,7 +117,11 @@ def artifact_download(request: HttpRequest, artifact_id: int) -> HttpResponse:
 
 
 def artifact_zip_response(artifact) -> HttpResponse:
-    if not selectors.artifact_dir(artifact=artifact).is_dir():
+    try:
+        folder = selectors.artifact_dir(artifact=artifact)
+    except InvalidInput:  # a stored path outside ARTIFACT_ROOT (/etc, ../.., a symlink out) is never served
+        return HttpResponse("The artifact's path is not allowed.", status=403, content_type="text/plain")
+    if not folder.is_dir():
         return HttpResponse("The artifact's files are not on this server.", status=410, content_type="text/plain")
     response = StreamingHttpResponse(selectors.artifact_zip_chunks(artifact=artifact), content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{artifact.project.slug}-artifact-{artifact.pk}.zip"'

@@ -25,13 +25,20 @@ def reversed_answer_number(prompt_messages, response_text):
     return -answer_number(prompt_messages, response_text)
 
 
+@pytest.fixture(autouse=True)
+def registered(settings):
+    """The operator registers this module's scorers by name (users pick names, never module:function)."""
+    settings.RLHF_HOOKS = {"utility": {"answer-number": f"{__name__}:answer_number",
+                                       "reversed": f"{__name__}:reversed_answer_number"}}
+
+
 def test_ai_labeler_ranks_as_ai_and_is_compared_with_humans(make_user, make_project):
     alice = make_user("alice")
     project = make_project(slug="rlaif", k=4, overlap=3, prompts=4, labelers=[alice])
     rank_all(project, alice)
-    good = ai_labeler_create(project=project, name="rules", kind="utility", spec=f"{__name__}:answer_number")
+    good = ai_labeler_create(project=project, name="rules", kind="utility", spec="answer-number")
     bad = ai_labeler_create(project=project, name="contrarian", kind="utility",
-                            spec=f"{__name__}:reversed_answer_number")
+                            spec="reversed")
     assert ai_labeler_run(labeler=good) == {"labeler": "ai-rules@rlaif", "rankings": 4, "pairs": 24, "reason": (
         "it has already ranked all 4 (non-gold) prompts of the open rounds")}
     assert ai_labeler_run(labeler=bad, max_prompts=2)["rankings"] == 2
@@ -74,7 +81,8 @@ def test_ai_labeler_validation_writes_nothing(make_user, make_project, tmp_path)
     project = make_project(slug="v", k=2, prompts=1)
     for kwargs, where in (({"name": "Bad Name", "kind": "utility", "spec": f"{__name__}:answer_number"}, "name"),
                           ({"name": "x", "kind": "oracle", "spec": "x"}, "kind"),
-                          ({"name": "x", "kind": "utility", "spec": "nope"}, "utility"),
+                          ({"name": "x", "kind": "utility", "spec": "nope"}, "spec"),
+                          ({"name": "x", "kind": "utility", "spec": f"{__name__}:answer_number"}, "spec"),
                           ({"name": "x", "kind": "reward_model", "spec": "999"}, "spec"),
                           ({"name": "x", "kind": "llm_judge", "spec": str(tmp_path)}, "spec")):
         with pytest.raises(InvalidInput) as error:
@@ -83,12 +91,12 @@ def test_ai_labeler_validation_writes_nothing(make_user, make_project, tmp_path)
     assert not AILabeler.objects.exists()
     make_user("ai-taken@v")
     with pytest.raises(InvalidInput, match="not this project's AI labeler"):
-        ai_labeler_create(project=project, name="taken", kind="utility", spec=f"{__name__}:answer_number")
+        ai_labeler_create(project=project, name="taken", kind="utility", spec="answer-number")
 
 
 def test_scorer_returning_garbage_is_rejected(make_project):
     project = make_project(slug="g", k=3, prompts=1)
-    labeler = ai_labeler_create(project=project, name="g", kind="utility", spec=f"{__name__}:answer_number")
+    labeler = ai_labeler_create(project=project, name="g", kind="utility", spec="answer-number")
     with pytest.raises(InvalidInput, match="finite numbers"):
         ai_labeler_run(labeler=labeler, scorer=lambda messages, texts: [float("nan")] * len(texts))
     assert not Ranking.objects.exists()
@@ -98,10 +106,10 @@ def test_ai_label_command(make_project):
     make_project(slug="cmd", k=3, prompts=2)
     out = StringIO()
     call_command("ai_label", "--project", "cmd", "--name", "rules", "--kind", "utility", "--spec",
-                 f"{__name__}:answer_number", stdout=out)
+                 "answer-number", stdout=out)
     assert "ai-rules@cmd ranked 2 prompts (6 pairs, source ai)" in out.getvalue()
     assert "nothing more to rank: it has already ranked all 2" in out.getvalue()
-    with pytest.raises(CommandError, match="cannot import"):
+    with pytest.raises(CommandError, match="not a registered utility hook; choose one of: answer-number, default"):
         call_command("ai_label", "--project", "cmd", "--name", "x", "--kind", "utility", "--spec", "no.such:f")
 
 
@@ -117,7 +125,8 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_model_scorers_rank_through_the_service(make_project, tiny_models):
+def test_model_scorers_rank_through_the_service(make_project, tiny_models, settings):
+    settings.RLHF_MODEL_ROOTS = [str(tiny_models["lm"].parent)]  # the operator shares these models
     project = make_project(slug="models", k=3, overlap=2, prompts=2)
     messages = [{"role": "user", "content": "Question 0?"}]
     texts = ["Answer 0 to question 0.", "Answer 1 to question 0.", "Answer 2 to question 0."]

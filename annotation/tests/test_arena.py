@@ -220,8 +220,10 @@ def test_leaderboard_from_the_database_counts_votes_and_skips_excluded_rankings(
 
 
 @pytest.mark.slow
-def test_arena_generate_writes_one_response_per_checkpoint_and_opens(arena_setup, tmp_path):
+def test_arena_generate_writes_one_response_per_checkpoint_and_opens(arena_setup, tmp_path, settings):
     from training.ml.tiny_models import build_tiny_causal_lm, build_tokenizer
+
+    settings.ARTIFACT_ROOT = tmp_path  # artifacts live inside the artifact root
 
     project, researcher, _, _, model_a, model_b = arena_setup
     tokenizer = build_tokenizer([f"question {i} answer the river hill story" for i in range(50)], tmp_path / "tok",

@@ -72,9 +72,11 @@ def test_a_failed_generation_is_recorded_and_shown(setup, client):
 
 
 @pytest.mark.slow
-def test_the_task_run_in_process_fills_and_opens_the_arena(setup, queued, tmp_path,
+def test_the_task_run_in_process_fills_and_opens_the_arena(setup, queued, tmp_path, settings,
                                                              django_capture_on_commit_callbacks):
     from training.ml.tiny_models import build_tiny_causal_lm, build_tokenizer
+
+    settings.ARTIFACT_ROOT = tmp_path  # artifacts live inside the artifact root
 
     project, researcher, model_a, model_b = setup
     tokenizer = build_tokenizer([f"question {i} answer the river hill story" for i in range(50)], tmp_path / "tok",

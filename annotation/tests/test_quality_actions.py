@@ -8,7 +8,7 @@ from rest_framework.test import APIClient
 from annotation.models import PairwiseComparison, Prompt, Ranking
 from annotation.quality_models import AILabeler, PromptPriority, SelectionRecord
 
-UTILITY = "annotation.utility:default_utility"
+UTILITY = "default"  # a registered utility hook (annotation.hooks)
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def test_page_adds_and_runs_an_ai_labeler(qa):
     bad = qa["researcher"].post(url, {"name": "Bad Name!", "kind": "utility", "spec": UTILITY})
     assert bad.status_code == 400 and "AI labeler not saved" in bad.content.decode()
     bad_spec = qa["researcher"].post(url, {"name": "rules", "kind": "utility", "spec": "nope"})
-    assert bad_spec.status_code == 400 and "module:function" in bad_spec.content.decode()
+    assert bad_spec.status_code == 400 and "choose one of: default, demo" in bad_spec.content.decode()
     assert not AILabeler.objects.exists()
     assert not get_user_model().objects.filter(username__startswith="ai-rules").exists()
     response = qa["researcher"].post(url, {"name": "rules", "kind": "utility", "spec": UTILITY})

@@ -32,7 +32,7 @@ def test_default_utility_prefers_relevant_sized_unrepetitive_answers():
 @pytest.mark.parametrize(
     "spec, words",
     [
-        ("no_colon", "expected 'module:function'"),
+        ("no_colon", "not a registered utility hook; choose one of: default, demo"),
         ("a:b:c", "expected 'module:function'"),
         (":default_utility", "expected 'module:function'"),
         ("annotation.no_such_module:f", "cannot import module"),
@@ -48,6 +48,7 @@ def test_load_utility_says_what_is_wrong(spec, words):
 def test_load_utility_resolves_module_function():
     assert load_utility("annotation.utility:default_utility") is default_utility
     assert load_utility(f"{__name__}:answer_number") is answer_number
+    assert load_utility("default") is default_utility  # a registered name works on the command line too
 
 
 @pytest.mark.django_db

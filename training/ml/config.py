@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import types
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,6 +32,20 @@ class ConfigError(ValueError):
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
         self.message = message
+
+
+@contextmanager
+def loading(field_name: str, value: Any = None):
+    """Errors while loading what a setting names (a missing or unreadable model, LoRA target modules the model
+    lacks) are errors of that setting: ConfigError, which the run runner treats as permanent (the run fails at
+    once; a retry cannot heal it). Out-of-memory and other runtime errors pass through unchanged."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (OSError, ValueError, KeyError) as error:
+        shown = f" ({value!r})" if value is not None else ""
+        raise ConfigError(field_name, f"cannot be loaded{shown}: {error}") from error
 
 
 def setting(default: Any, *, min: float | None = None, max: float | None = None, choices=None, help: str = ""):
@@ -205,12 +219,11 @@ class _PolicyRLConfig(TrainConfig):
     mini_batch_size: int = setting(0, min=0, max=65536, help="sequences per optimizer step (0: the whole batch)")
     missing_eos_penalty: float = setting(0.0, min=0.0, max=1000.0, help="subtracted from the score of a response cut at max_new_tokens")
     reward_model: str = setting("", help="reward model directory (sequence classification); may use another tokenizer")
-    reward_fn: str = setting("", help="'module:function' reward (prompt_messages, response_text) -> float")
+    reward_fn: str = setting("", help="name of a registered reward_fn hook, (prompt_messages, response_text) -> float "
+                                      "(the app checks and resolves it: annotation.hooks)")
 
     def _check(self) -> None:
         super()._check()
-        if self.reward_fn and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.reward_fn):
-            raise ConfigError("reward_fn", f"must look like 'package.module:function', got {self.reward_fn!r}")
         if self.lora_r:
             raise ConfigError("lora_r", f"{self.kind.upper()} trains the full policy; LoRA is not supported here (set 0)")
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from training.ml.config import loading
+
 
 @dataclass(frozen=True)
 class GeneratedSample:
@@ -29,12 +31,14 @@ class GeneratedSample:
 
 def load_policy(model_dir: str | Path, adapter_dir: str | Path | None = None):
     """(model, tokenizer) in eval mode; a LoRA adapter is merged for speed."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with loading("base_model"):
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
     if adapter_dir:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        with loading("adapter"):
+            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     return model.eval(), tokenizer
 
 

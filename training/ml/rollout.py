@@ -8,7 +8,6 @@ No Django here.
 """
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from training.ml.collators import pad_right
+from training.ml.config import loading
 from training.ml.data import encode_group
 from training.ml.generation import prompt_ids
 from training.ml.rl import entropy_from_logits
@@ -180,13 +180,10 @@ def function_scores(reward_fn: RewardFn, prompts: list[list[dict]], rollout: Rol
     return torch.tensor(scores)
 
 
-def load_reward_fn(spec: str) -> RewardFn:
-    """The function named by 'package.module:function' (e.g. 'training.ml.demo_task:demo_utility')."""
-    module_name, _, attr = spec.partition(":")
-    function = getattr(importlib.import_module(module_name), attr, None)
-    if not callable(function):
-        raise ValueError(f"reward function {spec!r}: {module_name} has no callable {attr!r}")
-    return function
+def reward_fn_unresolved(name: str) -> ValueError:
+    """``config.reward_fn`` is the NAME of an operator-registered hook (``annotation.hooks``), never imported
+    here: the caller resolves it and passes the callable as ``reward_fn=``."""
+    return ValueError(f"reward_fn {name!r} is a registered hook name: pass the resolved callable as reward_fn=")
 
 
 class RewardScorer:
@@ -203,8 +200,9 @@ class RewardScorer:
         self.reward_fn, self.max_length = reward_fn, max_length
         self.model = self.tokenizer = None
         if reward_model_dir:
-            self.tokenizer = AutoTokenizer.from_pretrained(reward_model_dir)
-            self.model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
+            with loading("reward_model"):
+                self.tokenizer = AutoTokenizer.from_pretrained(reward_model_dir)
+                self.model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
             self.model.requires_grad_(False)
             if self.model.config.num_labels != 1:
                 raise ValueError(f"reward model {reward_model_dir} has {self.model.config.num_labels} outputs; expected 1")

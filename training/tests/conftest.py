@@ -24,10 +24,21 @@ def ranked(make_user, make_project):
 
 
 @pytest.fixture
-def model_dir(tmp_path):
-    """A directory that looks like a save_pretrained model (enough for config validation)."""
+def model_dir(tmp_path, settings):
+    """A directory that looks like a save_pretrained model (enough for config validation), under an operator
+    model root (``RLHF_MODEL_ROOTS``), so users may type it too."""
+    settings.RLHF_MODEL_ROOTS = [str(tmp_path)]
     path = tmp_path / "base-model"
     path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return path
+
+
+@pytest.fixture
+def stored_model(artifact_root):
+    """A model directory inside ARTIFACT_ROOT (where registered artifacts live), for ModelArtifact rows."""
+    path = artifact_root / "base" / "fixture" / "model"
+    path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     return path
 

@@ -51,9 +51,9 @@ def test_get_and_cancel(api, model_dir, sent):
     assert researcher.post(f"/api/runs/{run.pk}/cancel/").json()["status"] == "cancelled"
 
 
-def test_artifacts_list_and_download(api, model_dir, artifact_root):
+def test_artifacts_list_and_download(api, stored_model, artifact_root):
     project, researcher, labeler, outsider = api
-    artifact = services.artifact_register(project=project, kind=ModelArtifact.Kind.BASE, name="m", path=model_dir)
+    artifact = services.artifact_register(project=project, kind=ModelArtifact.Kind.BASE, name="m", path=stored_model)
     assert [a["id"] for a in labeler.get(f"/api/projects/{project.slug}/artifacts/").json()] == [artifact.pk]
     assert outsider.get(f"/api/projects/{project.slug}/artifacts/").status_code == 404
     assert outsider.get(f"/api/artifacts/{artifact.pk}/download/").status_code == 404

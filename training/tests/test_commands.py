@@ -31,21 +31,21 @@ def test_train_reward_model_rejects_bad_input_and_writes_nothing(ranked, model_d
 
 
 def test_train_policy_queues_a_dpo_run_from_a_registered_policy(
-    ranked, model_dir, sent, capsys, django_capture_on_commit_callbacks
+    ranked, stored_model, sent, capsys, django_capture_on_commit_callbacks
 ):
     project = ranked[0]
-    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(model_dir))
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(stored_model))
     with django_capture_on_commit_callbacks(execute=True):
         call_command("train_policy", "--project", "ranked", "--kind", "dpo", "--policy", str(policy.pk))
     run = TrainingRun.objects.get()
-    assert run.kind == "dpo" and run.config["base_model"] == str(model_dir) and run.base_artifact == policy
+    assert run.kind == "dpo" and run.config["base_model"] == str(stored_model) and run.base_artifact == policy
     assert run.snapshot.num_pairs == 36 and sent == [run.pk] and "36 pairs" in capsys.readouterr().out
 
 
-def test_train_policy_rejects_bad_input_and_writes_nothing(ranked, model_dir, sent):
+def test_train_policy_rejects_bad_input_and_writes_nothing(ranked, stored_model, sent):
     project = ranked[0]
-    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(model_dir))
-    reward = ModelArtifact.objects.create(project=project, kind="reward", name="rm", path=str(model_dir))
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(stored_model))
+    reward = ModelArtifact.objects.create(project=project, kind="reward", name="rm", path=str(stored_model))
     with pytest.raises(CommandError, match="takes no reward model"):
         call_command("train_policy", "--project", "ranked", "--kind", "dpo", "--policy", str(policy.pk),
                      "--reward", str(reward.pk))

@@ -26,10 +26,10 @@ def counts() -> dict:
 
 
 @pytest.fixture
-def setup(ranked, model_dir, artifact_root):
+def setup(ranked, stored_model, artifact_root):
     project, researcher, labeler = ranked
-    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(model_dir))
-    other = ModelArtifact.objects.create(project=project, kind="policy", name="p1", path=str(model_dir))
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(stored_model))
+    other = ModelArtifact.objects.create(project=project, kind="policy", name="p1", path=str(stored_model))
     researcher_client = Client()
     researcher_client.force_login(researcher)
     return project, researcher, labeler, policy, other, researcher_client

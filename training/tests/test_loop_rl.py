@@ -40,9 +40,9 @@ def _rounds_with_trainer(project, policy, summary):
     return second, trainer
 
 
-def test_the_flag_uses_the_runs_rm_score_trend_over_first_and_final_steps(ranked, model_dir, sent):
+def test_the_flag_uses_the_runs_rm_score_trend_over_first_and_final_steps(ranked, stored_model, sent):
     project = ranked[0]
-    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(model_dir))
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(stored_model))
     # first vs final step says the RM score fell, but its trend over the quarters rose: the trend decides
     second, trainer = _rounds_with_trainer(project, policy, {"first": {"rm_score": 0.9}, "final": {"rm_score": 0.1},
                                                               "rm_score_change": 0.4})

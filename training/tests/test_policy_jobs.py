@@ -85,7 +85,7 @@ def test_sft_generate_dpo_reward_ppo_grpo_register_policies_with_lineage(story):
     ppo = _execute(services.run_create(
         project=project, kind="ppo", base_artifact=dpo.artifact, reward_artifact=rm.artifact,
         config={**TINY, "max_steps": 2, "batch_size": 4, "max_new_tokens": 12, "learning_rate": 1e-4,
-                "reward_fn": "training.ml.demo_task:demo_utility", "ptx_coef": 0.1, "ptx_batch_size": 4}))
+                "reward_fn": "demo", "ptx_coef": 0.1, "ptx_batch_size": 4}))
     assert ppo.artifact.parent == dpo.artifact and _changed(ppo.artifact, dpo.artifact)
     assert {"rm_score", "fn_score", "kl", "value_loss"} <= set(ppo.metrics.order_by("step").last().values)
     grpo = _execute(services.run_create(

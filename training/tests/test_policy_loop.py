@@ -20,10 +20,10 @@ LINES = [
 
 
 @pytest.fixture
-def loop_project(ranked, model_dir, artifact_root):
+def loop_project(ranked, stored_model, artifact_root):
     project, researcher, labeler = ranked
     policy_data_import(project=project, lines=LINES)
-    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(model_dir))
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(stored_model))
     return project, researcher, labeler, policy
 
 
@@ -115,7 +115,7 @@ def test_generation_and_policy_runs_are_validated_up_front(loop_project, sent):
     with pytest.raises(InvalidInput) as error:
         run_create(project=project, kind="grpo", config={"reward_fn": "nope.module:f"}, base_artifact=policy)
     assert error.value.location == "config.reward_fn"
-    run = run_create(project=project, kind="grpo", config={"reward_fn": "training.ml.demo_task:demo_utility"},
+    run = run_create(project=project, kind="grpo", config={"reward_fn": "demo"},
                      base_artifact=policy)
     assert run.snapshot is None and run.config["base_model"] == str(policy.path)
     dpo = run_create(project=project, kind="dpo", config={}, base_artifact=policy)

@@ -19,9 +19,9 @@ Status = TrainingRun.Status
 
 
 @pytest.fixture
-def generating(ranked, model_dir, artifact_root, sent):
+def generating(ranked, stored_model, artifact_root, sent):
     project, researcher, _ = ranked
-    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(model_dir))
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(stored_model))
     run = round_start(project=project, policy_artifact=policy, prompts=["One?", "Two?"], user=researcher)
     return project, researcher, policy, run
 

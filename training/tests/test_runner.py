@@ -1,5 +1,7 @@
 """The run runner: the child side in-process (success, cancel), the parent's exit-code mapping with a real
 child process, and building RankedGroups from a snapshot."""
+import sys
+
 import pytest
 from django.core.management import call_command
 from django.db import connection
@@ -94,7 +96,7 @@ def test_cancel_stops_at_the_next_step_and_keeps_a_checkpoint(tiny_project, sent
 @pytest.mark.django_db(transaction=True)
 def test_parent_maps_a_crashing_child_to_retry_then_failed(make_user, make_project, tmp_path, monkeypatch,
                                                            settings, sent):
-    """A real child process that crashes (a model directory of an unknown architecture)."""
+    """A real child process that crashes (a runtime error, which another attempt may not meet again)."""
     if connection.vendor != "postgresql":
         pytest.skip("the child process needs the shared PostgreSQL test database")
     monkeypatch.setenv("TEST_PG_NAME", connection.settings_dict["NAME"])
@@ -104,10 +106,12 @@ def test_parent_maps_a_crashing_child_to_retry_then_failed(make_user, make_proje
     labeler = make_user("lars")
     project = make_project(slug="crash", k=3, prompts=3, labelers=[labeler])
     rank_all(project, labeler)
-    broken = tmp_path / "broken-model"
-    broken.mkdir()
-    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    run = services.run_create(project=project, kind="reward", config={"base_model": str(broken)})
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    run = services.run_create(project=project, kind="reward", config={"base_model": str(model)})
+    crash = "import sys; print('training...', flush=True); raise RuntimeError('CUDA error: an illegal memory access')"
+    monkeypatch.setattr("training.distributed_runner.child_command", lambda **kwargs: [sys.executable, "-c", crash])
     for attempt in (1, 2):
         claimed = services.run_claim(run_id=run.id, worker="test")
         outcome = runner.supervise(run_id=run.id, claim_token=claimed.claim_token, attempt=attempt)
@@ -115,3 +119,38 @@ def test_parent_maps_a_crashing_child_to_retry_then_failed(make_user, make_proje
         assert outcome == run.status == (Status.QUEUED if attempt == 1 else Status.FAILED)
         assert "exited with code 1" in run.error and len(run.error.splitlines()) > 2  # with the log tail
     assert "Failed after 2 attempts" in run.error
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_config_error_in_a_real_child_fails_at_once_without_retries(make_user, make_project, tmp_path,
+                                                                      monkeypatch, settings, sent):
+    """A model directory of an unknown architecture cannot heal: one attempt, FAILED, the setting named."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the child process needs the shared PostgreSQL test database")
+    monkeypatch.setenv("TEST_PG_NAME", connection.settings_dict["NAME"])
+    monkeypatch.setenv("RLHF_VAR_DIR", str(tmp_path / "var"))
+    settings.ARTIFACT_ROOT = tmp_path / "var" / "test-artifacts"
+    labeler = make_user("lars")
+    project = make_project(slug="broken", k=3, prompts=3, labelers=[labeler])
+    rank_all(project, labeler)
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    run = services.run_create(project=project, kind="reward", config={"base_model": str(broken)})
+    claimed = services.run_claim(run_id=run.id, worker="test")
+    outcome = runner.supervise(run_id=run.id, claim_token=claimed.claim_token, attempt=1)
+    run.refresh_from_db()
+    assert outcome == Status.FAILED, run.error
+    assert run.status == Status.FAILED and run.attempts == 1 and run.max_attempts == 3
+    assert run.error.startswith("base_model: cannot be loaded")  # the tokenizer is the first thing it cannot load
+
+
+@pytest.mark.django_db
+def test_lora_target_modules_the_model_lacks_fail_at_once(tiny_project, sent):
+    project, _, base = tiny_project
+    run, token = _launch(project, base, sent, lora_r=4, lora_target_modules=["no_such_module"])  # the model lacks it
+    assert runner.run_claimed(run_id=run.id, claim_token=token) == runner.EXIT_FAILED
+    run.refresh_from_db()
+    assert run.status == Status.FAILED and run.attempts == 1
+    assert run.error.startswith("lora_target_modules: cannot be loaded (['no_such_module'])")

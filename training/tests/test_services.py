@@ -58,15 +58,18 @@ def test_bad_config_rejected_and_nothing_written(ranked, model_dir, sent, config
     assert _counts() == before and sent == []
 
 
-def test_missing_model_directory_and_unknown_kind_rejected(ranked, tmp_path, sent):
+def test_missing_model_directory_and_unknown_kind_rejected(ranked, tmp_path, sent, settings):
     project, researcher, _ = ranked
-    with pytest.raises(InvalidInput, match="does not exist"):
-        _create(project, tmp_path / "nope", user=researcher)
-    with pytest.raises(InvalidInput, match="no config.json"):
-        _create(project, tmp_path, user=researcher)
-    (tmp_path / "config.json").write_text("{ broken")
-    with pytest.raises(InvalidInput, match="not valid JSON"):
-        _create(project, tmp_path, user=researcher)
+    settings.RLHF_MODEL_ROOTS = [str(tmp_path)]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{ broken")
+    for path, operator_says in ((tmp_path / "nope", "does not exist"), (tmp_path / "empty", "no config.json"),
+                                (tmp_path / "broken", "not valid JSON")):
+        with pytest.raises(InvalidInput, match=operator_says):  # the operator (command line) is told why
+            _create(project, path)
+        with pytest.raises(InvalidInput, match="^config.base_model: Not an allowed model directory"):
+            _create(project, path, user=researcher)  # a user learns nothing about what exists
     with pytest.raises(InvalidInput, match="Unknown run kind"):
         services.run_create(project=project, kind="magic", config={}, user=researcher)
     assert _counts() == (0, 0) and sent == []
@@ -221,12 +224,12 @@ def test_log_tail_is_bounded(ranked, model_dir, sent):
     assert "line 0 " not in run.log_tail
 
 
-def test_artifact_register_is_idempotent_per_run(ranked, model_dir, sent, artifact_root):
+def test_artifact_register_is_idempotent_per_run(ranked, model_dir, stored_model, sent, artifact_root):
     run = _create(ranked[0], model_dir)
-    first = services.artifact_register(project=run.project, kind="reward", name="rm", path=model_dir, run=run,
+    first = services.artifact_register(project=run.project, kind="reward", name="rm", path=stored_model, run=run,
                                        metrics={"accuracy": 0.75, "loss": float("inf")})
-    again = services.artifact_register(project=run.project, kind="reward", name="rm", path=model_dir, run=run)
+    again = services.artifact_register(project=run.project, kind="reward", name="rm", path=stored_model, run=run)
     assert first.pk == again.pk and ModelArtifact.objects.count() == 1
     assert first.metrics == {"accuracy": 0.75, "loss": None} and first.size_bytes > 0
     with pytest.raises(InvalidInput):
-        services.artifact_register(project=run.project, kind="reward", name="x", path=model_dir.parent / "none")
+        services.artifact_register(project=run.project, kind="reward", name="x", path=stored_model.parent / "none")

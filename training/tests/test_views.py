@@ -58,7 +58,7 @@ def test_launch_with_a_missing_model_directory_is_a_400_and_writes_nothing(clien
     data = {"base_model_path": str(tmp_path / "missing"), "epochs": "1", "learning_rate": "0.0001",
             "batch_size": "4", "max_length": "128", "eval_fraction": "0.2", "lora_r": "8"}
     response = researcher.post(reverse("training:project_runs", args=[project.slug]), data)
-    assert response.status_code == 400 and b"does not exist" in response.content
+    assert response.status_code == 400 and b"Not an allowed model directory" in response.content
     assert not TrainingRun.objects.exists() and not DatasetSnapshot.objects.exists() and sent == []
 
 
@@ -101,10 +101,10 @@ def test_metrics_json_and_log_are_escaped(clients, model_dir, sent):
     assert b"<script>alert(1)" not in page and b"&lt;script&gt;alert(1)" in page
 
 
-def test_artifact_download_streams_a_zip_for_members_only(clients, model_dir, artifact_root):
+def test_artifact_download_streams_a_zip_for_members_only(clients, stored_model, artifact_root):
     project, researcher, labeler, outsider = clients
-    (model_dir / "model.safetensors").write_bytes(b"\0" * 3000)
-    artifact = services.artifact_register(project=project, kind=ModelArtifact.Kind.BASE, name="m", path=model_dir)
+    (stored_model / "model.safetensors").write_bytes(b"\0" * 3000)
+    artifact = services.artifact_register(project=project, kind=ModelArtifact.Kind.BASE, name="m", path=stored_model)
     url = reverse("training:artifact_download", args=[artifact.pk])
     assert outsider.get(url).status_code == 404
     response = labeler.get(url)

@@ -186,6 +186,32 @@ ARTIFACT_ROOT = Path(os.environ.get("RLHF_ARTIFACT_ROOT", VAR_DIR / "artifacts")
 RUN_HEARTBEAT_STALE_SECONDS = int(os.environ.get("RLHF_RUN_HEARTBEAT_STALE_SECONDS", "300"))
 RUN_MAX_ATTEMPTS = int(os.environ.get("RLHF_RUN_MAX_ATTEMPTS", "3"))
 
+
+def _json_env(name: str, default):
+    """A JSON-valued environment variable; a malformed one stops the start with the variable named."""
+    import json
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name} is not valid JSON: {error}") from error
+
+
+# Security of what users may name (docs/guarantees.md, "Security"):
+# - RLHF_HOOKS: the operator's code hooks, {"utility"|"reward_fn"|"task_check": {name: "module:function"}},
+#   added to the built-ins of annotation.hooks; users pick hooks by name only.
+# - RLHF_MODEL_ROOTS: directories (comma-separated) under which users may type a model directory; everything
+#   else is chosen as an artifact of their own project. Empty: users type no paths at all.
+# - RLHF_ALLOW_MODEL_HUB: let base models be hub ids and let workers download them (off: HF libraries offline).
+RLHF_HOOKS = _json_env("RLHF_HOOKS", {})
+RLHF_MODEL_ROOTS = env_list("RLHF_MODEL_ROOTS")
+RLHF_ALLOW_MODEL_HUB = env_bool("RLHF_ALLOW_MODEL_HUB", False)
+
 # Annotation limits (untrusted input is bounded).
 ANNOTATION_LEASE_MINUTES = int(os.environ.get("RLHF_LEASE_MINUTES", "30"))
 IMPORT_MAX_LINE_BYTES = int(os.environ.get("RLHF_IMPORT_MAX_LINE_BYTES", str(1024 * 1024)))

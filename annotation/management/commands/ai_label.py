@@ -17,7 +17,9 @@ class Command(BaseCommand):
                             help="The labeler is the user ai-NAME@PROJECT (names are per project).")
         parser.add_argument("--kind", required=True, choices=AILabeler.Kind.values)
         parser.add_argument("--spec", required=True,
-                            help="module:function (utility), artifact id (reward_model) or model directory (llm_judge).")
+                            help="a registered utility name (utility; RLHF_HOOKS), a reward artifact id "
+                                 "(reward_model), a policy/base artifact id or a directory under RLHF_MODEL_ROOTS "
+                                 "(llm_judge).")
         parser.add_argument("--tie-threshold", type=float, default=0.0)
         parser.add_argument("--max-prompts", type=int, default=None)
 

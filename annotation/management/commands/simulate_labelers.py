@@ -16,7 +16,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--project", required=True, help="Project slug.")
         parser.add_argument("--labelers", type=int, required=True, help="Number of simulated labelers.")
-        parser.add_argument("--utility", default=None, help="'module:function' scoring (messages, text) -> float.")
+        parser.add_argument("--utility", default=None, help=(
+            "a registered utility name (e.g. default, demo) or 'module:function' scoring (messages, text) -> float."))
         parser.add_argument("--noise", type=float, default=0.1, help="Std dev of the Gaussian noise (default 0.1).")
         parser.add_argument("--tie-threshold", type=float, default=0.0, help="Tie scores this close (default 0).")
         parser.add_argument("--seed", type=int, default=0)

@@ -16,11 +16,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from training.ml.checkpoint import checkpoint_latest, checkpoint_load, checkpoint_save
-from training.ml.config import GRPOConfig
+from training.ml.config import GRPOConfig, loading
 from training.ml.losses import grpo_loss
 from training.ml.rl import clip_fraction, entropy_from_logits, group_advantages, masked_mean
 from training.ml.rollout import (
-    RewardFn, RewardScorer, Rollout, batched_logprobs, load_reward_fn, response_logits,
+    RewardFn, RewardScorer, Rollout, batched_logprobs, reward_fn_unresolved, response_logits,
     sample_rollout, token_logprobs,
 )
 from training.ml.trainers.ppo import rl_steps, run_summary, total_steps
@@ -90,7 +90,8 @@ def train_grpo(
 ) -> dict:
     """Train the policy in ``policy_dir`` with GRPO; save it to ``output_dir/policy``; return the summary.
 
-    Same contract as ``train_ppo``: rewards default to the config's ``reward_fn``/``reward_model``;
+    Same contract as ``train_ppo``: the reward model defaults to the config's ``reward_model``, ``reward_fn``
+    is the resolved callable;
     checkpoints in ``output_dir/checkpoints``; ``hooks.should_stop()`` checkpoints and returns early.
     """
     hooks = hooks or NullHooks()
@@ -100,13 +101,14 @@ def train_grpo(
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     if reward_fn is None and config.reward_fn:
-        reward_fn = load_reward_fn(config.reward_fn)
+        raise reward_fn_unresolved(config.reward_fn)
     scorer = RewardScorer(reward_model_dir=reward_model_dir or config.reward_model or None, reward_fn=reward_fn,
                           max_length=config.max_length)
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    with loading("base_model"):
+        tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+        policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()  # eval: no dropout
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()  # eval: no dropout
     reference = copy.deepcopy(policy).requires_grad_(False)
     total = total_steps(config, len(prompts))
     n = config.batch_size * config.samples_per_prompt

@@ -18,14 +18,14 @@ import torch.nn as nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
 from training.ml.checkpoint import checkpoint_latest, checkpoint_load, checkpoint_save
-from training.ml.config import PPOConfig
+from training.ml.config import PPOConfig, loading
 from training.ml.losses import ppo_policy_loss, ppo_value_loss
 from training.ml.rl import (
     AdaptiveKLController, FixedKLController, clip_fraction, entropy_from_logits, gae_advantages,
     kl_penalised_rewards, masked_mean, masked_whiten,
 )
 from training.ml.rollout import (
-    RewardFn, RewardScorer, Rollout, batched_logprobs, load_reward_fn, position_ids_for, prompt_batch,
+    RewardFn, RewardScorer, Rollout, batched_logprobs, reward_fn_unresolved, position_ids_for, prompt_batch,
     sample_rollout, token_logprobs,
 )
 from training.ml.types import NullHooks, TrainHooks
@@ -84,10 +84,11 @@ def policy_and_values(models: PPOModels, rollout: Rollout, temperature: float) -
 
 
 def load_ppo_models(policy_dir: str, config: PPOConfig, reward_model_dir: str | None) -> PPOModels:
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    with loading("base_model"):
+        tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+        policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()  # eval: no dropout, so ratios start at 1
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()  # eval: no dropout, so ratios start at 1
     reference = copy.deepcopy(policy).requires_grad_(False)
     if config.value_model == "head":
         return PPOModels(policy, tokenizer, reference, ValueHead(policy.config.get_text_config().hidden_size), None)
@@ -205,7 +206,8 @@ def train_ppo(
 ) -> dict:
     """Train the policy in ``policy_dir`` with PPO; save it to ``output_dir/policy``; return the summary.
 
-    ``reward_fn``/``reward_model_dir`` default to the config's ``reward_fn``/``reward_model``. Checkpoints go
+    ``reward_model_dir`` defaults to the config's ``reward_model``; ``reward_fn`` is the callable (the config's
+    ``reward_fn`` is only the name of the operator's hook, which the caller resolves). Checkpoints go
     to ``output_dir/checkpoints`` every ``checkpoint_every`` steps; with ``resume`` the newest one is loaded.
     ``hooks.should_stop()`` is checked after every step: a stopped run checkpoints and returns early.
     """
@@ -219,7 +221,7 @@ def train_ppo(
     torch.manual_seed(config.seed)
     reward_model_dir = reward_model_dir or config.reward_model or None
     if reward_fn is None and config.reward_fn:
-        reward_fn = load_reward_fn(config.reward_fn)
+        raise reward_fn_unresolved(config.reward_fn)
     scorer = RewardScorer(reward_model_dir=reward_model_dir, reward_fn=reward_fn, max_length=config.max_length)
     models = load_ppo_models(policy_dir, config, reward_model_dir)
     total = total_steps(config, len(prompts))

@@ -26,19 +26,21 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 from training.ml import distributed, losses
 from training.ml.checkpoint import atomic_save_dir, checkpoint_latest, checkpoint_load, checkpoint_save
 from training.ml.collators import RankedGroupCollator
-from training.ml.config import RewardConfig
+from training.ml.config import RewardConfig, loading
 from training.ml.data import EncodedGroup, encode_groups
 from training.ml.types import NullHooks, RankedGroup, TrainHooks
 
 
 def load_reward_model(config: RewardConfig, hooks: TrainHooks):
     """(tokenizer, model) from config.base_model: one scalar output, a pad token, optional LoRA."""
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    with loading("base_model"):
+        tokenizer = AutoTokenizer.from_pretrained(config.base_model)
     if tokenizer.pad_token is None:  # the score is read at the last non-pad token, so padding must be known
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         hooks.log(f"tokenizer has no pad token; padding with {tokenizer.pad_token!r}")
     torch.manual_seed(config.seed)  # a fresh score head is initialised from this seed
-    model = AutoModelForSequenceClassification.from_pretrained(config.base_model, num_labels=1)
+    with loading("base_model"):
+        model = AutoModelForSequenceClassification.from_pretrained(config.base_model, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     if config.disable_dropout:
         for module in model.modules():
@@ -54,7 +56,8 @@ def load_reward_model(config: RewardConfig, hooks: TrainHooks):
             lora_dropout=config.lora_dropout,
             target_modules=config.lora_target_modules or "all-linear",
         )
-        model = get_peft_model(model, lora)
+        with loading("lora_target_modules", config.lora_target_modules or "all-linear"):
+            model = get_peft_model(model, lora)
         model.peft_config["default"].base_model_name_or_path = config.base_model
     return tokenizer, model
 

@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from training.ml.checkpoint import atomic_save_dir, checkpoint_latest, checkpoint_load, checkpoint_save
-from training.ml.config import SFTConfig, TrainConfig
+from training.ml.config import SFTConfig, TrainConfig, loading
 from training.ml.generation import collate_scoring, encode_many, token_logprobs
 from training.ml.types import TrainHooks
 
@@ -32,12 +32,14 @@ def set_threads(config: TrainConfig) -> None:
 
 def load_trainable_policy(config: TrainConfig, adapter: str = ""):
     """(model, tokenizer) ready to train: ``adapter`` continues a LoRA adapter, ``lora_r > 0`` adds one."""
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
-    model = AutoModelForCausalLM.from_pretrained(config.base_model)
+    with loading("base_model"):
+        tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+        model = AutoModelForCausalLM.from_pretrained(config.base_model)
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+        with loading("adapter"):
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
     elif config.lora_r:
         from peft import LoraConfig, get_peft_model
 
@@ -45,7 +47,8 @@ def load_trainable_policy(config: TrainConfig, adapter: str = ""):
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
             target_modules=config.lora_target_modules or "all-linear",
         )
-        model = get_peft_model(model, lora)
+        with loading("lora_target_modules", config.lora_target_modules or "all-linear"):
+            model = get_peft_model(model, lora)
         model.peft_config["default"].base_model_name_or_path = config.base_model  # the adapter names its base
     return model.train(), tokenizer
 
