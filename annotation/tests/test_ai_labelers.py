@@ -61,25 +61,25 @@ def test_ai_labelers_take_no_human_slot_and_say_why_they_stop(make_user, make_pr
     alice, bob = make_user("alice"), make_user("bob")
     project = make_project(slug="full", k=3, overlap=1, prompts=3, labelers=[alice])
     rank_all(project, alice)  # every human slot is filled
-    rules = ai_labeler_create(project=project, name="rules", kind="utility", spec=f"{__name__}:answer_number")
+    rules = ai_labeler_create(project=project, name="rules", kind="utility", spec="answer-number")
     result = ai_labeler_run(labeler=rules)
     assert result["rankings"] == 3 and "already ranked all 3" in result["reason"]
     assert project_progress(project=project)["slots_filled"] == 3  # the AI's rankings fill no slot
     other = make_project(slug="other", k=3, overlap=1, prompts=2, labelers=[bob])
-    twin = ai_labeler_create(project=other, name="rules", kind="utility", spec=f"{__name__}:answer_number")
+    twin = ai_labeler_create(project=other, name="rules", kind="utility", spec="answer-number")
     assert twin.user != rules.user and twin.user.username == "ai-rules@other"  # names are per project
     first = ai_labeler_run(labeler=twin, max_prompts=1)
     assert first["rankings"] == 1 and first["reason"] == ""
     lease = assignment_next_for_labeler(project=other, labeler=bob)  # the AI's ranking left bob's slot free
     assert lease is not None and lease.prompt_id == Ranking.objects.get(labeler=twin.user).prompt_id
     empty = make_project(slug="empty", k=3, prompts=0)
-    idle = ai_labeler_create(project=empty, name="rules", kind="utility", spec=f"{__name__}:answer_number")
+    idle = ai_labeler_create(project=empty, name="rules", kind="utility", spec="answer-number")
     assert "no open (non-gold) prompts" in ai_labeler_run(labeler=idle)["reason"]
 
 
 def test_ai_labeler_validation_writes_nothing(make_user, make_project, tmp_path):
     project = make_project(slug="v", k=2, prompts=1)
-    for kwargs, where in (({"name": "Bad Name", "kind": "utility", "spec": f"{__name__}:answer_number"}, "name"),
+    for kwargs, where in (({"name": "Bad Name", "kind": "utility", "spec": "answer-number"}, "name"),
                           ({"name": "x", "kind": "oracle", "spec": "x"}, "kind"),
                           ({"name": "x", "kind": "utility", "spec": "nope"}, "spec"),
                           ({"name": "x", "kind": "utility", "spec": f"{__name__}:answer_number"}, "spec"),

@@ -37,6 +37,12 @@ def _rows(project, fmt="pairs", **choice):
     return [json.loads(line) for line in data.splitlines()]
 
 
+@pytest.fixture(autouse=True)
+def registered(settings):
+    """The operator registers this module's scorer by name (users pick names, never module:function)."""
+    settings.RLHF_HOOKS = {"utility": {"answer-number": f"{__name__}:answer_number"}}
+
+
 @pytest.fixture
 def mix(make_user, make_project):
     """K=3, overlap 2: 4 prompts ranked by 2 simulated labelers, 1 gold prompt two humans disagree on."""
@@ -54,7 +60,7 @@ def mix(make_user, make_project):
 
 def _add_ai_and_arena(mix):
     project, alice = mix["project"], mix["alice"]
-    rules = ai_labeler_create(project=project, name="rules", kind="utility", spec=f"{__name__}:answer_number")
+    rules = ai_labeler_create(project=project, name="rules", kind="utility", spec="answer-number")
     assert ai_labeler_run(labeler=rules)["rankings"] >= 4
     model_a = ModelArtifact.objects.create(project=project, kind="policy", name="sft", path="a")
     model_b = ModelArtifact.objects.create(project=project, kind="policy", name="dpo", path="b")
