@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotation', '0005_prompt_slot_counters'),
+        ('annotation', '0007_ranking_source_provenance'),
     ]
 
     operations = [
