@@ -4,8 +4,8 @@ import pytest
 from django.apps import apps
 from django.urls import reverse
 
-from annotation.arena import arena_create, arena_shown_order, arena_vote
-from annotation.arena_models import ArenaVote
+from lab.arena import arena_create, arena_shown_order, arena_vote
+from lab.models import ArenaVote
 from annotation.quality_models import (
     AILabeler, GoldRanking, LabelerReliability, PromptPriority, PromptReview, QualitySettings, RankingExclusion,
     SelectionRecord,
