@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from annotation import ranking as ranking_rules
 from annotation.errors import InvalidInput, NotAllowed, RankingInvalid
+from annotation.extensions import ranking_lock_reason
 from annotation.models import Assignment, PairwiseComparison, Project, Prompt, Ranking, RankingEntry, Round
 from annotation.selectors import (
     assignment_active_for_labeler,
@@ -386,9 +387,9 @@ def _correctable_ranking(*, assignment: Assignment, labeler) -> Ranking:
     if round_.status != Round.Status.OPEN:
         raise RankingInvalid(f"round {round_.number} is {round_.get_status_display().lower()}; its rankings can "
                              "no longer be changed", location="assignment")
-    if ranking.snapshots.exists():  # DatasetSnapshot (training app), through the reverse relation only
-        raise RankingInvalid("a training run has already used this ranking; it can no longer be changed",
-                             location="assignment")
+    reason = ranking_lock_reason(ranking)  # a training run's snapshot, checked by training (extensions.py)
+    if reason:
+        raise RankingInvalid(reason, location="assignment")
     return ranking
 
 
