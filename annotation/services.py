@@ -209,7 +209,9 @@ def ranking_record(
     shown_order: list[int] | None = None,
     assignment: Assignment | None = None,
 ) -> Ranking:
-    """Write a Ranking, its K entries and its C(K,2)-minus-ties pairs; the one writer of rankings.
+    """Write a Ranking, its K entries and its C(K,2)-minus-ties pairs: the writer of every
+    ranking a labeler (or arena voter, or AI labeler) gives; ``annotation/importers.py`` bulk-writes imported rankings
+    and their pairs itself.
 
     ``labeler`` may be None only for ``source="imported"``. Recording the same ranking again returns the
     stored one (idempotent); a different ranking of the same prompt by the same labeler is rejected.

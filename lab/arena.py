@@ -34,7 +34,7 @@ from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import Project, Prompt, Ranking, Round, Sample
 from annotation.quality import bradley_terry
 from annotation.selectors import project_get_for_user, user_can_manage, user_role
-from annotation.services import ranking_record
+from annotation.services import MAX_TIME_SPENT_MS, ranking_record
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ CHOICES = ("left", "right", "tie", "both_bad")
 SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "seed", "batch_size")
 MAX_PROMPTS = 5_000
 MAX_RESPONSE_CHARS = 50_000
-MAX_TIME_SPENT_MS = 2**31 - 1
 ELO_SCALE = 400 / math.log(10)  # rating = 1000 + ELO_SCALE · log-strength: a 400-point gap is 10:1 odds
 
 
