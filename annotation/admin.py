@@ -1,9 +1,7 @@
-"""Django admin for every annotation model (preferences, arena, quality control). Rankings, their entries and
-pairs are derived from what labelers submitted, arena votes and computed reliabilities likewise: the admin shows
-them read-only (change them through the services, never by hand)."""
+"""Django admin for every annotation model (preferences, quality control). Rankings, their entries and pairs
+are derived from what labelers submitted, computed reliabilities likewise: the admin shows them read-only (change them through the services, never by hand)."""
 from django.contrib import admin
 
-from annotation.arena_models import Arena, ArenaPair, ArenaVote
 from annotation.models import (
     Assignment,
     Membership,
@@ -136,40 +134,7 @@ class PairwiseComparisonAdmin(ReadOnlyAdmin):
     raw_id_fields = ["ranking", "prompt", "chosen", "rejected"]
 
 
-# ----------------------------------------------------------------------------- arena and quality control
-
-@admin.register(Arena)
-class ArenaAdmin(admin.ModelAdmin):
-    """Status, summary and round change through ``annotation.arena`` (create, generate, close): shown read-only."""
-
-    list_display = ["id", "project", "name", "model_a", "model_b", "status", "created_at"]
-    list_filter = ["status", "project"]
-    search_fields = ["name", "project__slug"]
-    raw_id_fields = ["project", "model_a", "model_b", "round", "created_by"]
-    readonly_fields = ["project", "model_a", "model_b", "round", "status", "sampling_params", "summary",
-                       "created_by", "created_at"]
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-
-@admin.register(ArenaPair)
-class ArenaPairAdmin(ReadOnlyAdmin):
-    list_display = ["id", "arena", "prompt", "sample_a", "sample_b"]
-    list_filter = ["arena__project"]
-    search_fields = ["arena__name"]
-    raw_id_fields = ["arena", "prompt", "sample_a", "sample_b"]
-
-
-@admin.register(ArenaVote)
-class ArenaVoteAdmin(ReadOnlyAdmin):
-    """A vote is also a ranking: change neither by hand."""
-
-    list_display = ["id", "pair", "voter", "outcome", "time_spent_ms", "created_at"]
-    list_filter = ["outcome", "pair__arena__project"]
-    search_fields = ["voter__username"]
-    raw_id_fields = ["pair", "voter", "left_sample", "ranking"]
-
+# ----------------------------------------------------------------------------- quality control
 
 @admin.register(QualitySettings)
 class QualitySettingsAdmin(admin.ModelAdmin):

@@ -19,13 +19,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import selectors, services
+from annotation.api_helpers import ERRORS, error_response, manageable_project, validated
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.forms import ExportForm
 from annotation.importers import import_samples_from_file
 from annotation.models import RankingEntry
 from annotation.serializers import (
     AssignmentSerializer,
-    ErrorSerializer,
     ImportResultSerializer,
     ImportSerializer,
     ProjectDetailSerializer,
@@ -36,42 +36,6 @@ from annotation.serializers import (
 )
 from annotation.provenance import CHOICES as PROVENANCE_CHOICES
 from annotation.views import export_response
-
-ERRORS = {400: ErrorSerializer, 403: OpenApiResponse(description="Not allowed for your role."),
-          404: OpenApiResponse(description="No such object, or not yours.")}
-
-
-def error_response(message: str, location: str = "", *, status_code: int = 400) -> Response:
-    return Response({"error": message, "location": location}, status=status_code)
-
-
-def _first_error(errors, path: str = "") -> tuple[str, str]:
-    """DRF's nested error dict → (message, location) of the first error, e.g. ("...", "tiers[0][1]")."""
-    if isinstance(errors, dict):
-        key, value = next(iter(errors.items()))
-        if key == "non_field_errors":
-            return _first_error(value, path)
-        where = f"{path}[{key}]" if isinstance(key, int) or path else str(key)
-        return _first_error(value, where)
-    if isinstance(errors, list) and errors:
-        return _first_error(errors[0], path)
-    return str(errors), path
-
-
-def _validated(serializer_class, data) -> tuple[dict | None, Response | None]:
-    serializer = serializer_class(data=data)
-    if serializer.is_valid():
-        return serializer.validated_data, None
-    message, location = _first_error(serializer.errors)
-    return None, error_response(message, location)
-
-
-def _manageable_project(request: Request, slug: str):
-    project = selectors.project_get_for_user(user=request.user, slug=slug)
-    if not selectors.user_can_manage(user=request.user, project=project):
-        raise PermissionDenied("Only researchers of this project and admins may do this.")
-    return project
-
 
 @extend_schema(responses=ProjectSerializer(many=True), summary="Projects you belong to")
 @api_view(["GET"])
@@ -119,7 +83,7 @@ def _own_assignment(request: Request, assignment_id: int):
 @api_view(["POST"])
 def assignment_ranking(request: Request, assignment_id: int) -> Response:
     assignment = _own_assignment(request, assignment_id)
-    data, error = _validated(RankingSubmitSerializer, request.data)
+    data, error = validated(RankingSubmitSerializer, request.data)
     if error:
         return error
     try:
@@ -138,7 +102,7 @@ def assignment_ranking(request: Request, assignment_id: int) -> Response:
 @api_view(["POST"])
 def assignment_skip(request: Request, assignment_id: int) -> Response:
     assignment = _own_assignment(request, assignment_id)
-    data, error = _validated(SkipSerializer, request.data)
+    data, error = validated(SkipSerializer, request.data)
     if error:
         return error
     try:
@@ -153,8 +117,8 @@ def assignment_skip(request: Request, assignment_id: int) -> Response:
 @api_view(["POST"])
 @parser_classes([MultiPartParser, FormParser])
 def project_import(request: Request, slug: str) -> Response:
-    project = _manageable_project(request, slug)
-    data, error = _validated(ImportSerializer, request.data)
+    project = manageable_project(request, slug)
+    data, error = validated(ImportSerializer, request.data)
     if error:
         return error
     upload = data["file"]
@@ -198,7 +162,7 @@ class ProjectExport(APIView):
         summary="Download preferences (researchers)",
     )
     def get(self, request: Request, slug: str) -> HttpResponse:
-        project = _manageable_project(request, slug)
+        project = manageable_project(request, slug)
         form = ExportForm(request.query_params)
         if not form.is_valid():
             field, errors = next(iter(form.errors.items()))

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation import api, arena_api, quality_api
+from annotation import api, quality_api
 
 urlpatterns = [
     path("hooks/", api.hook_list, name="api-hook-list"),
@@ -21,10 +21,6 @@ urlpatterns = [
          name="api-quality-ai-labeler-run"),
     path("projects/<slug:slug>/quality/selections/", quality_api.quality_selection, name="api-quality-selection"),
     path("projects/<slug:slug>/quality/consensus/", quality_api.quality_consensus, name="api-quality-consensus"),
-    path("projects/<slug:slug>/arenas/", arena_api.arena_list, name="api-arena-list"),
-    path("projects/<slug:slug>/arenas/<int:arena_id>/next/", arena_api.arena_next, name="api-arena-next"),
-    path("projects/<slug:slug>/arenas/<int:arena_id>/votes/", arena_api.arena_vote, name="api-arena-vote"),
-    path("projects/<slug:slug>/arena/leaderboard/", arena_api.arena_leaderboard, name="api-arena-leaderboard"),
     path("assignments/<int:assignment_id>/ranking/", api.assignment_ranking, name="api-assignment-ranking"),
     path("assignments/<int:assignment_id>/skip/", api.assignment_skip, name="api-assignment-skip"),
 ]

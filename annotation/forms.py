@@ -16,7 +16,7 @@ from annotation.provenance import CHOICE_LABELS, DEFAULT_CHOICE, source_selectio
 
 _RANK_FIELD = re.compile(r"^rank_(\d{1,18})$")
 _FLAG_FIELD = re.compile(r"^flag_(\d{1,18})$")
-MAX_TIME_SPENT_MS = 24 * 3600 * 1000
+FORM_TIME_SPENT_CAP_MS = 24 * 3600 * 1000  # a form's reported time counts one day at most (a tab left open)
 MAX_TIERS_JSON_CHARS = 20_000
 EXPORT_FORMATS = [("pairs", "pairs (TRL preference)"), ("conversational", "conversational"), ("rankings", "rankings")]
 FILE_FORMATS = [("jsonl", "JSONL"), ("parquet", "Parquet")]
@@ -69,7 +69,7 @@ def ranking_payload_from_post(data: QueryDict) -> dict:
     raw_all_bad = data.get("all_bad", "").strip().lower()
     if raw_all_bad not in ("", "on", "1", "true"):
         raise RankingInvalid(f"all_bad must be on or absent, got {raw_all_bad[:20]!r}", location="all_bad")
-    return {"tiers": tiers, "flags": flags, "time_spent_ms": min(int(raw_time), MAX_TIME_SPENT_MS),
+    return {"tiers": tiers, "flags": flags, "time_spent_ms": min(int(raw_time), FORM_TIME_SPENT_CAP_MS),
             "comment": data.get("comment", ""), "all_bad": bool(raw_all_bad)}
 
 

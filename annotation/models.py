@@ -237,6 +237,3 @@ from annotation.quality_models import (  # noqa: E402,F401
     AILabeler, GoldRanking, LabelerReliability, PromptPriority, PromptReview, QualitySettings,
     RankingExclusion, SelectionRecord,
 )
-
-# Arena tables (blind checkpoint comparisons; owned by that feature; migration 0004).
-from annotation.arena_models import Arena, ArenaPair, ArenaVote  # noqa: E402,F401

@@ -10,11 +10,10 @@ from rest_framework.decorators import api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotation.active import STRATEGIES, round_select
-from annotation.ai_labelers import ai_labeler_create, ai_labeler_run
+from annotation.api_helpers import ERRORS, error_response, manageable_project, validated
 from annotation.hooks import hook_names
-from annotation.api import ERRORS, _manageable_project, _validated, error_response
 from annotation.errors import InvalidInput
+from annotation.extensions import model_services
 from annotation.models import Prompt, Round
 from annotation.quality_models import AILabeler, SelectionRecord
 from annotation.quality_selectors import quality_report
@@ -69,7 +68,7 @@ class AILabelerRunSerializer(serializers.Serializer):
 
 class SelectionSerializer(serializers.Serializer):
     round = serializers.IntegerField(min_value=1)
-    strategy = serializers.ChoiceField(choices=STRATEGIES)
+    strategy = serializers.ChoiceField(choices=SelectionRecord.Strategy.values)
     artifact_id = serializers.IntegerField(required=False, allow_null=True, default=None,
                                            help_text="Reward model artifact (uncertainty only).")
     seed = serializers.IntegerField(required=False, default=0)
@@ -99,7 +98,7 @@ def _prompt(project, prompt_id: int) -> Prompt:
                                             description="rankings the figures include: human (default) or human + AI")])
 @api_view(["GET"])
 def quality(request: Request, slug: str) -> Response:
-    project = _manageable_project(request, slug)
+    project = manageable_project(request, slug)
     round_number = request.query_params.get("round")
     if round_number is not None and not round_number.isdigit():
         return error_response("round must be a number", "round")
@@ -114,8 +113,8 @@ def quality(request: Request, slug: str) -> Response:
 @extend_schema(request=SettingsSerializer, responses={200: SettingsSerializer, **ERRORS}, summary="Quality settings")
 @api_view(["POST"])
 def quality_settings(request: Request, slug: str) -> Response:
-    project = _manageable_project(request, slug)
-    data, error = _validated(SettingsSerializer, request.data)
+    project = manageable_project(request, slug)
+    data, error = validated(SettingsSerializer, request.data)
     if error:
         return error
     settings = quality_settings_update(project=project, **data)
@@ -125,15 +124,15 @@ def quality_settings(request: Request, slug: str) -> Response:
 @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Write reliability weights")
 @api_view(["POST"])
 def quality_weights(request: Request, slug: str) -> Response:
-    return Response({"weights": pair_weights_update(project=_manageable_project(request, slug))})
+    return Response({"weights": pair_weights_update(project=manageable_project(request, slug))})
 
 
 @extend_schema(request=ExclusionSerializer, responses={200: OpenApiTypes.OBJECT, **ERRORS},
                summary="Exclude a ranking from exports and training (or include it again)")
 @api_view(["POST"])
 def quality_exclusion(request: Request, slug: str) -> Response:
-    project = _manageable_project(request, slug)
-    data, error = _validated(ExclusionSerializer, request.data)
+    project = manageable_project(request, slug)
+    data, error = validated(ExclusionSerializer, request.data)
     if error:
         return error
     try:
@@ -149,8 +148,8 @@ def quality_exclusion(request: Request, slug: str) -> Response:
 @extend_schema(request=GoldSerializer, responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Make a prompt gold")
 @api_view(["POST"])
 def quality_gold(request: Request, slug: str) -> Response:
-    project = _manageable_project(request, slug)
-    data, error = _validated(GoldSerializer, request.data)
+    project = manageable_project(request, slug)
+    data, error = validated(GoldSerializer, request.data)
     if error:
         return error
     try:
@@ -164,8 +163,8 @@ def quality_gold(request: Request, slug: str) -> Response:
                summary="Close a prompt's review: adjudicate (tiers) or keep, excluding rankings")
 @api_view(["POST"])
 def quality_review(request: Request, slug: str) -> Response:
-    project = _manageable_project(request, slug)
-    data, error = _validated(ReviewSerializer, request.data)
+    project = manageable_project(request, slug)
+    data, error = validated(ReviewSerializer, request.data)
     if error:
         return error
     try:
@@ -180,23 +179,23 @@ def quality_review(request: Request, slug: str) -> Response:
                summary="Consensus per prompt (JSONL)")
 @api_view(["GET"])
 def quality_consensus(request: Request, slug: str):
-    return consensus_jsonl(_manageable_project(request, slug))
+    return consensus_jsonl(manageable_project(request, slug))
 
 
 @extend_schema(request=AILabelerSerializer, responses={200: OpenApiTypes.OBJECT, **ERRORS},
                summary="List AI labelers (GET) or add / update one (POST)")
 @api_view(["GET", "POST"])
 def quality_ai_labelers(request: Request, slug: str) -> Response:
-    project = _manageable_project(request, slug)
+    project = manageable_project(request, slug)
     if request.method == "GET":
         labelers = AILabeler.objects.filter(project=project).select_related("user").order_by("user__username")
         return Response({"ai_labelers": [_labeler_row(labeler) for labeler in labelers],
                          "utility_hooks": hook_names(kind="utility")})
-    data, error = _validated(AILabelerSerializer, request.data)
+    data, error = validated(AILabelerSerializer, request.data)
     if error:
         return error
     try:
-        labeler = ai_labeler_create(project=project, **data)
+        labeler = model_services().ai_labeler_create(project=project, **data)
     except InvalidInput as exc:
         return error_response(exc.message, exc.location)
     return Response(_labeler_row(labeler))
@@ -206,15 +205,15 @@ def quality_ai_labelers(request: Request, slug: str) -> Response:
                summary="Run an AI labeler over its open prompts (synchronous)")
 @api_view(["POST"])
 def quality_ai_labeler_run(request: Request, slug: str) -> Response:
-    project = _manageable_project(request, slug)
-    data, error = _validated(AILabelerRunSerializer, request.data)
+    project = manageable_project(request, slug)
+    data, error = validated(AILabelerRunSerializer, request.data)
     if error:
         return error
     labeler = AILabeler.objects.filter(project=project, pk=data["labeler_id"]).select_related("user").first()
     if labeler is None:
         return error_response(f"project {project.slug} has no AI labeler {data['labeler_id']}", "labeler_id")
     try:
-        return Response(ai_labeler_run(labeler=labeler, max_prompts=data["max_prompts"]))
+        return Response(model_services().ai_labeler_run(labeler=labeler, max_prompts=data["max_prompts"]))
     except InvalidInput as exc:
         return error_response(exc.message, exc.location)
 
@@ -223,19 +222,19 @@ def quality_ai_labeler_run(request: Request, slug: str) -> Response:
                summary="List recorded selections (GET) or order a round's prompts by a strategy (POST)")
 @api_view(["GET", "POST"])
 def quality_selection(request: Request, slug: str) -> Response:
-    project = _manageable_project(request, slug)
+    project = manageable_project(request, slug)
     if request.method == "GET":
         records = SelectionRecord.objects.filter(round__project=project).select_related("round").order_by("-created_at")
         return Response({"selections": [_selection_row(record) for record in records[:100]]})
-    data, error = _validated(SelectionSerializer, request.data)
+    data, error = validated(SelectionSerializer, request.data)
     if error:
         return error
     round_ = Round.objects.filter(project=project, number=data["round"]).first()
     if round_ is None:
         return error_response(f"project {project.slug} has no round {data['round']}", "round")
     try:
-        record = round_select(round_=round_, strategy=data["strategy"], artifact_id=data["artifact_id"],
-                              seed=data["seed"], user=request.user)
+        record = model_services().round_select(round_=round_, strategy=data["strategy"],
+                                               artifact_id=data["artifact_id"], seed=data["seed"], user=request.user)
     except InvalidInput as exc:
         return error_response(exc.message, exc.location)
     return Response(_selection_row(record))

@@ -1,8 +1,10 @@
 """Quality control, AI labelers and active selection: the tables they add (migration 0003).
 
 Kept beside ``annotation/models.py`` (which imports this module at its end so Django registers them) so
-that the core preference tables stay short. Nothing here deletes a ranking: an exclusion is a row that
-exports and training snapshots leave out, and reliability is a weight on the pairs.
+that the core preference tables stay short. The services that fill ``AILabeler``, ``SelectionRecord`` and
+``PromptPriority`` live in lab/ (they may score with a trained model); the queue reads the priorities here.
+Nothing here deletes a ranking: an exclusion is a row that exports and training snapshots leave out, and
+reliability is a weight on the pairs.
 """
 from django.conf import settings
 from django.db import models
@@ -86,7 +88,7 @@ class LabelerReliability(models.Model):
 
 
 class AILabeler(models.Model):
-    """A user account that is an AI labeler: which scorer ranks for it (see ``annotation/ai_labelers.py``)."""
+    """A user account that is an AI labeler: which scorer ranks for it (see ``lab/ai_labelers.py``)."""
 
     class Kind(models.TextChoices):
         UTILITY = "utility", "Rule-based scorer (registered utility)"

@@ -59,13 +59,6 @@ def gold_set(*, prompt: Prompt, tiers: list[list[int]], user=None) -> GoldRankin
     return gold
 
 
-def gold_clear(*, prompt: Prompt) -> None:
-    """The prompt stops being gold; rankings labelers already gave it stay."""
-    with transaction.atomic():
-        GoldRanking.objects.filter(prompt=prompt).delete()
-        Prompt.objects.filter(pk=prompt.pk).update(is_gold=False)
-
-
 def _gold_line(project: Project, line_number: int, raw: bytes | str) -> tuple[Prompt, list[list[int]]] | None:
     where = f"line {line_number}"
     if len(raw) > MAX_GOLD_LINE:

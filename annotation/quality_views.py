@@ -15,10 +15,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from annotation import selectors
-from annotation.active import STRATEGIES, round_select
-from annotation.ai_labelers import ai_labeler_create, ai_labeler_run
 from annotation.hooks import hook_names
 from annotation.errors import InvalidInput
+from annotation.extensions import model_services
 from annotation.models import Prompt, Ranking, Round
 from annotation.quality_models import AILabeler, SelectionRecord
 from annotation.quality_selectors import consensus_rows, quality_report
@@ -26,14 +25,13 @@ from annotation.quality_services import (
     gold_import, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude, ranking_include,
 )
 from annotation.services import ranking_tiers
-from annotation.views import _require_manage
 
 REVIEW_SHOWN = 10
 
 
 def _managed_project(request: HttpRequest, slug: str):
     project = selectors.project_get_for_user(user=request.user, slug=slug)
-    _require_manage(user=request.user, project=project)
+    selectors.user_require_manage(user=request.user, project=project)
     return project
 
 
@@ -81,7 +79,7 @@ def _render_page(request: HttpRequest, project, status: int = 200) -> HttpRespon
         "excluded": Ranking.objects.filter(prompt__project=project, exclusion__isnull=False)
         .select_related("labeler", "exclusion").order_by("-exclusion__created_at")[:50],
         "ai_labelers": AILabeler.objects.filter(project=project).select_related("user").order_by("user__username"),
-        "ai_kinds": AILabeler.Kind.choices, "strategies": STRATEGIES,
+        "ai_kinds": AILabeler.Kind.choices, "strategies": SelectionRecord.Strategy.values,
         "utility_hooks": hook_names(kind="utility"),
         "rounds": Round.objects.filter(project=project).order_by("number"),
         "selections": _with_top_scores(SelectionRecord.objects.filter(round__project=project)
@@ -209,9 +207,9 @@ def quality_ai_labeler_add(request: HttpRequest, slug: str) -> HttpResponse:
     project = _managed_project(request, slug)
     try:
         tie = _float_or_none(request.POST.get("tie_threshold"), "tie_threshold")
-        labeler = ai_labeler_create(project=project, name=request.POST.get("name", "").strip(),
-                                    kind=request.POST.get("kind", ""), spec=request.POST.get("spec", "").strip(),
-                                    tie_threshold=tie or 0.0)
+        labeler = model_services().ai_labeler_create(
+            project=project, name=request.POST.get("name", "").strip(), kind=request.POST.get("kind", ""),
+            spec=request.POST.get("spec", "").strip(), tie_threshold=tie or 0.0)
     except InvalidInput as exc:
         return _rejected(request, project, "AI labeler not saved", exc)
     messages.success(request, f"AI labeler {labeler.user.username} saved.")
@@ -227,7 +225,7 @@ def quality_ai_labeler_run(request: HttpRequest, slug: str) -> HttpResponse:
         labeler = AILabeler.objects.filter(project=project, pk=_int(request.POST.get("labeler_id"), "labeler_id")).first()
         if labeler is None:
             raise InvalidInput("this project has no such AI labeler", location="labeler_id")
-        result = ai_labeler_run(labeler=labeler)
+        result = model_services().ai_labeler_run(labeler=labeler)
     except InvalidInput as exc:
         return _rejected(request, project, "AI labeler not run", exc)
     why = f" Nothing more to rank: {result['reason']}." if result.get("reason") else ""
@@ -247,8 +245,9 @@ def quality_selection(request: HttpRequest, slug: str) -> HttpResponse:
         if round_ is None:
             raise InvalidInput(f"project {project.slug} has no round {number}", location="round")
         artifact = request.POST.get("artifact_id", "").strip()
-        record = round_select(round_=round_, strategy=request.POST.get("strategy", ""), user=request.user,
-                              artifact_id=_int(artifact, "artifact_id") if artifact else None)
+        record = model_services().round_select(round_=round_, strategy=request.POST.get("strategy", ""),
+                                               user=request.user,
+                                               artifact_id=_int(artifact, "artifact_id") if artifact else None)
     except InvalidInput as exc:
         return _rejected(request, project, "Selection not recorded", exc)
     notes = " ".join(record.params.get("notes", []))

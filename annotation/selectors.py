@@ -6,6 +6,7 @@ Anything a user may not see raises Http404, so its existence is never revealed.
 """
 from datetime import datetime
 
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.http import Http404
@@ -48,6 +49,12 @@ def user_role(*, user, project: Project) -> str | None:
 def user_can_manage(*, user, project: Project) -> bool:
     """Researchers of the project and admins may import, export and train."""
     return user_role(user=user, project=project) in {ADMIN, Membership.Role.RESEARCHER}
+
+
+def user_require_manage(*, user, project: Project) -> None:
+    """For pages: Django's PermissionDenied (403) unless the user may manage the project."""
+    if not user_can_manage(user=user, project=project):
+        raise PermissionDenied("Only researchers of this project and admins may do this.")
 
 
 def live_assignment_q(*, now: datetime, prefix: str = "") -> Q:

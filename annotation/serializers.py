@@ -4,8 +4,7 @@ rejected (mass assignment) rather than silently trusted."""
 from rest_framework import serializers
 
 from annotation.models import Assignment, Project, Ranking, RankingEntry
-
-MAX_TIME_SPENT_MS = 2**31 - 1
+from annotation.services import MAX_TIME_SPENT_MS
 
 
 class StrictSerializer(serializers.Serializer):

@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from annotation import ranking as ranking_rules
 from annotation.errors import InvalidInput, NotAllowed, RankingInvalid
+from annotation.extensions import ranking_lock_reason
 from annotation.models import AILabeler, Assignment, PairwiseComparison, Project, Prompt, Ranking, RankingEntry, Round
 from annotation.selectors import (
     HUMAN_SLOT_Q,
@@ -218,7 +219,9 @@ def ranking_record(
     shown_order: list[int] | None = None,
     assignment: Assignment | None = None,
 ) -> Ranking:
-    """Write a Ranking, its K entries and its C(K,2)-minus-ties pairs; the one writer of rankings.
+    """Write a Ranking, its K entries and its C(K,2)-minus-ties pairs: the writer of every
+    ranking a labeler (or arena voter, or AI labeler) gives; ``annotation/importers.py`` bulk-writes imported rankings
+    and their pairs itself.
 
     ``labeler`` may be None only for ``source="imported"``. Recording the same ranking again returns the
     stored one (idempotent); a different ranking of the same prompt by the same labeler is rejected.
@@ -398,9 +401,9 @@ def _correctable_ranking(*, assignment: Assignment, labeler) -> Ranking:
     if round_.status != Round.Status.OPEN:
         raise RankingInvalid(f"round {round_.number} is {round_.get_status_display().lower()}; its rankings can "
                              "no longer be changed", location="assignment")
-    if ranking.snapshots.exists():  # DatasetSnapshot (training app), through the reverse relation only
-        raise RankingInvalid("a training run has already used this ranking; it can no longer be changed",
-                             location="assignment")
+    reason = ranking_lock_reason(ranking)  # a training run's snapshot, checked by training (extensions.py)
+    if reason:
+        raise RankingInvalid(reason, location="assignment")
     return ranking
 
 

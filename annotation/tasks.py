@@ -8,10 +8,3 @@ def expire_leases() -> int:
 
     return assignment_expire_stale()
 
-
-@shared_task(name="annotation.tasks.generate_arena", acks_late=True, reject_on_worker_lost=True)
-def generate_arena(arena_id: int) -> str:
-    """Generate an arena's responses from its two checkpoints (``gpu`` queue); a redelivery does nothing more."""
-    from annotation.arena import arena_generate_by_id
-
-    return arena_generate_by_id(arena_id=arena_id)

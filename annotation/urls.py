@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation import arena_views, quality_views, views
+from annotation import quality_views, views
 
 app_name = "annotation"
 urlpatterns = [
@@ -21,10 +21,6 @@ urlpatterns = [
          name="quality-ai-labeler-run"),
     path("p/<slug:slug>/quality/selection/", quality_views.quality_selection, name="quality-selection"),
     path("p/<slug:slug>/quality/consensus.jsonl", quality_views.quality_consensus, name="quality-consensus"),
-    path("p/<slug:slug>/arena/", arena_views.arena_index, name="arena"),
-    path("p/<slug:slug>/arena/create/", arena_views.arena_create, name="arena-create"),
-    path("p/<slug:slug>/arena/<int:arena_id>/vote/", arena_views.arena_vote, name="arena-vote"),
-    path("p/<slug:slug>/arena/<int:arena_id>/close/", arena_views.arena_close, name="arena-close"),
     path("assignments/<int:assignment_id>/submit/", views.assignment_submit, name="submit"),
     path("assignments/<int:assignment_id>/skip/", views.assignment_skip, name="skip"),
     path("assignments/<int:assignment_id>/edit/", views.assignment_edit, name="edit"),

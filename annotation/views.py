@@ -36,11 +36,6 @@ def _template(request: HttpRequest, template: str, partial: str) -> str:
     return f"{template}#{partial}" if request.htmx else template
 
 
-def _require_manage(*, user, project: Project) -> None:
-    if not selectors.user_can_manage(user=user, project=project):
-        raise PermissionDenied("Only researchers of this project and admins may do this.")
-
-
 @login_required
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
@@ -249,7 +244,7 @@ def assignment_skip(request: HttpRequest, assignment_id: int) -> HttpResponse:
 @require_POST
 def project_import(request: HttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_get_for_user(user=request.user, slug=slug)
-    _require_manage(user=request.user, project=project)
+    selectors.user_require_manage(user=request.user, project=project)
     form = ImportForm(request.POST, request.FILES)
     error = None
     if form.is_valid():
@@ -277,7 +272,7 @@ def project_import(request: HttpRequest, slug: str) -> HttpResponse:
 @require_GET
 def project_export(request: HttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_get_for_user(user=request.user, slug=slug)
-    _require_manage(user=request.user, project=project)
+    selectors.user_require_manage(user=request.user, project=project)
     form = ExportForm(request.GET)
     if not form.is_valid():
         field, errors = next(iter(form.errors.items()))

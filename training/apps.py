@@ -6,8 +6,11 @@ class TrainingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from annotation.extensions import ranking_lock_register
         from annotation.hooks import builtin_register
+        from training.selectors import ranking_lock_by_snapshot
 
+        ranking_lock_register(ranking_lock_by_snapshot)
         # The demo task's scorer (training/ml/demo_task.py), by name, for labelers and PPO/GRPO rewards.
         builtin_register(kind="utility", name="demo", target="training.ml.demo_task:demo_utility")
         builtin_register(kind="reward_fn", name="demo", target="training.ml.demo_task:demo_utility")

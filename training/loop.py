@@ -38,7 +38,7 @@ OPTIMIZERS = ("dpo", "ppo", "grpo")
 
 @dataclass
 class LoopSettings:
-    """What ``run_loop`` takes; the training defaults come from ``training.ml.loop.LoopConfig`` (h6's demo)."""
+    """What ``run_loop`` takes; the training defaults come from ``training.ml.loop.LoopConfig`` (the demo's)."""
 
     rounds: int = 3
     optimizer: str = "dpo"

@@ -287,3 +287,10 @@ def lineage_as_json(*, lineage: list[dict]) -> list[dict]:
         "generate_runs": [run_json(r) for r in item["generate_runs"]],
         "train_runs": [run_json(t["run"], t["artifact"], t["next_rounds"]) for t in item["train_runs"]],
     } for item in lineage]
+
+
+def ranking_lock_by_snapshot(ranking) -> str:
+    """Registered with annotation (``TrainingConfig.ready``): a snapshotted ranking can no longer be changed."""
+    if DatasetSnapshot.objects.filter(rankings=ranking).exists():
+        return "a training run has already used this ranking; it can no longer be changed"
+    return ""

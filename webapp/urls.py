@@ -15,6 +15,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("annotation.api_urls")),
     path("api/", include("training.api_urls")),
+    path("api/", include("lab.api_urls")),
     path("training/", include("training.urls")),
     path("", include("annotation.urls")),
+    path("", include("lab.urls")),
 ]

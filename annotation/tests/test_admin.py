@@ -5,7 +5,7 @@ from django.contrib.auth import authenticate
 from django.core.management import call_command
 from django.urls import reverse
 
-from annotation.demo import demo_seed
+from lab.demo import demo_seed
 from annotation.models import Assignment, Membership, PairwiseComparison, Project, Prompt, Ranking
 from annotation.services import assignment_next_for_labeler, ranking_submit
 

@@ -13,8 +13,8 @@ from django.apps import apps as django_apps
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from annotation.ai_labelers import ai_labeler_create, ai_labeler_run
-from annotation.arena import arena_create, arena_pair_next_for_voter, arena_shown_order, arena_vote
+from lab.ai_labelers import ai_labeler_create, ai_labeler_run
+from lab.arena import arena_create, arena_pair_next_for_voter, arena_shown_order, arena_vote
 from annotation.errors import InvalidInput
 from annotation.exporters import export_preferences
 from annotation.models import PairwiseComparison, Prompt, Ranking
@@ -200,7 +200,7 @@ def test_backfill_marks_ai_arena_and_gold_rankings(mix):
 
 
 def test_selection_says_when_it_cannot_act_and_shows_its_scores(make_user, make_project):
-    from annotation.active import round_select, selection_notes
+    from lab.active import round_select, selection_notes
     from annotation.models import Round
     from annotation.tests.test_quality_services import rank_all
 

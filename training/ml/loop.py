@@ -10,9 +10,10 @@ prompts and health figures (share ending with EOS, share distinct, per-token NLL
 round, the over-optimisation monitor compares the reward model's score trend during the policy run with the
 labelers' utility change and flags a round where the first rose while the second fell.
 
-The Django ``run_loop`` command calls the same per-round functions (``round_generate``, ``round_label``,
-``round_train_reward_model``, ``round_train_dpo``/``round_train_ppo``/``round_train_grpo``, ``round_metrics``,
-``over_optimisation_flag``) with rows from the database instead. No Django here.
+The Django ``run_loop`` command (``training/loop.py``) does not call the per-round functions: it runs each
+round's generation, labelling and training as runs on database rows, and shares with this module only the
+settings (``LoopConfig``, ``ppo_config``/``grpo_config``) and the figures (``round_metrics``; the run kinds in
+``training/policy_jobs.py`` use ``rm_score_trend`` and ``ptx_texts_from``). No Django here.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import math
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -152,11 +153,6 @@ def round_train_reward_model(groups: list[RankedGroup], *, base_model: str, outp
     summary = train_reward_model(reward_config, train, held_out, output_dir=output_dir, hooks=NullHooks(),
                                  resume=False)
     return summary["model_dir"], float(summary["final_eval"].get("accuracy", float("nan")))
-
-
-def round_train_reward(groups: list[RankedGroup], *, base_model: str, output_dir: Path, config: LoopConfig) -> float:
-    """``round_train_reward_model``'s held-out accuracy only (the reward model stays in ``output_dir``)."""
-    return round_train_reward_model(groups, base_model=base_model, output_dir=output_dir, config=config)[1]
 
 
 def round_train_dpo(policy_dir: str, groups: list[RankedGroup], *, output_dir: Path, config: LoopConfig,
@@ -376,7 +372,3 @@ def format_monitor(m: dict) -> str:
         return ""
     text = f" | RM score Δ {m['rm_score_change']:+.3f}, utility Δ {m['utility_change']:+.3f}"
     return text + (f"\n  OVER-OPTIMISATION: {m['over_optimised']}" if m.get("over_optimised") else "")
-
-
-def loop_config_dict(config: LoopConfig) -> dict:
-    return asdict(config)

@@ -53,7 +53,7 @@ def mean_margin(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) ->
     return (chosen_rewards - rejected_rewards).mean()
 
 
-# --- PPO and GRPO (h7). Per-token tensors are (B, T) over response tokens; ``mask`` is 1 on real tokens. ---
+# --- PPO and GRPO. Per-token tensors are (B, T) over response tokens; ``mask`` is 1 on real tokens. ---
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
@@ -105,7 +105,7 @@ def grpo_loss(
     return loss, ratio.detach(), kl.detach()
 
 
-# --- DPO (h6). Sequence log-probabilities are (P,): one per pair side, summed over response tokens. ---
+# --- DPO. Sequence log-probabilities are (P,): one per pair side, summed over response tokens. ---
 def dpo_loss(
     policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
     *, beta: float, weights: torch.Tensor | None = None, label_smoothing: float = 0.0,

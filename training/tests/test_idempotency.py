@@ -9,7 +9,7 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from annotation.arena_models import Arena, ArenaVote
+from lab.models import Arena, ArenaVote
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Ranking, Round
 from training.models import DatasetSnapshot, IdempotencyKey, ModelArtifact, TrainingRun
@@ -165,10 +165,10 @@ def test_arena_create_twice_creates_one_arena_and_votes_once(setup):
     first = client.post(url, body, content_type="application/json", headers={"Idempotency-Key": "arena-1"})
     second = client.post(url, body, content_type="application/json", headers={"Idempotency-Key": "arena-1"})
     assert (first.status_code, second.status_code) == (201, 200) and first.json()["id"] == second.json()["id"]
-    key = _form_key(client, reverse("annotation:arena", args=[project.slug]))
+    key = _form_key(client, reverse("lab:arena", args=[project.slug]))
     form = {"name": "by form", "model_a": policy.pk, "model_b": other.pk, "prompts": "Q?", "idempotency_key": key}
-    client.post(reverse("annotation:arena-create", args=[project.slug]), form)
-    page = client.post(reverse("annotation:arena-create", args=[project.slug]), form, follow=True).content.decode()
+    client.post(reverse("lab:arena-create", args=[project.slug]), form)
+    page = client.post(reverse("lab:arena-create", args=[project.slug]), form, follow=True).content.decode()
     assert Arena.objects.count() == 2 and "already submitted" in page
     voter = Client()
     voter.force_login(labeler)
@@ -206,7 +206,7 @@ def slow_writes(monkeypatch):
     """Hold the first writer inside its transaction for a moment, so the second arrives while it is open."""
     import time
 
-    from annotation import arena
+    from lab import arena
     from training import rounds
 
     original_round, original_items = rounds.prompts_validate, arena._check_items
@@ -253,7 +253,7 @@ def test_two_threads_without_a_key_cannot_both_start_a_round(setup, sent):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_same_vote_from_two_threads_is_stored_once(setup):
-    from annotation.arena import arena_create, arena_shown_order, arena_vote
+    from lab.arena import arena_create, arena_shown_order, arena_vote
 
     project, researcher, labeler, policy, other, _ = setup
     arena = arena_create(project=project, model_a=policy, model_b=other, name="race", user=researcher,

@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "annotation",
     "training",
+    "lab",
 ]
 
 MIDDLEWARE = [
@@ -166,7 +167,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_QUEUES = (Queue("default"), Queue("gpu"))
 CELERY_TASK_ROUTES = {
     "training.tasks.execute_run": {"queue": "gpu"},
-    "annotation.tasks.generate_arena": {"queue": "gpu"},  # arena responses from two checkpoints
+    "annotation.tasks.generate_arena": {"queue": "gpu"},  # arena responses from two checkpoints (lab/tasks.py)
 }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -14,8 +14,8 @@ import random
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation import arena as arena_service
-from annotation.arena_models import Arena, ArenaVote
+from lab import arena as arena_service
+from lab.models import Arena, ArenaVote
 from annotation.errors import InvalidInput
 from annotation.models import Project
 

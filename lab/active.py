@@ -33,7 +33,7 @@ from annotation.models import Prompt, Round
 from annotation.provenance import HUMAN_SOURCES
 from annotation.quality_models import PromptPriority, SelectionRecord
 
-STRATEGIES = ("random", "uncertainty", "disagreement")
+STRATEGIES = tuple(SelectionRecord.Strategy.values)  # ("random", "uncertainty", "disagreement")
 
 
 def pair_uncertainty(rewards: list[float]) -> float:
@@ -127,12 +127,12 @@ def round_select(*, round_: Round, strategy: str, artifact_id: int | None = None
     elif strategy == "disagreement":
         scores = disagreement_scores(round_=round_)
     else:
-        from annotation.ai_labelers import _reward_artifact, reward_model_scorer
+        from lab.ai_labelers import reward_artifact_get, reward_model_scorer
         from training.selectors import artifact_dir
 
         if artifact_id is None:
             raise InvalidInput("uncertainty needs a reward model artifact id", location="artifact")
-        artifact = _reward_artifact(project=round_.project, spec=str(artifact_id))
+        artifact = reward_artifact_get(project=round_.project, spec=str(artifact_id))
         scorer = reward_model_scorer(artifact_dir(artifact=artifact),
                                      base_model=artifact.base_model if artifact.is_adapter else "")
         scores = uncertainty_scores(prompts=prompts, scorer=scorer)
@@ -174,7 +174,7 @@ def _ranked(prompt: SimPrompt, scores: list[float], *, tie_threshold: float = 1e
 
 def _train_and_score(groups, held_out, pool, *, base_model: str, steps: int, seed: int, workdir: Path):
     """Train a reward model on ``groups``; return (held-out accuracy, {prompt id: uncertainty} of ``pool``)."""
-    from annotation.ai_labelers import reward_model_scorer
+    from lab.ai_labelers import reward_model_scorer
     from training.ml.config import RewardConfig
     from training.ml.trainers.reward import train_reward_model
     from training.ml.types import NullHooks

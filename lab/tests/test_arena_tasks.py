@@ -3,9 +3,9 @@ routed to the ``gpu`` queue, and, run in-process, it fills the arena and opens i
 import pytest
 from django.urls import reverse
 
-from annotation import tasks
-from annotation.arena import arena_create
-from annotation.arena_models import Arena
+from lab import tasks
+from lab.arena import arena_create
+from lab.models import Arena
 from training.models import ModelArtifact
 
 pytestmark = pytest.mark.django_db
@@ -52,7 +52,7 @@ def test_an_arena_without_responses_is_queued_for_generation_on_commit(setup, qu
     client.force_login(researcher)
     form = {"name": "browser", "model_a": model_a.pk, "model_b": model_b.pk, "prompts": "One?\nTwo?"}
     with django_capture_on_commit_callbacks(execute=True):
-        page = client.post(reverse("annotation:arena-create", args=[project.slug]), form, follow=True)
+        page = client.post(reverse("lab:arena-create", args=[project.slug]), form, follow=True)
     browser = Arena.objects.get(name="browser")
     assert queued == [arena.pk, browser.pk] and "a worker is generating" in page.content.decode()
 
@@ -66,7 +66,7 @@ def test_a_failed_generation_is_recorded_and_shown(setup, client):
     arena.refresh_from_db()
     assert arena.status == Arena.Status.GENERATING and arena.summary["error"]
     client.force_login(researcher)
-    page = client.get(reverse("annotation:arena", args=[project.slug])).content.decode()
+    page = client.get(reverse("lab:arena", args=[project.slug])).content.decode()
     assert "Generation failed" in page and f"arena generate --arena {arena.pk}" in page
     assert tasks.generate_arena.apply(args=[10**9]).get() == f"no arena {10**9}"
 

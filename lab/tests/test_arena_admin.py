@@ -4,8 +4,8 @@ import pytest
 from django.apps import apps
 from django.urls import reverse
 
-from annotation.arena import arena_create, arena_shown_order, arena_vote
-from annotation.arena_models import ArenaVote
+from lab.arena import arena_create, arena_shown_order, arena_vote
+from lab.models import ArenaVote
 from annotation.quality_models import (
     AILabeler, GoldRanking, LabelerReliability, PromptPriority, PromptReview, QualitySettings, RankingExclusion,
     SelectionRecord,
@@ -14,6 +14,7 @@ from training.models import ModelArtifact
 
 pytestmark = pytest.mark.django_db
 
+LAB_MODELS = {"arena", "arenapair", "arenavote"}  # the admin's URLs name the app: /admin/lab/arena/
 MODELS = ["arena", "arenapair", "arenavote", "qualitysettings", "goldranking", "rankingexclusion", "promptreview",
           "labelerreliability", "ailabeler", "selectionrecord", "promptpriority"]
 
@@ -47,17 +48,18 @@ def admin_client(client, make_user, make_project):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_admin_changelist_and_change_pages_load(admin_client, model):
-    url = reverse(f"admin:annotation_{model}_changelist")
+    app = "lab" if model in LAB_MODELS else "annotation"
+    url = reverse(f"admin:{app}_{model}_changelist")
     assert admin_client.get(url).status_code == 200
     assert admin_client.get(url, {"q": "a"}).status_code == 200
-    obj = apps.get_model("annotation", model).objects.get()
-    page = admin_client.get(reverse(f"admin:annotation_{model}_change", args=[obj.pk]))
+    obj = apps.get_model(app, model).objects.get()
+    page = admin_client.get(reverse(f"admin:{app}_{model}_change", args=[obj.pk]))
     assert page.status_code == 200 and b"<b>x</b>" not in page.content
 
 
 def test_votes_cannot_be_changed_or_added_in_admin(admin_client):
     vote = ArenaVote.objects.get()
-    assert admin_client.get(reverse("admin:annotation_arenavote_add")).status_code == 403
-    assert admin_client.get(reverse("admin:annotation_arena_add")).status_code == 403
-    response = admin_client.post(reverse("admin:annotation_arenavote_change", args=[vote.pk]), {"outcome": "a"})
+    assert admin_client.get(reverse("admin:lab_arenavote_add")).status_code == 403
+    assert admin_client.get(reverse("admin:lab_arena_add")).status_code == 403
+    response = admin_client.post(reverse("admin:lab_arenavote_change", args=[vote.pk]), {"outcome": "a"})
     assert response.status_code == 403 and ArenaVote.objects.get().outcome == vote.outcome

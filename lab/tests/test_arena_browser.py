@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from annotation.arena import arena_create
-from annotation.arena_models import ArenaVote
+from lab.arena import arena_create
+from lab.models import ArenaVote
 from annotation.models import Membership, Project, Round
 from annotation.tests.test_browser import XSS, _login
 from training.models import ModelArtifact

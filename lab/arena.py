@@ -1,7 +1,7 @@
 """Arena: blind side-by-side votes between two checkpoints, and a Bradley-Terry leaderboard with bootstrap CIs.
 
 Services (writes, one transaction each): ``arena_create``, ``arena_responses_write``, ``arena_generate``
-(and ``arena_generate_by_id``, which the Celery task ``annotation.tasks.generate_arena`` runs on the ``gpu``
+(and ``arena_generate_by_id``, which the Celery task ``lab.tasks.generate_arena`` runs on the ``gpu``
 queue: ``arena_create`` enqueues it on commit for an arena without responses), ``arena_vote``, ``arena_close``. Selectors (reads): ``arena_get_for_user``, ``arena_list_for_user``,
 ``arena_pair_next_for_voter``, ``arena_shown_order``, ``arena_leaderboard``. Pure: ``leaderboard_from_votes``.
 
@@ -31,12 +31,12 @@ from django.db import transaction
 from django.db.models import Max
 from django.http import Http404
 
-from annotation.arena_models import Arena, ArenaPair, ArenaVote
+from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import Project, Prompt, Ranking, Round, Sample
 from annotation.quality import bradley_terry
 from annotation.selectors import project_get_for_user, user_can_manage, user_role
-from annotation.services import ranking_record
+from annotation.services import MAX_TIME_SPENT_MS, ranking_record
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ CHOICES = ("left", "right", "tie", "both_bad")
 SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "seed", "batch_size")
 MAX_PROMPTS = 5_000
 MAX_RESPONSE_CHARS = 50_000
-MAX_TIME_SPENT_MS = 2**31 - 1
 ELO_SCALE = 400 / math.log(10)  # rating = 1000 + ELO_SCALE · log-strength: a 400-point gap is 10:1 odds
 
 
@@ -318,7 +317,7 @@ def arena_create(*, project: Project, model_a, model_b, name: str, items: list, 
 
 def _enqueue_generation_on_commit(arena_id: int) -> None:
     def send() -> None:
-        from annotation.tasks import generate_arena
+        from lab.tasks import generate_arena
 
         generate_arena.delay(arena_id)
 

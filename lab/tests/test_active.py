@@ -4,7 +4,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation.active import label_ratio, pair_uncertainty, round_select
+from lab.active import label_ratio, pair_uncertainty, round_select
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Round
 from annotation.quality_models import PromptPriority, SelectionRecord

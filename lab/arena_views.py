@@ -1,5 +1,5 @@
 """Pages of the arena: the arena list (researchers also create, close and read the leaderboard there) and the
-blind voting page. Thin views over ``annotation.arena``; non-members get 404, labelers 403 on researcher actions.
+blind voting page. Thin views over ``lab.arena``; non-members get 404, labelers 403 on researcher actions.
 
 The voting page is the same template for a full page and for htmx (partial ``arena-area``); a vote POST
 answers with the next pair. Responses are untrusted: rendered by ``render_markdown`` into ``hx-disable`` boxes.
@@ -17,9 +17,9 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from annotation import arena as arena_service
+from lab import arena as arena_service
 from annotation import selectors
-from annotation.arena_models import Arena, ArenaPair, ArenaVote
+from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.rendering import render_markdown, render_messages
 from training.idempotency import idempotent_write, key_from_request
@@ -86,7 +86,7 @@ def arena_index(request: HttpRequest, slug: str) -> HttpResponse:
     if can_manage:
         context["form"] = ArenaCreateForm(project=project)
         context["leaderboard"] = arena_service.arena_leaderboard(project=project)
-    return render(request, "annotation/arena/index.html", context)
+    return render(request, "lab/arena/index.html", context)
 
 
 @login_required
@@ -115,14 +115,14 @@ def arena_create(request: HttpRequest, slug: str) -> HttpResponse:
         )
     except InvalidInput as exc:
         messages.error(request, f"No arena created: {exc}")
-        return redirect(reverse("annotation:arena", args=[slug]))
+        return redirect(reverse("lab:arena", args=[slug]))
     first = "This form was already submitted: " if replayed else ""
     if arena.status == Arena.Status.OPEN:
         messages.success(request, f"{first}Arena #{arena.pk} is open with {arena.summary.get('pairs', 0)} prompts.")
     else:
         messages.success(request, f"{first}Arena #{arena.pk} created: a worker is generating its responses "
                                   "(it opens for votes when they are written).")
-    return redirect(reverse("annotation:arena", args=[slug]))
+    return redirect(reverse("lab:arena", args=[slug]))
 
 
 @login_required
@@ -136,7 +136,7 @@ def arena_close(request: HttpRequest, slug: str, arena_id: int) -> HttpResponse:
         raise PermissionDenied(str(exc)) from exc
     except InvalidInput as exc:
         messages.error(request, f"Nothing changed: {exc}")
-    return redirect(reverse("annotation:arena", args=[slug]))
+    return redirect(reverse("lab:arena", args=[slug]))
 
 
 def _vote_context(request: HttpRequest, arena: Arena, **extra) -> dict:
@@ -174,7 +174,7 @@ def _time_spent(request: HttpRequest) -> int:
 def arena_vote(request: HttpRequest, slug: str, arena_id: int) -> HttpResponse:
     """GET: the next pair for this voter. POST (pair, left, choice, time_spent_ms): record, then the next pair."""
     arena = arena_service.arena_get_for_user(user=request.user, slug=slug, arena_id=arena_id)
-    template = "annotation/arena/vote.html" + ("#arena-area" if request.htmx else "")
+    template = "lab/arena/vote.html" + ("#arena-area" if request.htmx else "")
     if request.method == "GET":
         return render(request, template, _vote_context(request, arena))
     try:
@@ -190,5 +190,5 @@ def arena_vote(request: HttpRequest, slug: str, arena_id: int) -> HttpResponse:
     except InvalidInput as exc:
         return render(request, template, _vote_context(request, arena, error=exc), status=400)
     if not request.htmx:
-        return redirect(reverse("annotation:arena-vote", args=[slug, arena.pk]))
+        return redirect(reverse("lab:arena-vote", args=[slug, arena.pk]))
     return render(request, template, _vote_context(request, arena, notice="Vote saved."))

@@ -8,8 +8,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.test import Client
 
-from annotation.arena import arena_create, arena_shown_order
-from annotation.arena_models import Arena, ArenaPair, ArenaVote
+from lab.arena import arena_create, arena_shown_order
+from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.models import PairwiseComparison, Ranking
 from training.models import ModelArtifact
 

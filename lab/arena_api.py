@@ -13,10 +13,10 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotation import arena as arena_service
+from lab import arena as arena_service
 from annotation import selectors
-from annotation.api import ERRORS, _validated, error_response
-from annotation.arena_models import Arena, ArenaPair, ArenaVote
+from annotation.api_helpers import ERRORS, error_response, validated
+from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
 from training.idempotency import KeyReused, idempotent_write, key_from_request
 
@@ -71,7 +71,7 @@ def arena_list(request: Request, slug: str) -> Response:
         return Response([arena_json(a, user=request.user, manage=manage) for a in arenas])
     if not manage:
         raise PermissionDenied("Only researchers of this project and admins may do this.")
-    data, error = _validated(ArenaCreateSerializer, request.data)
+    data, error = validated(ArenaCreateSerializer, request.data)
     if error:
         return error
     models = ModelArtifact.objects.in_bulk([data["model_a"], data["model_b"]])
@@ -112,7 +112,7 @@ def arena_next(request: Request, slug: str, arena_id: int) -> Response:
 @api_view(["POST"])
 def arena_vote(request: Request, slug: str, arena_id: int) -> Response:
     arena = arena_service.arena_get_for_user(user=request.user, slug=slug, arena_id=arena_id)
-    data, error = _validated(VoteSerializer, request.data)
+    data, error = validated(VoteSerializer, request.data)
     if error:
         return error
     if not ArenaPair.objects.filter(pk=data["pair"], arena=arena).exists():

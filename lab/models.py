@@ -1,10 +1,13 @@
-"""Arena: blind side-by-side votes between two policy checkpoints (migration 0004).
+"""Arena: blind side-by-side votes between two policy checkpoints.
 
 An ``Arena`` compares two ``training.ModelArtifact``s on the same prompts. Its prompts live in a round of
 their own (status CLOSED, so they never enter the regular labelling queue) with exactly two samples each,
 one per checkpoint: an ``ArenaPair`` says which sample came from which model. Every ``ArenaVote`` is also a
 ``Ranking`` of that K=2 prompt (written through ``annotation.services.ranking_record``), so votes flow into
-exports and training like any other preference. Kept beside ``annotation/models.py``, which imports it.
+exports and training like any other preference.
+
+The tables were created by annotation's migration 0004 and keep their names (``annotation_arena``...): lab's
+0001 and annotation's 0007 moved the models in Django's state only, so no row was copied.
 """
 from django.conf import settings
 from django.db import models
@@ -32,6 +35,7 @@ class Arena(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        db_table = "annotation_arena"
         ordering = ["-created_at", "-id"]
         constraints = [models.CheckConstraint(condition=~Q(model_a=F("model_b")), name="arena_two_models")]
 
@@ -48,6 +52,7 @@ class ArenaPair(models.Model):
     sample_b = models.OneToOneField(Sample, on_delete=models.CASCADE, related_name="+")
 
     class Meta:
+        db_table = "annotation_arenapair"
         ordering = ["id"]
         constraints = [models.CheckConstraint(condition=~Q(sample_a=F("sample_b")), name="arena_pair_two_samples")]
 
@@ -71,5 +76,6 @@ class ArenaVote(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        db_table = "annotation_arenavote"
         ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["pair", "voter"], name="arena_vote_once_per_voter")]

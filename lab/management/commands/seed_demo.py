@@ -1,7 +1,7 @@
 """`python manage.py seed_demo`: the demo users and project (idempotent; run it as often as you like)."""
 from django.core.management.base import BaseCommand
 
-from annotation.demo import demo_seed
+from lab.demo import demo_seed
 
 
 class Command(BaseCommand):

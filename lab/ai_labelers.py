@@ -43,14 +43,14 @@ def _check_spec(*, project: Project, kind: str, spec: str) -> None:
     if kind == AILabeler.Kind.UTILITY:
         hook_check(kind="utility", name=spec, location="spec")
     elif kind == AILabeler.Kind.REWARD_MODEL:
-        _reward_artifact(project=project, spec=spec)
+        reward_artifact_get(project=project, spec=spec)
     elif kind == AILabeler.Kind.LLM_JUDGE:
         _judge_dir(project=project, spec=spec)
     else:
         raise InvalidInput(f"unknown kind {str(kind)[:40]!r}; expected one of {AILabeler.Kind.values}", location="kind")
 
 
-def _reward_artifact(*, project: Project, spec: str):
+def reward_artifact_get(*, project: Project, spec: str):
     from training.models import ModelArtifact
 
     artifact = ModelArtifact.objects.filter(project=project, kind=ModelArtifact.Kind.REWARD,
@@ -179,7 +179,7 @@ def scorer_for(labeler: AILabeler) -> Scorer:
     if labeler.kind == AILabeler.Kind.REWARD_MODEL:
         from training.selectors import artifact_dir
 
-        artifact = _reward_artifact(project=labeler.project, spec=labeler.spec)
+        artifact = reward_artifact_get(project=labeler.project, spec=labeler.spec)
         return reward_model_scorer(artifact_dir(artifact=artifact),
                                    base_model=artifact.base_model if artifact.is_adapter else "")
     return llm_judge_scorer(_judge_dir(project=labeler.project, spec=labeler.spec))

@@ -1,0 +1,17 @@
+from django.apps import AppConfig
+
+
+class LabConfig(AppConfig):
+    """The features that use trained models, above annotation and training: arena, AI labelers, active
+    selection and the demo builder."""
+
+    name = "lab"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from annotation.extensions import ModelServices, model_services_register
+        from lab.active import round_select
+        from lab.ai_labelers import ai_labeler_create, ai_labeler_run
+
+        model_services_register(ModelServices(round_select=round_select, ai_labeler_create=ai_labeler_create,
+                                              ai_labeler_run=ai_labeler_run))
