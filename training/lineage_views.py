@@ -33,7 +33,7 @@ def _page(request: HttpRequest, project, *, status: int = 200, **forms) -> HttpR
 
 
 def _managed_project(request: HttpRequest, slug: str):
-    project = selectors.project_get_for_member(user=request.user, slug=slug)
+    project = selectors.project_get_for_training(user=request.user, slug=slug)
     if not selectors.user_can_launch(user=request.user, project=project):
         raise PermissionDenied("Only researchers of this project and admins may do this.")
     return project
@@ -46,7 +46,7 @@ def _form_error(form, error: InvalidInput) -> None:
 @login_required
 @require_GET
 def project_lineage(request: HttpRequest, slug: str) -> HttpResponse:
-    return _page(request, selectors.project_get_for_member(user=request.user, slug=slug))
+    return _page(request, selectors.project_get_for_training(user=request.user, slug=slug))
 
 
 @login_required
