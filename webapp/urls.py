@@ -3,9 +3,10 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from webapp.security import ThrottledLoginView
+from webapp.security import ThrottledLoginView, admin_login
 
 urlpatterns = [
+    path("admin/login/", admin_login, name="admin-login"),  # ahead of the admin site: its login is throttled
     path("admin/", admin.site.urls),
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/password_change/", auth_views.PasswordChangeView.as_view(), name="password_change"),

@@ -156,6 +156,12 @@ CACHES = {
 LOGIN_THROTTLE_FAILURES = int(os.environ.get("RLHF_LOGIN_THROTTLE_FAILURES", "5"))  # per username and client
 LOGIN_THROTTLE_CLIENT_FAILURES = int(os.environ.get("RLHF_LOGIN_THROTTLE_CLIENT_FAILURES", "30"))  # per client
 LOGIN_THROTTLE_WINDOW_S = int(os.environ.get("RLHF_LOGIN_THROTTLE_WINDOW_S", str(15 * 60)))
+# Past this many failures for one username from anywhere, a short exponential back-off (1 s, 2 s, 4 s … at
+# most LOGIN_THROTTLE_BACKOFF_MAX_S) per further failure; browsers that logged in before are exempt.
+LOGIN_THROTTLE_USER_FAILURES = int(os.environ.get("RLHF_LOGIN_THROTTLE_USER_FAILURES", "10"))
+LOGIN_THROTTLE_BACKOFF_MAX_S = int(os.environ.get("RLHF_LOGIN_THROTTLE_BACKOFF_MAX_S", "30"))
+LOGIN_KNOWN_DEVICE_COOKIE = "rlhf_known_device"  # signed; set on a successful log-in (webapp/security.py)
+LOGIN_KNOWN_DEVICE_MAX_AGE_S = int(os.environ.get("RLHF_LOGIN_KNOWN_DEVICE_MAX_AGE_S", str(180 * 24 * 3600)))
 
 # Celery: the database is the source of truth; messages carry ids only.
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
