@@ -1,6 +1,8 @@
 """The reward-model launch form: turns browser fields into a run config (the service validates it)."""
 from django import forms
+from django.conf import settings
 
+from annotation.limits import json_loads_bounded, upload_lines
 from training.models import ModelArtifact
 
 
@@ -81,8 +83,9 @@ class StartRoundForm(forms.Form):
         """Lines of the pasted or uploaded prompts (plain lines become {"prompt": line}); None to sample."""
         import json
 
-        if self.cleaned_data.get("prompts_file"):
-            return list(self.cleaned_data["prompts_file"])
+        if self.cleaned_data.get("prompts_file"):  # streamed line by line, never read whole
+            return upload_lines(self.cleaned_data["prompts_file"], max_line_bytes=settings.IMPORT_MAX_LINE_BYTES,
+                                location="prompts_file")
         text = self.cleaned_data.get("prompts_text") or ""
         if not text.strip():
             return None
@@ -118,7 +121,7 @@ class PolicyRunForm(forms.Form):
 
         raw = (self.cleaned_data.get("config") or "").strip() or "{}"
         try:
-            value = json.loads(raw)
+            value = json_loads_bounded(raw)
         except ValueError as error:
             raise forms.ValidationError(f"Not valid JSON: {error}") from None
         if not isinstance(value, dict):

@@ -5,6 +5,7 @@ Thin views over ``training.selectors.project_lineage`` and the services in ``tra
 researchers and admins post (labelers get 403). A rejected form answers 400 and writes nothing. Every form
 carries an idempotency key (``training/idempotency.py``): a double submit gets the first submit's result.
 """
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -13,6 +14,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from annotation.errors import InvalidInput, NotAllowed
+from annotation.limits import upload_lines
 from training import selectors, services
 from training.forms import PolicyDataForm, PolicyRunForm, StartRoundForm
 from training.idempotency import idempotent_write, key_from_request
@@ -110,8 +112,9 @@ def policy_data(request: HttpRequest, slug: str) -> HttpResponse:
     form = PolicyDataForm(request.POST, request.FILES)
     if form.is_valid():
         try:
-            result = policy_data_import(project=project, lines=form.cleaned_data["file"],
-                                        source=form.cleaned_data["file"].name)
+            upload = form.cleaned_data["file"]  # streamed line by line, never read whole
+            result = policy_data_import(project=project, source=upload.name, lines=upload_lines(
+                upload, max_line_bytes=settings.IMPORT_MAX_LINE_BYTES))
         except InvalidInput as error:
             _form_error(form, error)
         else:

@@ -54,6 +54,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "webapp.middleware.ContentSecurityPolicyMiddleware",
+    "webapp.middleware.UploadSizeLimitMiddleware",  # 413 past MAX_UPLOAD_BYTES, before the body is read
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -108,6 +109,10 @@ STORAGES = {
 # Uploads stream to disk past this size; one import file may be large.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# Any request body (an upload included) past this is refused with 413 before it is read; uploads are then
+# read line by line (annotation/limits.py), never whole. JSON nested deeper than JSON_MAX_DEPTH is a 400.
+MAX_UPLOAD_BYTES = int(os.environ.get("RLHF_MAX_UPLOAD_BYTES", str(64 * 1024 * 1024)))
+JSON_MAX_DEPTH = int(os.environ.get("RLHF_JSON_MAX_DEPTH", "64"))
 
 # Security headers (production.py tightens transport security further).
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -126,6 +131,11 @@ REST_FRAMEWORK = {
         "webapp.security.ThrottledBasicAuthentication",  # Basic auth under the login throttle
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": [  # DRF's defaults, with a JSON parser that refuses deep nesting with 400
+        "webapp.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
