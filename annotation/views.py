@@ -134,15 +134,16 @@ def _own_assignment(request: HttpRequest, assignment_id: int) -> tuple[Assignmen
 
 
 def _form_error(request: HttpRequest, project: Project, assignment: Assignment, *, message: str,
-                location: str = "", skip_form: SkipForm | None = None) -> HttpResponse:
-    """400 with the reason: htmx swaps only the error box; a plain POST re-renders the same assignment."""
+                location: str = "", skip_form: SkipForm | None = None, status: int = 400) -> HttpResponse:
+    """400 (409: the lease was lost) with the reason: htmx swaps only the error box; a plain POST re-renders
+    the same assignment."""
     error = {"message": message, "location": location}
     if request.htmx:
-        response = render(request, "annotation/label.html#form-error", {"error": error}, status=400)
+        response = render(request, "annotation/label.html#form-error", {"error": error}, status=status)
         response["HX-Retarget"] = "#form-error"
         response["HX-Reswap"] = "innerHTML"
         return response
-    return _label_response(request, project, status=400, assignment=assignment, error=error, skip_form=skip_form)
+    return _label_response(request, project, status=status, assignment=assignment, error=error, skip_form=skip_form)
 
 
 @login_required
@@ -173,7 +174,8 @@ def assignment_skip(request: HttpRequest, assignment_id: int) -> HttpResponse:
     try:
         services.assignment_skip(assignment_id=assignment.pk, labeler=request.user, reason=form.cleaned_data["text"])
     except InvalidInput as exc:
-        return _form_error(request, project, assignment, message=exc.message, location=exc.location)
+        return _form_error(request, project, assignment, message=exc.message, location=exc.location,
+                           status=getattr(exc, "status_code", 400))
     if not request.htmx:
         return redirect("annotation:label", slug=project.slug)
     return _label_response(request, project, notice="Prompt skipped.")

@@ -1,5 +1,5 @@
-"""Login throttling (webapp/security.py): the admin's login page is throttled like the site's, and failures
-never hand an attacker a switch to lock a user out (issue #10, item 3)."""
+"""Log-in (webapp/security.py): the admin's login page is throttled like the site's, failures
+never hand an attacker a switch to lock a user out (issue #10, item 3), and the API docs need a log-in."""
 import base64
 
 import pytest
@@ -119,3 +119,14 @@ def test_the_per_username_back_off_is_short_and_exponential(users, monkeypatch):
     clock["now"] += 1
     assert _login(_at("10.2.0.1"), "lab", "pw-lab").status_code == 302
     assert security.login_throttle_wait(username="lab", client="10.9.9.9") == 0  # success clears the back-off
+
+
+def test_the_api_schema_and_docs_require_login(users):
+    anonymous = Client()
+    assert anonymous.get("/api/schema/").status_code in (401, 403)
+    docs = anonymous.get("/api/docs/")
+    assert docs.status_code == 302 and docs["Location"].startswith("/accounts/login/")
+    member = Client()
+    member.force_login(users["lab"])
+    assert member.get("/api/schema/").status_code == 200
+    assert member.get("/api/docs/").status_code == 200
