@@ -22,6 +22,7 @@ from annotation.arena_models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.limits import json_loads_bounded, upload_lines
 from annotation.rendering import render_markdown, render_messages
+from training.disclosure import value_redact
 from training.idempotency import idempotent_write, key_from_request
 
 CHOICE_BUTTONS = [  # (choice, label, keys shown)
@@ -85,7 +86,9 @@ def arena_index(request: HttpRequest, slug: str) -> HttpResponse:
 def _arena_page(request: HttpRequest, project, *, status: int = 200) -> HttpResponse:
     can_manage = selectors.user_can_manage(user=request.user, project=project)
     arenas = [{"arena": a, **arena_service.arena_progress_for_voter(arena=a, voter=request.user),
-               "votes": ArenaVote.objects.filter(pair__arena=a).count()}
+               "votes": ArenaVote.objects.filter(pair__arena=a).count(),
+               "error": value_redact(a.summary.get("error", "")) if not request.user.is_superuser
+               else a.summary.get("error", "")}
               for a in arena_service.arena_list_for_user(user=request.user, project=project)]
     context = {"project": project, "can_manage": can_manage, "arenas": arenas}
     if can_manage:

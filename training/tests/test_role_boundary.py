@@ -104,3 +104,20 @@ def test_admins_see_server_paths_and_tracebacks(world):
     assert "Traceback (most recent call last)" in world["admin"].get(f"/training/runs/{run.pk}/").content.decode()
     artifact = world["admin"].get(f"/api/artifacts/{world['artifact'].pk}/").json()
     assert artifact["base_model"] == "/srv/models/secret-base"
+
+
+def test_arena_generation_errors_hide_server_paths_from_researchers(world, make_user):
+    from annotation.arena import arena_create
+    from annotation.arena_models import Arena
+
+    project = world["project"]
+    policies = [ModelArtifact.objects.create(project=project, kind=ModelArtifact.Kind.POLICY, name=f"p{i}",
+                                             path=f"missing/p{i}") for i in range(2)]
+    arena = arena_create(project=project, model_a=policies[0], model_b=policies[1], name="gen", items=["a prompt"])
+    Arena.objects.filter(pk=arena.pk).update(status=Arena.Status.GENERATING,
+                                             summary={"error": "OSError: no model at /srv/models/p0"})
+    page = world["researcher"].get(f"/p/{project.slug}/arena/").content.decode()
+    assert "Generation failed: OSError: no model at &lt;server path&gt;" in page and "/srv/" not in page
+    listed = world["researcher"].get(f"/api/projects/{project.slug}/arenas/").json()
+    assert listed[0]["summary"] == {"error": "OSError: no model at <server path>"}
+    assert "/srv/models/p0" in world["admin"].get(f"/p/{project.slug}/arena/").content.decode()
