@@ -151,3 +151,12 @@ def test_uploads_are_streamed_line_by_line_not_read_whole(site, monkeypatch):
     assert response.status_code == 302 and Demonstration.objects.count() == 1
     response = site["res"].post("/p/alpha/quality/gold/", bodies[1], content_type=multipart)
     assert response.status_code == 302 and GoldRanking.objects.count() == 1
+
+
+def test_an_oversized_json_body_is_refused_with_413_before_parsing(site, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = json.dumps({"tiers": [[1]], "padding": "x" * 5000})
+    before = _state(site["project"])
+    response = site["lab"].post(f"/api/assignments/{site['lease'].pk}/ranking/", body, content_type="application/json")
+    assert response.status_code == 413 and "at most 1000 bytes" in response.json()["error"]
+    assert _state(site["project"]) == before
