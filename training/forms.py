@@ -117,8 +117,6 @@ class PolicyRunForm(forms.Form):
     clean_rounds = RewardRunForm.clean_rounds
 
     def clean_config(self) -> dict:
-        import json
-
         raw = (self.cleaned_data.get("config") or "").strip() or "{}"
         try:
             value = json_loads_bounded(raw)

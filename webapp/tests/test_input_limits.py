@@ -93,6 +93,8 @@ def test_deep_json_in_every_upload_is_a_400_and_writes_nothing(site):
         response = res.post(url, {**fields, name: SimpleUploadedFile("deep.jsonl", content)})
         assert response.status_code == 400, (url, response.status_code)
         assert "nested" in response.content.decode(), url
+    gold = res.post("/p/alpha/quality/gold/", {"file": SimpleUploadedFile("deep.jsonl", _deep_line())})
+    assert gold.status_code == 400 and "longer than 65536 bytes" in gold.content.decode()  # 100k deep: 200 KB
     api = res.post("/api/projects/alpha/import/", {"file": SimpleUploadedFile("deep.jsonl", _deep_line())})
     assert api.status_code == 400 and "nested" in api.json()["error"]
     rounds = res.post("/api/projects/alpha/rounds/", '{"policy": 1, "prompts": ' + DEEP + "}",
