@@ -23,7 +23,8 @@ from annotation.models import Prompt, Ranking, Round
 from annotation.quality_models import AILabeler, SelectionRecord
 from annotation.quality_selectors import consensus_rows, quality_report
 from annotation.quality_services import (
-    MAX_GOLD_LINE, gold_import, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude, ranking_include,
+    MAX_GOLD_LINE, gold_import, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude,
+    ranking_include,
 )
 from annotation.services import ranking_tiers
 from annotation.views import _require_manage

@@ -2,7 +2,8 @@
 
 Object-level authorization: non-members of the run's project get 404; labelers see no training (403 on a
 project's runs, models, rounds and lineage, 404 on a run or model by id). Server paths and tracebacks in
-a run's error, log and config are redacted for everyone but admins. Errors: 400 with ``{"error": message, "location": where}``.
+a run's error, log and config are redacted for everyone but admins. Errors: 400 with
+``{"error": message, "location": where}``.
 
 Launching a run and starting a round take an optional ``Idempotency-Key`` header (``training/idempotency.py``):
 a repeat with the same key answers 200 with the first request's run and ``Idempotent-Replayed: true``, and

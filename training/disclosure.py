@@ -6,7 +6,8 @@ them redacted: every traceback reduced to its last line (the exception and its m
 absolute path replaced by ``<server path>``. Labelers see nothing of training at all (the selectors
 refuse them). Pure functions of text and JSON values, so the API and the pages redact the same way.
 
->>> text_redact('Boom.\\nTraceback (most recent call last):\\n  File "/venv/x.py", line 3, in f\\n    g()\\nOSError: no /models/m')
+>>> text_redact('Boom.\\nTraceback (most recent call last):\\n'
+...             '  File "/venv/x.py", line 3, in f\\n    g()\\nOSError: no /models/m')
 'Boom.\\nOSError: no <server path>'
 """
 import re

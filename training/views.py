@@ -2,8 +2,9 @@
 
 The run page polls its status card with htmx every 2 s; once the run is terminal the card answers
 HTTP 286, which tells htmx to stop polling. Charts are drawn by static JS (CSP: no inline scripts)
-from the metrics JSON endpoint. Non-members get 404; labelers get 403 on a project's runs and 404 on a run or model (they see no training).
-Server paths and tracebacks are shown to admins only (``selectors.run_disclosed``).
+from the metrics JSON endpoint. Non-members get 404; labelers get 403 on a project's runs and 404 on a run
+or model (they see no training). Server paths and tracebacks are shown to admins only
+(``selectors.run_disclosed``).
 """
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required

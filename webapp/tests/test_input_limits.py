@@ -85,8 +85,9 @@ def test_deep_json_in_every_upload_is_a_400_and_writes_nothing(site):
         ("/training/projects/alpha/lineage/import/", {}, "file", _deep_line()),
         ("/p/alpha/arena/create/", {"name": "a", "model_a": policy.pk, "model_b": site["policies"][1].pk}, "file",
          _deep_line()),
-        ("/training/projects/alpha/lineage/start-round/", {"policy": policy.pk, "temperature": 1, "top_p": 1,
-                                                            "max_new_tokens": 8, "seed": 0}, "prompts_file", _deep_line()),
+        ("/training/projects/alpha/lineage/start-round/",
+         {"policy": policy.pk, "temperature": 1, "top_p": 1, "max_new_tokens": 8, "seed": 0}, "prompts_file",
+         _deep_line()),
         ("/p/alpha/import/", {}, "file", _deep_line()),
     ]
     for url, fields, name, content in uploads:
