@@ -233,6 +233,10 @@ class Throttled(exceptions.APIException):
     status_code = 429
     default_code = "throttled"
 
+    def __init__(self, wait: int) -> None:
+        super().__init__(_throttled_message(wait))
+        self.wait = wait  # DRF's exception handler sends it as Retry-After
+
 
 class ThrottledBasicAuthentication(authentication.BasicAuthentication):
     """HTTP Basic auth for API clients, under the same failure counters as the login page."""
@@ -242,7 +246,7 @@ class ThrottledBasicAuthentication(authentication.BasicAuthentication):
         device = known_device(request, username=userid) if request is not None else None
         wait = login_throttle_wait(username=userid, client=client, device=device)
         if wait:
-            raise Throttled(_throttled_message(wait))
+            raise Throttled(wait)
         try:
             result = super().authenticate_credentials(userid, password, request)
         except exceptions.AuthenticationFailed:

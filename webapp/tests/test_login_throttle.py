@@ -61,6 +61,8 @@ def test_failures_at_one_address_do_not_lock_the_user_out_at_another(users):
     assert _login(_at("10.0.0.2"), "lab", "pw-lab").status_code == 302
     basic = {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"lab:pw-lab").decode()}
     assert _at("10.0.0.3").get("/api/projects/", **basic).status_code == 200
+    refused = attacker.get("/api/projects/", **basic)  # the API's Basic auth shares the counters
+    assert refused.status_code == 429 and int(refused["Retry-After"]) == settings.LOGIN_THROTTLE_WINDOW_S
 
 
 def test_the_right_password_from_a_known_device_is_never_blocked(users):
