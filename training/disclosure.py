@@ -13,9 +13,9 @@ refuse them). Pure functions of text and JSON values, so the API and the pages r
 import re
 
 REDACTED_PATH = "<server path>"
-# An absolute POSIX path (or ~/…): a slash not preceded by a word character, a dot, a colon or another
-# slash (so "1/2", "and/or" and "http://host/x" are left alone), then at least one path character.
-_ABSOLUTE_PATH = re.compile(r"(?<![\w./:~-])~?/[\w.@+~%=-]+(?:/[\w.@+~%=-]*)*")
+# An absolute POSIX path (or ~/…) of two or more parts: a slash not preceded by a word character, a dot,
+# a colon, "<" or another slash (so "1/2", "and/or", "</s>" and "http://host/x" are left alone).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w./:<~-])~?/[\w.@+~%=-]+(?:/[\w.@+~%=-]*)+")
 _TRACEBACK_START = re.compile(r"^\s*Traceback \(most recent call last\):\s*$")
 _CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
 
@@ -32,6 +32,9 @@ def _drop_traceback_frames(text: str) -> str:
             continue  # a frame ('  File "…", line N'), its source line or a caret marker
         in_traceback = False
         if line.strip().startswith(_CHAINED):
+            while kept and not kept[-1].strip():  # the blank line around "During handling of…"
+                kept.pop()
+            in_traceback = True  # what follows is blank lines, then the next traceback's header
             continue
         kept.append(line)
     return "\n".join(kept)
