@@ -20,6 +20,14 @@ SECRET = "BRAVO-SECRET"
 NO_OBJECT_POST_SKIPPED = {"/accounts/logout/", "/accounts/login/", "/accounts/password_change/"}
 
 
+@pytest.fixture(autouse=True)
+def _fresh_throttle_counters():
+    """These tests post bad log-ins (/admin/login/, /accounts/login/): leave no counters to later tests."""
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def world(make_user, make_project):
     alice, res_a = make_user("alice"), make_user("res_a")
