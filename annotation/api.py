@@ -107,8 +107,8 @@ def assignment_skip(request: Request, assignment_id: int) -> Response:
         return error
     try:
         assignment = services.assignment_skip(assignment_id=assignment.pk, labeler=request.user, reason=data["reason"])
-    except InvalidInput as exc:
-        return error_response(exc.message, exc.location)
+    except InvalidInput as exc:  # 409 when the lease's slot went to another labeler
+        return error_response(exc.message, exc.location, status_code=getattr(exc, "status_code", 400))
     return Response(AssignmentSerializer(assignment).data)
 
 

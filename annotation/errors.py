@@ -18,5 +18,11 @@ class ImportRejected(InvalidInput):
     """An import file was rejected; nothing from it was imported."""
 
 
+class LeaseLost(InvalidInput):
+    """The lease expired and its slot went to another labeler: the request conflicts with the state (409)."""
+
+    status_code = 409
+
+
 class NotAllowed(PermissionError):
     """The user's role in the project does not allow this action."""

@@ -4,13 +4,13 @@ The ranking form accepts either a `tiers` JSON field (what the page's script sen
 `rank_<sample id>` field per response (what the page sends without JavaScript: equal ranks are a tie).
 Coverage of the prompt's samples is checked by `ranking_submit`, not here.
 """
-import json
 import re
 
 from django import forms
 from django.http import QueryDict
 
 from annotation.errors import InvalidInput, RankingInvalid
+from annotation.limits import json_loads_bounded
 from annotation.models import RankingEntry
 from annotation.provenance import CHOICE_LABELS, DEFAULT_CHOICE, source_selection_parse
 
@@ -26,7 +26,7 @@ def _tiers_from_json(raw: str) -> list:
     if len(raw) > MAX_TIERS_JSON_CHARS:
         raise RankingInvalid("tiers field is too long", location="tiers")
     try:
-        tiers = json.loads(raw)
+        tiers = json_loads_bounded(raw)
     except ValueError as exc:
         raise RankingInvalid(f"tiers is not valid JSON ({exc.msg})", location="tiers") from None
     if not isinstance(tiers, list):

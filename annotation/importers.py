@@ -30,6 +30,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
 
 from annotation.errors import ImportRejected, NotAllowed
+from annotation.limits import json_loads_bounded
 from annotation.models import Membership, PairwiseComparison, Project, Prompt, Ranking, RankingEntry, Round, Sample
 from annotation.ranking import pairs_from_tiers
 from annotation.selectors import user_can_manage
@@ -250,7 +251,7 @@ def _records(stream: BinaryIO, digest) -> Iterator[tuple[int, ParsedLine | None,
         if not text.strip():
             continue
         try:
-            yield line_no, line_parse(json.loads(text)), None
+            yield line_no, line_parse(json_loads_bounded(text)), None
         except json.JSONDecodeError as exc:
             yield line_no, None, f"invalid JSON: {exc.msg} at column {exc.colno}"
         except RecursionError:

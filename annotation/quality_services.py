@@ -13,6 +13,7 @@ from django.db import transaction
 
 from annotation import ranking as ranking_rules
 from annotation.errors import ImportRejected, InvalidInput
+from annotation.limits import json_loads_bounded
 from annotation.models import PairwiseComparison, Project, Prompt, Ranking
 from annotation.quality_models import (
     GoldRanking, LabelerReliability, PromptReview, QualitySettings, RankingExclusion,
@@ -65,7 +66,7 @@ def _gold_line(project: Project, line_number: int, raw: bytes | str) -> tuple[Pr
         raise ImportRejected(f"line is longer than {MAX_GOLD_LINE} bytes", location=where)
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        data = json.loads(text) if text.strip() else None
+        data = json_loads_bounded(text) if text.strip() else None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ImportRejected(f"not valid UTF-8 JSON ({exc})", location=where) from exc
     if data is None:

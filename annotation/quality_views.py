@@ -18,11 +18,13 @@ from annotation import selectors
 from annotation.hooks import hook_names
 from annotation.errors import InvalidInput
 from annotation.extensions import model_services
+from annotation.limits import upload_lines
 from annotation.models import Prompt, Ranking, Round
 from annotation.quality_models import AILabeler, SelectionRecord
 from annotation.quality_selectors import consensus_rows, quality_report
 from annotation.quality_services import (
-    gold_import, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude, ranking_include,
+    MAX_GOLD_LINE, gold_import, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude,
+    ranking_include,
 )
 from annotation.services import ranking_tiers
 
@@ -88,9 +90,10 @@ def _render_page(request: HttpRequest, project, status: int = 200) -> HttpRespon
 
 
 def _rejected(request: HttpRequest, project, prefix: str, exc: InvalidInput) -> HttpResponse:
-    """Bad input: the page again with status 400 and the message (nothing was written)."""
+    """Bad input: the page again with status 400 (413 for an oversized upload) and the message (nothing was
+    written)."""
     messages.error(request, f"{prefix}: {exc}")
-    return _render_page(request, project, status=400)
+    return _render_page(request, project, status=getattr(exc, "status_code", 400))
 
 
 def _float_or_none(value: str | None, name: str) -> float | None:
@@ -181,10 +184,11 @@ def quality_gold_import(request: HttpRequest, slug: str) -> HttpResponse:
     try:
         if upload is None:
             raise InvalidInput("choose a JSONL file", location="file")
-        count = gold_import(project=project, lines=upload.readlines(), user=request.user)
-        messages.success(request, f"{count} gold prompts set.")
+        count = gold_import(project=project, lines=upload_lines(upload, max_line_bytes=MAX_GOLD_LINE),
+                            user=request.user)
     except InvalidInput as exc:
-        messages.error(request, f"Nothing imported: {exc}")
+        return _rejected(request, project, "Nothing imported", exc)
+    messages.success(request, f"{count} gold prompts set.")
     return _back(slug, "#gold")
 
 

@@ -34,7 +34,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotation import ranking as ranking_rules
-from annotation.errors import InvalidInput, NotAllowed, RankingInvalid
+from annotation.errors import InvalidInput, LeaseLost, NotAllowed, RankingInvalid
 from annotation.extensions import ranking_lock_reason
 from annotation.models import AILabeler, Assignment, PairwiseComparison, Project, Prompt, Ranking, RankingEntry, Round
 from annotation.selectors import (
@@ -306,6 +306,14 @@ def _locked_assignment_of(*, assignment_id: int, labeler, error: type[InvalidInp
     return assignment
 
 
+def _lease_slot_lost(*, assignment: Assignment, now: datetime) -> bool:
+    """True when the lease expired and other leases now hold all of the prompt's slots (prompt locked)."""
+    if assignment.status == Assignment.Status.ACTIVE and assignment.expires_at > now or assignment.prompt.is_gold:
+        return False
+    taken = prompt_live_slot_count(prompt_id=assignment.prompt_id, now=now, exclude_assignment_id=assignment.pk)
+    return taken >= assignment.prompt.project.overlap
+
+
 def _check_lease_submittable(*, assignment: Assignment, now: datetime) -> None:
     """Active leases may be submitted; so may an expired one whose slot is still free (prompt locked)."""
     if assignment.status == Assignment.Status.SKIPPED:
@@ -366,7 +374,8 @@ def ranking_submit(
 def assignment_skip(*, assignment_id: int, labeler, reason: str, now: datetime | None = None) -> Assignment:
     """Skip the labeler's lease with a reason; the slot goes back to the pool for other labelers.
 
-    Idempotent: skipping a skipped assignment returns it unchanged. A submitted one cannot be skipped.
+    Idempotent: skipping a skipped assignment returns it unchanged. A submitted one cannot be skipped, nor
+    an expired one whose slot another labeler has taken since (``LeaseLost``, 409; nothing is written).
     """
     now = now or timezone.now()
     reason = reason.strip() if isinstance(reason, str) else ""
@@ -380,6 +389,9 @@ def assignment_skip(*, assignment_id: int, labeler, reason: str, now: datetime |
             return assignment
         if assignment.status == Assignment.Status.SUBMITTED:
             raise InvalidInput("this task was already submitted and cannot be skipped", location="assignment")
+        if _lease_slot_lost(assignment=assignment, now=now):
+            raise LeaseLost("your lease expired and the task was given to another labeler; nothing to skip, "
+                            "please take the next one", location="assignment")
         assignment.status = Assignment.Status.SKIPPED
         assignment.skip_reason = reason
         assignment.finished_at = now

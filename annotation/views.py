@@ -185,24 +185,24 @@ def assignment_withdraw(request: HttpRequest, assignment_id: int) -> HttpRespons
 
 def _form_error(request: HttpRequest, project: Project, assignment: Assignment, *, message: str,
                 location: str = "", skip_form: SkipForm | None = None, skip: bool = False,
-                editing: bool = False) -> HttpResponse:
-    """400 with the reason. htmx swaps the error box by the control (the skip panel's for a skip) and puts
-    the message in place of the previous notice ("Ranking saved." would contradict it); a plain POST
-    re-renders the same assignment."""
+                editing: bool = False, status: int = 400) -> HttpResponse:
+    """400 (409: the lease was lost) with the reason. htmx swaps the error box by the control (the skip
+    panel's for a skip) and puts the message in place of the previous notice ("Ranking saved." would
+    contradict it); a plain POST re-renders the same assignment."""
     error = {"message": message, "location": location}
     box = "skip-error" if skip else "form-error"
     if request.htmx:
         context = {"error": error, "skip_error": error}
         html = (render_to_string(f"annotation/label.html#{box}", context, request)
                 + render_to_string("annotation/label.html#notice-oob", context, request))
-        response = HttpResponse(html, status=400)
+        response = HttpResponse(html, status=status)
         response["HX-Retarget"] = f"#{box}"
         response["HX-Reswap"] = "innerHTML"
         return response
     extra = {"skip_error": error} if skip else {"error": error}
     if editing:
-        return _edit_response(request, project, status=400, **extra)
-    return _label_response(request, project, status=400, assignment=assignment, skip_form=skip_form, **extra)
+        return _edit_response(request, project, status=status, **extra)
+    return _label_response(request, project, status=status, assignment=assignment, skip_form=skip_form, **extra)
 
 
 @login_required
@@ -234,7 +234,8 @@ def assignment_skip(request: HttpRequest, assignment_id: int) -> HttpResponse:
     try:
         services.assignment_skip(assignment_id=assignment.pk, labeler=request.user, reason=form.cleaned_data["text"])
     except InvalidInput as exc:
-        return _form_error(request, project, assignment, message=exc.message, location=exc.location, skip=True)
+        return _form_error(request, project, assignment, message=exc.message, location=exc.location, skip=True,
+                           status=getattr(exc, "status_code", 400))
     if not request.htmx:
         return redirect("annotation:label", slug=project.slug)
     return _label_response(request, project, notice="Prompt skipped.")

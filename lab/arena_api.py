@@ -18,6 +18,7 @@ from annotation import selectors
 from annotation.api_helpers import ERRORS, error_response, validated
 from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
+from training.disclosure import value_redact
 from training.idempotency import KeyReused, idempotent_write, key_from_request
 
 
@@ -48,7 +49,8 @@ def arena_json(arena: Arena, *, user, manage: bool) -> dict:
     progress = arena_service.arena_progress_for_voter(arena=arena, voter=user)
     data = {"id": arena.pk, "status": arena.status, "pairs": progress["total"], "my_votes": progress["done"]}
     if manage:
-        data.update(name=arena.name, round=arena.round.number, summary=arena.summary,
+        summary = arena.summary if user.is_superuser else value_redact(arena.summary)  # server paths: admins only
+        data.update(name=arena.name, round=arena.round.number, summary=summary,
                     sampling=arena.sampling_params, votes=ArenaVote.objects.filter(pair__arena=arena).count(),
                     model_a={"id": arena.model_a_id, "name": arena.model_a.name},
                     model_b={"id": arena.model_b_id, "name": arena.model_b.name})

@@ -6,10 +6,9 @@ answers with the next pair. Responses are untrusted: rendered by ``render_markdo
 """
 from __future__ import annotations
 
-import json
-
 from django import forms
 from django.contrib import messages
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
@@ -21,10 +20,11 @@ from lab import arena as arena_service
 from annotation import selectors
 from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
+from annotation.limits import json_loads_bounded, upload_lines
 from annotation.rendering import render_markdown, render_messages
+from training.disclosure import value_redact
 from training.idempotency import idempotent_write, key_from_request
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 CHOICE_BUTTONS = [  # (choice, label, keys shown)
     ("left", "Left is better", ["←", "1"]),
     ("right", "Right is better", ["→", "2"]),
@@ -54,15 +54,15 @@ class ArenaCreateForm(forms.Form):
 
 
 def _items_from_jsonl(upload) -> list:
-    if upload.size > MAX_UPLOAD_BYTES:
-        raise InvalidInput(f"the file is {upload.size} bytes; at most {MAX_UPLOAD_BYTES}", location="file")
+    """The upload's JSON lines, streamed (at most MAX_UPLOAD_BYTES, each line at most IMPORT_MAX_LINE_BYTES)."""
     items = []
-    for number, raw in enumerate(upload.read().splitlines(), start=1):
+    lines = upload_lines(upload, max_line_bytes=settings.IMPORT_MAX_LINE_BYTES)
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
-            items.append(json.loads(raw))
-        except (ValueError, UnicodeDecodeError) as exc:
+            items.append(json_loads_bounded(raw))
+        except ValueError as exc:  # UnicodeDecodeError and JSONTooDeep included
             raise InvalidInput(f"not valid JSON ({exc})", location=f"line {number}") from exc
     return items
 
@@ -77,16 +77,21 @@ def _project(request: HttpRequest, slug: str, *, manage: bool = False):
 @login_required
 @require_GET
 def arena_index(request: HttpRequest, slug: str) -> HttpResponse:
-    project = _project(request, slug)
+    return _arena_page(request, _project(request, slug))
+
+
+def _arena_page(request: HttpRequest, project, *, status: int = 200) -> HttpResponse:
     can_manage = selectors.user_can_manage(user=request.user, project=project)
     arenas = [{"arena": a, **arena_service.arena_progress_for_voter(arena=a, voter=request.user),
-               "votes": ArenaVote.objects.filter(pair__arena=a).count()}
+               "votes": ArenaVote.objects.filter(pair__arena=a).count(),
+               "error": value_redact(a.summary.get("error", "")) if not request.user.is_superuser
+               else a.summary.get("error", "")}
               for a in arena_service.arena_list_for_user(user=request.user, project=project)]
     context = {"project": project, "can_manage": can_manage, "arenas": arenas}
     if can_manage:
         context["form"] = ArenaCreateForm(project=project)
         context["leaderboard"] = arena_service.arena_leaderboard(project=project)
-    return render(request, "lab/arena/index.html", context)
+    return render(request, "lab/arena/index.html", context, status=status)
 
 
 @login_required
@@ -113,9 +118,9 @@ def arena_create(request: HttpRequest, slug: str) -> HttpResponse:
                 project=project, model_a=artifacts.get(data["model_a"]), model_b=artifacts.get(data["model_b"]),
                 name=data["name"], items=items, sampling=sampling, user=request.user),
         )
-    except InvalidInput as exc:
+    except InvalidInput as exc:  # the page again, 400 (413: upload too large); nothing was written
         messages.error(request, f"No arena created: {exc}")
-        return redirect(reverse("lab:arena", args=[slug]))
+        return _arena_page(request, project, status=getattr(exc, "status_code", 400))
     first = "This form was already submitted: " if replayed else ""
     if arena.status == Arena.Status.OPEN:
         messages.success(request, f"{first}Arena #{arena.pk} is open with {arena.summary.get('pairs', 0)} prompts.")

@@ -1,7 +1,9 @@
 """JSON API of training runs and artifacts (DRF, session or basic auth), thin over selectors and services.
 
-Object-level authorization: non-members of the run's project get 404, labelers get 403 on launch and
-cancel. Errors: 400 with ``{"error": message, "location": where}``.
+Object-level authorization: non-members of the run's project get 404; labelers see no training (403 on a
+project's runs, models, rounds and lineage, 404 on a run or model by id). Server paths and tracebacks in
+a run's error, log and config are redacted for everyone but admins. Errors: 400 with
+``{"error": message, "location": where}``.
 
 Launching a run and starting a round take an optional ``Idempotency-Key`` header (``training/idempotency.py``):
 a repeat with the same key answers 200 with the first request's run and ``Idempotent-Replayed: true``, and
@@ -52,12 +54,12 @@ def _idempotent_run_response(request: Request, *, scope: str, arguments: dict, w
     except rejected as error:
         return _error(getattr(error, "message", str(error)), location=getattr(error, "location", type_errors_at))
     if replayed:
-        return Response(_run_detail(run), status=status.HTTP_200_OK, headers={"Idempotent-Replayed": "true"})
-    return Response(_run_detail(run), status=status.HTTP_201_CREATED)
+        return Response(_run_detail(run, request), status=status.HTTP_200_OK, headers={"Idempotent-Replayed": "true"})
+    return Response(_run_detail(run, request), status=status.HTTP_201_CREATED)
 
 
-def _run_detail(run) -> dict:
-    return RunDetailSerializer(run).data
+def _run_detail(run, request: Request) -> dict:
+    return RunDetailSerializer(run, context={"user": request.user}).data
 
 
 @extend_schema(methods=["GET"], responses=RunSerializer(many=True), summary="List the project's runs")
@@ -66,9 +68,10 @@ def _run_detail(run) -> dict:
                summary="Launch a training run (researchers and admins)")
 @api_view(["GET", "POST"])
 def project_runs(request: Request, slug: str) -> Response:
-    project = selectors.project_get_for_member(user=request.user, slug=slug)
+    project = selectors.project_get_for_training(user=request.user, slug=slug)
     if request.method == "GET":
-        return Response(RunSerializer(selectors.run_list_for_project(project=project)[:200], many=True).data)
+        return Response(RunSerializer(selectors.run_list_for_project(project=project)[:200], many=True,
+                                      context={"user": request.user}).data)
     if not selectors.user_can_launch(user=request.user, project=project):
         raise PermissionDenied("Only researchers of this project and admins may launch runs.")
     serializer = RunCreateSerializer(data=request.data)
@@ -97,7 +100,7 @@ def project_runs(request: Request, slug: str) -> Response:
 @extend_schema(responses=RunDetailSerializer, summary="A run's status, progress, metric series and log tail")
 @api_view(["GET"])
 def run_detail(request: Request, run_id: int) -> Response:
-    return Response(_run_detail(selectors.run_get_for_user(user=request.user, run_id=run_id)))
+    return Response(_run_detail(selectors.run_get_for_user(user=request.user, run_id=run_id), request))
 
 
 @extend_schema(request=None, responses=RunDetailSerializer, summary="Cancel a run (stops at its next step)")
@@ -108,20 +111,22 @@ def run_cancel(request: Request, run_id: int) -> Response:
         services.run_request_cancel(run_id=run.pk, user=request.user)
     except NotAllowed as error:
         raise PermissionDenied(str(error)) from error
-    return Response(_run_detail(selectors.run_get_for_user(user=request.user, run_id=run_id)))
+    return Response(_run_detail(selectors.run_get_for_user(user=request.user, run_id=run_id), request))
 
 
 @extend_schema(responses=ArtifactSerializer(many=True), summary="List the project's models")
 @api_view(["GET"])
 def project_artifacts(request: Request, slug: str) -> Response:
-    project = selectors.project_get_for_member(user=request.user, slug=slug)
-    return Response(ArtifactSerializer(selectors.artifact_list_for_project(project=project)[:500], many=True).data)
+    project = selectors.project_get_for_training(user=request.user, slug=slug)
+    return Response(ArtifactSerializer(selectors.artifact_list_for_project(project=project)[:500], many=True,
+                                       context={"user": request.user}).data)
 
 
 @extend_schema(responses=ArtifactSerializer, summary="A model and its lineage")
 @api_view(["GET"])
 def artifact_detail(request: Request, artifact_id: int) -> Response:
-    return Response(ArtifactSerializer(selectors.artifact_get_for_user(user=request.user, artifact_id=artifact_id)).data)
+    artifact = selectors.artifact_get_for_user(user=request.user, artifact_id=artifact_id)
+    return Response(ArtifactSerializer(artifact, context={"user": request.user}).data)
 
 
 @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY}, summary="Download a model as a zip")
@@ -135,7 +140,7 @@ def artifact_download(request: Request, artifact_id: int):
                summary="Start the next round: generate K samples per prompt from a policy, then open it")
 @api_view(["POST"])
 def project_rounds(request: Request, slug: str) -> Response:
-    project = selectors.project_get_for_member(user=request.user, slug=slug)
+    project = selectors.project_get_for_training(user=request.user, slug=slug)
     if not selectors.user_can_launch(user=request.user, project=project):
         raise PermissionDenied("Only researchers of this project and admins may start rounds.")
     serializer = RoundStartSerializer(data=request.data)
@@ -161,5 +166,5 @@ def project_rounds(request: Request, slug: str) -> Response:
 @extend_schema(responses=OpenApiTypes.OBJECT, summary="Rounds as a lineage with their figures and runs")
 @api_view(["GET"])
 def project_lineage(request: Request, slug: str) -> Response:
-    project = selectors.project_get_for_member(user=request.user, slug=slug)
+    project = selectors.project_get_for_training(user=request.user, slug=slug)
     return Response(selectors.lineage_as_json(lineage=selectors.project_lineage(project=project)))

@@ -1,10 +1,12 @@
 """The reward-model launch form: turns browser fields into a run config (the service validates it)."""
 from django import forms
+from django.conf import settings
 
 from annotation.errors import InvalidInput
 from annotation.provenance import CHOICE_LABELS, DEFAULT_CHOICE, source_selection_parse
 from annotation.hooks import hook_names
 from training.model_sources import model_roots, shared_model_dirs
+from annotation.limits import json_loads_bounded, upload_lines
 from training.models import ModelArtifact
 
 
@@ -113,8 +115,9 @@ class StartRoundForm(forms.Form):
         """Lines of the pasted or uploaded prompts (plain lines become {"prompt": line}); None to sample."""
         import json
 
-        if self.cleaned_data.get("prompts_file"):
-            return list(self.cleaned_data["prompts_file"])
+        if self.cleaned_data.get("prompts_file"):  # streamed line by line, never read whole
+            return upload_lines(self.cleaned_data["prompts_file"], max_line_bytes=settings.IMPORT_MAX_LINE_BYTES,
+                                location="prompts_file")
         text = self.cleaned_data.get("prompts_text") or ""
         if not text.strip():
             return None
@@ -155,11 +158,9 @@ class PolicyRunForm(SourceChoiceForm):
         return data
 
     def clean_config(self) -> dict:
-        import json
-
         raw = (self.cleaned_data.get("config") or "").strip() or "{}"
         try:
-            value = json.loads(raw)
+            value = json_loads_bounded(raw)
         except ValueError as error:
             raise forms.ValidationError(f"Not valid JSON: {error}") from None
         if not isinstance(value, dict):

@@ -5,6 +5,7 @@ Thin views over ``training.selectors.project_lineage`` and the services in ``tra
 researchers and admins post (labelers get 403). A rejected form answers 400 and writes nothing. Every form
 carries an idempotency key (``training/idempotency.py``): a double submit gets the first submit's result.
 """
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -13,6 +14,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from annotation.errors import InvalidInput, NotAllowed
+from annotation.limits import upload_lines
 from training import selectors, services
 from training.forms import PolicyDataForm, PolicyRunForm, StartRoundForm
 from training.idempotency import idempotent_write, key_from_request
@@ -33,7 +35,7 @@ def _page(request: HttpRequest, project, *, status: int = 200, **forms) -> HttpR
 
 
 def _managed_project(request: HttpRequest, slug: str):
-    project = selectors.project_get_for_member(user=request.user, slug=slug)
+    project = selectors.project_get_for_training(user=request.user, slug=slug)
     if not selectors.user_can_launch(user=request.user, project=project):
         raise PermissionDenied("Only researchers of this project and admins may do this.")
     return project
@@ -46,7 +48,7 @@ def _form_error(form, error: InvalidInput) -> None:
 @login_required
 @require_GET
 def project_lineage(request: HttpRequest, slug: str) -> HttpResponse:
-    return _page(request, selectors.project_get_for_member(user=request.user, slug=slug))
+    return _page(request, selectors.project_get_for_training(user=request.user, slug=slug))
 
 
 @login_required
@@ -111,8 +113,9 @@ def policy_data(request: HttpRequest, slug: str) -> HttpResponse:
     form = PolicyDataForm(request.POST, request.FILES)
     if form.is_valid():
         try:
-            result = policy_data_import(project=project, lines=form.cleaned_data["file"],
-                                        source=form.cleaned_data["file"].name)
+            upload = form.cleaned_data["file"]  # streamed line by line, never read whole
+            result = policy_data_import(project=project, source=upload.name, lines=upload_lines(
+                upload, max_line_bytes=settings.IMPORT_MAX_LINE_BYTES))
         except InvalidInput as error:
             _form_error(form, error)
         else:

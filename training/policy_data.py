@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from django.db import transaction
 
 from annotation.errors import InvalidInput
+from annotation.limits import json_loads_bounded
 from annotation.models import Project
 from training.models import Demonstration, PoolPrompt
 
@@ -72,7 +73,7 @@ def policy_lines_parse(lines: Iterable[bytes | str]) -> list[tuple[list[dict], s
             text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
             if not text.strip():
                 continue
-            record = json.loads(text)
+            record = json_loads_bounded(text)
             if not isinstance(record, dict):
                 raise InvalidInput("each line must be a JSON object", location=f"line {number}")
             unknown = sorted(set(record) - {"prompt", "messages", "response", "id"})

@@ -1,7 +1,9 @@
 """Reads of the training app: runs and artifacts a user may see, progress, metric series, trainer inputs.
 
-Visibility follows the project: members see its runs and artifacts, others get Http404 (existence is
-never revealed); researchers and admins launch and cancel (``user_can_launch``).
+Visibility: researchers of the project and admins see its runs and artifacts; labelers see nothing of
+training (403 on the project's training pages, 404 on a run or model by id) and non-members get Http404
+(existence is never revealed). Researchers and admins launch and cancel (``user_can_launch``). Server
+paths and tracebacks are shown to admins only (``run_disclosed``, ``artifact_disclosed``).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db.models import Avg, QuerySet
 from django.http import Http404
 from django.utils import timezone
@@ -19,15 +22,29 @@ from django.utils import timezone
 from annotation.errors import InvalidInput
 from annotation.models import PairwiseComparison, Project, Prompt, RankingEntry
 from annotation.provenance import AI_SOURCES
+from annotation.models import Membership
 from annotation.selectors import project_get_for_user, project_list_for_user, user_can_manage
+from training.disclosure import text_redact, value_redact
 from training.ml.types import RankedGroup
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
 
 ETA_WINDOW = 20  # recent train steps used to estimate the step rate
 
 
-def project_get_for_member(*, user, slug: str) -> Project:
-    return project_get_for_user(user=user, slug=slug)
+def project_list_for_training(*, user) -> QuerySet[Project]:
+    """Projects whose training the user may see: those they research (all for superusers)."""
+    projects = project_list_for_user(user=user)
+    if getattr(user, "is_superuser", False):
+        return projects
+    return projects.filter(memberships__user=user, memberships__role=Membership.Role.RESEARCHER)
+
+
+def project_get_for_training(*, user, slug: str) -> Project:
+    """The project if the user may see its training; Http404 for non-members, PermissionDenied for labelers."""
+    project = project_get_for_user(user=user, slug=slug)
+    if not user_can_manage(user=user, project=project):
+        raise PermissionDenied("Labelers do not see training runs or models; ask a researcher of this project.")
+    return project
 
 
 def user_can_launch(*, user, project: Project) -> bool:
@@ -39,9 +56,9 @@ def run_list_for_project(*, project: Project) -> QuerySet[TrainingRun]:
 
 
 def run_get_for_user(*, user, run_id: int) -> TrainingRun:
-    """The run if the user is a member of its project; Http404 otherwise."""
+    """The run if the user may see its project's training; Http404 otherwise (labelers included)."""
     run = (
-        TrainingRun.objects.filter(pk=run_id, project__in=project_list_for_user(user=user))
+        TrainingRun.objects.filter(pk=run_id, project__in=project_list_for_training(user=user))
         .select_related("project", "snapshot", "base_artifact", "launched_by")
         .first()
     )
@@ -56,13 +73,34 @@ def artifact_list_for_project(*, project: Project) -> QuerySet[ModelArtifact]:
 
 def artifact_get_for_user(*, user, artifact_id: int) -> ModelArtifact:
     artifact = (
-        ModelArtifact.objects.filter(pk=artifact_id, project__in=project_list_for_user(user=user))
+        ModelArtifact.objects.filter(pk=artifact_id, project__in=project_list_for_training(user=user))
         .select_related("project", "run", "snapshot", "parent")
         .first()
     )
     if artifact is None:
         raise Http404("No such artifact.")
     return artifact
+
+
+def user_sees_server_details(*, user) -> bool:
+    """Absolute server paths and tracebacks are for admins (superusers) only."""
+    return bool(getattr(user, "is_superuser", False))
+
+
+def run_disclosed(*, run: TrainingRun, user) -> dict:
+    """The run's error, log, config and summary as this user may read them (redacted unless admin)."""
+    fields = {"error": run.error, "log_tail": run.log_tail, "config": run.config, "summary": run.summary}
+    if user_sees_server_details(user=user):
+        return fields
+    return {"error": text_redact(run.error), "log_tail": text_redact(run.log_tail),
+            "config": value_redact(run.config), "summary": value_redact(run.summary)}
+
+
+def artifact_disclosed(*, artifact: ModelArtifact, user) -> dict:
+    """The model's path and base model as this user may read them (absolute paths redacted unless admin)."""
+    if user_sees_server_details(user=user):
+        return {"path": artifact.path, "base_model": artifact.base_model}
+    return {"path": text_redact(artifact.path), "base_model": text_redact(artifact.base_model)}
 
 
 def artifact_dir(*, artifact: ModelArtifact) -> Path:

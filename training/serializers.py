@@ -77,6 +77,16 @@ class RunSerializer(serializers.ModelSerializer):
         artifact = getattr(run, "artifact", None)
         return artifact.pk if artifact else None
 
+    def to_representation(self, run):
+        """Error, log, config and summary as the requesting user may read them (``context["user"]``;
+        without one, redacted: server paths and tracebacks are for admins only)."""
+        from training.selectors import run_disclosed
+
+        data = super().to_representation(run)
+        shown = run_disclosed(run=run, user=self.context.get("user"))
+        data.update({key: value for key, value in shown.items() if key in data})
+        return data
+
 
 class RunDetailSerializer(RunSerializer):
     progress = serializers.SerializerMethodField(help_text="status, step, total, percent, eta_seconds…")
@@ -106,3 +116,10 @@ class ArtifactSerializer(serializers.ModelSerializer):
         fields = ["id", "project", "kind", "name", "path", "is_adapter", "base_model", "parent", "run", "snapshot",
                   "rounds", "metrics", "size_bytes", "created_at"]
         read_only_fields = fields
+
+    def to_representation(self, artifact):
+        """Absolute paths redacted unless ``context["user"]`` is an admin."""
+        from training.selectors import artifact_disclosed
+
+        return {**super().to_representation(artifact),
+                **artifact_disclosed(artifact=artifact, user=self.context.get("user"))}

@@ -2,7 +2,9 @@
 
 The run page polls its status card with htmx every 2 s; once the run is terminal the card answers
 HTTP 286, which tells htmx to stop polling. Charts are drawn by static JS (CSP: no inline scripts)
-from the metrics JSON endpoint. Non-members get 404; labelers get 403 on launch and cancel.
+from the metrics JSON endpoint. Non-members get 404; labelers get 403 on a project's runs and 404 on a run
+or model (they see no training). Server paths and tracebacks are shown to admins only
+(``selectors.run_disclosed``).
 """
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -31,7 +33,7 @@ CHART_KEYS = {  # metric series drawn on the run page, per kind
 @login_required
 @require_http_methods(["GET", "POST"])
 def project_runs(request: HttpRequest, slug: str) -> HttpResponse:
-    project = selectors.project_get_for_member(user=request.user, slug=slug)
+    project = selectors.project_get_for_training(user=request.user, slug=slug)
     can_launch = selectors.user_can_launch(user=request.user, project=project)
     form, status = RewardRunForm(project=project), 200
     if request.method == "POST":
@@ -71,6 +73,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "run": run, "project": run.project, "progress": selectors.run_progress(run=run),
         "can_launch": selectors.user_can_launch(user=request.user, project=run.project),
         "artifact": getattr(run, "artifact", None), "chart_keys": CHART_KEYS.get(run.kind, ("loss",)),
+        "shown": selectors.run_disclosed(run=run, user=request.user),
     }
     if request.htmx:
         status = HTMX_STOP_POLLING if run.is_terminal else 200
@@ -106,7 +109,10 @@ def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
 @require_GET
 def artifact_detail(request: HttpRequest, artifact_id: int) -> HttpResponse:
     artifact = selectors.artifact_get_for_user(user=request.user, artifact_id=artifact_id)
-    return render(request, "training/artifact_detail.html", {"artifact": artifact, "project": artifact.project})
+    return render(request, "training/artifact_detail.html", {
+        "artifact": artifact, "project": artifact.project,
+        "shown": selectors.artifact_disclosed(artifact=artifact, user=request.user),
+    })
 
 
 @login_required

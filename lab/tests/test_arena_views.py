@@ -98,6 +98,7 @@ def test_researchers_create_and_close_arenas_in_the_browser(site):
     assert arena.status == Arena.Status.OPEN and arena.pairs.count() == 2
     bad = SimpleUploadedFile("bad.jsonl", b'{"prompt": "x", "response_a": "a"}\n')
     page = site["res"].post("/p/ar/arena/create/", {**data, "name": "bad", "file": bad}, follow=True)
+    assert page.status_code == 400
     assert "No arena created" in page.content.decode() and "response_b" in page.content.decode()
     assert not Arena.objects.filter(name="bad").exists()
     waiting = site["res"].post("/p/ar/arena/create/", {"name": "gen", "model_a": model_a.pk, "model_b": model_b.pk,

@@ -37,16 +37,18 @@ def test_create_validates_and_authorizes(api, model_dir, sent):
     assert created.status_code == 201, created.content
     data = created.json()
     assert data["status"] == "queued" and data["snapshot"]["num_pairs"] == 36 and data["launched_by"] == "rita"
-    assert labeler.get(url).json()[0]["id"] == data["id"] and outsider.get(url).status_code == 404
+    assert researcher.get(url).json()[0]["id"] == data["id"] and outsider.get(url).status_code == 404
+    assert labeler.get(url).status_code == 403  # labelers see no training
 
 
 def test_get_and_cancel(api, model_dir, sent):
     project, researcher, labeler, outsider = api
     run = services.run_create(project=project, kind="reward", config={"base_model": str(model_dir)})
     assert outsider.get(f"/api/runs/{run.pk}/").status_code == 404
-    detail = labeler.get(f"/api/runs/{run.pk}/").json()
+    assert labeler.get(f"/api/runs/{run.pk}/").status_code == 404
+    detail = researcher.get(f"/api/runs/{run.pk}/").json()
     assert detail["progress"]["status"] == "queued" and detail["metrics"]["train"] == {"step": []}
-    assert labeler.post(f"/api/runs/{run.pk}/cancel/").status_code == 403
+    assert labeler.post(f"/api/runs/{run.pk}/cancel/").status_code == 404
     assert outsider.post(f"/api/runs/{run.pk}/cancel/").status_code == 404
     assert researcher.post(f"/api/runs/{run.pk}/cancel/").json()["status"] == "cancelled"
 
@@ -54,10 +56,12 @@ def test_get_and_cancel(api, model_dir, sent):
 def test_artifacts_list_and_download(api, stored_model, artifact_root):
     project, researcher, labeler, outsider = api
     artifact = services.artifact_register(project=project, kind=ModelArtifact.Kind.BASE, name="m", path=stored_model)
-    assert [a["id"] for a in labeler.get(f"/api/projects/{project.slug}/artifacts/").json()] == [artifact.pk]
+    assert [a["id"] for a in researcher.get(f"/api/projects/{project.slug}/artifacts/").json()] == [artifact.pk]
+    assert labeler.get(f"/api/projects/{project.slug}/artifacts/").status_code == 403
     assert outsider.get(f"/api/projects/{project.slug}/artifacts/").status_code == 404
     assert outsider.get(f"/api/artifacts/{artifact.pk}/download/").status_code == 404
-    response = labeler.get(f"/api/artifacts/{artifact.pk}/download/")
+    assert labeler.get(f"/api/artifacts/{artifact.pk}/download/").status_code == 404
+    response = researcher.get(f"/api/artifacts/{artifact.pk}/download/")
     assert response.status_code == 200 and b"".join(response.streaming_content)[:2] == b"PK"
 
 

@@ -73,7 +73,7 @@ def test_start_round_view_permissions_and_success(loop_project, client, make_use
     assert _login(client, make_user("stranger")).post(url, form).status_code == 404
     assert client.get(f"/training/projects/{project.slug}/lineage/").status_code == 404
     assert _login(client, labeler).post(url, form).status_code == 403
-    assert client.get(f"/training/projects/{project.slug}/lineage/").status_code == 200
+    assert client.get(f"/training/projects/{project.slug}/lineage/").status_code == 403  # labelers see no training
     assert not TrainingRun.objects.exists()
     _login(client, researcher)
     bad = client.post(url, {**form, "sample": "", "prompts_text": ""})

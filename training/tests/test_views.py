@@ -31,13 +31,12 @@ def _run(project, model_dir):
     return services.run_create(project=project, kind="reward", config={"base_model": str(model_dir)})
 
 
-def test_runs_page_for_members_only(clients, client):
+def test_runs_page_for_researchers_only(clients, client):
     project, researcher, labeler, outsider = clients
     url = reverse("training:project_runs", args=[project.slug])
     assert client.get(url).status_code == 302  # login first
     assert outsider.get(url).status_code == 404
-    page = labeler.get(url)
-    assert page.status_code == 200 and b"Only researchers" in page.content and b"Launch run" not in page.content
+    assert labeler.get(url).status_code == 403  # labelers see no training
     assert b"Launch run" in researcher.get(url).content
 
 
@@ -83,7 +82,7 @@ def test_cancel_needs_post_and_a_researcher(clients, model_dir, sent):
     url = reverse("training:run_cancel", args=[run.pk])
     assert researcher.get(url).status_code == 405
     assert outsider.post(url).status_code == 404
-    assert labeler.post(url).status_code == 403
+    assert labeler.post(url).status_code == 404  # labelers see no run
     assert researcher.post(url).status_code == 302
     run.refresh_from_db()
     assert run.status == Status.CANCELLED
@@ -101,16 +100,18 @@ def test_metrics_json_and_log_are_escaped(clients, model_dir, sent):
     assert b"<script>alert(1)" not in page and b"&lt;script&gt;alert(1)" in page
 
 
-def test_artifact_download_streams_a_zip_for_members_only(clients, stored_model, artifact_root):
+def test_artifact_download_streams_a_zip_for_researchers_only(clients, stored_model, artifact_root):
     project, researcher, labeler, outsider = clients
     (stored_model / "model.safetensors").write_bytes(b"\0" * 3000)
     artifact = services.artifact_register(project=project, kind=ModelArtifact.Kind.BASE, name="m", path=stored_model)
     url = reverse("training:artifact_download", args=[artifact.pk])
     assert outsider.get(url).status_code == 404
-    response = labeler.get(url)
+    assert labeler.get(url).status_code == 404
+    assert labeler.get(reverse("training:artifact_detail", args=[artifact.pk])).status_code == 404
+    response = researcher.get(url)
     assert response.status_code == 200 and response.streaming and response["Content-Type"] == "application/zip"
     archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
     assert sorted(archive.namelist()) == ["config.json", "model.safetensors"]
     assert archive.read("model.safetensors") == b"\0" * 3000
-    detail = labeler.get(reverse("training:artifact_detail", args=[artifact.pk]))
+    detail = researcher.get(reverse("training:artifact_detail", args=[artifact.pk]))
     assert detail.status_code == 200 and b"Download" in detail.content

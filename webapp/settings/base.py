@@ -55,6 +55,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "webapp.middleware.ContentSecurityPolicyMiddleware",
+    "webapp.middleware.UploadSizeLimitMiddleware",  # 413 past MAX_UPLOAD_BYTES, before the body is read
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -109,6 +110,10 @@ STORAGES = {
 # Uploads stream to disk past this size; one import file may be large.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# Any request body (an upload included) past this is refused with 413 before it is read; uploads are then
+# read line by line (annotation/limits.py), never whole. JSON nested deeper than JSON_MAX_DEPTH is a 400.
+MAX_UPLOAD_BYTES = int(os.environ.get("RLHF_MAX_UPLOAD_BYTES", str(64 * 1024 * 1024)))
+JSON_MAX_DEPTH = int(os.environ.get("RLHF_JSON_MAX_DEPTH", "64"))
 
 # Security headers (production.py tightens transport security further).
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -127,6 +132,11 @@ REST_FRAMEWORK = {
         "webapp.security.ThrottledBasicAuthentication",  # Basic auth under the login throttle
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": [  # DRF's defaults, with a JSON parser that refuses deep nesting with 400
+        "webapp.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
@@ -157,6 +167,12 @@ CACHES = {
 LOGIN_THROTTLE_FAILURES = int(os.environ.get("RLHF_LOGIN_THROTTLE_FAILURES", "5"))  # per username and client
 LOGIN_THROTTLE_CLIENT_FAILURES = int(os.environ.get("RLHF_LOGIN_THROTTLE_CLIENT_FAILURES", "30"))  # per client
 LOGIN_THROTTLE_WINDOW_S = int(os.environ.get("RLHF_LOGIN_THROTTLE_WINDOW_S", str(15 * 60)))
+# Past this many failures for one username from anywhere, a short exponential back-off (1 s, 2 s, 4 s … at
+# most LOGIN_THROTTLE_BACKOFF_MAX_S) per further failure; browsers that logged in before are exempt.
+LOGIN_THROTTLE_USER_FAILURES = int(os.environ.get("RLHF_LOGIN_THROTTLE_USER_FAILURES", "10"))
+LOGIN_THROTTLE_BACKOFF_MAX_S = int(os.environ.get("RLHF_LOGIN_THROTTLE_BACKOFF_MAX_S", "30"))
+LOGIN_KNOWN_DEVICE_COOKIE = "rlhf_known_device"  # signed; set on a successful log-in (webapp/security.py)
+LOGIN_KNOWN_DEVICE_MAX_AGE_S = int(os.environ.get("RLHF_LOGIN_KNOWN_DEVICE_MAX_AGE_S", str(180 * 24 * 3600)))
 
 # Celery: the database is the source of truth; messages carry ids only.
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

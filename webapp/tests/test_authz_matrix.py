@@ -1,19 +1,31 @@
-"""Object-level authorization matrix. Every URL pattern of the site (read from the resolver, so new
-endpoints are covered automatically) is called by members of project A with the ids of project B's
-objects: the answer is 403/404/405, no B data appears in any body, and no B row changes. Then a
-labeler OF project B tries what only researchers may do, and tries to see another labeler's work."""
+"""Authorization matrix. Every URL pattern of the site (read from the resolver) must be listed in
+``urlmatrix.ROUTE_ROLES`` with the role that may read it and the role that may write it, and each role
+(anonymous, the lease's labeler, another labeler, researcher, admin) gets exactly that: allowed below the
+listed role is refused (login redirect, 401, 403 or 404), 405 where a method is not offered. Then every
+pattern is called by members of project A with the ids of project B's objects: the answer is 403/404/405,
+no B data appears in any body, and no B row changes. Then a labeler OF project B tries what only
+researchers may do, and tries to see another labeler's work."""
 import pytest
+from django.core.cache import cache
 from django.test import Client
 
 from lab.arena import arena_create
 from annotation.models import Assignment, Membership, PairwiseComparison, Project, Prompt, Ranking, Round
 from annotation.services import assignment_next_for_labeler, ranking_submit
 from training.models import ModelArtifact, TrainingRun
-from webapp.tests.urlmatrix import fill_pattern, pattern_params, site_patterns
+from webapp.tests.urlmatrix import ANON, ROUTE_ROLES, fill_pattern, pattern_params, role_may, site_patterns
 
 pytestmark = pytest.mark.django_db
 SECRET = "BRAVO-SECRET"
 NO_OBJECT_POST_SKIPPED = {"/accounts/logout/", "/accounts/login/", "/accounts/password_change/"}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttle_counters():
+    """These tests post bad log-ins (/admin/login/, /accounts/login/): leave no counters to later tests."""
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture
@@ -86,15 +98,57 @@ def test_members_of_a_reach_nothing_of_b(world, who):
     assert _bravo_state(world["bravo"]) == before
 
 
+def test_every_route_is_listed_with_its_roles():
+    """A new route fails here until urlmatrix.ROUTE_ROLES says who may read and who may write it."""
+    routes = site_patterns()
+    assert sorted(set(routes) - set(ROUTE_ROLES)) == [], "routes missing from urlmatrix.ROUTE_ROLES"
+    assert sorted(set(ROUTE_ROLES) - set(routes)) == [], "urlmatrix.ROUTE_ROLES lists routes that do not exist"
+
+
+def _refused(response) -> bool:
+    location = response.headers.get("Location", "")
+    return response.status_code in (401, 403, 404) or (response.status_code == 302 and "login/?next=" in location)
+
+
+def test_each_role_reads_and_writes_exactly_what_the_matrix_says(world, make_user):
+    users = {"anonymous": (ANON, None, False), "bob": ("labeler", world["bob"], True),
+             "carol": ("labeler", world["carol"], False), "res_b": ("researcher", world["res_b"], False),
+             "root": ("admin", make_user("root", is_superuser=True, is_staff=True), False)}
+    checked = 0
+    for method in ("get", "post"):  # every read first: writes (cancel, close) change what later reads see
+        for pattern in site_patterns():
+            needed = ROUTE_ROLES[pattern][0 if method == "get" else 1]
+            url = fill_pattern(pattern, world["ids"])
+            for who, (role, user, is_owner) in users.items():
+                cache.clear()  # log-in throttle counters: every client here shares one address
+                client = Client()
+                if user is not None:
+                    client.force_login(user)
+                response = client.get(url) if method == "get" else client.post(url, {}, content_type="application/json")
+                where = (method, pattern, who, response.status_code)
+                if needed is None:
+                    assert response.status_code == 405 or (user is None and _refused(response)), where
+                elif role_may(needed=needed, role=role, is_owner=is_owner):
+                    assert response.status_code not in (401, 403, 404, 405) and not _refused(response), where
+                else:
+                    assert _refused(response), where
+                checked += 1
+    assert checked == 2 * len(users) * len(ROUTE_ROLES)
+
+
 def test_the_matrix_is_not_vacuous(world):
     """Members reach their own project on the same URLs (so the 404s above are about B, not broken URLs)."""
     client = Client()
     client.force_login(world["bob"])
-    for url in ("/p/bravo/", "/api/projects/bravo/", "/api/projects/bravo/rankings/", "/training/projects/bravo/runs/",
-                f"/api/runs/{world['ids']['run_id']}/", f"/training/artifacts/{world['ids']['artifact_id']}/"):
+    for url in ("/p/bravo/", "/api/projects/bravo/", "/api/projects/bravo/rankings/"):
         response = client.get(url)
         assert response.status_code == 200, url
     assert SECRET in client.get("/p/bravo/").content.decode()
+    researcher = Client()
+    researcher.force_login(world["res_b"])
+    for url in ("/training/projects/bravo/runs/", f"/api/runs/{world['ids']['run_id']}/",
+                f"/training/artifacts/{world['ids']['artifact_id']}/"):
+        assert researcher.get(url).status_code == 200, url
 
 
 def test_lists_never_show_b_rows_to_a(world):
@@ -122,8 +176,8 @@ def test_labeler_of_b_cannot_import_export_train_or_cancel(world, tmp_path):
     assert client.post("/training/projects/bravo/runs/", {"kind": "reward"}).status_code == 403
     assert client.post("/api/projects/bravo/runs/", {"kind": "reward", "config": {}},
                        content_type="application/json").status_code == 403
-    assert client.post(f"/training/runs/{run_id}/cancel/").status_code == 403
-    assert client.post(f"/api/runs/{run_id}/cancel/").status_code == 403
+    assert client.post(f"/training/runs/{run_id}/cancel/").status_code == 404  # labelers see no run
+    assert client.post(f"/api/runs/{run_id}/cancel/").status_code == 404
     assert _bravo_state(world["bravo"]) == before
 
 
