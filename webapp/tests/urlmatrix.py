@@ -49,6 +49,7 @@ ROUTE_ROLES: dict[str, tuple[str | None, str | None]] = {
     "/api/schema/": (LABELER, None),
     "/api/docs/": (LABELER, None),
     "/api/projects/": (LABELER, None),
+    "/api/hooks/": (LABELER, None),  # names only: the operator's registered code hooks
     "/api/projects/<slug:slug>/": (LABELER, None),
     "/api/projects/<slug:slug>/assignments/next/": (None, LABELER),
     "/api/projects/<slug:slug>/import/": (None, RESEARCHER),
@@ -91,6 +92,7 @@ ROUTE_ROLES: dict[str, tuple[str | None, str | None]] = {
     "/": (LABELER, None),
     "/p/<slug:slug>/": (LABELER, None),
     "/p/<slug:slug>/label/": (LABELER, None),
+    "/p/<slug:slug>/label/last/": (LABELER, None),  # the user's own last ranking, to edit or withdraw
     "/p/<slug:slug>/import/": (None, RESEARCHER),
     "/p/<slug:slug>/export/": (RESEARCHER, None),
     "/p/<slug:slug>/quality/": (RESEARCHER, None),
@@ -109,6 +111,8 @@ ROUTE_ROLES: dict[str, tuple[str | None, str | None]] = {
     "/p/<slug:slug>/arena/<int:arena_id>/close/": (None, RESEARCHER),
     "/assignments/<int:assignment_id>/submit/": (None, OWNER),
     "/assignments/<int:assignment_id>/skip/": (None, OWNER),
+    "/assignments/<int:assignment_id>/edit/": (None, OWNER),
+    "/assignments/<int:assignment_id>/withdraw/": (None, OWNER),
 }
 ROLE_ORDER = (ANON, LABELER, RESEARCHER, ADMIN)
 
