@@ -1,7 +1,8 @@
-"""python manage.py train_reward_model --project SLUG [--base MODEL_DIR] [--config FILE.json] [--wait]
+"""python manage.py train_reward_model --project SLUG [--base MODEL_DIR] [--config FILE.json] [--wait | --in-process]
 
 Launches the same run as the browser button (``training.services.run_create``). With --wait it follows
-the run with a progress bar and exits non-zero unless the run succeeds.
+the run with a progress bar and exits non-zero unless the run succeeds; when no Celery worker consumes the gpu queue it says
+so within seconds (queueing nothing). --in-process runs the job in this process instead.
 """
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.errors import InvalidInput
 from annotation.models import Project
-from training.management.cli import WAIT_HELP, read_config, run_follow
+from training.management.cli import IN_PROCESS_HELP, WAIT_HELP, read_config, run_finish, worker_require
 from training.models import ModelArtifact, TrainingRun
 from training.services import run_create
 
@@ -23,6 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--config", help="JSON file of RewardConfig settings")
         parser.add_argument("--rounds", help="comma-separated round numbers (default: all)")
         parser.add_argument("--wait", action="store_true", help="follow the run and fail unless it succeeds")
+        parser.add_argument("--in-process", action="store_true", help=IN_PROCESS_HELP)
         parser.add_argument("--poll", type=float, default=1.0, help=WAIT_HELP)
 
     def handle(self, *args, **options) -> None:
@@ -39,6 +41,7 @@ class Command(BaseCommand):
             if base_artifact is None:
                 raise CommandError("No --base given and the project has no base model: run build_tiny_models.")
         rounds = [int(r) for r in options["rounds"].split(",")] if options["rounds"] else None
+        worker_require(options)
         try:
             run = run_create(project=project, kind=TrainingRun.Kind.REWARD, config=config,
                              base_artifact=base_artifact, rounds=rounds)
@@ -47,5 +50,4 @@ class Command(BaseCommand):
         snap = run.snapshot
         self.stdout.write(f"run {run.pk} queued: {snap.num_rankings} rankings, {snap.num_pairs} pairs, "
                           f"{snap.num_prompts} prompts (snapshot {snap.pk})")
-        if options["wait"]:
-            run_follow(run, poll=options["poll"], stdout=self.stdout)
+        run_finish(run, options=options, stdout=self.stdout)
