@@ -1,7 +1,10 @@
 """The reward-model launch form: turns browser fields into a run config (the service validates it)."""
 from django import forms
 
+from training import selectors
 from training.models import ModelArtifact
+
+START_ROUND_SAMPLE = 8  # "Start next round" draws this many pool prompts by default (fewer when the pool is smaller)
 
 
 class RewardRunForm(forms.Form):
@@ -27,6 +30,7 @@ class RewardRunForm(forms.Form):
         self.fields["base_artifact"].queryset = ModelArtifact.objects.filter(
             project=project, kind__in=[ModelArtifact.Kind.BASE, ModelArtifact.Kind.REWARD]
         ).order_by("-id")
+        self.fields["base_artifact"].initial = selectors.base_model_default_for_reward(project=project)
 
     def clean_rounds(self) -> list[int] | None:
         raw = self.cleaned_data["rounds"].replace(" ", "")
@@ -59,7 +63,8 @@ class StartRoundForm(forms.Form):
     prompts_text = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 4}), label="New prompts",
                                    help_text="One prompt per line (or JSONL lines {\"prompt\"|\"messages\"}).")
     prompts_file = forms.FileField(required=False, label="…or a JSONL file of prompts")
-    sample = forms.IntegerField(required=False, min_value=1, max_value=10_000, label="…or sample N from the pool")
+    sample = forms.IntegerField(required=False, min_value=1, max_value=10_000, label="…or sample N from the pool",
+                                help_text="Used when no prompts are pasted or uploaded.")
     temperature = forms.FloatField(initial=1.0, min_value=0.01, max_value=10.0)
     top_p = forms.FloatField(initial=1.0, min_value=0.01, max_value=1.0)
     max_new_tokens = forms.IntegerField(initial=64, min_value=1, max_value=8192)
@@ -69,12 +74,19 @@ class StartRoundForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["policy"].queryset = ModelArtifact.objects.filter(
             project=project, kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE]).order_by("-id")
+        self.fields["policy"].initial = selectors.policy_default(project=project)
+        pool = project.pool_prompts.count()
+        self.fields["sample"].initial = min(pool, START_ROUND_SAMPLE) or None
 
     def clean(self) -> dict:
         data = super().clean()
-        given = [bool((data.get("prompts_text") or "").strip()), bool(data.get("prompts_file")), bool(data.get("sample"))]
-        if sum(given) != 1:
-            raise forms.ValidationError("Give exactly one prompt set: pasted prompts, a file, or N from the pool.")
+        pasted, uploaded = bool((data.get("prompts_text") or "").strip()), bool(data.get("prompts_file"))
+        if pasted and uploaded:
+            raise forms.ValidationError("Give pasted prompts or a file of prompts, not both.")
+        if pasted or uploaded:
+            data["sample"] = None  # the pre-filled pool sample gives way to the prompts given
+        elif not data.get("sample"):
+            raise forms.ValidationError("Give a prompt set: pasted prompts, a file, or N from the pool.")
         return data
 
     def prompt_lines(self) -> list[str | bytes] | None:
@@ -110,6 +122,8 @@ class PolicyRunForm(forms.Form):
         artifacts = ModelArtifact.objects.filter(project=project).order_by("-id")
         self.fields["policy"].queryset = artifacts.filter(kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE])
         self.fields["reward_artifact"].queryset = artifacts.filter(kind=ModelArtifact.Kind.REWARD)
+        self.fields["policy"].initial = selectors.policy_default(project=project)
+        self.fields["reward_artifact"].initial = self.fields["reward_artifact"].queryset.first()
 
     clean_rounds = RewardRunForm.clean_rounds
 

@@ -30,6 +30,24 @@ def user_can_launch(*, user, project: Project) -> bool:
     return user_can_manage(user=user, project=project)
 
 
+POLICY_BASE_NAMES = ("tiny-causal-lm", "tiny-policy-base")  # causal LMs the tiny builders register as BASE
+REWARD_BASE_NAMES = ("tiny-reward-model",)  # a sequence classifier: a reward model's base, never a policy's
+
+
+def base_model_default_for_reward(*, project: Project) -> ModelArtifact | None:
+    """What a reward-model run starts from by default: the newest base model that is not a tiny policy LM."""
+    bases = project.artifacts.filter(kind=ModelArtifact.Kind.BASE).order_by("-id")
+    return bases.exclude(name__in=POLICY_BASE_NAMES).first() or bases.first()
+
+
+def policy_default(*, project: Project) -> ModelArtifact | None:
+    """What a policy run or a new round starts from by default: the newest policy, else the newest causal base."""
+    newest_policy = project.artifacts.filter(kind=ModelArtifact.Kind.POLICY).order_by("-id").first()
+    if newest_policy is not None:
+        return newest_policy
+    return project.artifacts.filter(kind=ModelArtifact.Kind.BASE).exclude(name__in=REWARD_BASE_NAMES).order_by("-id").first()
+
+
 def run_list_for_project(*, project: Project) -> QuerySet[TrainingRun]:
     return TrainingRun.objects.filter(project=project).select_related("launched_by", "snapshot").order_by("-id")
 

@@ -11,7 +11,8 @@ from django.core.management.base import BaseCommand, CommandError
 from annotation.errors import InvalidInput
 from annotation.models import Project
 from training.management.cli import IN_PROCESS_HELP, WAIT_HELP, read_config, run_finish, worker_require
-from training.models import ModelArtifact, TrainingRun
+from training.models import TrainingRun
+from training.selectors import base_model_default_for_reward
 from training.services import run_create
 
 
@@ -36,8 +37,7 @@ class Command(BaseCommand):
         if options["base"]:
             config["base_model"] = str(Path(options["base"]).expanduser().resolve())
         elif "base_model" not in config:
-            base_artifact = project.artifacts.filter(kind=ModelArtifact.Kind.BASE).exclude(
-                name="tiny-causal-lm").order_by("-id").first()
+            base_artifact = base_model_default_for_reward(project=project)
             if base_artifact is None:
                 raise CommandError("No --base given and the project has no base model: run build_tiny_models.")
         rounds = [int(r) for r in options["rounds"].split(",")] if options["rounds"] else None
