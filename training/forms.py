@@ -127,6 +127,12 @@ class PolicyRunForm(forms.Form):
 
     clean_rounds = RewardRunForm.clean_rounds
 
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("kind") in ("dpo", "sft"):  # the field is pre-filled for PPO/GRPO; these kinds take none
+            data["reward_artifact"] = None
+        return data
+
     def clean_config(self) -> dict:
         import json
 
