@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from annotation.models import PairwiseComparison, Project, Prompt, RankingEntry
 from annotation.selectors import project_get_for_user, project_list_for_user, user_can_manage
+from training.accuracy import accuracy_of_summary, accuracy_with_interval
 from training.ml.types import RankedGroup
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
 
@@ -260,12 +261,15 @@ def lineage_as_json(*, lineage: list[dict]) -> list[dict]:
     def run_json(run, artifact=None, next_rounds=()):
         return {"id": run.pk, "kind": run.kind, "status": run.status, "overoptimised": run.overoptimised,
                 "flag_reason": run.flag_reason, "artifact": artifact.pk if artifact else None,
-                "next_rounds": list(next_rounds)}
+                "next_rounds": list(next_rounds), "held_out_accuracy": accuracy_of_summary(run.summary)}
 
     return [{
         "round": item["round"].number, "status": item["round"].status, "sampling_params": item["round"].sampling_params,
         "policy": item["report"].policy_id if item["report"] else None, "counts": item["counts"],
         "metrics": item["report"].metrics if item["report"] else {},
+        "rm_accuracy": accuracy_with_interval((item["report"].metrics or {}).get("rm_accuracy"),
+                                              (item["report"].metrics or {}).get("rm_eval_pairs"))
+        if item["report"] else None,
         "overoptimised": bool(item["report"] and item["report"].overoptimised),
         "flag_reason": item["report"].flag_reason if item["report"] else "",
         "generate_runs": [run_json(r) for r in item["generate_runs"]],

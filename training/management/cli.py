@@ -7,6 +7,7 @@ from pathlib import Path
 from django.core.management.base import CommandError
 from tqdm import tqdm
 
+from training.accuracy import accuracy_of_summary, accuracy_text
 from training.models import ModelArtifact, TrainingRun
 from training.workers import no_worker_message, workers_consuming
 
@@ -68,6 +69,8 @@ def run_follow(run: TrainingRun, *, poll: float, stdout) -> None:
 
 def run_report(run: TrainingRun, *, stdout) -> None:
     artifact = ModelArtifact.objects.filter(run=run).first()
-    accuracy = (run.summary.get("final_eval") or {}).get("accuracy")
+    info = accuracy_of_summary(run.summary)
     stdout.write(f"run {run.pk} succeeded: model {artifact.path if artifact else '?'}"
-                 + (f", held-out accuracy {accuracy:.3f}" if accuracy is not None else ""))
+                 + (f", held-out accuracy {accuracy_text(info)}" if info else ""))
+    if info and info["too_small"]:
+        stdout.write(f"warning: {info['warning']}")
