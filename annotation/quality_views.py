@@ -20,7 +20,7 @@ from annotation.ai_labelers import ai_labeler_create, ai_labeler_run
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Ranking, Round
 from annotation.quality_models import AILabeler, SelectionRecord
-from annotation.quality_selectors import consensus_rows, quality_report
+from annotation.quality_selectors import consensus_rows, flagged_responses, quality_report
 from annotation.quality_services import (
     gold_import, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude, ranking_include,
 )
@@ -75,7 +75,16 @@ def _render_page(request: HttpRequest, project, status: int = 200) -> HttpRespon
         "rounds": Round.objects.filter(project=project).order_by("number"),
         "selections": SelectionRecord.objects.filter(round__project=project)
         .select_related("round", "created_by").order_by("-created_at")[:20],
+        "flagged": flagged_responses(project=project),
+        "reward_artifacts": _reward_artifacts(project),
     }, status=status)
+
+
+def _reward_artifacts(project):
+    """The project's reward models, newest first, for the uncertainty strategy's select."""
+    from training.models import ModelArtifact  # the selection feature uses trained models (see annotation/active.py)
+
+    return ModelArtifact.objects.filter(project=project, kind=ModelArtifact.Kind.REWARD).order_by("-id")
 
 
 def _rejected(request: HttpRequest, project, prefix: str, exc: InvalidInput) -> HttpResponse:
