@@ -73,7 +73,8 @@ class StartRoundForm(forms.Form):
     def __init__(self, *args, project, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["policy"].queryset = ModelArtifact.objects.filter(
-            project=project, kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE]).order_by("-id")
+            project=project, kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE]).exclude(
+            kind=ModelArtifact.Kind.BASE, name__in=selectors.REWARD_BASE_NAMES).order_by("-id")
         self.fields["policy"].initial = selectors.policy_default(project=project)
         pool = project.pool_prompts.count()
         self.fields["sample"].initial = min(pool, START_ROUND_SAMPLE) or None
@@ -120,7 +121,8 @@ class PolicyRunForm(forms.Form):
     def __init__(self, *args, project, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         artifacts = ModelArtifact.objects.filter(project=project).order_by("-id")
-        self.fields["policy"].queryset = artifacts.filter(kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE])
+        self.fields["policy"].queryset = artifacts.filter(kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE]).exclude(
+            kind=ModelArtifact.Kind.BASE, name__in=selectors.REWARD_BASE_NAMES)  # a sequence classifier is no policy
         self.fields["reward_artifact"].queryset = artifacts.filter(kind=ModelArtifact.Kind.REWARD)
         self.fields["policy"].initial = selectors.policy_default(project=project)
         self.fields["reward_artifact"].initial = self.fields["reward_artifact"].queryset.first()

@@ -76,6 +76,7 @@ def test_the_forms_default_to_the_newest_base_model_and_policy(people, model_dir
     lineage = researcher.get(reverse("training:project_lineage", args=[project.slug])).content.decode()
     assert lineage.count(f'<option value="{lm_base.pk}" selected>') == 2  # start next round and train a policy
     assert 'name="sample" value="3"' in lineage  # the whole pool of 3 (at most 8)
+    assert f'<option value="{rm_base.pk}"' not in lineage  # the reward model's base is no policy
 
     reward, policy = make("reward", "rm-1"), make("policy", "dpo-1")  # after runs: still a sensible default
     runs = researcher.get(reverse("training:project_runs", args=[project.slug])).content.decode()
