@@ -2,7 +2,8 @@
 
 `demo_seed()` is idempotent: users are created or their passwords reset, memberships ensured, the
 demo file is imported through the same importer researchers use (a second import of the same bytes
-writes nothing), and the tiny base models are built once (``training.services.base_models_ensure_tiny``). Extend it by adding steps that return their own keys in the summary dict.
+writes nothing), and the tiny base models are built once (``training.services.base_models_ensure_tiny``).
+Extend it by adding steps that return their own keys in the summary dict.
 """
 from pathlib import Path
 

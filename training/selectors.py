@@ -46,7 +46,8 @@ def policy_default(*, project: Project) -> ModelArtifact | None:
     newest_policy = project.artifacts.filter(kind=ModelArtifact.Kind.POLICY).order_by("-id").first()
     if newest_policy is not None:
         return newest_policy
-    return project.artifacts.filter(kind=ModelArtifact.Kind.BASE).exclude(name__in=REWARD_BASE_NAMES).order_by("-id").first()
+    bases = project.artifacts.filter(kind=ModelArtifact.Kind.BASE).exclude(name__in=REWARD_BASE_NAMES)
+    return bases.order_by("-id").first()
 
 
 def run_list_for_project(*, project: Project) -> QuerySet[TrainingRun]:

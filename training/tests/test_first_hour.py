@@ -69,8 +69,9 @@ def test_the_forms_default_to_the_newest_base_model_and_policy(people, model_dir
     project, researcher, _, _ = people
     make = lambda kind, name: ModelArtifact.objects.create(project=project, kind=kind, name=name, path=str(model_dir))
     rm_base, lm_base = make("base", "tiny-reward-model"), make("base", "tiny-causal-lm")
-    PoolPrompt.objects.bulk_create(PoolPrompt(project=project, messages=[{"role": "user", "content": f"p{i}"}], content_sha256=f"{i:064d}")
-                                   for i in range(3))
+    PoolPrompt.objects.bulk_create(
+        PoolPrompt(project=project, messages=[{"role": "user", "content": f"p{i}"}], content_sha256=f"{i:064d}")
+        for i in range(3))
     runs = researcher.get(reverse("training:project_runs", args=[project.slug])).content.decode()
     assert selected(runs, "base_artifact") == str(rm_base.pk)
     lineage = researcher.get(reverse("training:project_lineage", args=[project.slug])).content.decode()

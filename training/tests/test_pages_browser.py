@@ -37,7 +37,8 @@ def test_run_page_fits_the_window_and_its_charts_read_well(browser_page, live_se
     run = TrainingRun.objects.create(project=project, kind="reward", status="succeeded", step=3, total_steps=3,
                                      config={"base_model": LONG_PATH, "learning_rate": 5e-05}, worker="gpu@box")
     for step in (1, 2, 3):
-        MetricPoint.objects.create(run=run, step=step, split="train", values={"loss": 0.7 - step / 100, "accuracy": 0.5})
+        MetricPoint.objects.create(run=run, step=step, split="train",
+                                   values={"loss": 0.7 - step / 100, "accuracy": 0.5})
     MetricPoint.objects.create(run=run, step=3, split="eval", values={"loss": 0.69, "accuracy": 0.2222222238779068})
     page = browser_page
     _login(page, live_server, researcher)

@@ -4,8 +4,8 @@
 Launches the same policy run as the lineage page's "Train a policy" form and the API
 (``training.services.run_create``): SFT on demonstrations (or the top-ranked responses of --rounds), DPO on
 the project's pairs, PPO or GRPO against a registered reward model. With --wait it follows the run with a
-progress bar and exits non-zero unless the run succeeds; when no Celery worker consumes the gpu queue it says
-so within seconds (queueing nothing). --in-process runs the job in this process instead.
+progress bar and exits non-zero unless the run succeeds; when no Celery worker consumes the gpu queue it
+says so within seconds (queueing nothing). --in-process runs the job in this process instead.
 """
 from django.core.management.base import BaseCommand, CommandError
 

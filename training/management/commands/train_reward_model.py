@@ -1,8 +1,8 @@
 """python manage.py train_reward_model --project SLUG [--base MODEL_DIR] [--config FILE.json] [--wait | --in-process]
 
 Launches the same run as the browser button (``training.services.run_create``). With --wait it follows
-the run with a progress bar and exits non-zero unless the run succeeds; when no Celery worker consumes the gpu queue it says
-so within seconds (queueing nothing). --in-process runs the job in this process instead.
+the run with a progress bar and exits non-zero unless the run succeeds; when no Celery worker consumes the gpu queue it
+says so within seconds (queueing nothing). --in-process runs the job in this process instead.
 """
 from pathlib import Path
 
