@@ -123,7 +123,8 @@ class PolicyRunForm(forms.Form):
         artifacts = ModelArtifact.objects.filter(project=project).order_by("-id")
         policies = artifacts.filter(kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE])
         # a sequence classifier is no policy
-        self.fields["policy"].queryset = policies.exclude(kind=ModelArtifact.Kind.BASE, name__in=selectors.REWARD_BASE_NAMES)
+        self.fields["policy"].queryset = policies.exclude(kind=ModelArtifact.Kind.BASE,
+                                                          name__in=selectors.REWARD_BASE_NAMES)
         self.fields["reward_artifact"].queryset = artifacts.filter(kind=ModelArtifact.Kind.REWARD)
         self.fields["policy"].initial = selectors.policy_default(project=project)
         self.fields["reward_artifact"].initial = self.fields["reward_artifact"].queryset.first()
