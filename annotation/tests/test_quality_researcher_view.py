@@ -60,3 +60,15 @@ def test_the_403_page_uses_the_site_layout(flagged, make_user):
     assert response.status_code == 403
     assert 'class="topbar"' in html and "app/app.css" in html and "<h1>Not allowed</h1>" in html
     assert "My projects" in html
+
+
+def test_a_form_post_to_the_export_api_with_a_csrf_cookie_is_refused_not_misparsed(flagged):
+    """The styled 403 page renders the CSRF token (a cookie); the export API then still answers 403, not a 400
+    "JSON parse error" from parsing a form body as JSON."""
+    project, _, _ = flagged
+    c = Client(enforce_csrf_checks=True)
+    c.force_login(project.memberships.get(role="researcher").user)
+    c.get(reverse("training:project_runs", args=[project.slug]))  # any page with the layout sets the cookie
+    assert "csrftoken" in c.cookies
+    response = c.post(f"/api/projects/{project.slug}/export/", {"tiers": "[]"})
+    assert response.status_code == 403 and b"CSRF" in response.content
