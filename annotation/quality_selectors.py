@@ -349,3 +349,21 @@ def consensus_rows(*, project, round_number: int | None = None):
             "strengths": {str(k): round(v, 4) for k, v in sorted(result["strengths"].items())},
             "rankings": len(prompt_records), "ranking_ids": [r.ranking_id for r in prompt_records],
         }
+
+
+def flagged_responses(*, project, limit: int = 50) -> dict:
+    """The labelers' content flags (unsafe, factually wrong, off-topic): counts per flag over the project, and
+    the latest ``limit`` flagged responses with their prompt, labeler and flags (excluded rankings included)."""
+    entries = RankingEntry.objects.filter(ranking__prompt__project=project).exclude(flags=[])
+    counts = Counter(flag for flags in entries.values_list("flags", flat=True) for flag in flags)
+    labels = dict(RankingEntry.Flag.choices)
+    latest = (entries.select_related("sample", "ranking__labeler", "ranking__prompt__round")
+              .order_by("-ranking__created_at", "-id")[:limit])
+    return {
+        "counts": [{"flag": value, "label": label, "count": counts.get(value, 0)} for value, label in labels.items()],
+        "total": sum(counts.values()),
+        "items": [{"prompt": e.sample.prompt_id, "round": e.ranking.prompt.round.number, "sample": e.sample,
+                   "labeler": e.ranking.labeler.username if e.ranking.labeler else "(imported)",
+                   "flags": [labels.get(f, f) for f in e.flags], "tier": e.tier + 1, "at": e.ranking.created_at}
+                  for e in latest],
+    }

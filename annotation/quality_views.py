@@ -21,7 +21,7 @@ from annotation.extensions import model_services
 from annotation.limits import upload_lines
 from annotation.models import Prompt, Ranking, Round
 from annotation.quality_models import AILabeler, SelectionRecord
-from annotation.quality_selectors import consensus_rows, quality_report
+from annotation.quality_selectors import consensus_rows, flagged_responses, quality_report
 from annotation.quality_services import (
     MAX_GOLD_LINE, gold_import, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude,
     ranking_include,
@@ -86,7 +86,16 @@ def _render_page(request: HttpRequest, project, status: int = 200) -> HttpRespon
         "rounds": Round.objects.filter(project=project).order_by("number"),
         "selections": _with_top_scores(SelectionRecord.objects.filter(round__project=project)
                                        .select_related("round", "created_by").order_by("-created_at")[:20]),
+        "flagged": flagged_responses(project=project),
+        "reward_artifacts": _reward_artifacts(project),
     }, status=status)
+
+
+def _reward_artifacts(project):
+    """The project's reward models, newest first, for the uncertainty strategy's select."""
+    from training.models import ModelArtifact  # the selection feature uses trained models (see annotation/active.py)
+
+    return ModelArtifact.objects.filter(project=project, kind=ModelArtifact.Kind.REWARD).order_by("-id")
 
 
 def _rejected(request: HttpRequest, project, prefix: str, exc: InvalidInput) -> HttpResponse:

@@ -26,7 +26,7 @@ from training.ml.tiny_models import build_tiny_reward_model, build_tokenizer  # 
 from training.ml.trainers.reward import train_reward_model  # noqa: E402
 from training.ml.types import NullHooks, RankedGroup  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_rlhf_harmless_1k.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "data" / "hh_rlhf" / "hh_rlhf_harmless_1k.jsonl"
 
 
 def parse_dialogue(text: str) -> list[dict]:

@@ -1,8 +1,9 @@
 """The demo: users with each role and a `demo` project (K=4, overlap 2) imported from demo_data/.
 
-`demo_seed()` is idempotent: users are created or their passwords reset, memberships ensured, and the
+`demo_seed()` is idempotent: users are created or their passwords reset, memberships ensured, the
 demo file is imported through the same importer researchers use (a second import of the same bytes
-writes nothing). Extend it by adding steps that return their own keys in the summary dict.
+writes nothing), and the tiny base models are built once (``training.services.base_models_ensure_tiny``).
+Extend it by adding steps that return their own keys in the summary dict.
 """
 from pathlib import Path
 
@@ -52,8 +53,10 @@ def _demo_users() -> dict:
     return users
 
 
-def demo_seed() -> dict:
-    """Create or refresh the demo users and project; returns a summary for the command to print."""
+def demo_seed(*, build_base_models: bool = True) -> dict:
+    """Create or refresh the demo users and project; returns a summary for the command to print.
+
+    ``build_base_models=False`` leaves the tiny base models out (tests that need only the rows)."""
     with transaction.atomic():
         users = _demo_users()
         project, created = Project.objects.get_or_create(
@@ -69,8 +72,13 @@ def demo_seed() -> dict:
     from training.policy_data import demo_policy_data_seed  # the story task of the policy loop (docs/loop.md)
 
     policy_data = demo_policy_data_seed(project=project)
+    from training.services import base_models_ensure_tiny  # so "Launch" works on a fresh demo, browser only
+
+    base_models, built = base_models_ensure_tiny(project=project) if build_base_models else ([], False)
     return {
         "policy_data": policy_data,
+        "base_models": [(artifact.name, artifact.pk) for artifact in base_models],
+        "base_models_built": built,
         "project": project.slug,
         "project_created": created,
         "round": result.round_number,

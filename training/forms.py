@@ -3,11 +3,14 @@ from django import forms
 from django.conf import settings
 
 from annotation.errors import InvalidInput
-from annotation.provenance import CHOICE_LABELS, DEFAULT_CHOICE, source_selection_parse
 from annotation.hooks import hook_names
-from training.model_sources import model_roots, shared_model_dirs
 from annotation.limits import json_loads_bounded, upload_lines
+from annotation.provenance import CHOICE_LABELS, DEFAULT_CHOICE, source_selection_parse
+from training import selectors
+from training.model_sources import model_roots, shared_model_dirs
 from training.models import ModelArtifact
+
+START_ROUND_SAMPLE = 8  # "Start next round" draws this many pool prompts by default (fewer when the pool is smaller)
 
 
 class SourceChoiceForm(forms.Form):
@@ -61,6 +64,7 @@ class RewardRunForm(SourceChoiceForm):
         self.fields["base_model_path"].help_text = (
             f"A Hugging Face model directory under the operator's model roots: {roots}." if roots
             else "None allowed: the operator has shared no model roots (RLHF_MODEL_ROOTS); choose a registered model.")
+        self.fields["base_artifact"].initial = selectors.base_model_default_for_reward(project=project)
 
     def clean_rounds(self) -> list[int] | None:
         raw = self.cleaned_data["rounds"].replace(" ", "")
@@ -93,7 +97,8 @@ class StartRoundForm(forms.Form):
     prompts_text = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 4}), label="New prompts",
                                    help_text="One prompt per line (or JSONL lines {\"prompt\"|\"messages\"}).")
     prompts_file = forms.FileField(required=False, label="…or a JSONL file of prompts")
-    sample = forms.IntegerField(required=False, min_value=1, max_value=10_000, label="…or sample N from the pool")
+    sample = forms.IntegerField(required=False, min_value=1, max_value=10_000, label="…or sample N from the pool",
+                                help_text="Used when no prompts are pasted or uploaded.")
     temperature = forms.FloatField(initial=1.0, min_value=0.01, max_value=10.0)
     top_p = forms.FloatField(initial=1.0, min_value=0.01, max_value=1.0)
     max_new_tokens = forms.IntegerField(initial=64, min_value=1, max_value=8192)
@@ -102,13 +107,21 @@ class StartRoundForm(forms.Form):
     def __init__(self, *args, project, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["policy"].queryset = ModelArtifact.objects.filter(
-            project=project, kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE]).order_by("-id")
+            project=project, kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE]).exclude(
+            kind=ModelArtifact.Kind.BASE, name__in=selectors.REWARD_BASE_NAMES).order_by("-id")
+        self.fields["policy"].initial = selectors.policy_default(project=project)
+        pool = project.pool_prompts.count()
+        self.fields["sample"].initial = min(pool, START_ROUND_SAMPLE) or None
 
     def clean(self) -> dict:
         data = super().clean()
-        given = [bool((data.get("prompts_text") or "").strip()), bool(data.get("prompts_file")), bool(data.get("sample"))]
-        if sum(given) != 1:
-            raise forms.ValidationError("Give exactly one prompt set: pasted prompts, a file, or N from the pool.")
+        pasted, uploaded = bool((data.get("prompts_text") or "").strip()), bool(data.get("prompts_file"))
+        if pasted and uploaded:
+            raise forms.ValidationError("Give pasted prompts or a file of prompts, not both.")
+        if pasted or uploaded:
+            data["sample"] = None  # the pre-filled pool sample gives way to the prompts given
+        elif not data.get("sample"):
+            raise forms.ValidationError("Give a prompt set: pasted prompts, a file, or N from the pool.")
         return data
 
     def prompt_lines(self) -> list[str | bytes] | None:
@@ -145,9 +158,14 @@ class PolicyRunForm(SourceChoiceForm):
     def __init__(self, *args, project, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         artifacts = ModelArtifact.objects.filter(project=project).order_by("-id")
-        self.fields["policy"].queryset = artifacts.filter(kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE])
+        policies = artifacts.filter(kind__in=[ModelArtifact.Kind.POLICY, ModelArtifact.Kind.BASE])
+        # a sequence classifier is no policy
+        self.fields["policy"].queryset = policies.exclude(kind=ModelArtifact.Kind.BASE,
+                                                          name__in=selectors.REWARD_BASE_NAMES)
         self.fields["reward_artifact"].queryset = artifacts.filter(kind=ModelArtifact.Kind.REWARD)
         self.fields["reward_fn"].choices = [("", "— none —")] + [(n, n) for n in hook_names(kind="reward_fn")]
+        self.fields["policy"].initial = selectors.policy_default(project=project)
+        self.fields["reward_artifact"].initial = self.fields["reward_artifact"].queryset.first()
 
     clean_rounds = RewardRunForm.clean_rounds
 
@@ -155,6 +173,8 @@ class PolicyRunForm(SourceChoiceForm):
         data = super().clean()
         if data.get("reward_fn") and isinstance(data.get("config"), dict):
             data["config"] = {**data["config"], "reward_fn": data["reward_fn"]}
+        if data.get("kind") in ("dpo", "sft"):  # the field is pre-filled for PPO/GRPO; these kinds take none
+            data["reward_artifact"] = None
         return data
 
     def clean_config(self) -> dict:

@@ -259,6 +259,7 @@ def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact 
                         "batch_size": 8, "eval_every": 10_000, "checkpoint_every": 10_000, "eval_fraction": 0.2,
                         "num_threads": loop.num_threads}), in_process=settings.in_process).artifact
             figures["rm_accuracy"] = (rm.run.summary.get("final_eval") or {}).get("accuracy")
+            figures["rm_eval_pairs"] = (rm.run.summary.get("final_eval") or {}).get("pairs")
             step(f"round {r}: reward model")
             trained = run_execute(run=_policy_run(project=project, settings=settings, loop=loop, policy=policy, rm=rm,
                                                   rnd=rnd), in_process=settings.in_process)

@@ -25,6 +25,7 @@ from annotation.provenance import AI_SOURCES
 from annotation.models import Membership
 from annotation.selectors import project_get_for_user, project_list_for_user, user_can_manage
 from training.disclosure import text_redact, value_redact
+from training.accuracy import accuracy_of_summary, accuracy_with_interval
 from training.ml.types import RankedGroup
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
 
@@ -49,6 +50,25 @@ def project_get_for_training(*, user, slug: str) -> Project:
 
 def user_can_launch(*, user, project: Project) -> bool:
     return user_can_manage(user=user, project=project)
+
+
+POLICY_BASE_NAMES = ("tiny-causal-lm", "tiny-policy-base")  # causal LMs the tiny builders register as BASE
+REWARD_BASE_NAMES = ("tiny-reward-model",)  # a sequence classifier: a reward model's base, never a policy's
+
+
+def base_model_default_for_reward(*, project: Project) -> ModelArtifact | None:
+    """What a reward-model run starts from by default: the newest base model that is not a tiny policy LM."""
+    bases = project.artifacts.filter(kind=ModelArtifact.Kind.BASE).order_by("-id")
+    return bases.exclude(name__in=POLICY_BASE_NAMES).first() or bases.first()
+
+
+def policy_default(*, project: Project) -> ModelArtifact | None:
+    """What a policy run or a new round starts from by default: the newest policy, else the newest causal base."""
+    newest_policy = project.artifacts.filter(kind=ModelArtifact.Kind.POLICY).order_by("-id").first()
+    if newest_policy is not None:
+        return newest_policy
+    bases = project.artifacts.filter(kind=ModelArtifact.Kind.BASE).exclude(name__in=REWARD_BASE_NAMES)
+    return bases.order_by("-id").first()
 
 
 def run_list_for_project(*, project: Project) -> QuerySet[TrainingRun]:
@@ -314,12 +334,15 @@ def lineage_as_json(*, lineage: list[dict]) -> list[dict]:
     def run_json(run, artifact=None, next_rounds=()):
         return {"id": run.pk, "kind": run.kind, "status": run.status, "overoptimised": run.overoptimised,
                 "flag_reason": run.flag_reason, "artifact": artifact.pk if artifact else None,
-                "next_rounds": list(next_rounds)}
+                "next_rounds": list(next_rounds), "held_out_accuracy": accuracy_of_summary(run.summary)}
 
     return [{
         "round": item["round"].number, "status": item["round"].status, "sampling_params": item["round"].sampling_params,
         "policy": item["report"].policy_id if item["report"] else None, "counts": item["counts"],
         "metrics": item["report"].metrics if item["report"] else {},
+        "rm_accuracy": accuracy_with_interval((item["report"].metrics or {}).get("rm_accuracy"),
+                                              (item["report"].metrics or {}).get("rm_eval_pairs"))
+        if item["report"] else None,
         "overoptimised": bool(item["report"] and item["report"].overoptimised),
         "flag_reason": item["report"].flag_reason if item["report"] else "",
         "generate_runs": [run_json(r) for r in item["generate_runs"]],

@@ -1,11 +1,26 @@
 """API shapes of runs and artifacts. Only kind/config/base_artifact/rounds are writable: the project comes
 from the URL and the launcher from the session (mass assignment of anything else is rejected)."""
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from annotation.errors import InvalidInput
 from annotation.provenance import CHOICES, DEFAULT_CHOICE, source_selection_parse
+from training.accuracy import accuracy_of_metrics, accuracy_of_summary
 
 from training.models import ModelArtifact, TrainingRun
+
+ACCURACY_HELP = ("Held-out pairwise accuracy with its 95% Wilson interval: {accuracy, pairs, ci_low, ci_high, "
+                 "too_small, warning}; null without a held-out set. too_small: fewer than 100 pairs or an interval "
+                 "wider than 0.2.")
+
+
+class HeldOutAccuracySerializer(serializers.Serializer):
+    accuracy = serializers.FloatField()
+    pairs = serializers.IntegerField(allow_null=True)
+    ci_low = serializers.FloatField(allow_null=True)
+    ci_high = serializers.FloatField(allow_null=True)
+    too_small = serializers.BooleanField()
+    warning = serializers.CharField()
 
 
 class RunCreateSerializer(serializers.Serializer):
@@ -65,12 +80,13 @@ class RunSerializer(serializers.ModelSerializer):
     launched_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     snapshot = SnapshotSerializer(read_only=True)
     artifact = serializers.SerializerMethodField()
+    held_out_accuracy = serializers.SerializerMethodField()
 
     class Meta:
         model = TrainingRun
         fields = ["id", "project", "kind", "status", "config", "snapshot", "base_artifact", "round", "launched_by", "attempts",
                   "max_attempts", "cancel_requested", "step", "total_steps", "summary", "error", "created_at",
-                  "started_at", "finished_at", "artifact", "overoptimised", "flag_reason"]
+                  "started_at", "finished_at", "artifact", "overoptimised", "flag_reason", "held_out_accuracy"]
         read_only_fields = fields
 
     def get_artifact(self, run) -> int | None:
@@ -86,6 +102,9 @@ class RunSerializer(serializers.ModelSerializer):
         shown = run_disclosed(run=run, user=self.context.get("user"))
         data.update({key: value for key, value in shown.items() if key in data})
         return data
+    @extend_schema_field(HeldOutAccuracySerializer(allow_null=True, help_text=ACCURACY_HELP))
+    def get_held_out_accuracy(self, run) -> dict | None:
+        return accuracy_of_summary(run.summary)
 
 
 class RunDetailSerializer(RunSerializer):
@@ -110,11 +129,12 @@ class RunDetailSerializer(RunSerializer):
 
 class ArtifactSerializer(serializers.ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    held_out_accuracy = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelArtifact
         fields = ["id", "project", "kind", "name", "path", "is_adapter", "base_model", "parent", "run", "snapshot",
-                  "rounds", "metrics", "size_bytes", "created_at"]
+                  "rounds", "metrics", "size_bytes", "created_at", "held_out_accuracy"]
         read_only_fields = fields
 
     def to_representation(self, artifact):
@@ -123,3 +143,6 @@ class ArtifactSerializer(serializers.ModelSerializer):
 
         return {**super().to_representation(artifact),
                 **artifact_disclosed(artifact=artifact, user=self.context.get("user"))}
+    @extend_schema_field(HeldOutAccuracySerializer(allow_null=True, help_text=ACCURACY_HELP))
+    def get_held_out_accuracy(self, artifact) -> dict | None:
+        return accuracy_of_metrics(artifact.metrics)

@@ -498,3 +498,24 @@ def _sample_texts(*, project: Project):
     from annotation.models import Sample
 
     return Sample.objects.filter(prompt__project=project).values_list("text", flat=True).iterator(chunk_size=2000)
+
+
+TINY_BASE_NAMES = ("tiny-reward-model", "tiny-causal-lm")
+
+
+def base_models_ensure_tiny(*, project: Project, user=None) -> tuple[list[ModelArtifact], bool]:
+    """The project's tiny base models, built (``base_models_build_tiny``) only when one is missing.
+
+    Returns (artifacts, built). Idempotent: a second call, or a concurrent one (the project row is locked
+    while building), finds them and builds nothing. ``NotAllowed`` unless ``user`` is a researcher or admin of
+    the project (``user=None``: the operator); ``InvalidInput`` (nothing written) for a project with no texts.
+    """
+    if user is not None and not _user_can_launch(user=user, project=project):
+        raise NotAllowed("Only researchers and admins of this project can build base models.")
+    with transaction.atomic():
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        existing = list(project.artifacts.filter(kind=ModelArtifact.Kind.BASE, name__in=TINY_BASE_NAMES)
+                        .order_by("id"))
+        if len(existing) == len(TINY_BASE_NAMES):
+            return existing, False
+        return base_models_build_tiny(project=project), True

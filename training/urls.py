@@ -5,6 +5,7 @@ from training import lineage_views, views
 app_name = "training"
 urlpatterns = [
     path("projects/<slug:slug>/runs/", views.project_runs, name="project_runs"),
+    path("projects/<slug:slug>/base-models/", views.base_models_build, name="base_models_build"),
     path("projects/<slug:slug>/lineage/", lineage_views.project_lineage, name="project_lineage"),
     path("projects/<slug:slug>/lineage/start-round/", lineage_views.start_round, name="start_round"),
     path("projects/<slug:slug>/lineage/policy-run/", lineage_views.policy_run, name="policy_run"),

@@ -17,7 +17,7 @@ from annotation.errors import InvalidInput, NotAllowed
 from training import selectors, services
 from training.forms import RewardRunForm
 from training.idempotency import idempotent_write, key_from_request
-from training.models import TrainingRun
+from training.models import ModelArtifact, TrainingRun
 
 HTMX_STOP_POLLING = 286
 CHART_KEYS = {  # metric series drawn on the run page, per kind
@@ -57,12 +57,35 @@ def project_runs(request: HttpRequest, slug: str) -> HttpResponse:
                                  else f"Run {run.pk} is queued.")
                 return redirect("training:run_detail", run_id=run.pk)
         status = 400
+    return _runs_page(request, project, form=form, can_launch=can_launch, status=status)
+
+
+def _runs_page(request: HttpRequest, project, *, form, can_launch: bool, status: int = 200,
+               build_error: str = "") -> HttpResponse:
     context = {
-        "project": project, "can_launch": can_launch, "form": form,
+        "project": project, "can_launch": can_launch, "form": form, "build_error": build_error,
         "runs": selectors.run_list_for_project(project=project)[:100],
         "artifacts": selectors.artifact_list_for_project(project=project)[:100],
+        "has_base_model": project.artifacts.filter(kind=ModelArtifact.Kind.BASE).exists(),
     }
     return render(request, "training/project_runs.html", context, status=status)
+
+
+@login_required
+@require_POST
+def base_models_build(request: HttpRequest, slug: str) -> HttpResponse:
+    """Build the project's tiny base models (offline, seconds); a second post builds nothing."""
+    project = selectors.project_get_for_member(user=request.user, slug=slug)
+    try:
+        artifacts, built = services.base_models_ensure_tiny(project=project, user=request.user)
+    except NotAllowed as error:
+        raise PermissionDenied(str(error)) from error
+    except InvalidInput as error:
+        return _runs_page(request, project, form=RewardRunForm(project=project), can_launch=True, status=400,
+                          build_error=error.message)
+    names = ", ".join(artifact.name for artifact in artifacts)
+    messages.success(request, f"Built the base models {names}." if built else f"The base models {names} exist already.")
+    return redirect("training:project_runs", slug=project.slug)
 
 
 @login_required

@@ -15,7 +15,7 @@ MODELS = ["project", "membership", "round", "prompt", "sample", "assignment", "r
 
 @pytest.fixture
 def demo(db):
-    summary = demo_seed()
+    summary = demo_seed(build_base_models=False)
     project = Project.objects.get(slug="demo")
     labeler = Membership.objects.get(project=project, user__username="labeler1").user
     assignment = assignment_next_for_labeler(project=project, labeler=labeler)
@@ -31,6 +31,10 @@ def test_seed_demo_is_idempotent(demo, capsys):
     call_command("seed_demo")
     out = capsys.readouterr().out
     assert "already there" in out and "labeler1 / demo-labeler-pw" in out
+    # the demo comes with its base models, built once: "Launch" works on a fresh demo
+    assert out.count("Base models: tiny-reward-model") == 2 and out.count("(built).") == 1
+    assert sorted(project.artifacts.filter(kind="base").values_list("name", flat=True)) == [
+        "tiny-causal-lm", "tiny-reward-model"]
     assert Prompt.objects.filter(project=project).count() == 21
     assert Ranking.objects.count() == 1 and Membership.objects.filter(project=project).count() == 3
     assert authenticate(username="admin", password="demo-admin-pw").is_superuser

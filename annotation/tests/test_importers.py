@@ -12,7 +12,7 @@ from annotation.errors import ImportRejected, NotAllowed
 from annotation.importers import ImportFileRejected, LineInvalid, hh_dialogue_split, import_samples_from_file
 from annotation.models import Membership, PairwiseComparison, Project, Prompt, Ranking, RankingEntry, Round, Sample
 
-HH_FILE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hh_rlhf_harmless_1k.jsonl"
+HH_FILE = Path(__file__).resolve().parents[2] / "data" / "hh_rlhf" / "hh_rlhf_harmless_1k.jsonl"
 
 
 def jsonl(*records) -> io.BytesIO:

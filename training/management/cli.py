@@ -1,4 +1,5 @@
-"""Shared by the run-launching commands: read a JSON config file, follow a run with a progress bar."""
+"""Shared by the run-launching commands: read a JSON config file, check that a worker will take the run,
+follow a run with a progress bar, or run it in this process."""
 import json
 import time
 from pathlib import Path
@@ -8,9 +9,34 @@ from tqdm import tqdm
 
 from annotation.errors import InvalidInput
 from annotation.provenance import CHOICES, DEFAULT_AI_WEIGHT, DEFAULT_CHOICE, SourceSelection, source_selection_parse
+from training.accuracy import accuracy_of_summary, accuracy_text
 from training.models import ModelArtifact, TrainingRun
+from training.workers import no_worker_message, workers_consuming
 
 WAIT_HELP = "seconds between progress checks with --wait"
+IN_PROCESS_HELP = "run the job in this process (no Celery worker needed) and wait for it; implies --wait"
+WORKER_CHECK_SECONDS = 2.0
+
+
+def worker_require(options: dict) -> None:
+    """Before queueing a run the command will wait for: refuse (writing nothing) when no worker would take it."""
+    if options.get("wait") and not options.get("in_process"):
+        if not workers_consuming(timeout=WORKER_CHECK_SECONDS):
+            raise CommandError(no_worker_message(timeout=WORKER_CHECK_SECONDS))
+
+
+def run_finish(run: TrainingRun, *, options: dict, stdout) -> None:
+    """--in-process: run it here; --wait: follow the worker's progress; neither: leave it queued."""
+    if options.get("in_process"):
+        from training.loop import LoopFailed, run_execute
+
+        try:
+            run = run_execute(run=run, in_process=True)
+        except LoopFailed as error:
+            raise CommandError(str(error)) from error
+        run_report(run, stdout=stdout)
+    elif options.get("wait"):
+        run_follow(run, poll=options["poll"], stdout=stdout)
 
 
 def add_source_arguments(parser) -> None:
@@ -58,7 +84,13 @@ def run_follow(run: TrainingRun, *, poll: float, stdout) -> None:
             time.sleep(poll)
     if run.status != TrainingRun.Status.SUCCEEDED:
         raise CommandError(f"run {run.pk} {run.status}: {run.error or 'no error recorded'}")
+    run_report(run, stdout=stdout)
+
+
+def run_report(run: TrainingRun, *, stdout) -> None:
     artifact = ModelArtifact.objects.filter(run=run).first()
-    accuracy = (run.summary.get("final_eval") or {}).get("accuracy")
+    info = accuracy_of_summary(run.summary)
     stdout.write(f"run {run.pk} succeeded: model {artifact.path if artifact else '?'}"
-                 + (f", held-out accuracy {accuracy:.3f}" if accuracy is not None else ""))
+                 + (f", held-out accuracy {accuracy_text(info)}" if info else ""))
+    if info and info["too_small"]:
+        stdout.write(f"warning: {info['warning']}")

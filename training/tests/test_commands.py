@@ -70,3 +70,60 @@ def test_build_tiny_models_registers_loadable_base_models(ranked, artifact_root)
     AutoModelForCausalLM.from_pretrained(artifact_dir(artifact=policy))
     tokenizer = AutoTokenizer.from_pretrained(artifact_dir(artifact=reward))
     assert tokenizer.pad_token is not None and len(tokenizer) <= 300
+
+
+# ------------------------------------------------------------------ --wait with no worker, --in-process
+
+
+def test_wait_with_no_worker_says_so_within_seconds_and_queues_nothing(ranked, model_dir, sent):
+    """The real broker is asked (no worker of this test run consumes the gpu queue)."""
+    import time
+
+    project = ranked[0]
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(model_dir))
+    commands = [("train_reward_model", "--project", "ranked", "--base", str(model_dir), "--wait"),
+                ("train_policy", "--project", "ranked", "--kind", "dpo", "--policy", str(policy.pk), "--wait")]
+    for command in commands:
+        started = time.monotonic()
+        with pytest.raises(CommandError) as error:
+            call_command(*command)
+        assert time.monotonic() - started < 10
+        message = str(error.value)
+        assert "No Celery worker is consuming the 'gpu' queue" in message
+        assert "celery -A webapp worker" in message and "--in-process" in message
+    assert not TrainingRun.objects.exists() and sent == []
+
+
+def test_the_worker_check_counts_only_workers_on_the_queue(monkeypatch):
+    from training import workers
+    from webapp.celery import app
+
+    class Inspect:
+        def active_queues(self):
+            return {"default@h": [{"name": "default"}], "gpu@h": [{"name": "gpu"}], "mute@h": None}
+
+    monkeypatch.setattr(app.control, "inspect", lambda timeout: Inspect())
+    assert workers.workers_consuming(queue="gpu") == ["gpu@h"]
+    assert workers.workers_consuming(queue="other") == []
+
+
+def test_wait_goes_ahead_when_a_worker_consumes_the_queue(ranked, model_dir, sent, monkeypatch):
+    from training.management import cli
+
+    monkeypatch.setattr(cli, "workers_consuming", lambda timeout: ["gpu@h"])
+    followed = []
+    monkeypatch.setattr(cli, "run_follow", lambda run, poll, stdout: followed.append(run.pk))
+    call_command("train_reward_model", "--project", "ranked", "--base", str(model_dir), "--wait")
+    assert followed == [TrainingRun.objects.get().pk]
+
+
+@pytest.mark.slow
+def test_in_process_trains_the_reward_model_here_without_a_worker(ranked, artifact_root, sent, tmp_path, capsys):
+    call_command("build_tiny_models", "--project", "ranked", "--hidden", "32", "--vocab-size", "300")
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"epochs": 1, "batch_size": 4, "max_length": 64, "num_threads": 1}))
+    call_command("train_reward_model", "--project", "ranked", "--config", str(config), "--in-process")
+    run = TrainingRun.objects.get()
+    assert run.status == TrainingRun.Status.SUCCEEDED
+    assert ModelArtifact.objects.filter(run=run, kind="reward").exists()
+    assert f"run {run.pk} succeeded" in capsys.readouterr().out

@@ -104,8 +104,11 @@ def broker(tmp_path, settings):
 def _point_celery_at(app, broker_url: str) -> None:
     """Make this process's producer send to another broker: drop the pooled connections (as Celery does
     after a fork) so the next send connects to the new URL. (Results are not read here.)"""
+    from kombu import pools
+
     if app._pool is not None:
         app._pool.force_close_all()
+    pools.reset()  # kombu keeps one pool per broker process-wide: drop the closed ones, or a later send fails
     app._after_fork()
     app.conf.broker_url = broker_url
 

@@ -139,3 +139,14 @@ def test_sigterm_requeues_and_cancel_keeps_a_checkpoint(e2e_project, start_worke
     saved = sorted(int(p.name.split("-")[1]) for p in checkpoints.iterdir() if p.name.startswith("step-"))
     assert saved and saved[-1] == run.step, (saved, run.log_tail)
     assert not ModelArtifact.objects.filter(run=run).exists()
+
+
+def test_the_worker_check_sees_a_real_worker_on_the_gpu_queue(worker_env, start_worker):
+    from training.workers import workers_consuming
+
+    assert workers_consuming(timeout=1.0) == []
+    start_worker()
+    deadline = time.monotonic() + 60
+    while not (names := workers_consuming(timeout=1.0)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(names) == 1 and names[0].startswith("e2e-")

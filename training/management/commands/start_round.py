@@ -1,8 +1,9 @@
 """python manage.py start_round --project SLUG --policy ARTIFACT_ID [--prompts FILE | --sample N] [--k K]
-[--temperature T] [--top-p P] [--max-new-tokens M] [--seed S] [--wait]
+[--temperature T] [--top-p P] [--max-new-tokens M] [--seed S] [--wait | --in-process]
 
 The same service as the browser's "Start next round" (``training.rounds.round_start``): a new round in
 status GENERATING and a generation run on the gpu queue, which writes the samples and opens the round.
+--wait generates here, in a child process, as a worker would (no worker needed); --in-process in this process.
 --prompts takes JSONL ({"prompt": ...} or {"messages": [...]} per line); --sample draws N from the pool.
 """
 from pathlib import Path
@@ -32,6 +33,8 @@ class Command(BaseCommand):
         parser.add_argument("--max-new-tokens", type=int)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--wait", action="store_true", help="generate now (like the worker) and wait")
+        parser.add_argument("--in-process", action="store_true",
+                            help="generate in this process rather than a child process; implies --wait")
 
     def handle(self, *args, **o) -> None:
         project = Project.objects.filter(slug=o["project"]).first()
@@ -54,9 +57,9 @@ class Command(BaseCommand):
         except InvalidInput as error:
             raise CommandError(str(error)) from error
         self.stdout.write(f"round {run.round.number}: {len(prompts)} prompts; generation run {run.pk} queued")
-        if o["wait"]:
+        if o["wait"] or o["in_process"]:
             try:
-                run = run_execute(run=run)
+                run = run_execute(run=run, in_process=o["in_process"])
             except LoopFailed as error:
                 raise CommandError(str(error)) from error
             self.stdout.write(f"round {run.round.number} open: {run.summary.get('samples')} samples "

@@ -1,16 +1,19 @@
 """python manage.py train_policy --project SLUG --kind sft|dpo|ppo|grpo --policy ARTIFACT_ID
-                                 [--reward ARTIFACT_ID] [--config FILE.json] [--rounds 1,2] [--wait]
+                                 [--reward ARTIFACT_ID] [--config FILE.json] [--rounds 1,2] [--wait | --in-process]
 
 Launches the same policy run as the lineage page's "Train a policy" form and the API
 (``training.services.run_create``): SFT on demonstrations (or the top-ranked responses of --rounds), DPO on
 the project's pairs, PPO or GRPO against a registered reward model. With --wait it follows the run with a
-progress bar and exits non-zero unless the run succeeds.
+progress bar and exits non-zero unless the run succeeds; when no Celery worker consumes the gpu queue it
+says so within seconds (queueing nothing). --in-process runs the job in this process instead.
 """
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation.errors import InvalidInput
 from annotation.models import Project
-from training.management.cli import WAIT_HELP, add_source_arguments, read_config, run_follow, source_selection_from
+from training.management.cli import (
+    IN_PROCESS_HELP, WAIT_HELP, add_source_arguments, read_config, run_finish, source_selection_from, worker_require,
+)
 from training.models import ModelArtifact, TrainingRun
 from training.services import run_create
 
@@ -29,6 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("--rounds", help="comma-separated round numbers to train on (default: all)")
         add_source_arguments(parser)
         parser.add_argument("--wait", action="store_true", help="follow the run and fail unless it succeeds")
+        parser.add_argument("--in-process", action="store_true", help=IN_PROCESS_HELP)
         parser.add_argument("--poll", type=float, default=1.0, help=WAIT_HELP)
 
     def handle(self, *args, **options) -> None:
@@ -38,6 +42,7 @@ class Command(BaseCommand):
         policy = _artifact(project, options["policy"], "--policy")
         reward = _artifact(project, options["reward"], "--reward")
         rounds = [int(r) for r in options["rounds"].split(",")] if options["rounds"] else None
+        worker_require(options)
         try:
             run = run_create(project=project, kind=options["kind"], config=read_config(options["config"]),
                              base_artifact=policy, reward_artifact=reward, rounds=rounds,
@@ -47,8 +52,7 @@ class Command(BaseCommand):
         data = (f"snapshot {run.snapshot_id}: {run.snapshot.num_pairs} pairs, sources "
                 f"{', '.join(run.snapshot.filters.get('included_sources') or [])}" if run.snapshot else "prompt pool")
         self.stdout.write(f"{run.kind} run {run.pk} queued ({data})")
-        if options["wait"]:
-            run_follow(run, poll=options["poll"], stdout=self.stdout)
+        run_finish(run, options=options, stdout=self.stdout)
 
 
 def _artifact(project: Project, artifact_id: int | None, flag: str) -> ModelArtifact | None:

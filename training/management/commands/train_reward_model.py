@@ -1,7 +1,8 @@
-"""python manage.py train_reward_model --project SLUG [--base MODEL_DIR] [--config FILE.json] [--wait]
+"""python manage.py train_reward_model --project SLUG [--base MODEL_DIR] [--config FILE.json] [--wait | --in-process]
 
 Launches the same run as the browser button (``training.services.run_create``). With --wait it follows
-the run with a progress bar and exits non-zero unless the run succeeds.
+the run with a progress bar and exits non-zero unless the run succeeds; when no Celery worker consumes the gpu queue it
+says so within seconds (queueing nothing). --in-process runs the job in this process instead.
 """
 from pathlib import Path
 
@@ -9,8 +10,11 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.errors import InvalidInput
 from annotation.models import Project
-from training.management.cli import WAIT_HELP, add_source_arguments, read_config, run_follow, source_selection_from
-from training.models import ModelArtifact, TrainingRun
+from training.management.cli import (
+    IN_PROCESS_HELP, WAIT_HELP, add_source_arguments, read_config, run_finish, source_selection_from, worker_require,
+)
+from training.models import TrainingRun
+from training.selectors import base_model_default_for_reward
 from training.services import run_create
 
 
@@ -24,6 +28,7 @@ class Command(BaseCommand):
         parser.add_argument("--rounds", help="comma-separated round numbers (default: all)")
         add_source_arguments(parser)
         parser.add_argument("--wait", action="store_true", help="follow the run and fail unless it succeeds")
+        parser.add_argument("--in-process", action="store_true", help=IN_PROCESS_HELP)
         parser.add_argument("--poll", type=float, default=1.0, help=WAIT_HELP)
 
     def handle(self, *args, **options) -> None:
@@ -35,11 +40,11 @@ class Command(BaseCommand):
         if options["base"]:
             config["base_model"] = str(Path(options["base"]).expanduser().resolve())
         elif "base_model" not in config:
-            base_artifact = project.artifacts.filter(kind=ModelArtifact.Kind.BASE).exclude(
-                name="tiny-causal-lm").order_by("-id").first()
+            base_artifact = base_model_default_for_reward(project=project)
             if base_artifact is None:
                 raise CommandError("No --base given and the project has no base model: run build_tiny_models.")
         rounds = [int(r) for r in options["rounds"].split(",")] if options["rounds"] else None
+        worker_require(options)
         try:
             run = run_create(project=project, kind=TrainingRun.Kind.REWARD, config=config,
                              base_artifact=base_artifact, rounds=rounds, sources=source_selection_from(options))
@@ -48,8 +53,7 @@ class Command(BaseCommand):
         snap = run.snapshot
         self.stdout.write(f"run {run.pk} queued: {snap.num_rankings} rankings, {snap.num_pairs} pairs, "
                           f"{snap.num_prompts} prompts (snapshot {snap.pk}; sources {_label(snap.filters)})")
-        if options["wait"]:
-            run_follow(run, poll=options["poll"], stdout=self.stdout)
+        run_finish(run, options=options, stdout=self.stdout)
 
 
 def _label(filters: dict) -> str:

@@ -20,19 +20,39 @@
     return [steps, valuesAt(train), valuesAt(evalSeries)];
   }
 
+  // Steps are whole numbers: ticks only at integer increments, never "2.5".
+  var STEP_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 1000000];
+
+  // The legend shows the values under the cursor; with no cursor (or a gap in a series) it shows the
+  // latest value at or before that step instead of uPlot's "--".
+  function latest(u, seriesIdx, idx) {
+    var column = u.data[seriesIdx];
+    var i = idx == null ? column.length - 1 : idx;
+    while (i >= 0 && column[i] == null) { i--; }
+    return i >= 0 ? column[i] : null;
+  }
+  function stepValue(u, v, seriesIdx, idx) { var s = latest(u, 0, idx); return s == null ? "none yet" : s; }
+  function metricValue(u, v, seriesIdx, idx) {
+    var value = latest(u, seriesIdx, idx);
+    return value == null ? "none yet" : Number(value).toPrecision(4).replace(/\.?0+$/, "");
+  }
+
   function draw(container, key, data) {
     var width = Math.max(container.clientWidth, 300);
     if (!charts[key]) {
       charts[key] = new uPlot({
         width: width, height: 220,
         scales: { x: { time: false } },
-        axes: [{ label: "step" }, {}],
+        axes: [{ label: "step", incrs: STEP_INCRS,
+                 values: function (u, splits) { return splits.map(function (v) { return Number.isInteger(v) ? String(v) : ""; }); } },
+               {}],
         series: [
-          {},
-          { label: "train " + key, stroke: COLORS.train, width: 1.5, spanGaps: true },
-          { label: "held-out " + key, stroke: COLORS.eval, width: 2, spanGaps: true, points: { show: true } },
+          { label: "step", value: stepValue },
+          { label: "train " + key, stroke: COLORS.train, width: 1.5, spanGaps: true, value: metricValue },
+          { label: "held-out " + key, stroke: COLORS.eval, width: 2, spanGaps: true, points: { show: true }, value: metricValue },
         ],
       }, data, container);
+      container._uplot = charts[key];  // for the browser tests: axis ticks and legend are read from it
     } else {
       charts[key].setData(data);
     }
