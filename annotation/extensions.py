@@ -21,6 +21,7 @@ class ModelServices:
     round_select: Callable  # (round_, strategy, artifact_id, seed, user) → SelectionRecord
     ai_labeler_create: Callable  # (project, name, kind, spec, tie_threshold) → AILabeler
     ai_labeler_run: Callable  # (labeler, max_prompts, scorer) → {"labeler", "rankings", "pairs", ...}
+    reward_models: Callable = lambda *, project: []  # (project) → the project's reward models, newest first
 
 
 _registered: list[ModelServices] = []
@@ -29,6 +30,11 @@ _registered: list[ModelServices] = []
 def model_services_register(services: ModelServices) -> None:
     """Called once per process by the app that provides them (a second call replaces the first)."""
     _registered[:] = [services]
+
+
+def model_services_or_none() -> ModelServices | None:
+    """The registered services, or None when no app above annotation provides them (pages then offer less)."""
+    return _registered[0] if _registered else None
 
 
 def model_services() -> ModelServices:

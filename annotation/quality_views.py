@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from annotation import selectors
 from annotation.hooks import hook_names
 from annotation.errors import InvalidInput
-from annotation.extensions import model_services
+from annotation.extensions import model_services, model_services_or_none
 from annotation.limits import upload_lines
 from annotation.models import Prompt, Ranking, Round
 from annotation.quality_models import AILabeler, SelectionRecord
@@ -92,10 +92,9 @@ def _render_page(request: HttpRequest, project, status: int = 200) -> HttpRespon
 
 
 def _reward_artifacts(project):
-    """The project's reward models, newest first, for the uncertainty strategy's select."""
-    from training.models import ModelArtifact  # the selection feature uses trained models (see annotation/active.py)
-
-    return ModelArtifact.objects.filter(project=project, kind=ModelArtifact.Kind.REWARD).order_by("-id")
+    """The project's reward models, newest first, for the uncertainty strategy's select (from the lab app)."""
+    services = model_services_or_none()
+    return services.reward_models(project=project) if services else []
 
 
 def _rejected(request: HttpRequest, project, prefix: str, exc: InvalidInput) -> HttpResponse:

@@ -224,3 +224,10 @@ def ai_labeler_idle_reason(*, labeler: AILabeler) -> str:
         return f"it has already ranked all {total} (non-gold) prompts of the open rounds"
     return (f"it has ranked {ranked} of the {total} open prompts; the rest have fewer than two responses "
             "or are leased to it in another run")
+
+
+def reward_models_of_project(*, project):
+    """The project's reward models, newest first (the uncertainty strategy and reward-model AI labelers)."""
+    from training.models import ModelArtifact
+
+    return list(ModelArtifact.objects.filter(project=project, kind=ModelArtifact.Kind.REWARD).order_by("-id"))

@@ -11,7 +11,7 @@ class LabConfig(AppConfig):
     def ready(self) -> None:
         from annotation.extensions import ModelServices, model_services_register
         from lab.active import round_select
-        from lab.ai_labelers import ai_labeler_create, ai_labeler_run
+        from lab.ai_labelers import ai_labeler_create, ai_labeler_run, reward_models_of_project
 
         model_services_register(ModelServices(round_select=round_select, ai_labeler_create=ai_labeler_create,
-                                              ai_labeler_run=ai_labeler_run))
+                                              ai_labeler_run=ai_labeler_run, reward_models=reward_models_of_project))
