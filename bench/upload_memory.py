@@ -94,7 +94,7 @@ def main() -> None:
 
 
 def _written_models():
-    from annotation.arena_models import Arena
+    from lab.models import Arena
     from annotation.quality_models import GoldRanking
     from training.models import Demonstration, PoolPrompt, TrainingRun
 

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from annotation.demo import demo_seed
+from lab.demo import demo_seed
 from annotation.models import Membership, Project
 from annotation.services import ranking_record
 from training.loop import run_execute

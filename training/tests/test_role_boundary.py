@@ -107,8 +107,8 @@ def test_admins_see_server_paths_and_tracebacks(world):
 
 
 def test_arena_generation_errors_hide_server_paths_from_researchers(world, make_user):
-    from annotation.arena import arena_create
-    from annotation.arena_models import Arena
+    from lab.arena import arena_create
+    from lab.models import Arena
 
     project = world["project"]
     policies = [ModelArtifact.objects.create(project=project, kind=ModelArtifact.Kind.POLICY, name=f"p{i}",

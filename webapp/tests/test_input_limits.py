@@ -10,7 +10,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client, RequestFactory
 
-from annotation.arena_models import Arena
+from lab.models import Arena
 from annotation.models import Assignment, Ranking, Round
 from annotation.quality_models import GoldRanking
 from annotation.services import assignment_next_for_labeler
