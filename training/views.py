@@ -75,7 +75,7 @@ def _runs_page(request: HttpRequest, project, *, form, can_launch: bool, status:
 @require_POST
 def base_models_build(request: HttpRequest, slug: str) -> HttpResponse:
     """Build the project's tiny base models (offline, seconds); a second post builds nothing."""
-    project = selectors.project_get_for_member(user=request.user, slug=slug)
+    project = selectors.project_get_for_training(user=request.user, slug=slug)
     try:
         artifacts, built = services.base_models_ensure_tiny(project=project, user=request.user)
     except NotAllowed as error:

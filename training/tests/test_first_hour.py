@@ -87,9 +87,9 @@ def test_the_forms_default_to_the_newest_base_model_and_policy(people, model_dir
     assert selected(lineage, "reward_artifact") == str(reward.pk)
 
 
-def test_pasted_prompts_win_over_the_prefilled_pool_sample(people, model_dir, sent):
+def test_pasted_prompts_win_over_the_prefilled_pool_sample(people, stored_model, sent):
     project, researcher, _, _ = people
-    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(model_dir))
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(stored_model))
     url = reverse("training:start_round", args=[project.slug])
     form = {"policy": policy.pk, "sample": 8, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 0}
     response = researcher.post(url, {**form, "prompts_text": "One prompt\nAnother prompt"})

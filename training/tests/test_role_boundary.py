@@ -21,7 +21,7 @@ TRACEBACK = (
 
 
 @pytest.fixture
-def world(ranked, make_user, model_dir, artifact_root):
+def world(ranked, make_user, stored_model, artifact_root):
     project, researcher, labeler = ranked
     admin = make_user("root", is_superuser=True, is_staff=True)
     run = TrainingRun.objects.create(
@@ -29,8 +29,8 @@ def world(ranked, make_user, model_dir, artifact_root):
         config={"base_model": "/srv/models/secret-base", "epochs": 1},
         log_tail='12:00:00 failed: File "/srv/rlhf/training/jobs.py", line 9\n',
     )
-    (model_dir / "model.safetensors").write_bytes(b"\0" * 10)
-    artifact = services.artifact_register(project=project, kind=ModelArtifact.Kind.REWARD, name="rm", path=model_dir,
+    (stored_model / "model.safetensors").write_bytes(b"\0" * 10)
+    artifact = services.artifact_register(project=project, kind=ModelArtifact.Kind.REWARD, name="rm", path=stored_model,
                                           run=run, base_model="/srv/models/secret-base")
 
     def login(user):

@@ -33,7 +33,7 @@ def two_projects(make_user, make_project, artifact_root, tmp_path, settings):
     project_b = make_project(slug="b", researchers=[bob])
     a_policy_dir = _model(artifact_root / "runs" / "1" / "policy")
     a_policy = ModelArtifact.objects.create(project=project_a, kind="policy", name="a", path="runs/1/policy")
-    shared = _model(tmp_path / "shared" / "base")
+    shared = _model(tmp_path / "operator-models" / "base")
     settings.RLHF_MODEL_ROOTS = [str(tmp_path)]
     api, browser = APIClient(), Client()
     api.force_authenticate(bob)
@@ -93,8 +93,8 @@ def test_missing_and_forbidden_paths_get_the_same_answer(two_projects, tmp_path)
 def test_a_directory_under_the_operator_roots_is_accepted_resolved(two_projects, ranked, sent):
     t = two_projects
     project, researcher, _ = ranked
-    os.symlink(t["shared"], t["root"] / "shared" / "alias")  # a symlink inside a root, to a model inside it
-    alias = str(t["root"] / "shared" / "alias")
+    os.symlink(t["shared"], t["root"] / "operator-models" / "alias")  # a symlink inside a root, to a model inside it
+    alias = str(t["root"] / "operator-models" / "alias")
     run = services.run_create(project=project, kind="reward", config={"base_model": alias}, user=researcher)
     assert run.config["base_model"] == str(t["shared"])
 

@@ -80,6 +80,7 @@ ROUTE_ROLES: dict[str, tuple[str | None, str | None]] = {
     "/api/artifacts/<int:artifact_id>/": (RESEARCHER, None),
     "/api/artifacts/<int:artifact_id>/download/": (RESEARCHER, None),
     "/training/projects/<slug:slug>/runs/": (RESEARCHER, RESEARCHER),
+    "/training/projects/<slug:slug>/base-models/": (None, RESEARCHER),
     "/training/projects/<slug:slug>/lineage/": (RESEARCHER, None),
     "/training/projects/<slug:slug>/lineage/start-round/": (None, RESEARCHER),
     "/training/projects/<slug:slug>/lineage/policy-run/": (None, RESEARCHER),
