@@ -122,12 +122,14 @@ def rm_mean_score(rm_dir, rnd: Round) -> float:
     return float(reward_model_scores(model, AutoTokenizer.from_pretrained(rm_dir), prompts, rollout).mean())
 
 
-def round_measure(*, rnd: Round, utility, round0, rm_artifact: ModelArtifact | None, previous: Round | None) -> dict:
-    """Utility, KL to round 0 and health of the round's samples; the RM's mean score on it and the previous round."""
+def round_measure(*, rnd: Round, utility, round0, rm_artifact: ModelArtifact | None, previous: Round | None,
+                  policy=None) -> dict:
+    """Utility, KL to round 0 and health of the round's samples; the RM's mean score on it and the previous round.
+    ``policy``: the (model, tokenizer) that generated the round (None: round 0's own policy)."""
     from training.ml.loop import round_metrics
 
     prompts, samples = _round_samples(rnd)
-    metrics = round_metrics(prompts, samples, utility=utility, round0=round0)
+    metrics = round_metrics(prompts, samples, utility=utility, round0=round0, policy=policy or round0)
     metrics.pop("eos_rate")
     if rm_artifact is not None and previous is not None:
         rm_dir = artifact_dir(artifact=rm_artifact)
@@ -234,8 +236,7 @@ def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact 
     started = time.perf_counter()
     policy = policy or policy_bootstrap(project=project, loop=loop, in_process=settings.in_process, log=log)
     round0_policy = policy
-    round0 = load_policy(artifact_dir(artifact=policy)) if not policy.is_adapter else \
-        load_policy(policy.base_model, artifact_dir(artifact=policy))
+    round0 = policy_load(policy)
     history, labelled, rm, previous, carried = [], [], None, None, {}
     for r in range(settings.rounds + 1):
         prompts = pool_prompts_sample(project=project, n=loop.prompts_per_round, seed=loop.seed * 1000 + r)
@@ -246,7 +247,8 @@ def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact 
         step(f"round {r}: generated")
         rnd = gen.round
         figures = {"round": r, "round_number": rnd.number,
-                   **round_measure(rnd=rnd, utility=utility, round0=round0, rm_artifact=rm, previous=previous),
+                   **round_measure(rnd=rnd, utility=utility, round0=round0, rm_artifact=rm, previous=previous,
+                                   policy=None if policy.pk == round0_policy.pk else policy_load(policy)),
                    **carried}
         if carried:  # the over-optimisation monitor's figures, as training.ml.loop prints them
             figures["utility_change"] = figures["utility_mean"] - history[-1]["utility_mean"]
@@ -276,6 +278,15 @@ def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact 
         log(format_round_line(figures))
         previous = rnd
     return history
+
+
+def policy_load(artifact: ModelArtifact):
+    """(model, tokenizer) of a policy artifact (a LoRA adapter merged into its base)."""
+    from training.ml.generation import load_policy
+
+    if artifact.is_adapter:
+        return load_policy(artifact.base_model, artifact_dir(artifact=artifact))
+    return load_policy(artifact_dir(artifact=artifact))
 
 
 def format_round_line(m: dict) -> str:

@@ -256,24 +256,28 @@ def over_optimisation_flag(*, rm_score_change: float, utility_change: float, uti
 
 
 def round_metrics(prompts: list[list[dict]], samples: list[list[GeneratedSample]], *, utility: Utility,
-                  round0, policy=None) -> dict[str, float]:
+                  round0, policy) -> dict[str, float]:
     """Utility (mean, standard error), KL to round 0, and health of one round's samples.
 
-    ``round0`` and ``policy`` are (model, tokenizer) pairs; KL(π_r ‖ π_0) is estimated on the round's own
-    samples (drawn from π_r at temperature 1) as the mean of log π_r(y|x) − log π_0(y|x).
+    ``round0`` and ``policy`` (the policy that drew the samples) are (model, tokenizer) pairs. KL(π_r ‖ π_0)
+    is ``generation.token_kl`` on the sampled tokens (exact per-token KL summed over each response, so ≥ 0,
+    and 0 for round 0 itself), averaged over the round's samples, with its standard error.
     """
+    from training.ml.generation import sample_token_ids, token_kl
+
+    if policy is None:
+        raise TypeError("round_metrics needs the policy that drew the samples (pass round0 for round 0)")
     flat_prompts = [m for m, group in zip(prompts, samples) for _ in group]
     flat = [s for group in samples for s in group]
     texts = [s.text for s in flat]
     utilities = [utility(m, t) for m, t in zip(flat_prompts, texts)]
     model0, tokenizer0 = round0
-    from training.ml.generation import sequence_logprobs
-
-    logp0 = sequence_logprobs(model0, tokenizer0, flat_prompts, texts).tolist()
+    kl = token_kl(policy[0], model0, tokenizer0, flat_prompts, [sample_token_ids(tokenizer0, s) for s in flat]).tolist()
     return {
         "utility_mean": statistics.fmean(utilities),
         "utility_se": _stderr(utilities),
-        "kl_to_round0": statistics.fmean(s.logprob - l0 for s, l0 in zip(flat, logp0)),
+        "kl_to_round0": statistics.fmean(kl),
+        "kl_to_round0_se": _stderr(kl),
         "eos_rate": statistics.fmean(s.ended_with_eos for s in flat),
         "distinct_rate": len(set(zip(map(str, flat_prompts), texts))) / len(flat),
         "nll_round0": mean_token_nll(model0, tokenizer0, flat_prompts, texts),
@@ -334,7 +338,7 @@ def run_loop(config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool
         policy = round0 if r == 0 else load_policy(policy_dir)
         samples = round_generate(policy_dir, prompts, config=config, round_index=r, model=policy[0],
                                  tokenizer=policy[1])
-        metrics = {"round": r, **round_metrics(prompts, samples, utility=utility, round0=round0), **carried}
+        metrics = {"round": r, **round_metrics(prompts, samples, utility=utility, round0=round0, policy=policy), **carried}
         if "rm_score_change" in carried:
             previous = history[-1]
             metrics["utility_change"] = metrics["utility_mean"] - previous["utility_mean"]
