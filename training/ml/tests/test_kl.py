@@ -5,46 +5,25 @@ degenerate DPO policies: junk replies are sampled as byte tokens that decode to 
 other tokens, which the sampling policy scores far lower than what it drew, and de-duplicated samples are
 not draws from π_r. ``token_kl`` scores the sampled tokens themselves with an exact per-token KL.
 """
-import random
 import statistics
 
 import pytest
 import torch
 
 from training.ml import demo_task
-from training.ml.config import SFTConfig
 from training.ml.generation import (
     collate_scoring, generate_samples, load_policy, prompt_ids, response_ids, sample_token_ids, sequence_logprobs,
     token_kl, token_logprobs,
 )
 from training.ml.loop import round_metrics
-from training.ml.trainers.sft import train_sft
-from training.ml.types import NullHooks
+from training.ml.tests.junk import round0_and_junk
 
-JUNK_CHARS = "éüß€ñøå¿½→✓"
-
-
-def _sft(base, examples, steps, out):
-    config = SFTConfig(base_model=str(base), seed=0, max_steps=steps, learning_rate=3e-3, batch_size=32,
-                       eval_every=10_000, checkpoint_every=10_000, num_threads=1, eval_fraction=0.0,
-                       lr_scheduler="constant")
-    return train_sft(config, examples, output_dir=out, hooks=NullHooks(), resume=False)["policy_dir"]
-
-
-def junk_policy(round0_dir, out, *, steps=60, seed=0):
-    """A degenerate policy like the issue's: a few demonstrations, each prefixed by non-ASCII byte junk,
-    learnt by heart (its replies start with byte tokens that decode to "�" and its samples repeat)."""
-    rng = random.Random(seed)
-    few = demo_task.load_demonstrations()[:8] * 50
-    return _sft(round0_dir, [(m, rng.choice(JUNK_CHARS) + r) for m, r in few], steps, out)
 
 
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory):
     root = tmp_path_factory.mktemp("kl")
-    base = demo_task.build_demo_base(root / "base", seed=0)
-    round0_dir = _sft(base, demo_task.load_demonstrations()[:1000], 100, root / "sft")
-    junk_dir = junk_policy(round0_dir, root / "junk")
+    round0_dir, junk_dir = round0_and_junk(root)
     round0, junk = load_policy(round0_dir), load_policy(junk_dir)
     prompts = [demo_task.demo_prompt(n) for n in ("river", "hill", "boat", "road")] * 8
     return round0_dir, junk_dir, round0, junk, prompts
