@@ -28,12 +28,16 @@ SAMPLING_KEYS = ("k", "temperature", "top_p", "max_new_tokens", "seed", "batch_s
 
 def round_start(
     *, project: Project, policy_artifact: ModelArtifact, prompts: list, sampling: dict | None = None, user=None,
+    health_override: str = "",
 ) -> TrainingRun:
     """Create round N+1 (GENERATING) with ``prompts`` and queue the generation run that fills and opens it.
 
     ``prompts``: a list of message lists (or plain strings, one user turn each). ``sampling``: k (must be the
     project's K), temperature, top_p, max_new_tokens, seed, batch_size. Nothing is written on bad input.
+    A policy that failed the health gate is refused unless it was overridden, or ``health_override`` gives
+    the reason now (recorded on the artifact with ``user``, who must be a researcher of the project).
     """
+    from training.health import artifact_health_override, health_refusal
     from training.services import run_create
 
     if user is not None and not user_can_manage(user=user, project=project):
@@ -51,7 +55,12 @@ def round_start(
         raise InvalidInput(f"k must be the project's K ({project.k}): labelers rank K responses per prompt.",
                            location="sampling.k")
     messages = prompts_validate(prompts)
+    refusal = health_refusal(policy_artifact)
+    if refusal and not health_override:
+        raise InvalidInput(refusal, location="policy")
     with transaction.atomic():
+        if refusal:
+            policy_artifact = artifact_health_override(artifact=policy_artifact, user=user, reason=health_override)
         Project.objects.select_for_update().get(pk=project.pk)  # one new round number at a time
         _check_none_generating(project=project)
         number = (project.rounds.aggregate(n=Max("number"))["n"] or 0) + 1

@@ -370,8 +370,10 @@ def artifact_register(
     base_model: str = "",
     rounds: list[int] | None = None,
     metrics: dict | None = None,
+    health: dict | None = None,
 ) -> ModelArtifact:
-    """Record a save_pretrained directory with its lineage. Idempotent per run (a retried finish re-uses it)."""
+    """Record a save_pretrained directory with its lineage. Idempotent per run (a retried finish re-uses it).
+    ``health``: the health gate's result for a policy (``training.health``); its verdict is ``healthy``."""
     path = Path(path)
     if not path.is_dir() or not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         raise InvalidInput(f"{path} is not a save_pretrained directory (no config.json).", location="path")
@@ -388,6 +390,7 @@ def artifact_register(
             project=project, kind=kind, name=name[:200], path=stored, is_adapter=is_adapter,
             base_model=base_model[:500], parent=parent, run=run, snapshot=snapshot,
             rounds=list(rounds or []), metrics=json_safe(metrics or {}), size_bytes=size,
+            healthy=(health or {}).get("healthy"), health=json_safe(health or {}),
         )
 
 

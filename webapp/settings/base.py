@@ -185,6 +185,9 @@ CELERY_BEAT_SCHEDULE = {
 ARTIFACT_ROOT = Path(os.environ.get("RLHF_ARTIFACT_ROOT", VAR_DIR / "artifacts"))
 RUN_HEARTBEAT_STALE_SECONDS = int(os.environ.get("RLHF_RUN_HEARTBEAT_STALE_SECONDS", "300"))
 RUN_MAX_ATTEMPTS = int(os.environ.get("RLHF_RUN_MAX_ATTEMPTS", "3"))
+# Task checks a project's health gate may name (training.health.task_checks_resolve): name -> "module:function",
+# each ``check(prompt_messages, reply) -> bool``.
+HEALTH_TASK_CHECKS = {"demo_grammar": "training.ml.demo_task:demo_grammar_check"}
 
 # Annotation limits (untrusted input is bounded).
 ANNOTATION_LEASE_MINUTES = int(os.environ.get("RLHF_LEASE_MINUTES", "30"))
