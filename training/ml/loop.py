@@ -383,6 +383,10 @@ def _gate(policy_dir: str, *, round0, reference, prompts, config: LoopConfig, ro
                          reference=reference, round0_nll=round0_nll)
 
 
+def _gate_figures(health: dict) -> dict:
+    return {k: health[k] for k in ("healthy", "eos_rate", "distinct_rate", "nll_rise", "kl_to_round0", "examples")}
+
+
 def round_train_gated(policy_dir: str, prompts, groups, *, policy, round0, held_out, rm_dir, workdir: Path, r: int,
                       config: LoopConfig, ptx_texts, round0_nll, log) -> tuple[str, dict, dict]:
     """Train policy r+1 and put it through the health gate; on failure retry once with ``safer_config``; if
@@ -393,6 +397,7 @@ def round_train_gated(policy_dir: str, prompts, groups, *, policy, round0, held_
         return summary["policy_dir"], carried, {}
     gate = dict(round0=round0, reference=policy, prompts=held_out, config=config, round0_nll=round0_nll)
     health = _gate(summary["policy_dir"], **gate)
+    checks = [_gate_figures(health)]
     outcome = "passed"
     if not health["healthy"]:
         log(f"  round {r}: the {config.optimizer} policy failed the health gate ({'; '.join(health['reasons'])}); "
@@ -400,9 +405,10 @@ def round_train_gated(policy_dir: str, prompts, groups, *, policy, round0, held_
         summary, carried = round_train_policy(policy_dir, prompts, groups, reward_model_dir=rm_dir, workdir=workdir,
                                               r=f"{r}-retry", config=safer_config(config), ptx_texts=ptx_texts)
         first_reasons, health = health["reasons"], _gate(summary["policy_dir"], **gate)
+        checks.append(_gate_figures(health))
         outcome = f"failed ({'; '.join(first_reasons)}), retried with {SAFER_RULE}: " + \
             ("passed" if health["healthy"] else f"failed again ({'; '.join(health['reasons'])})")
-    carried = {**carried, "gate": outcome}
+    carried = {**carried, "gate": outcome, "gate_checks": checks}
     if not health["healthy"]:
         log(f"  round {r}: the retry failed the health gate too; keeping round {r}'s policy for the next round")
         return policy_dir, {**carried, "gate": outcome + f"; kept round {r}'s policy", "gate_failed": True}, {}
@@ -461,7 +467,8 @@ def run_loop(config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool
             next_dir, carried, next_health = round_train_gated(
                 policy_dir, prompts, groups, policy=policy, round0=round0, held_out=held_out, rm_dir=rm_dir,
                 workdir=workdir, r=r, config=config, ptx_texts=ptx_texts, round0_nll=round0_nll, log=log)
-            metrics.update({k: v for k, v in carried.items() if k in ("dpo_train_accuracy", "gate", "gate_failed")})
+            metrics.update({k: v for k, v in carried.items()
+                            if k in ("dpo_train_accuracy", "gate", "gate_failed", "gate_checks")})
             if carried.get("gate_failed"):
                 metrics.setdefault("flags", []).append("the policy trained on this round failed the health gate twice")
                 carried = {}

@@ -3,6 +3,7 @@ demonstrations, generation of a round, DPO on its rankings, a reward model, PPO 
 import pytest
 import torch
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from annotation.models import Round, Sample
 from training import runner, services
@@ -109,9 +110,12 @@ def test_run_loop_one_round_stores_the_per_round_report(story, capsys):
 
     add(project=project, lines=[json.dumps({"prompt": f"Continue the story about the {n}."})
                                 for n in ("river", "road", "hill", "boat")])
-    call_command("run_loop", "--project", "story", "--rounds", "1", "--in-process", "--prompts-per-round", "8",
-                 "--loop-config", json.dumps({"sft_steps": 20, "reward_steps": 3, "max_new_tokens": 16,
-                                              "dpo_epochs": 1.0}))
+    try:  # a one-round toy loop need not raise the utility: then the command fails (exit 1) after its report
+        call_command("run_loop", "--project", "story", "--rounds", "1", "--in-process", "--prompts-per-round", "8",
+                     "--loop-config", json.dumps({"sft_steps": 20, "reward_steps": 3, "max_new_tokens": 16,
+                                                  "dpo_epochs": 1.0}))
+    except CommandError as error:
+        assert str(error).startswith("loop failed: the utility did not rise")
     out = capsys.readouterr()
     reports = list(RoundReport.objects.filter(round__project=project).order_by("round__number"))
     assert len(reports) == 2

@@ -74,7 +74,13 @@ class Command(BaseCommand):
         self.stdout.write(f"round {last['round']} vs round 0: utility {gain:+.3f} ({in_se}); "
                           f"wall time {time.perf_counter() - started:.0f}s")
         flagged = [m["round"] for m in history if m.get("flag")]
-        self.stdout.write(f"over-optimisation flagged in rounds {flagged}" if flagged else "no over-optimisation flag")
+        self.stdout.write(f"monitor flagged rounds {flagged}" if flagged else "no monitor flag")
+        from training.ml.loop import loop_verdict
+
+        problems = loop_verdict(history)  # exit status 1: final policy unhealthy, or the utility did not rise
+        if problems:
+            raise CommandError("loop failed: " + "; ".join(problems))
+        self.stdout.write("loop passed: the final policy is healthy and the utility rose")
 
 
 def _json_object(raw: str | None, name: str) -> dict:
