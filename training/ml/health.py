@@ -20,6 +20,8 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 
+import torch
+
 from training.ml.generation import generate_samples, mean_token_nll, sample_token_ids, token_kl
 
 TaskCheck = Callable[[list[dict], str], bool]
@@ -67,8 +69,9 @@ def _named(task_checks) -> dict[str, TaskCheck]:
 
 
 def _replies(model, tokenizer, prompts, t: HealthThresholds):
-    samples = generate_samples("", prompts, k=t.samples_per_prompt, max_new_tokens=t.max_new_tokens, seed=t.seed,
-                               max_attempts=1, model=model, tokenizer=tokenizer)
+    with torch.random.fork_rng(devices=[]):  # the check's own seed; the caller's random stream is left as it was
+        samples = generate_samples("", prompts, k=t.samples_per_prompt, max_new_tokens=t.max_new_tokens, seed=t.seed,
+                                   max_attempts=1, model=model, tokenizer=tokenizer)
     flat_prompts = [m for m, group in zip(prompts, samples) for _ in group]
     return samples, flat_prompts, [s for group in samples for s in group]
 

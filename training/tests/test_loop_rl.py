@@ -52,7 +52,8 @@ def test_the_flag_uses_the_runs_rm_score_trend_over_first_and_final_steps(ranked
     trainer.summary = {"first": {"rm_score": 0.1}, "final": {"rm_score": 0.9}, "rm_score_change": -0.2}
     trainer.save()
     report = round_report_record(round=second, metrics={"utility_mean": 0.3})
-    assert not report.overoptimised  # the RM's trend fell too: a bad policy, not over-optimisation
+    # the RM's trend fell too: a bad policy, not over-optimisation; the labelers' fall itself is flagged (issue 12)
+    assert report.flag_reason.startswith("labelers' utility fell") and "reward-model" not in report.flag_reason
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The health gate: a fluent policy passes, a byte-junk policy is stopped, with the reasons named."""
 import pytest
+import torch
 
 from training.ml import demo_task
 from training.ml.generation import load_policy
@@ -17,9 +18,11 @@ def policies(tmp_path_factory):
 def test_round0_policy_is_healthy_against_itself(policies):
     round0, _, prompts = policies
     t = HealthThresholds(min_task_pass_rate=0.75)  # a 100-step SFT follows the grammar in ~84% of its replies
+    rng_state = torch.get_rng_state()
     h = policy_health(round0, round0, prompts, thresholds=t, reference=round0,
                       task_checks=[demo_task.demo_grammar_check])
     assert h["healthy"], h["reasons"]
+    assert torch.equal(torch.get_rng_state(), rng_state)  # the loop's random stream is not disturbed
     assert h["nll_rise"] == pytest.approx(0.0, abs=1e-6)  # same prompts, same seed: the same replies
     assert h["kl_to_round0"] == 0.0 and h["kl_to_reference"] == 0.0
     assert h["eos_rate"] >= 0.95 and h["distinct_rate"] >= 0.9
