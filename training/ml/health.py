@@ -114,7 +114,8 @@ def policy_health(policy, round0, prompts: Sequence[list[dict]], *, thresholds: 
         round0_nll = mean_token_nll(model0, tokenizer0, p0, [s.text for s in flat0])
     nll = mean_token_nll(model0, tokenizer0, flat_prompts, texts)
     ids = [sample_token_ids(tokenizer, s) for s in flat]
-    kl0 = token_kl(model, model0, tokenizer, flat_prompts, ids).tolist()
+    same_vocab = tokenizer.get_vocab() == tokenizer0.get_vocab()  # else KL is not defined token by token
+    kl0 = token_kl(model, model0, tokenizer, flat_prompts, ids).tolist() if same_vocab else [float("nan")]
     figures = {
         "eos_rate": statistics.fmean(s.ended_with_eos for s in flat),
         "distinct_rate": sum(len({s.text for s in group}) for group in samples) / len(flat),
@@ -127,7 +128,9 @@ def policy_health(policy, round0, prompts: Sequence[list[dict]], *, thresholds: 
                         for name, check in _named(task_checks).items()},
         "prompts": len(prompts), "replies": len(flat), "examples": texts[:3],
     }
-    if reference is not None:
+    if not same_vocab:  # round 0 has another tokenizer: no KL; the NLL is still measured, on the text
+        figures["kl_to_round0"] = figures["kl_to_round0_se"] = None
+    if reference is not None and reference[1].get_vocab() == tokenizer.get_vocab():
         figures["kl_to_reference"] = statistics.fmean(token_kl(model, reference[0], tokenizer, flat_prompts, ids).tolist())
     reasons = health_verdict(figures, t)
     return {**figures, "healthy": not reasons, "reasons": reasons, "thresholds": t.to_dict()}
@@ -138,5 +141,6 @@ def format_health(h: Mapping) -> str:
     verdict = "HEALTHY" if h.get("healthy") else "UNHEALTHY: " + "; ".join(h.get("reasons") or [])
     kl_ref = h.get("kl_to_reference")
     return (f"health {verdict} | EOS {100 * h['eos_rate']:.1f}% | distinct {100 * h['distinct_rate']:.1f}% | "
-            f"NLL@r0 rise {h['nll_rise']:+.2f} | KL to r0 {h['kl_to_round0']:.2f}"
+            f"NLL@r0 rise {h['nll_rise']:+.2f}"
+            + ("" if h.get("kl_to_round0") is None else f" | KL to r0 {h['kl_to_round0']:.2f}")
             + ("" if kl_ref is None else f" | KL to ref {kl_ref:.2f}"))

@@ -115,3 +115,16 @@ def test_a_junk_policy_from_a_real_dpo_run_is_stopped_and_run_loop_fails(make_us
     assert "retrying once" in out.err + out.out and "GATE:" in out.err + out.out
     trained_on = RoundReport.objects.get(round__project=project, metrics__has_key="gate_failed")  # loop round 0
     assert trained_on.metrics["gate_failed"] and "failed the health gate" in trained_on.flag_reason
+
+
+def test_health_gate_command_sets_thresholds_and_shows_a_policys_verdict(unhealthy, capsys):
+    project, _, _, policy = unhealthy
+    policy.health = {**policy.health, "eos_rate": 1.0, "distinct_rate": 1.0, "nll_rise": 3.1, "kl_to_round0": 9.0}
+    policy.save()
+    call_command("health_gate", "--project", project.slug, "--thresholds", '{"max_nll_rise": 0.8}',
+                 "--task-checks", "demo_grammar", "--policy", str(policy.pk))
+    out = capsys.readouterr().out
+    assert '"max_nll_rise": 0.8' in out and "task checks: demo_grammar" in out
+    assert "health UNHEALTHY: NLL under round 0 rose +3.10" in out
+    with pytest.raises(CommandError, match="unknown health setting"):
+        call_command("health_gate", "--project", project.slug, "--thresholds", '{"max_nl": 1}')
