@@ -7,7 +7,10 @@ One round generates at a time per project. A generation run that ends without sa
 leaves its round CLOSED and empty (``training.services``): a round never opens without samples.
 
 Over-optimisation: a policy whose reward-model score rose while the labelers' measure of it fell is
-flagged (``overoptimisation_verdict``, on the round's report and on the run that trained the policy).
+flagged (``overoptimisation_verdict``, on the round's report and on the run that trained the policy). The
+round is also flagged when the labelers' utility fell by more than one standard error whatever the RM says
+(``utility_fall_verdict``), and for the health gate (``_health_reasons``). A policy that failed the gate
+(``training.health``) cannot start a round without a recorded override.
 """
 from __future__ import annotations
 

@@ -4,7 +4,10 @@
 Generate -> simulated labelling -> reward model -> policy run -> next round, each run created through the
 same services as the browser and executed like the Celery task does (``training.loop``). Prints per round:
 mean utility ± standard error, the reward model's held-out accuracy, KL to round 0's policy, health (% EOS,
-% distinct, per-token NLL under round 0) and any over-optimisation flag.
+% distinct, per-token NLL under round 0), the health gate's outcome and any monitor flag. A round's policy that
+fails the gate is retried once with a safer setting, else the previous policy is kept (docs/loop.md, "The
+health gate"). Exits with status 1 ("loop failed: ...") when the final policy is unhealthy or the labelers'
+utility did not rise by more than one standard error.
 """
 import json
 import time
