@@ -128,3 +128,20 @@ def test_health_gate_command_sets_thresholds_and_shows_a_policys_verdict(unhealt
     assert "health UNHEALTHY: NLL under round 0 rose +3.10" in out
     with pytest.raises(CommandError, match="unknown health setting"):
         call_command("health_gate", "--project", project.slug, "--thresholds", '{"max_nl": 1}')
+
+
+def test_the_browser_shows_the_verdict_and_the_start_round_form_takes_an_override(unhealthy, client, sent):
+    project, researcher, _, policy = unhealthy
+    client.force_login(researcher)
+    url = f"/training/projects/{project.slug}/lineage/start-round/"
+    form = {"policy": policy.pk, "prompts_text": "Hello?", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 16,
+            "seed": 0}
+    refused = client.post(url, form)
+    assert refused.status_code == 400 and "failed the health gate" in refused.content.decode()
+    assert client.post(url, {**form, "health_override": "reviewed by hand"}).status_code == 302
+    policy.refresh_from_db()
+    assert policy.health_override_by == researcher and policy.health_override_reason == "reviewed by hand"
+    page = client.get(f"/training/projects/{project.slug}/lineage/").content.decode()
+    assert "unhealthy: NLL under round 0 rose +3.10" in page and "overridden by rita: reviewed by hand" in page
+    artifact_page = client.get(f"/training/artifacts/{policy.pk}/").content.decode()
+    assert "Health gate" in artifact_page and "failed" in artifact_page
