@@ -191,6 +191,10 @@ def _loop_config(settings: LoopSettings):
         raise InvalidInput(f"unknown loop setting {unknown[0]!r}", location="overrides")
     if "optimizer" in settings.overrides:
         raise InvalidInput("choose the optimizer with --optimizer, not in the loop settings", location="overrides")
+    health = sorted(k for k in settings.overrides if k.startswith("health_"))
+    if health:  # on the database the gate is the project's (HealthSettings), applied by every policy job
+        raise InvalidInput(f"{health[0]!r}: set the project's health gate with python manage.py health_gate "
+                           "--project SLUG --thresholds JSON", location="overrides")
     loop = LoopConfig(seed=settings.seed, rounds=settings.rounds, labelers=settings.labelers,
                       optimizer=settings.optimizer, **settings.overrides)  # optimizer: reward_model_steps
     if settings.prompts_per_round:

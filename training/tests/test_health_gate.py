@@ -145,3 +145,10 @@ def test_the_browser_shows_the_verdict_and_the_start_round_form_takes_an_overrid
     assert "unhealthy: NLL under round 0 rose +3.10" in page and "overridden by rita: reviewed by hand" in page
     artifact_page = client.get(f"/training/artifacts/{policy.pk}/").content.decode()
     assert "Health gate" in artifact_page and "failed" in artifact_page
+
+
+def test_run_loop_points_gate_settings_to_the_projects_health_gate(ranked):
+    from training.loop import LoopSettings, _loop_config
+
+    with pytest.raises(InvalidInput, match="health_gate --project"):
+        _loop_config(LoopSettings(overrides={"health_max_nll_rise": 2.0}))
