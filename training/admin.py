@@ -1,7 +1,7 @@
 """Django admin for runs, snapshots, metrics and artifacts (read-mostly: runs change through services)."""
 from django.contrib import admin
 
-from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
+from training.models import DatasetSnapshot, HealthSettings, MetricPoint, ModelArtifact, TrainingRun
 
 
 @admin.register(TrainingRun)
@@ -36,3 +36,9 @@ class ModelArtifactAdmin(admin.ModelAdmin):
     list_filter = ["kind", "project"]
     search_fields = ["name", "path"]
     raw_id_fields = ["project", "parent", "run", "snapshot"]
+
+
+@admin.register(HealthSettings)
+class HealthSettingsAdmin(admin.ModelAdmin):
+    list_display = ["project", "thresholds", "task_checks", "updated_at"]
+    raw_id_fields = ["project"]

@@ -157,7 +157,7 @@ def project_rounds(request: Request, slug: str) -> Response:
         prompts = data.get("prompts") or pool_prompts_sample(project=project, n=data["sample"],
                                                               seed=int(sampling.get("seed", 0) or 0))
         return round_start(project=project, policy_artifact=policy, prompts=prompts, sampling=sampling,
-                           user=request.user)
+                           user=request.user, health_override=data.get("health_override", ""))
 
     return _idempotent_run_response(request, scope=f"round_start:project {project.pk}", arguments=data, write=write,
                                     type_errors_at="sampling")

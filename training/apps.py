@@ -14,3 +14,5 @@ class TrainingConfig(AppConfig):
         # The demo task's scorer (training/ml/demo_task.py), by name, for labelers and PPO/GRPO rewards.
         builtin_register(kind="utility", name="demo", target="training.ml.demo_task:demo_utility")
         builtin_register(kind="reward_fn", name="demo", target="training.ml.demo_task:demo_utility")
+        # The demo task's grammar check, a policy health check (training/health.py).
+        builtin_register(kind="task_check", name="demo_grammar", target="training.ml.demo_task:demo_grammar_check")

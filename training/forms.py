@@ -103,6 +103,8 @@ class StartRoundForm(forms.Form):
     top_p = forms.FloatField(initial=1.0, min_value=0.01, max_value=1.0)
     max_new_tokens = forms.IntegerField(initial=64, min_value=1, max_value=8192)
     seed = forms.IntegerField(initial=0, min_value=0)
+    health_override = forms.CharField(required=False, max_length=500, label="Override the health gate: why",
+                                      help_text="Only for a policy that failed the health gate; recorded with your name.")
 
     def __init__(self, *args, project, **kwargs) -> None:
         super().__init__(*args, **kwargs)

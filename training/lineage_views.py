@@ -63,7 +63,8 @@ def start_round(request: HttpRequest, slug: str) -> HttpResponse:
             prompts = ([m for m, _ in policy_lines_parse(lines)] if lines is not None else
                        pool_prompts_sample(project=project, n=data["sample"], seed=data["seed"]))
             return round_start(project=project, policy_artifact=data["policy"], prompts=prompts,
-                               sampling=form.sampling(), user=request.user)
+                               sampling=form.sampling(), user=request.user,
+                               health_override=data.get("health_override", ""))
 
         try:
             run, replayed = idempotent_write(user=request.user, scope=f"round_start:project {project.pk}",

@@ -122,12 +122,14 @@ def rm_mean_score(rm_dir, rnd: Round) -> float:
     return float(reward_model_scores(model, AutoTokenizer.from_pretrained(rm_dir), prompts, rollout).mean())
 
 
-def round_measure(*, rnd: Round, utility, round0, rm_artifact: ModelArtifact | None, previous: Round | None) -> dict:
-    """Utility, KL to round 0 and health of the round's samples; the RM's mean score on it and the previous round."""
+def round_measure(*, rnd: Round, utility, round0, rm_artifact: ModelArtifact | None, previous: Round | None,
+                  policy=None) -> dict:
+    """Utility, KL to round 0 and health of the round's samples; the RM's mean score on it and the previous round.
+    ``policy``: the (model, tokenizer) that generated the round (None: round 0's own policy)."""
     from training.ml.loop import round_metrics
 
     prompts, samples = _round_samples(rnd)
-    metrics = round_metrics(prompts, samples, utility=utility, round0=round0)
+    metrics = round_metrics(prompts, samples, utility=utility, round0=round0, policy=policy or round0)
     metrics.pop("eos_rate")
     if rm_artifact is not None and previous is not None:
         rm_dir = artifact_dir(artifact=rm_artifact)
@@ -187,6 +189,10 @@ def _loop_config(settings: LoopSettings):
         raise InvalidInput(f"unknown loop setting {unknown[0]!r}", location="overrides")
     if "optimizer" in settings.overrides:
         raise InvalidInput("choose the optimizer with --optimizer, not in the loop settings", location="overrides")
+    health = sorted(k for k in settings.overrides if k.startswith("health_"))
+    if health:  # on the database the gate is the project's (HealthSettings), applied by every policy job
+        raise InvalidInput(f"{health[0]!r}: set the project's health gate with python manage.py health_gate "
+                           "--project SLUG --thresholds JSON", location="overrides")
     loop = LoopConfig(seed=settings.seed, rounds=settings.rounds, labelers=settings.labelers,
                       optimizer=settings.optimizer, **settings.overrides)  # optimizer: reward_model_steps
     if settings.prompts_per_round:
@@ -207,6 +213,39 @@ def _policy_run(*, project, settings: LoopSettings, loop, policy, rm, rnd: Round
     config.update(settings.policy_config)
     return services.run_create(project=project, kind=settings.optimizer, config=config, base_artifact=policy,
                                reward_artifact=rm, round=rnd)
+
+
+def safer_policy_config(policy_config: dict) -> dict:
+    """``training.ml.loop.safer_config``'s rule on explicit policy-run settings: learning rate ÷2, β/kl_coef ×2."""
+    out = dict(policy_config)
+    for key, factor in (("learning_rate", 0.5), ("beta", 2.0), ("kl_coef", 2.0)):
+        if key in out:
+            out[key] = out[key] * factor
+    return out
+
+
+def policy_run_gated(*, project, settings: LoopSettings, loop, policy, rm, rnd: Round, log=print):
+    """The round's policy run, through the health gate (checked by every policy job before its artifact is
+    registered). A failure is retried once with ``safer_config``'s rule; if the retry fails too, returns
+    (None, outcome): the caller keeps the round's policy. Else (the succeeded run, outcome)."""
+    from training.ml.loop import SAFER_RULE, safer_config
+
+    trained = run_execute(run=_policy_run(project=project, settings=settings, loop=loop, policy=policy, rm=rm,
+                                          rnd=rnd), in_process=settings.in_process)
+    if trained.artifact.healthy is not False:
+        return trained, "passed"
+    first = "; ".join(trained.artifact.health.get("reasons") or [])
+    log(f"  round {rnd.number}: {trained.kind} run {trained.pk}'s policy failed the health gate ({first}); "
+        f"retrying once with {SAFER_RULE}")
+    safer = LoopSettings(**{**settings.__dict__, "policy_config": safer_policy_config(settings.policy_config)})
+    retry = run_execute(run=_policy_run(project=project, settings=safer, loop=safer_config(loop), policy=policy,
+                                        rm=rm, rnd=rnd), in_process=settings.in_process)
+    outcome = f"run {trained.pk} failed the health gate ({first}); retry run {retry.pk} with {SAFER_RULE}: "
+    if retry.artifact.healthy is not False:
+        return retry, outcome + "passed"
+    again = "; ".join(retry.artifact.health.get("reasons") or [])
+    log(f"  round {rnd.number}: the retry failed too ({again}); keeping policy {policy.name} (#{policy.pk})")
+    return None, outcome + f"failed again ({again}); kept policy #{policy.pk}"
 
 
 def rl_run_config(optimizer: str, loop) -> dict:
@@ -232,8 +271,7 @@ def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact 
     started = time.perf_counter()
     policy = policy or policy_bootstrap(project=project, loop=loop, in_process=settings.in_process, log=log)
     round0_policy = policy
-    round0 = load_policy(artifact_dir(artifact=policy)) if not policy.is_adapter else \
-        load_policy(policy.base_model, artifact_dir(artifact=policy))
+    round0 = policy_load(policy)
     history, labelled, rm, previous, carried = [], [], None, None, {}
     for r in range(settings.rounds + 1):
         prompts = pool_prompts_sample(project=project, n=loop.prompts_per_round, seed=loop.seed * 1000 + r)
@@ -244,9 +282,10 @@ def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact 
         step(f"round {r}: generated")
         rnd = gen.round
         figures = {"round": r, "round_number": rnd.number,
-                   **round_measure(rnd=rnd, utility=utility, round0=round0, rm_artifact=rm, previous=previous),
+                   **round_measure(rnd=rnd, utility=utility, round0=round0, rm_artifact=rm, previous=previous,
+                                   policy=None if policy.pk == round0_policy.pk else policy_load(policy)),
                    **carried}
-        if carried:  # the over-optimisation monitor's figures, as training.ml.loop prints them
+        if history:  # the monitor's figures, as training.ml.loop prints them
             figures["utility_change"] = figures["utility_mean"] - history[-1]["utility_mean"]
         if r < settings.rounds:
             figures.update(round_label_simulated(rnd=rnd, utility=utility, labelers=loop.labelers,
@@ -261,20 +300,36 @@ def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact 
             figures["rm_accuracy"] = (rm.run.summary.get("final_eval") or {}).get("accuracy")
             figures["rm_eval_pairs"] = (rm.run.summary.get("final_eval") or {}).get("pairs")
             step(f"round {r}: reward model")
-            trained = run_execute(run=_policy_run(project=project, settings=settings, loop=loop, policy=policy, rm=rm,
-                                                  rnd=rnd), in_process=settings.in_process)
-            figures["policy_run"] = trained.pk
-            change = (trained.summary or {}).get("rm_score_change")  # PPO/GRPO: RM score trend during the run
-            carried = {} if change is None else {"rm_score_change": change}
-            policy = trained.artifact
+            trained, figures["gate"] = policy_run_gated(project=project, settings=settings, loop=loop, policy=policy,
+                                                        rm=rm, rnd=rnd, log=log)
+            carried = {}
+            if trained is None:
+                figures["gate_failed"] = True
+            else:
+                figures["policy_run"] = trained.pk
+                change = (trained.summary or {}).get("rm_score_change")  # PPO/GRPO: RM score trend during the run
+                carried = {} if change is None else {"rm_score_change": change}
+                policy = trained.artifact
             step(f"round {r}: {settings.optimizer}")
+        generator = ModelArtifact.objects.get(pk=gen.base_artifact_id)
+        figures["policy_health"] = {"healthy": generator.healthy, "reasons": (generator.health or {}).get("reasons", []),
+                                    "overridden": generator.health_override_at is not None}
         report = round_report_record(round=rnd, metrics={k: v for k, v in figures.items() if k != "round"},
-                                     policy=ModelArtifact.objects.get(pk=gen.base_artifact_id))
+                                     policy=generator)
         figures.update(report.metrics, elapsed_s=time.perf_counter() - started, flag=report.flag_reason)
         history.append(figures)
         log(format_round_line(figures))
         previous = rnd
     return history
+
+
+def policy_load(artifact: ModelArtifact):
+    """(model, tokenizer) of a policy artifact (a LoRA adapter merged into its base)."""
+    from training.ml.generation import load_policy
+
+    if artifact.is_adapter:
+        return load_policy(artifact.base_model, artifact_dir(artifact=artifact))
+    return load_policy(artifact_dir(artifact=artifact))
 
 
 def format_round_line(m: dict) -> str:
@@ -286,6 +341,11 @@ def format_round_line(m: dict) -> str:
             f"{m['utility_mean']:+.3f} ± {m['utility_se']:.3f} | RM acc {fmt('rm_accuracy', '.3f')} | KL to r0 "
             f"{m['kl_to_round0']:.3f} | EOS {fmt('eos_rate', '.1f', 100)}% | distinct {100 * m['distinct_rate']:.1f}% "
             f"| NLL@r0 {m['nll_round0']:.3f} | tokens {m['mean_tokens']:.1f}")
-    if "utility_change" in m:
+    if "utility_change" in m and "rm_score_change" in m:
         line += f" | RM score Δ {m['rm_score_change']:+.3f}, utility Δ {m['utility_change']:+.3f}"
-    return line + (f"\n  OVER-OPTIMISATION: {m['flag']}" if m.get("flag") else "")
+    healthy = (m.get("policy_health") or {}).get("healthy")
+    if healthy is not None:
+        line += f" | health {'ok' if healthy else 'FAILED'}"
+    if m.get("gate") and m["gate"] != "passed":
+        line += f"\n  GATE: {m['gate']}"
+    return line + (f"\n  FLAG: {m['flag']}" if m.get("flag") else "")

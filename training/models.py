@@ -131,6 +131,13 @@ class ModelArtifact(models.Model):
     rounds = models.JSONField(default=list, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     size_bytes = models.BigIntegerField(default=0)
+    # The health gate (training.ml.health) of a policy, run before it is registered: None when not checked.
+    healthy = models.BooleanField(null=True, blank=True, help_text="Passed the health gate (None: not checked).")
+    health = models.JSONField(default=dict, blank=True, help_text="The gate's figures, thresholds and reasons.")
+    health_override_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                           related_name="+", help_text="Who let an unhealthy policy generate a round.")
+    health_override_reason = models.CharField(max_length=500, blank=True)
+    health_override_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -138,6 +145,11 @@ class ModelArtifact(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.name}"
+
+    @property
+    def may_generate(self) -> bool:
+        """Healthy, not checked, or an unhealthy policy a researcher let through (recorded)."""
+        return self.healthy is not False or self.health_override_at is not None
 
 
 class Demonstration(models.Model):
@@ -212,3 +224,16 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} key {self.key[:12]}"
+
+
+class HealthSettings(models.Model):
+    """A project's health-gate thresholds (``training.ml.health.HealthThresholds`` fields; missing: defaults)
+    and the names of the task checks its policies must pass (resolved by ``training.health.task_checks_resolve``)."""
+
+    project = models.OneToOneField("annotation.Project", on_delete=models.CASCADE, related_name="health_settings")
+    thresholds = models.JSONField(default=dict, blank=True)
+    task_checks = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"health settings of project {self.project_id}"

@@ -25,9 +25,16 @@ from training.policy_data import demonstrations_all, pool_prompts_all
 POLICY = ModelArtifact.Kind.POLICY
 
 
-def _policy_result(summary: dict) -> JobResult:
+def _policy_result(summary: dict, run: TrainingRun, hooks: TrainHooks) -> JobResult:
+    """The trained policy to register, after the health gate (``training.health``) checked it: its verdict
+    and figures go in the summary and on the artifact; an unhealthy policy is registered but may not
+    generate a round without a recorded override."""
+    from training.health import policy_health_check
+
     stopped = bool(summary.get("stopped"))
     model_dir = None if stopped or not summary.get("policy_dir") else Path(summary["policy_dir"])
+    if model_dir is not None:
+        summary["health"] = policy_health_check(run=run, policy_dir=model_dir, log=hooks.log)
     return JobResult(summary=summary, model_dir=model_dir, artifact_kind=POLICY, stopped=stopped)
 
 
@@ -69,7 +76,7 @@ def sft_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResult:
     if not examples:
         raise JobFailed("No demonstrations and no top-ranked responses to fine-tune on.")
     hooks.log(f"SFT on {len(examples)} examples")
-    return _policy_result(train_sft(config, examples, output_dir=output_dir, hooks=hooks, resume=True))
+    return _policy_result(train_sft(config, examples, output_dir=output_dir, hooks=hooks, resume=True), run, hooks)
 
 
 # ----------------------------------------------------------------------------- generation
@@ -177,9 +184,10 @@ def dpo_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResult:
     hooks.log(f"snapshot {run.snapshot_id}: {len(groups)} prompts; "
               f"{missing} responses without a stored reference log-prob")
     try:  # every prompt trains: the loop's held-out figure is the reward model's accuracy
-        return _policy_result(train_dpo(config, groups, [], output_dir=output_dir, hooks=hooks, resume=True))
+        summary = train_dpo(config, groups, [], output_dir=output_dir, hooks=hooks, resume=True)
     except ValueError as error:  # e.g. every group fully tied: bad data, not a crash
         raise JobFailed(str(error)) from error
+    return _policy_result(summary, run, hooks)
 
 
 # ----------------------------------------------------------------------------- PPO and GRPO
@@ -238,7 +246,7 @@ def _rl_job(train, run: TrainingRun, output_dir: Path, hooks: TrainHooks, **extr
         raise JobFailed(str(error)) from error
     if not summary.get("stopped"):  # the over-optimisation monitor's evidence (training.rounds.flags_update)
         summary["rm_score_change"] = rm_score_change(run)
-    return _policy_result(summary)
+    return _policy_result(summary, run, hooks)
 
 
 def ppo_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResult:

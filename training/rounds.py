@@ -7,7 +7,10 @@ One round generates at a time per project. A generation run that ends without sa
 leaves its round CLOSED and empty (``training.services``): a round never opens without samples.
 
 Over-optimisation: a policy whose reward-model score rose while the labelers' measure of it fell is
-flagged (``overoptimisation_verdict``, on the round's report and on the run that trained the policy).
+flagged (``overoptimisation_verdict``, on the round's report and on the run that trained the policy). The
+round is also flagged when the labelers' utility fell by more than one standard error whatever the RM says
+(``utility_fall_verdict``), and for the health gate (``_health_reasons``). A policy that failed the gate
+(``training.health``) cannot start a round without a recorded override.
 """
 from __future__ import annotations
 
@@ -28,12 +31,16 @@ SAMPLING_KEYS = ("k", "temperature", "top_p", "max_new_tokens", "seed", "batch_s
 
 def round_start(
     *, project: Project, policy_artifact: ModelArtifact, prompts: list, sampling: dict | None = None, user=None,
+    health_override: str = "",
 ) -> TrainingRun:
     """Create round N+1 (GENERATING) with ``prompts`` and queue the generation run that fills and opens it.
 
     ``prompts``: a list of message lists (or plain strings, one user turn each). ``sampling``: k (must be the
     project's K), temperature, top_p, max_new_tokens, seed, batch_size. Nothing is written on bad input.
+    A policy that failed the health gate is refused unless it was overridden, or ``health_override`` gives
+    the reason now (recorded on the artifact with ``user``, who must be a researcher of the project).
     """
+    from training.health import artifact_health_override, health_refusal
     from training.services import run_create
 
     if user is not None and not user_can_manage(user=user, project=project):
@@ -51,7 +58,12 @@ def round_start(
         raise InvalidInput(f"k must be the project's K ({project.k}): labelers rank K responses per prompt.",
                            location="sampling.k")
     messages = prompts_validate(prompts)
+    refusal = health_refusal(policy_artifact)
+    if refusal and not health_override:
+        raise InvalidInput(refusal, location="policy")
     with transaction.atomic():
+        if refusal:
+            policy_artifact = artifact_health_override(artifact=policy_artifact, user=user, reason=health_override)
         Project.objects.select_for_update().get(pk=project.pk)  # one new round number at a time
         _check_none_generating(project=project)
         number = (project.rounds.aggregate(n=Max("number"))["n"] or 0) + 1
@@ -147,6 +159,7 @@ def flags_update(*, report: RoundReport) -> None:
     previous = _previous_report(report)
     m = report.metrics
     if previous is None or "utility_mean" not in m:
+        _flags_write(report=report, run=None, reasons=_health_reasons(report=report))
         return
     p = previous.metrics
     utility = dict(utility_before=p.get("utility_mean"), utility_after=m.get("utility_mean"),
@@ -161,8 +174,45 @@ def flags_update(*, report: RoundReport) -> None:
             first, final = {"rm_score": 0.0}, {"rm_score": summary["rm_score_change"]}
         reasons.append(overoptimisation_verdict(rm_before=first.get("rm_score"), rm_after=final.get("rm_score"),
                                                 **utility))
+    if not any(reasons):  # the labelers' utility fell, whatever the reward model says
+        reasons.append(utility_fall_verdict(**utility))
+    _flags_write(report=report, run=run, reasons=reasons, health=_health_reasons(report=report))
+
+
+def _flags_write(*, report: RoundReport, run, reasons: list[str], health: list[str] = ()) -> None:
+    """The round's flag: the monitor's reasons plus the health gate's; the run that trained its policy gets the
+    monitor's reasons."""
     reason = "; ".join(r for r in reasons if r)[:500]
-    RoundReport.objects.filter(pk=report.pk).update(overoptimised=bool(reason), flag_reason=reason)
-    report.overoptimised, report.flag_reason = bool(reason), reason
     if run is not None:
         TrainingRun.objects.filter(pk=run.pk).update(overoptimised=bool(reason), flag_reason=reason)
+    reason = "; ".join(r for r in [*reasons, *health] if r)[:500]
+    RoundReport.objects.filter(pk=report.pk).update(overoptimised=bool(reason), flag_reason=reason)
+    report.overoptimised, report.flag_reason = bool(reason), reason
+
+
+def utility_fall_verdict(*, utility_before, utility_after, se_before=0.0, se_after=0.0) -> str:
+    """Why the labelers' utility counts as fallen (by more than one standard error of the difference), or "".
+
+    >>> utility_fall_verdict(utility_before=0.5, utility_after=0.3, se_before=0.05, se_after=0.05)
+    "labelers' utility fell by 0.200 (more than its standard error 0.071)"
+    """
+    if any(v is None or not math.isfinite(v) for v in (utility_before, utility_after)):
+        return ""
+    noise = math.hypot(se_before or 0.0, se_after or 0.0)
+    drop = utility_before - utility_after
+    return f"labelers' utility fell by {drop:.3f} (more than its standard error {noise:.3f})" if drop > noise else ""
+
+
+def _health_reasons(*, report: RoundReport) -> list[str]:
+    """The health gate's part of the round's flag: its policy failed the gate (generating only by a recorded
+    override), or the policy trained on it failed the gate twice (``metrics["gate_failed"]``, kept the old one)."""
+    reasons = []
+    policy = report.policy
+    if policy is not None and policy.healthy is False:
+        reasons.append(f"generated by policy #{policy.pk}, which failed the health gate ("
+                       + "; ".join((policy.health or {}).get("reasons") or []) + ")"
+                       + (f", overridden by {policy.health_override_by}: {policy.health_override_reason}"
+                          if policy.health_override_at else ""))
+    if report.metrics.get("gate_failed"):
+        reasons.append("the policy trained on this round failed the health gate: " + str(report.metrics.get("gate", "")))
+    return reasons

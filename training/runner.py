@@ -211,7 +211,8 @@ def run_claimed(*, run_id: int, claim_token: str) -> int:
                 project=run.project, kind=result.artifact_kind, name=f"{run.kind}-run-{run.pk}", path=result.model_dir,
                 run=run, snapshot=run.snapshot, parent=run.base_artifact,
                 rounds=(run.snapshot.filters.get("rounds", []) if run.snapshot else []),
-                metrics=_flat_metrics(result.summary), **jobs.artifact_fields(result),
+                metrics=_flat_metrics(result.summary), health=result.summary.get("health"),
+                **jobs.artifact_fields(result),
             )
         if not services.run_finish(run_id=run_id, status=TrainingRun.Status.SUCCEEDED, summary=result.summary,
                                    claim_token=claim_token):

@@ -334,11 +334,14 @@ def lineage_as_json(*, lineage: list[dict]) -> list[dict]:
     def run_json(run, artifact=None, next_rounds=()):
         return {"id": run.pk, "kind": run.kind, "status": run.status, "overoptimised": run.overoptimised,
                 "flag_reason": run.flag_reason, "artifact": artifact.pk if artifact else None,
+                "artifact_healthy": artifact.healthy if artifact else None,
+                "artifact_health_reasons": (artifact.health or {}).get("reasons", []) if artifact else [],
                 "next_rounds": list(next_rounds), "held_out_accuracy": accuracy_of_summary(run.summary)}
 
     return [{
         "round": item["round"].number, "status": item["round"].status, "sampling_params": item["round"].sampling_params,
         "policy": item["report"].policy_id if item["report"] else None, "counts": item["counts"],
+        "policy_healthy": item["report"].policy.healthy if item["report"] and item["report"].policy else None,
         "metrics": item["report"].metrics if item["report"] else {},
         "rm_accuracy": accuracy_with_interval((item["report"].metrics or {}).get("rm_accuracy"),
                                               (item["report"].metrics or {}).get("rm_eval_pairs"))

@@ -56,11 +56,14 @@ class RoundStartSerializer(serializers.Serializer):
     prompts = serializers.ListField(required=False, help_text="New prompts: strings or lists of {role, content}.")
     sample = serializers.IntegerField(required=False, min_value=1, max_value=10_000, help_text="…or N from the pool.")
     sampling = serializers.DictField(required=False, help_text="k, temperature, top_p, max_new_tokens, seed, batch_size.")
+    health_override = serializers.CharField(required=False, max_length=500, allow_blank=True,
+                                            help_text="Why a policy that failed the health gate may generate anyway.")
 
     def validate(self, attrs):
         unknown = sorted(set(self.initial_data) - set(self.fields))
         if unknown:
-            raise serializers.ValidationError({unknown[0]: "Unknown field; allowed: policy, prompts, sample, sampling."})
+            raise serializers.ValidationError({unknown[0]: "Unknown field; allowed: policy, prompts, sample, sampling, "
+                                                           "health_override."})
         if bool(attrs.get("prompts")) == bool(attrs.get("sample")):
             raise serializers.ValidationError({"prompts": "Give exactly one of prompts or sample."})
         return attrs
@@ -134,7 +137,8 @@ class ArtifactSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelArtifact
         fields = ["id", "project", "kind", "name", "path", "is_adapter", "base_model", "parent", "run", "snapshot",
-                  "rounds", "metrics", "size_bytes", "created_at", "held_out_accuracy"]
+                  "rounds", "metrics", "size_bytes", "healthy", "health", "health_override_by", "health_override_reason",
+                  "health_override_at", "created_at", "held_out_accuracy"]
         read_only_fields = fields
 
     def to_representation(self, artifact):

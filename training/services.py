@@ -396,8 +396,10 @@ def artifact_register(
     base_model: str = "",
     rounds: list[int] | None = None,
     metrics: dict | None = None,
+    health: dict | None = None,
 ) -> ModelArtifact:
-    """Record a save_pretrained directory with its lineage. Idempotent per run (a retried finish re-uses it)."""
+    """Record a save_pretrained directory with its lineage. Idempotent per run (a retried finish re-uses it).
+    ``health``: the health gate's result for a policy (``training.health``); its verdict is ``healthy``."""
     from training.selectors import artifact_files, artifact_path_contained
 
     resolved = artifact_path_contained(path)  # an artifact lives under ARTIFACT_ROOT, nowhere else
@@ -414,6 +416,7 @@ def artifact_register(
             project=project, kind=kind, name=name[:200], path=stored, is_adapter=is_adapter,
             base_model=base_model[:500], parent=parent, run=run, snapshot=snapshot,
             rounds=list(rounds or []), metrics=json_safe(metrics or {}), size_bytes=size,
+            healthy=(health or {}).get("healthy"), health=json_safe(health or {}),
         )
 
 

@@ -74,6 +74,11 @@ def parse_response(text: str) -> list[tuple[str, str, str]] | None:
     return parsed
 
 
+def demo_grammar_check(prompt_messages: list[dict], response_text: str) -> bool:
+    """A task check for the health gate (``training.ml.health``): the reply follows the demo grammar."""
+    return parse_response(response_text) is not None
+
+
 def demo_utility(prompt_messages: list[dict], response_text: str) -> float:
     """Mood of the response's adjectives plus a bonus for staying on the prompt's topic; −1 if malformed."""
     clauses = parse_response(response_text)

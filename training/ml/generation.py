@@ -27,6 +27,7 @@ class GeneratedSample:
     num_tokens: int  # response tokens generated, EOS included
     ended_with_eos: bool  # False: cut at max_new_tokens
     logprob: float  # log π(text + EOS | prompt) at temperature 1 under the generating policy
+    token_ids: tuple[int, ...] = ()  # the sampled response tokens, EOS included when it ended (KL is measured on these)
 
 
 def load_policy(model_dir: str | Path, adapter_dir: str | Path | None = None):
@@ -123,7 +124,7 @@ def mean_token_nll(model, tokenizer, prompts: list[list[dict]], responses: list[
 
 
 def _sample_batch(model, tokenizer, prompts, *, n, temperature, top_p, max_new_tokens) -> list[list[tuple]]:
-    """``n`` samples (text, num_tokens, ended) of each prompt, from one left-padded generate call."""
+    """``n`` samples (text, num_tokens, ended, token ids) of each prompt, from one left-padded generate call."""
     encoded = [prompt_ids(tokenizer, m) for m in prompts]
     width = max(len(ids) for ids in encoded)
     pad = tokenizer.pad_token_id
@@ -140,7 +141,7 @@ def _sample_batch(model, tokenizer, prompts, *, n, temperature, top_p, max_new_t
         ended = tokenizer.eos_token_id in row
         tokens = row[: row.index(tokenizer.eos_token_id)] if ended else row
         text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        samples.append((text, len(tokens) + int(ended), ended))
+        samples.append((text, len(tokens) + int(ended), ended, tuple(tokens + [tokenizer.eos_token_id] * ended)))
     return [samples[i * n: (i + 1) * n] for i in range(len(prompts))]
 
 
@@ -160,7 +161,7 @@ def generate_samples(
         drawn.extend(_sample_batch(model, tokenizer, chunk, n=k, temperature=temperature, top_p=top_p,
                                    max_new_tokens=max_new_tokens))
     for _ in range(max_attempts - 1):
-        redraw = [i for i, s in enumerate(drawn) if len({text for text, _, _ in s}) < k]
+        redraw = [i for i, s in enumerate(drawn) if len({sample[0] for sample in s}) < k]
         if not redraw:
             break
         extra = _sample_batch(model, tokenizer, [prompts[i] for i in redraw], n=k, temperature=temperature,
@@ -168,11 +169,12 @@ def generate_samples(
         for i, more in zip(redraw, extra):
             drawn[i] = _dedupe(drawn[i], more, k)
     flat_prompts = [prompts[i] for i, s in enumerate(drawn) for _ in s]
-    flat_texts = [text for s in drawn for text, _, _ in s]
+    flat_texts = [sample[0] for s in drawn for sample in s]
     logprobs = sequence_logprobs(model, tokenizer, flat_prompts, flat_texts).tolist()
     out, pos = [], 0
     for s in drawn:
-        out.append([GeneratedSample(text, n_tok, ended, logprobs[pos + j]) for j, (text, n_tok, ended) in enumerate(s)])
+        out.append([GeneratedSample(text, n_tok, ended, logprobs[pos + j], ids)
+                    for j, (text, n_tok, ended, ids) in enumerate(s)])
         pos += len(s)
     return out
 
@@ -184,3 +186,35 @@ def _dedupe(current: list[tuple], extra: list[tuple], k: int) -> list[tuple]:
         (spare if sample[0] in seen else kept).append(sample)
         seen.add(sample[0])
     return (kept + spare)[:k]
+
+
+def token_kl(policy, reference, tokenizer, prompts: list[list[dict]], responses: list[list[int]], *,
+             batch_size: int = 64) -> torch.Tensor:
+    """KL(π ‖ π_ref) of each response's token sequence: Σ_t Σ_v π(v|h_t) (log π(v|h_t) − log π_ref(v|h_t)), (N,).
+
+    ``responses`` are token ids (EOS included when the response ended); h_t is the chat-rendered prompt plus
+    the response's first t tokens. Each term is an exact KL over the vocabulary, so every value is ≥ 0 and is
+    exactly 0 when ``policy`` is ``reference``; averaged over responses sampled from π at temperature 1 it is
+    an unbiased estimate of the sequence-level KL(π ‖ π_ref) (chain rule), with far less variance than the
+    mean of log π(y) − log π_ref(y). Both models must share the tokenizer.
+    """
+    encoded = [(prompt_ids(tokenizer, m), list(r)) for m, r in zip(prompts, responses, strict=True)]
+    device = next(policy.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            batch = {k: v.to(device) for k, v in collate_scoring(encoded[start: start + batch_size],
+                                                                 tokenizer.pad_token_id).items()}
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            logp = F.log_softmax(policy(**inputs).logits[:, :-1].float(), dim=-1)  # (b, L-1, V)
+            logq = F.log_softmax(reference(**inputs).logits[:, :-1].float(), dim=-1)  # (b, L-1, V)
+            if logp.shape != logq.shape:
+                raise ValueError(f"policy and reference differ in vocabulary: {logp.shape[-1]} vs {logq.shape[-1]}")
+            per_token = (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)  # (b, L-1) exact KL per position
+            out.append((per_token * batch["response_mask"][:, 1:]).sum(dim=1))  # (b,)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def sample_token_ids(tokenizer, sample: GeneratedSample) -> list[int]:
+    """The tokens a sample was drawn as; samples read back from text alone are re-tokenised with EOS."""
+    return list(sample.token_ids) if sample.token_ids else response_ids(tokenizer, sample.text)

@@ -21,7 +21,7 @@ import math
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +33,7 @@ from training.ml.types import NullHooks, RankedGroup
 
 Utility = Callable[[list[dict], str], float]
 OPTIMIZERS = ("dpo", "ppo", "grpo")
+HELD_OUT_ROUND = 10_000  # round_prompts index of the health gate's held-out prompts
 
 
 @dataclass
@@ -75,6 +76,13 @@ class LoopConfig:
     grpo_learning_rate: float = 5e-4
     grpo_beta: float = 0.5
     rl_missing_eos_penalty: float = 1.0  # subtracted from the score of a response cut at max_new_tokens
+    # The health gate (training.ml.health) on every new policy; a failure is retried once with
+    # ``safer_config``, and if the retry fails too the round's policy is kept.
+    health_gate: bool = True
+    health_prompts: int = 32  # held-out prompts (a fixed sample of the pool, not a round's)
+    health_min_eos_rate: float = 0.95
+    health_min_distinct_rate: float = 0.90
+    health_max_nll_rise: float = 1.0  # nats/token under round 0 (issue 12: fluent +0.22…+0.60, junk +2.5…+4.2)
     num_threads: int = 1  # tiny models gain nothing from more; oversubscribed cores lose a lot
 
     def __post_init__(self) -> None:
@@ -252,24 +260,28 @@ def over_optimisation_flag(*, rm_score_change: float, utility_change: float, uti
 
 
 def round_metrics(prompts: list[list[dict]], samples: list[list[GeneratedSample]], *, utility: Utility,
-                  round0, policy=None) -> dict[str, float]:
+                  round0, policy) -> dict[str, float]:
     """Utility (mean, standard error), KL to round 0, and health of one round's samples.
 
-    ``round0`` and ``policy`` are (model, tokenizer) pairs; KL(π_r ‖ π_0) is estimated on the round's own
-    samples (drawn from π_r at temperature 1) as the mean of log π_r(y|x) − log π_0(y|x).
+    ``round0`` and ``policy`` (the policy that drew the samples) are (model, tokenizer) pairs. KL(π_r ‖ π_0)
+    is ``generation.token_kl`` on the sampled tokens (exact per-token KL summed over each response, so ≥ 0,
+    and 0 for round 0 itself), averaged over the round's samples, with its standard error.
     """
+    from training.ml.generation import sample_token_ids, token_kl
+
+    if policy is None:
+        raise TypeError("round_metrics needs the policy that drew the samples (pass round0 for round 0)")
     flat_prompts = [m for m, group in zip(prompts, samples) for _ in group]
     flat = [s for group in samples for s in group]
     texts = [s.text for s in flat]
     utilities = [utility(m, t) for m, t in zip(flat_prompts, texts)]
     model0, tokenizer0 = round0
-    from training.ml.generation import sequence_logprobs
-
-    logp0 = sequence_logprobs(model0, tokenizer0, flat_prompts, texts).tolist()
+    kl = token_kl(policy[0], model0, tokenizer0, flat_prompts, [sample_token_ids(tokenizer0, s) for s in flat]).tolist()
     return {
         "utility_mean": statistics.fmean(utilities),
         "utility_se": _stderr(utilities),
-        "kl_to_round0": statistics.fmean(s.logprob - l0 for s, l0 in zip(flat, logp0)),
+        "kl_to_round0": statistics.fmean(kl),
+        "kl_to_round0_se": _stderr(kl),
         "eos_rate": statistics.fmean(s.ended_with_eos for s in flat),
         "distinct_rate": len(set(zip(map(str, flat_prompts), texts))) / len(flat),
         "nll_round0": mean_token_nll(model0, tokenizer0, flat_prompts, texts),
@@ -308,6 +320,97 @@ def round_train_policy(policy_dir: str, prompts, groups, *, reward_model_dir: st
     return summary, {"rm_score_change": rm_score_trend(steps), "policy_kl": steps[-1]["kl"]}
 
 
+def health_thresholds(config: LoopConfig):
+    from training.ml.health import HealthThresholds
+
+    return HealthThresholds(min_eos_rate=config.health_min_eos_rate, min_distinct_rate=config.health_min_distinct_rate,
+                            max_nll_rise=config.health_max_nll_rise, prompts=config.health_prompts,
+                            max_new_tokens=config.max_new_tokens)
+
+
+def safer_config(config: LoopConfig) -> LoopConfig:
+    """The retry rule after a policy fails the health gate: halve the optimiser's learning rate and double its
+    KL anchor to the round's policy (DPO β, PPO kl_coef, GRPO β): a smaller step, held closer to the policy
+    that generated the data.
+
+    >>> c = safer_config(LoopConfig())
+    >>> (c.dpo_learning_rate, c.dpo_beta, c.ppo_kl_coef, c.grpo_beta)
+    (0.0001, 0.2, 1.0, 1.0)
+    """
+    return replace(config, dpo_learning_rate=config.dpo_learning_rate / 2, dpo_beta=config.dpo_beta * 2,
+                   ppo_learning_rate=config.ppo_learning_rate / 2, ppo_kl_coef=config.ppo_kl_coef * 2,
+                   grpo_learning_rate=config.grpo_learning_rate / 2, grpo_beta=config.grpo_beta * 2)
+
+
+SAFER_RULE = "learning rate ÷2, KL anchor (β / kl_coef) ×2"
+
+
+def utility_fall_flag(*, before: float, after: float, se_before: float, se_after: float) -> str | None:
+    """The labelers' utility fell by more than one standard error of the difference (whatever the RM says).
+
+    >>> utility_fall_flag(before=0.5, after=0.3, se_before=0.05, se_after=0.05)
+    "labelers' utility fell -0.200 (more than its standard error 0.071)"
+    """
+    se = math.hypot(se_before, se_after)
+    if math.isfinite(se) and after - before < -se:
+        return f"labelers' utility fell {after - before:+.3f} (more than its standard error {se:.3f})"
+    return None
+
+
+def loop_verdict(history: list[dict]) -> list[str]:
+    """Why a finished loop failed (empty: it passed): the final policy is unhealthy, or the labelers' utility
+    did not rise by more than one standard error of the difference between round 0 and the last round."""
+    first, last = history[0], history[-1]
+    problems = []
+    health = last.get("policy_health") or {}
+    if health.get("healthy") is False:
+        problems.append("the final policy is unhealthy: " + "; ".join(health.get("reasons") or []))
+    se = math.hypot(first["utility_se"], last["utility_se"])
+    gain = last["utility_mean"] - first["utility_mean"]
+    if not gain > se:
+        problems.append(f"the utility did not rise: {gain:+.3f} (standard error {se:.3f})")
+    return problems
+
+
+def _gate(policy_dir: str, *, round0, reference, prompts, config: LoopConfig, round0_nll: float | None) -> dict:
+    from training.ml.health import policy_health
+
+    return policy_health(load_policy(policy_dir), round0, prompts, thresholds=health_thresholds(config),
+                         reference=reference, round0_nll=round0_nll)
+
+
+def _gate_figures(health: dict) -> dict:
+    return {k: health[k] for k in ("healthy", "eos_rate", "distinct_rate", "nll_rise", "kl_to_round0", "examples")}
+
+
+def round_train_gated(policy_dir: str, prompts, groups, *, policy, round0, held_out, rm_dir, workdir: Path, r: int,
+                      config: LoopConfig, ptx_texts, round0_nll, log) -> tuple[str, dict, dict]:
+    """Train policy r+1 and put it through the health gate; on failure retry once with ``safer_config``; if
+    that fails too keep policy r. Returns (the next policy's dir, figures for round r's line, its health)."""
+    summary, carried = round_train_policy(policy_dir, prompts, groups, reward_model_dir=rm_dir, workdir=workdir, r=r,
+                                          config=config, ptx_texts=ptx_texts)
+    if not config.health_gate:
+        return summary["policy_dir"], carried, {}
+    gate = dict(round0=round0, reference=policy, prompts=held_out, config=config, round0_nll=round0_nll)
+    health = _gate(summary["policy_dir"], **gate)
+    checks = [_gate_figures(health)]
+    outcome = "passed"
+    if not health["healthy"]:
+        log(f"  round {r}: the {config.optimizer} policy failed the health gate ({'; '.join(health['reasons'])}); "
+            f"retrying once with {SAFER_RULE}")
+        summary, carried = round_train_policy(policy_dir, prompts, groups, reward_model_dir=rm_dir, workdir=workdir,
+                                              r=f"{r}-retry", config=safer_config(config), ptx_texts=ptx_texts)
+        first_reasons, health = health["reasons"], _gate(summary["policy_dir"], **gate)
+        checks.append(_gate_figures(health))
+        outcome = f"failed ({'; '.join(first_reasons)}), retried with {SAFER_RULE}: " + \
+            ("passed" if health["healthy"] else f"failed again ({'; '.join(health['reasons'])})")
+    carried = {**carried, "gate": outcome, "gate_checks": checks}
+    if not health["healthy"]:
+        log(f"  round {r}: the retry failed the health gate too; keeping round {r}'s policy for the next round")
+        return policy_dir, {**carried, "gate": outcome + f"; kept round {r}'s policy", "gate_failed": True}, {}
+    return summary["policy_dir"], carried, health
+
+
 def run_loop(config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool: list[list[dict]],
              demonstrations, build_base: Callable[..., Path], log: Callable[[str], None] = print) -> list[dict]:
     """SFT, then rounds 0..config.rounds; returns one metrics dict per round (round 0 = SFT policy).
@@ -324,19 +427,32 @@ def run_loop(config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool
     log(f"[{time.perf_counter() - started:6.1f}s] SFT policy: {policy_dir}")
     round0 = load_policy(policy_dir)
     ptx_texts = ptx_texts_from(demonstrations, round0[1]) if config.ppo_ptx_coef > 0 else None
+    held_out = round_prompts(prompt_pool, config.health_prompts, seed=config.seed, round_index=HELD_OUT_ROUND)
+    health = _gate(policy_dir, round0=round0, reference=None, prompts=held_out, config=config, round0_nll=None) \
+        if config.health_gate else {}
+    round0_nll = health.get("nll_round0_baseline")
     history, all_groups, carried = [], [], {}
     for r in range(config.rounds + 1):
         prompts = round_prompts(prompt_pool, config.prompts_per_round, seed=config.seed, round_index=r)
         policy = round0 if r == 0 else load_policy(policy_dir)
         samples = round_generate(policy_dir, prompts, config=config, round_index=r, model=policy[0],
                                  tokenizer=policy[1])
-        metrics = {"round": r, **round_metrics(prompts, samples, utility=utility, round0=round0), **carried}
-        if "rm_score_change" in carried:
+        metrics = {"round": r, **round_metrics(prompts, samples, utility=utility, round0=round0, policy=policy),
+                   **{k: v for k, v in carried.items() if k in ("rm_score_change", "policy_kl")}}
+        if health:
+            metrics["policy_health"] = {k: health[k] for k in ("healthy", "reasons", "eos_rate", "distinct_rate",
+                                                                 "nll_rise", "kl_to_round0")}
+        if r > 0:
             previous = history[-1]
             metrics["utility_change"] = metrics["utility_mean"] - previous["utility_mean"]
-            metrics["over_optimised"] = over_optimisation_flag(
-                rm_score_change=carried["rm_score_change"], utility_change=metrics["utility_change"],
-                utility_se=math.hypot(metrics["utility_se"], previous["utility_se"]))
+            se = math.hypot(metrics["utility_se"], previous["utility_se"])
+            flags = [utility_fall_flag(before=previous["utility_mean"], after=metrics["utility_mean"],
+                                       se_before=previous["utility_se"], se_after=metrics["utility_se"])]
+            if "rm_score_change" in carried:
+                flags.append(over_optimisation_flag(rm_score_change=carried["rm_score_change"],
+                                                    utility_change=metrics["utility_change"], utility_se=se))
+                metrics["over_optimised"] = flags[-1]
+            metrics["flags"] = [f for f in flags if f]
         if r < config.rounds:
             groups = round_label(prompts, samples, utility=utility, config=config, round_index=r)
             all_groups.extend(groups)
@@ -344,10 +460,17 @@ def run_loop(config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool
             if config.train_reward_model:
                 rm_dir, metrics["rm_accuracy"] = round_train_reward_model(
                     all_groups, base_model=str(round0_dir(workdir)), output_dir=workdir / f"rm{r}", config=config)
-            summary, carried = round_train_policy(policy_dir, prompts, groups, reward_model_dir=rm_dir,
-                                                  workdir=workdir, r=r, config=config, ptx_texts=ptx_texts)
-            metrics.update({k: v for k, v in carried.items() if k == "dpo_train_accuracy"})
-            policy_dir = summary["policy_dir"]
+            next_dir, carried, next_health = round_train_gated(
+                policy_dir, prompts, groups, policy=policy, round0=round0, held_out=held_out, rm_dir=rm_dir,
+                workdir=workdir, r=r, config=config, ptx_texts=ptx_texts, round0_nll=round0_nll, log=log)
+            metrics.update({k: v for k, v in carried.items()
+                            if k in ("dpo_train_accuracy", "gate", "gate_failed", "gate_checks")})
+            if carried.get("gate_failed"):
+                metrics.setdefault("flags", []).append("the policy trained on this round failed the health gate twice")
+                carried = {}
+            else:
+                health = next_health or health
+            policy_dir = next_dir
         metrics["elapsed_s"] = time.perf_counter() - started
         history.append(metrics)
         log(format_round(metrics))
@@ -367,8 +490,18 @@ def format_round(m: dict) -> str:
 
 
 def format_monitor(m: dict) -> str:
-    """The over-optimisation monitor's part of a round's line (empty before the first PPO/GRPO run)."""
-    if "utility_change" not in m:
-        return ""
-    text = f" | RM score Δ {m['rm_score_change']:+.3f}, utility Δ {m['utility_change']:+.3f}"
-    return text + (f"\n  OVER-OPTIMISATION: {m['over_optimised']}" if m.get("over_optimised") else "")
+    """The monitor's part of a round's line: RM score and utility changes, the gate's outcome, the flags."""
+    text = ""
+    if "rm_score_change" in m and "utility_change" in m:
+        text += f" | RM score Δ {m['rm_score_change']:+.3f}, utility Δ {m['utility_change']:+.3f}"
+    health = m.get("policy_health") or {}
+    if health:
+        text += f" | health {'ok' if health['healthy'] else 'FAILED'} (NLL rise {health['nll_rise']:+.2f})"
+    if m.get("gate") and m["gate"] != "passed":
+        text += f"\n  GATE: {m['gate']}"
+    if m.get("over_optimised"):
+        text += f"\n  OVER-OPTIMISATION: {m['over_optimised']}"
+    for flag in m.get("flags") or []:
+        if flag != m.get("over_optimised"):
+            text += f"\n  FLAG: {flag}"
+    return text

@@ -5,8 +5,10 @@ import json
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from annotation.errors import InvalidInput
+from training.health import health_settings_update
 from training.loop import LoopSettings, _loop_config, rl_run_config
 from training.ml.loop import LoopConfig, grpo_config, ppo_config, rm_score_trend
 from training.models import ModelArtifact, RoundReport, TrainingRun
@@ -52,7 +54,8 @@ def test_the_flag_uses_the_runs_rm_score_trend_over_first_and_final_steps(ranked
     trainer.summary = {"first": {"rm_score": 0.1}, "final": {"rm_score": 0.9}, "rm_score_change": -0.2}
     trainer.save()
     report = round_report_record(round=second, metrics={"utility_mean": 0.3})
-    assert not report.overoptimised  # the RM's trend fell too: a bad policy, not over-optimisation
+    # the RM's trend fell too: a bad policy, not over-optimisation; the labelers' fall itself is flagged (issue 12)
+    assert report.flag_reason.startswith("labelers' utility fell") and "reward-model" not in report.flag_reason
 
 
 @pytest.mark.slow
@@ -66,10 +69,16 @@ def test_run_loop_grpo_rolls_out_on_the_rounds_prompts_and_reports_the_rm_trend(
     lines += [json.dumps({"prompt": f"Continue the story about the {n}."}) for n in
               ("river", "road", "hill", "boat", "tower", "field", "market", "garden", "bridge", "forest")]
     policy_data_import(project=project, lines=lines)
-    call_command("run_loop", "--project", "story", "--rounds", "1", "--in-process", "--prompts-per-round", "4",
-                 "--optimizer", "grpo", "--loop-config", json.dumps({
-                     "sft_steps": 20, "rl_reward_steps": 3, "max_new_tokens": 12, "grpo_steps": 2,
-                     "grpo_batch_size": 2, "grpo_samples": 4}))
+    # 20-step policies rarely end with EOS yet: gate them with limits they can pass (the gate: test_health_gate.py)
+    health_settings_update(project=project, thresholds={"min_eos_rate": 0.0, "min_distinct_rate": 0.0,
+                                                        "max_nll_rise": 100.0, "prompts": 8})
+    try:  # a one-round toy loop need not raise the utility: then the command fails (exit 1) after its report
+        call_command("run_loop", "--project", "story", "--rounds", "1", "--in-process", "--prompts-per-round", "4",
+                     "--optimizer", "grpo", "--loop-config", json.dumps({
+                         "sft_steps": 20, "rl_reward_steps": 3, "max_new_tokens": 12, "grpo_steps": 2,
+                         "grpo_batch_size": 2, "grpo_samples": 4}))
+    except CommandError as error:
+        assert str(error).startswith("loop failed: the utility did not rise")
     out = capsys.readouterr().out
     grpo = TrainingRun.objects.get(project=project, kind="grpo")
     rounds = list(project.rounds.filter(number__gt=1).order_by("number"))

@@ -3,9 +3,11 @@ demonstrations, generation of a round, DPO on its rankings, a reward model, PPO 
 import pytest
 import torch
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from annotation.models import Round, Sample
 from training import runner, services
+from training.health import health_settings_update
 from training.loop import policy_base_build, round_label_simulated
 from training.ml.demo_task import demo_utility, load_demonstrations
 from training.models import ModelArtifact, RoundReport, TrainingRun
@@ -15,6 +17,7 @@ from training.selectors import artifact_dir
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 TINY = {"num_threads": 1, "eval_every": 10_000, "checkpoint_every": 10_000}
+LAX_HEALTH = {"min_eos_rate": 0.0, "min_distinct_rate": 0.0, "max_nll_rise": 100.0, "prompts": 8}
 
 
 def _execute(run: TrainingRun) -> TrainingRun:
@@ -45,6 +48,9 @@ def story(make_user, make_project, artifact_root):
     lines = [json.dumps({"messages": m, "response": r}) for m, r in load_demonstrations()[:400]]
     policy_data_import(project=project, lines=lines)
     base = policy_base_build(project=project, hidden=32, vocab_size=300)
+    # these 20-step policies rarely end with EOS yet: the gate measures them, with limits they can pass
+    # (the gate itself is tested in test_health_gate.py)
+    health_settings_update(project=project, thresholds=LAX_HEALTH)
     return project, researcher, base
 
 
@@ -56,6 +62,8 @@ def test_sft_generate_dpo_reward_ppo_grpo_register_policies_with_lineage(story):
     losses = [p.values["loss"] for p in sft.metrics.order_by("step")]
     policy = sft.artifact
     assert policy.kind == "policy" and policy.parent == base and losses[-1] < losses[0] and _changed(policy, base)
+    assert policy.healthy is True and sft.summary["health"]["healthy"] is True  # checked before registration
+    assert policy.health["kl_to_round0"] == 0.0 and 0 <= policy.health["eos_rate"] <= 1  # its own round 0
 
     gen = round_start(project=project, policy_artifact=policy, prompts=[f"Continue the story about the {n}."
                                                                         for n in ("river", "road", "hill", "boat", "tower", "field")],
@@ -102,9 +110,12 @@ def test_run_loop_one_round_stores_the_per_round_report(story, capsys):
 
     add(project=project, lines=[json.dumps({"prompt": f"Continue the story about the {n}."})
                                 for n in ("river", "road", "hill", "boat")])
-    call_command("run_loop", "--project", "story", "--rounds", "1", "--in-process", "--prompts-per-round", "8",
-                 "--loop-config", json.dumps({"sft_steps": 20, "reward_steps": 3, "max_new_tokens": 16,
-                                              "dpo_epochs": 1.0}))
+    try:  # a one-round toy loop need not raise the utility: then the command fails (exit 1) after its report
+        call_command("run_loop", "--project", "story", "--rounds", "1", "--in-process", "--prompts-per-round", "8",
+                     "--loop-config", json.dumps({"sft_steps": 20, "reward_steps": 3, "max_new_tokens": 16,
+                                                  "dpo_epochs": 1.0}))
+    except CommandError as error:
+        assert str(error).startswith("loop failed: the utility did not rise")
     out = capsys.readouterr()
     reports = list(RoundReport.objects.filter(round__project=project).order_by("round__number"))
     assert len(reports) == 2

@@ -155,7 +155,9 @@ def test_round_reports_flag_the_round_and_the_run_that_trained_its_policy(loop_p
     trainer.summary = {}
     trainer.save()
     flags_update(report=RoundReport.objects.get(round=second))
-    assert not RoundReport.objects.get(round=second).overoptimised  # RM score fell too
+    report = RoundReport.objects.get(round=second)  # RM score fell too: no over-optimisation, but the labelers'
+    assert report.flag_reason.startswith("labelers' utility fell by 0.300")  # fall is flagged (issue 12)
+    assert "reward-model score" not in report.flag_reason
 
 
 def test_policy_data_view_imports_for_researchers_only(loop_project, client):

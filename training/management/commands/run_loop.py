@@ -4,7 +4,10 @@
 Generate -> simulated labelling -> reward model -> policy run -> next round, each run created through the
 same services as the browser and executed like the Celery task does (``training.loop``). Prints per round:
 mean utility ± standard error, the reward model's held-out accuracy, KL to round 0's policy, health (% EOS,
-% distinct, per-token NLL under round 0) and any over-optimisation flag.
+% distinct, per-token NLL under round 0), the health gate's outcome and any monitor flag. A round's policy that
+fails the gate is retried once with a safer setting, else the previous policy is kept (docs/loop.md, "The
+health gate"). Exits with status 1 ("loop failed: ...") when the final policy is unhealthy or the labelers'
+utility did not rise by more than one standard error.
 """
 import json
 import time
@@ -74,7 +77,13 @@ class Command(BaseCommand):
         self.stdout.write(f"round {last['round']} vs round 0: utility {gain:+.3f} ({in_se}); "
                           f"wall time {time.perf_counter() - started:.0f}s")
         flagged = [m["round"] for m in history if m.get("flag")]
-        self.stdout.write(f"over-optimisation flagged in rounds {flagged}" if flagged else "no over-optimisation flag")
+        self.stdout.write(f"monitor flagged rounds {flagged}" if flagged else "no monitor flag")
+        from training.ml.loop import loop_verdict
+
+        problems = loop_verdict(history)  # exit status 1: final policy unhealthy, or the utility did not rise
+        if problems:
+            raise CommandError("loop failed: " + "; ".join(problems))
+        self.stdout.write("loop passed: the final policy is healthy and the utility rose")
 
 
 def _json_object(raw: str | None, name: str) -> dict:

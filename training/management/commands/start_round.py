@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.errors import InvalidInput
+from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import Project
 from training.loop import LoopFailed, run_execute
 from training.models import ModelArtifact
@@ -35,6 +35,9 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="generate now (like the worker) and wait")
         parser.add_argument("--in-process", action="store_true",
                             help="generate in this process rather than a child process; implies --wait")
+        parser.add_argument("--override-health", default="", metavar="WHY",
+                            help="let a policy that failed the health gate generate (recorded with --user)")
+        parser.add_argument("--user", help="the researcher who overrides (a username)")
 
     def handle(self, *args, **o) -> None:
         project = Project.objects.filter(slug=o["project"]).first()
@@ -53,8 +56,16 @@ class Command(BaseCommand):
                     raise CommandError(f"--prompts: {error}") from error
             else:
                 prompts = pool_prompts_sample(project=project, n=o["sample"], seed=o["seed"])
-            run = round_start(project=project, policy_artifact=policy, prompts=prompts, sampling=sampling)
-        except InvalidInput as error:
+            user = None
+            if o["override_health"]:
+                from django.contrib.auth import get_user_model
+
+                user = get_user_model().objects.filter(username=o["user"] or "").first()
+                if user is None:
+                    raise CommandError("--override-health needs --user USERNAME (a researcher of the project)")
+            run = round_start(project=project, policy_artifact=policy, prompts=prompts, sampling=sampling, user=user,
+                              health_override=o["override_health"])
+        except (InvalidInput, NotAllowed) as error:
             raise CommandError(str(error)) from error
         self.stdout.write(f"round {run.round.number}: {len(prompts)} prompts; generation run {run.pk} queued")
         if o["wait"] or o["in_process"]:
