@@ -18,9 +18,9 @@ REASONS = ["NLL under round 0 rose +3.10 nats/token > +1.00"]
 
 
 @pytest.fixture
-def unhealthy(ranked, model_dir, artifact_root):
+def unhealthy(ranked, stored_model, artifact_root):
     project, researcher, labeler = ranked
-    policy = ModelArtifact.objects.create(project=project, kind="policy", name="junk", path=str(model_dir),
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="junk", path=str(stored_model),
                                           healthy=False, health={"healthy": False, "reasons": REASONS})
     return project, researcher, labeler, policy
 
@@ -66,7 +66,7 @@ def test_health_settings_are_per_project_and_validated(ranked):
     assert task_checks_resolve(checks)["demo_grammar"]([], "the warm river glowed.") is True
     with pytest.raises(InvalidInput, match="unknown health setting"):
         health_settings_update(project=project, thresholds={"max_nll": 0.7})
-    with pytest.raises(InvalidInput, match="unknown task check 'nope'"):
+    with pytest.raises(InvalidInput, match="'nope' is not a registered task_check hook"):
         health_settings_update(project=project, thresholds={}, task_checks=["nope"])
 
 
