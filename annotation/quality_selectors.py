@@ -30,6 +30,7 @@ from annotation import provenance, quality
 from annotation.errors import InvalidInput
 from annotation.models import Assignment, Project, Prompt, Ranking, RankingEntry
 from annotation.quality_models import GoldRanking, LabelerReliability, PromptReview, QualitySettings
+from preferences.tiers import tier_map
 
 HUMAN_SOURCES = frozenset(provenance.HUMAN_SOURCES)
 AI_SOURCES = frozenset(provenance.AI_SOURCES)
@@ -125,14 +126,10 @@ def ranking_records(*, project, round_number: int | None = None, include_exclude
     return list(records.values())
 
 
-def tiers_as_map(tiers: list[list[int]]) -> dict[int, int]:
-    return {sample_id: t for t, members in enumerate(tiers) for sample_id in members}
-
-
 def gold_maps(*, project) -> dict[int, dict[int, int]]:
     """{prompt id: {sample id: tier}} of the project's gold prompts."""
     rows = GoldRanking.objects.filter(prompt__project=project).values_list("prompt_id", "tiers")
-    return {prompt_id: tiers_as_map(tiers) for prompt_id, tiers in rows}
+    return {prompt_id: tier_map(tiers) for prompt_id, tiers in rows}
 
 
 def _weights_by_labeler(*, project) -> dict[int, float]:
@@ -337,7 +334,7 @@ def consensus_rows(*, project, round_number: int | None = None):
         result = prompt_consensus(records=prompt_records, weights=weights)
         basis = "bradley_terry"
         if prompt_id in adjudicated:
-            result["tiers"], basis = tiers_as_map(adjudicated[prompt_id]), "adjudicated"
+            result["tiers"], basis = tier_map(adjudicated[prompt_id]), "adjudicated"
         elif prompt_id in gold:
             result["tiers"], basis = gold[prompt_id], "gold"
         tiers: dict[int, list[int]] = defaultdict(list)

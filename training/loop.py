@@ -24,9 +24,9 @@ from django.db import transaction
 
 from annotation.errors import InvalidInput
 from annotation.models import Project, Round
-from annotation.ranking import tiers_from_scores
 from annotation.services import ranking_record
 from annotation.simulation import sim_labelers_ensure
+from preferences.simulated import simulated_tiers
 from training import runner, services
 from training.models import ModelArtifact, TrainingRun
 from training.policy_data import pool_prompts_sample
@@ -87,8 +87,7 @@ def round_label_simulated(*, rnd: Round, utility, labelers: int, noise: float, t
     for prompt in rnd.prompts.prefetch_related("samples").order_by("id"):
         clean = {s.pk: float(utility(prompt.messages, s.text)) for s in prompt.samples.all()}
         for user in users:
-            tiers = tiers_from_scores({sid: u + rng.gauss(0.0, noise) for sid, u in clean.items()},
-                                      tie_threshold=tie_threshold)
+            tiers = simulated_tiers(clean, noise=noise, tie_threshold=tie_threshold, rng=rng)
             ranking = ranking_record(prompt=prompt, labeler=user, tiers=tiers, source="simulated")
             for chosen, rejected in ranking.pairs.values_list("chosen_id", "rejected_id"):
                 pairs += 1
