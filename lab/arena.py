@@ -23,7 +23,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from django.conf import settings
@@ -315,14 +315,21 @@ def arena_create(*, project: Project, model_a, model_b, name: str, items: list, 
     return arena
 
 
+_generation_enqueuers: list[Callable[[int], None]] = []
+
+
+def arena_generation_enqueuer_register(enqueue: Callable[[int], None]) -> None:
+    """How an arena's generation reaches a worker: ``lab.tasks.arena_generation_enqueue``, registered in
+    ``LabConfig.ready`` (so this module does not import the task that calls it)."""
+    _generation_enqueuers[:] = [enqueue]
+
+
 def _enqueue_generation_on_commit(arena_id: int) -> None:
-    def send() -> None:
-        from lab.tasks import generate_arena
-
-        generate_arena.delay(arena_id)
-
+    if not _generation_enqueuers:
+        raise RuntimeError("no arena generation enqueuer registered: lab.apps.LabConfig.ready registers it")
+    enqueue = _generation_enqueuers[0]
     # robust: with the broker down the arena still exists; ``manage.py arena generate`` fills it by hand.
-    transaction.on_commit(send, robust=True)
+    transaction.on_commit(lambda: enqueue(arena_id), robust=True)
 
 
 def arena_responses_write(*, arena: Arena, responses: Sequence[tuple[str, str]]) -> Arena:

@@ -11,3 +11,8 @@ def generate_arena(arena_id: int) -> str:
     from lab.arena import arena_generate_by_id
 
     return arena_generate_by_id(arena_id=arena_id)
+
+
+def arena_generation_enqueue(arena_id: int) -> None:
+    """Send an arena's generation to the ``gpu`` queue; ``lab.arena`` calls this on commit."""
+    generate_arena.delay(arena_id)

@@ -27,7 +27,7 @@ from annotation.models import Project, Round
 from annotation.services import ranking_record
 from annotation.simulation import sim_labelers_ensure
 from preferences.simulated import simulated_tiers
-from training import runner, services
+from training import runner, services, supervisor
 from training.models import ModelArtifact, TrainingRun
 from training.policy_data import pool_prompts_sample
 from training.rounds import round_report_record, round_start
@@ -65,7 +65,7 @@ def run_execute(*, run: TrainingRun, in_process: bool = False, poll: float = 1.0
             if in_process:
                 runner.run_claimed(run_id=run.pk, claim_token=claimed.claim_token)
             else:
-                runner.supervise(run_id=run.pk, claim_token=claimed.claim_token, attempt=claimed.attempts)
+                supervisor.supervise(run_id=run.pk, claim_token=claimed.claim_token, attempt=claimed.attempts)
         run.refresh_from_db()
         if run.is_terminal:
             break

@@ -251,7 +251,8 @@ def test_generated_text_is_made_storable():
     assert len(_generated_text("x" * (MAX_RESPONSE_CHARS + 5))) == MAX_RESPONSE_CHARS
 
 
-def test_only_generators_are_offered_and_accepted(arena_setup, tmp_path):
+def test_only_generators_are_offered_and_accepted(arena_setup, tmp_path, settings):
+    settings.ARTIFACT_ROOT = str(tmp_path)  # artifacts are read only inside the artifact root
     project, researcher, *_ , model_a, _ = arena_setup
     for name, architecture in (("rm-base", "GPT2ForSequenceClassification"), ("lm-base", "GPT2LMHeadModel")):
         (tmp_path / name).mkdir()
@@ -260,7 +261,7 @@ def test_only_generators_are_offered_and_accepted(arena_setup, tmp_path):
     lm_base = ModelArtifact.objects.create(project=project, kind="base", name="lm-base", path=str(tmp_path / "lm-base"))
     reward = ModelArtifact.objects.create(project=project, kind="reward", name="rm", path="r")
     from lab.arena import arena_generators
-    from annotation.arena_views import ArenaCreateForm
+    from lab.arena_views import ArenaCreateForm
 
     offered = {a.name for a in arena_generators(project=project)}
     assert offered == {"sft-policy", "dpo-policy", "lm-base"}
