@@ -1,7 +1,9 @@
 """Pages of quality control (researchers and admins only): the report, the review queue and their actions.
 
-Thin views: reads from ``quality_selectors``, writes through ``quality_services``; every POST redirects back
-to the page (post/redirect/get) with a message saying what happened or what was wrong.
+Thin views: reads from ``quality_selectors``, writes through ``quality_services`` (and the lab's model
+services). Every POST goes through ``_post_action``: the managed project, one write, then back to the page
+(post/redirect/get) with a message saying what happened or what was wrong; the AI labeler and selection
+forms instead show the page again with status 400 when their input is rejected.
 """
 from __future__ import annotations
 
@@ -9,24 +11,28 @@ import json
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from collections.abc import Callable
+
 from annotation import selectors
-from annotation.hooks import hook_names
 from annotation.errors import InvalidInput
 from annotation.extensions import model_services
-from annotation.models import Prompt, Ranking, Round
+from annotation.hooks import hook_names
 from annotation.quality_models import AILabeler, SelectionRecord
-from annotation.quality_selectors import consensus_rows, quality_report
+from annotation.quality_selectors import (
+    ai_labeler_get, ai_labeler_list, consensus_rows, prompt_get, quality_report, ranking_of_prompt_tiers,
+    rankings_excluded, review_items, round_get, round_list, selection_list,
+)
 from annotation.quality_services import (
     gold_import, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude, ranking_include,
 )
-from annotation.services import ranking_tiers
 
 REVIEW_SHOWN = 10
+Outcome = str | tuple[int, str]  # a success message, or (message level, text)
 
 
 def _managed_project(request: HttpRequest, slug: str):
@@ -35,29 +41,26 @@ def _managed_project(request: HttpRequest, slug: str):
     return project
 
 
-def _back(slug: str, anchor: str = "") -> HttpResponse:
+def _post_action(request: HttpRequest, slug: str, action: Callable[..., Outcome], *, anchor: str, failure: str,
+                 show_page_on_error: bool = False) -> HttpResponse:
+    """The skeleton of every POST of the page: ``action(project)`` on the managed project says what it did;
+    InvalidInput becomes "<failure>: <why>" with nothing written, and the page again with status 400
+    (``show_page_on_error``) or the redirect back to its ``anchor``."""
+    project = _managed_project(request, slug)
+    try:
+        outcome = action(project)
+    except InvalidInput as exc:
+        messages.error(request, f"{failure}: {exc}")
+        if show_page_on_error:
+            return _render_page(request, project, status=400)
+    else:
+        level, text = outcome if isinstance(outcome, tuple) else (messages.SUCCESS, outcome)
+        messages.add_message(request, level, text)
     return redirect(reverse("annotation:quality", args=[slug]) + anchor)
-
-
-def _review_items(project, queue: list[dict]) -> list[dict]:
-    """The first queued prompts with their rankings: tiers as response positions (A, B, ...)."""
-    items = []
-    for row in queue[:REVIEW_SHOWN]:
-        prompt = Prompt.objects.get(pk=row["prompt_id"])
-        letters = {pk: chr(ord("A") + pos) for pk, pos in prompt.samples.values_list("pk", "position")}
-        rankings = Ranking.objects.filter(prompt=prompt, exclusion__isnull=True).select_related("labeler")
-        items.append({
-            **row, "prompt": prompt, "samples": prompt.samples.order_by("position"),
-            "rankings": [{"ranking": r, "order": " > ".join(" = ".join(letters[s] for s in tier)
-                                                             for tier in ranking_tiers(ranking=r))}
-                         for r in rankings],
-        })
-    return items
 
 
 def _with_top_scores(records) -> list:
     """Selection records with ``top_scores``: (prompt id, score) of the first 50 prompts in queue order."""
-    records = list(records)
     for record in records:
         record.top_scores = [(pk, record.scores.get(str(pk))) for pk in record.order[:50]]
     return records
@@ -75,22 +78,14 @@ def _render_page(request: HttpRequest, project, status: int = 200) -> HttpRespon
     chart = {"day": report["timeline"]["day"], "agreement": report["timeline"]["pairwise_agreement"]}
     return render(request, "annotation/quality/report.html", {
         "project": project, "report": report, "chart": chart,
-        "review_items": _review_items(project, report["review_queue"]),
-        "excluded": Ranking.objects.filter(prompt__project=project, exclusion__isnull=False)
-        .select_related("labeler", "exclusion").order_by("-exclusion__created_at")[:50],
-        "ai_labelers": AILabeler.objects.filter(project=project).select_related("user").order_by("user__username"),
+        "review_items": review_items(project=project, queue=report["review_queue"], limit=REVIEW_SHOWN),
+        "excluded": rankings_excluded(project=project, limit=50),
+        "ai_labelers": ai_labeler_list(project=project),
         "ai_kinds": AILabeler.Kind.choices, "strategies": SelectionRecord.Strategy.values,
         "utility_hooks": hook_names(kind="utility"),
-        "rounds": Round.objects.filter(project=project).order_by("number"),
-        "selections": _with_top_scores(SelectionRecord.objects.filter(round__project=project)
-                                       .select_related("round", "created_by").order_by("-created_at")[:20]),
+        "rounds": round_list(project=project),
+        "selections": _with_top_scores(selection_list(project=project, limit=20)),
     }, status=status)
-
-
-def _rejected(request: HttpRequest, project, prefix: str, exc: InvalidInput) -> HttpResponse:
-    """Bad input: the page again with status 400 and the message (nothing was written)."""
-    messages.error(request, f"{prefix}: {exc}")
-    return _render_page(request, project, status=400)
 
 
 def _float_or_none(value: str | None, name: str) -> float | None:
@@ -102,29 +97,6 @@ def _float_or_none(value: str | None, name: str) -> float | None:
         raise InvalidInput(f"must be a number, got {value[:40]!r}", location=name) from exc
 
 
-@login_required
-@require_POST
-def quality_settings(request: HttpRequest, slug: str) -> HttpResponse:
-    project = _managed_project(request, slug)
-    try:
-        values = {name: _float_or_none(request.POST.get(name), name)
-                  for name in ("gold_rate", "review_threshold", "speed_ratio")}
-        quality_settings_update(project=project, **values)
-        messages.success(request, "Quality settings saved.")
-    except InvalidInput as exc:
-        messages.error(request, f"Settings not saved: {exc}")
-    return _back(slug, "#settings")
-
-
-@login_required
-@require_POST
-def quality_weights(request: HttpRequest, slug: str) -> HttpResponse:
-    project = _managed_project(request, slug)
-    weights = pair_weights_update(project=project)
-    messages.success(request, f"Reliability weights written to the pairs of {len(weights)} labelers.")
-    return _back(slug, "#labelers")
-
-
 def _int(value: str | None, name: str) -> int:
     if value is None or not value.strip().isdigit():
         raise InvalidInput(f"expected a number, got {str(value)[:20]!r}", location=name)
@@ -133,59 +105,117 @@ def _int(value: str | None, name: str) -> int:
 
 @login_required
 @require_POST
+def quality_settings(request: HttpRequest, slug: str) -> HttpResponse:
+    def save(project) -> Outcome:
+        values = {name: _float_or_none(request.POST.get(name), name)
+                  for name in ("gold_rate", "review_threshold", "speed_ratio")}
+        quality_settings_update(project=project, **values)
+        return "Quality settings saved."
+
+    return _post_action(request, slug, save, anchor="#settings", failure="Settings not saved")
+
+
+@login_required
+@require_POST
+def quality_weights(request: HttpRequest, slug: str) -> HttpResponse:
+    def write(project) -> Outcome:
+        return f"Reliability weights written to the pairs of {len(pair_weights_update(project=project))} labelers."
+
+    return _post_action(request, slug, write, anchor="#labelers", failure="Weights not written")
+
+
+@login_required
+@require_POST
 def quality_exclusion(request: HttpRequest, slug: str) -> HttpResponse:
     """action=exclude (with a reason) or action=include for one ranking."""
-    project = _managed_project(request, slug)
-    try:
+    def exclude_or_include(project) -> Outcome:
         ranking_id = _int(request.POST.get("ranking_id"), "ranking_id")
         if request.POST.get("action") == "include":
             ranking_include(project=project, ranking_id=ranking_id)
-            messages.success(request, f"Ranking {ranking_id} is included again.")
-        else:
-            ranking_exclude(project=project, ranking_id=ranking_id, user=request.user,
-                            reason=request.POST.get("reason", ""))
-            messages.success(request, f"Ranking {ranking_id} is excluded from exports and training.")
-    except InvalidInput as exc:
-        messages.error(request, f"Nothing changed: {exc}")
-    return _back(slug, "#review")
+            return f"Ranking {ranking_id} is included again."
+        ranking_exclude(project=project, ranking_id=ranking_id, user=request.user,
+                        reason=request.POST.get("reason", ""))
+        return f"Ranking {ranking_id} is excluded from exports and training."
+
+    return _post_action(request, slug, exclude_or_include, anchor="#review", failure="Nothing changed")
 
 
 @login_required
 @require_POST
 def quality_review(request: HttpRequest, slug: str, prompt_id: int) -> HttpResponse:
     """Adopt one ranking as the prompt's adjudicated consensus (or keep all), excluding the ticked ones."""
-    project = _managed_project(request, slug)
-    prompt = get_object_or_404(Prompt, pk=prompt_id, project=project)
-    try:
+    def review(project) -> Outcome:
+        try:
+            prompt = prompt_get(project=project, prompt_id=prompt_id)
+        except InvalidInput as exc:
+            raise Http404(str(exc)) from exc
         excluded = [_int(v, "exclude") for v in request.POST.getlist("exclude")]
         adopted = request.POST.get("adopt", "")
-        tiers = None
-        if adopted:
-            ranking = Ranking.objects.filter(pk=_int(adopted, "adopt"), prompt=prompt).first()
-            if ranking is None:
-                raise InvalidInput("the adopted ranking is not a ranking of this prompt", location="adopt")
-            tiers = ranking_tiers(ranking=ranking)
+        tiers = ranking_of_prompt_tiers(prompt=prompt, ranking_id=_int(adopted, "adopt")) if adopted else None
         prompt_review(prompt=prompt, user=request.user, tiers=tiers, note=request.POST.get("note", ""),
                       exclude_ranking_ids=excluded)
-        messages.success(request, f"Prompt {prompt.pk} reviewed.")
-    except InvalidInput as exc:
-        messages.error(request, f"Review not saved: {exc}")
-    return _back(slug, "#review")
+        return f"Prompt {prompt.pk} reviewed."
+
+    return _post_action(request, slug, review, anchor="#review", failure="Review not saved")
 
 
 @login_required
 @require_POST
 def quality_gold_import(request: HttpRequest, slug: str) -> HttpResponse:
-    project = _managed_project(request, slug)
-    upload = request.FILES.get("file")
-    try:
+    def import_gold(project) -> Outcome:
+        upload = request.FILES.get("file")
         if upload is None:
             raise InvalidInput("choose a JSONL file", location="file")
-        count = gold_import(project=project, lines=upload.readlines(), user=request.user)
-        messages.success(request, f"{count} gold prompts set.")
-    except InvalidInput as exc:
-        messages.error(request, f"Nothing imported: {exc}")
-    return _back(slug, "#gold")
+        return f"{gold_import(project=project, lines=upload.readlines(), user=request.user)} gold prompts set."
+
+    return _post_action(request, slug, import_gold, anchor="#gold", failure="Nothing imported")
+
+
+@login_required
+@require_POST
+def quality_ai_labeler_add(request: HttpRequest, slug: str) -> HttpResponse:
+    def add(project) -> Outcome:
+        tie = _float_or_none(request.POST.get("tie_threshold"), "tie_threshold")
+        labeler = model_services().ai_labeler_create(
+            project=project, name=request.POST.get("name", "").strip(), kind=request.POST.get("kind", ""),
+            spec=request.POST.get("spec", "").strip(), tie_threshold=tie or 0.0)
+        return f"AI labeler {labeler.user.username} saved."
+
+    return _post_action(request, slug, add, anchor="#ai-labelers", failure="AI labeler not saved",
+                        show_page_on_error=True)
+
+
+@login_required
+@require_POST
+def quality_ai_labeler_run(request: HttpRequest, slug: str) -> HttpResponse:
+    """Rank every open prompt in the AI labeler's queue (synchronous: CPU scorers, seconds)."""
+    def run(project) -> Outcome:
+        labeler = ai_labeler_get(project=project, labeler_id=_int(request.POST.get("labeler_id"), "labeler_id"))
+        result = model_services().ai_labeler_run(labeler=labeler)
+        why = f" Nothing more to rank: {result['reason']}." if result.get("reason") else ""
+        return f"{result['labeler']} ranked {result['rankings']} prompts ({result['pairs']} pairs).{why}"
+
+    return _post_action(request, slug, run, anchor="#ai-labelers", failure="AI labeler not run",
+                        show_page_on_error=True)
+
+
+@login_required
+@require_POST
+def quality_selection(request: HttpRequest, slug: str) -> HttpResponse:
+    """Order a round's prompts by a selection strategy (random, uncertainty, disagreement) and record it."""
+    def select(project) -> Outcome:
+        number = _int(request.POST.get("round"), "round")
+        artifact = request.POST.get("artifact_id", "").strip()
+        record = model_services().round_select(
+            round_=round_get(project=project, number=number), strategy=request.POST.get("strategy", ""),
+            user=request.user, artifact_id=_int(artifact, "artifact_id") if artifact else None)
+        notes = " ".join(record.params.get("notes", []))
+        text = f"Round {number}: {len(record.order)} prompts ordered by {record.strategy}."
+        text += f" {notes}" if notes else ""
+        return (messages.SUCCESS if record.params.get("can_act", True) else messages.WARNING), text
+
+    return _post_action(request, slug, select, anchor="#selection", failure="Selection not recorded",
+                        show_page_on_error=True)
 
 
 def consensus_jsonl(project) -> StreamingHttpResponse:
@@ -199,58 +229,3 @@ def consensus_jsonl(project) -> StreamingHttpResponse:
 @require_GET
 def quality_consensus(request: HttpRequest, slug: str) -> StreamingHttpResponse:
     return consensus_jsonl(_managed_project(request, slug))
-
-
-@login_required
-@require_POST
-def quality_ai_labeler_add(request: HttpRequest, slug: str) -> HttpResponse:
-    project = _managed_project(request, slug)
-    try:
-        tie = _float_or_none(request.POST.get("tie_threshold"), "tie_threshold")
-        labeler = model_services().ai_labeler_create(
-            project=project, name=request.POST.get("name", "").strip(), kind=request.POST.get("kind", ""),
-            spec=request.POST.get("spec", "").strip(), tie_threshold=tie or 0.0)
-    except InvalidInput as exc:
-        return _rejected(request, project, "AI labeler not saved", exc)
-    messages.success(request, f"AI labeler {labeler.user.username} saved.")
-    return _back(slug, "#ai-labelers")
-
-
-@login_required
-@require_POST
-def quality_ai_labeler_run(request: HttpRequest, slug: str) -> HttpResponse:
-    """Rank every open prompt in the AI labeler's queue (synchronous: CPU scorers, seconds)."""
-    project = _managed_project(request, slug)
-    try:
-        labeler = AILabeler.objects.filter(project=project, pk=_int(request.POST.get("labeler_id"), "labeler_id")).first()
-        if labeler is None:
-            raise InvalidInput("this project has no such AI labeler", location="labeler_id")
-        result = model_services().ai_labeler_run(labeler=labeler)
-    except InvalidInput as exc:
-        return _rejected(request, project, "AI labeler not run", exc)
-    why = f" Nothing more to rank: {result['reason']}." if result.get("reason") else ""
-    messages.success(request,
-                     f"{result['labeler']} ranked {result['rankings']} prompts ({result['pairs']} pairs).{why}")
-    return _back(slug, "#ai-labelers")
-
-
-@login_required
-@require_POST
-def quality_selection(request: HttpRequest, slug: str) -> HttpResponse:
-    """Order a round's prompts by a selection strategy (random, uncertainty, disagreement) and record it."""
-    project = _managed_project(request, slug)
-    try:
-        number = _int(request.POST.get("round"), "round")
-        round_ = Round.objects.filter(project=project, number=number).first()
-        if round_ is None:
-            raise InvalidInput(f"project {project.slug} has no round {number}", location="round")
-        artifact = request.POST.get("artifact_id", "").strip()
-        record = model_services().round_select(round_=round_, strategy=request.POST.get("strategy", ""),
-                                               user=request.user,
-                                               artifact_id=_int(artifact, "artifact_id") if artifact else None)
-    except InvalidInput as exc:
-        return _rejected(request, project, "Selection not recorded", exc)
-    notes = " ".join(record.params.get("notes", []))
-    text = f"Round {number}: {len(record.order)} prompts ordered by {record.strategy}." + (f" {notes}" if notes else "")
-    (messages.success if record.params.get("can_act", True) else messages.warning)(request, text)
-    return _back(slug, "#selection")
