@@ -4,10 +4,9 @@ import math
 
 import pytest
 
-from lab.arena import (
-    arena_close, arena_create, arena_generate, arena_leaderboard, arena_pair_next_for_voter, arena_shown_order,
-    arena_vote, leaderboard_from_votes, vote_comparisons,
-)
+from lab.arena import arena_close, arena_create, arena_generate, arena_vote
+from lab.selectors import arena_leaderboard, arena_pair_next_for_voter, arena_shown_order
+from lab.leaderboard import leaderboard_from_votes, vote_comparisons
 from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import Membership, PairwiseComparison, Prompt, Ranking, Round, Sample
@@ -260,7 +259,7 @@ def test_only_generators_are_offered_and_accepted(arena_setup, tmp_path, setting
     rm_base = ModelArtifact.objects.create(project=project, kind="base", name="rm-base", path=str(tmp_path / "rm-base"))
     lm_base = ModelArtifact.objects.create(project=project, kind="base", name="lm-base", path=str(tmp_path / "lm-base"))
     reward = ModelArtifact.objects.create(project=project, kind="reward", name="rm", path="r")
-    from lab.arena import arena_generators
+    from lab.selectors import arena_generators
     from lab.arena_views import ArenaCreateForm
 
     offered = {a.name for a in arena_generators(project=project)}

@@ -8,7 +8,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.test import Client
 
-from lab.arena import arena_create, arena_shown_order
+from lab.arena import arena_create
+from lab.selectors import arena_shown_order
 from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.models import PairwiseComparison, Ranking
 from training.models import ModelArtifact

@@ -253,7 +253,8 @@ def test_two_threads_without_a_key_cannot_both_start_a_round(setup, sent):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_same_vote_from_two_threads_is_stored_once(setup):
-    from lab.arena import arena_create, arena_shown_order, arena_vote
+    from lab.arena import arena_create, arena_vote
+    from lab.selectors import arena_shown_order
 
     project, researcher, labeler, policy, other, _ = setup
     arena = arena_create(project=project, model_a=policy, model_b=other, name="race", user=researcher,
