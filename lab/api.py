@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from annotation import selectors
 from annotation.api_helpers import ERRORS, error_response, validated
 from annotation.errors import InvalidInput, NotAllowed
-from lab import arena as arena_service
+from lab import services as arena_service
 from lab import selectors as lab_selectors
 from lab.models import Arena
 from training.idempotency import KeyReused, idempotent_write, key_from_request

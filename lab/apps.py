@@ -12,9 +12,9 @@ class LabConfig(AppConfig):
         from annotation.extensions import ModelServices, model_services_register
         from lab.active import round_select
         from lab.ai_labelers import ai_labeler_create, ai_labeler_run
-        from lab.arena import arena_generation_enqueuer_register
+        from lab.services import arena_generation_enqueuer_register
         from lab.tasks import arena_generation_enqueue
 
         model_services_register(ModelServices(round_select=round_select, ai_labeler_create=ai_labeler_create,
                                               ai_labeler_run=ai_labeler_run))
-        arena_generation_enqueuer_register(arena_generation_enqueue)  # lab.arena does not import the tasks
+        arena_generation_enqueuer_register(arena_generation_enqueue)  # lab.services does not import the tasks

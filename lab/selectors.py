@@ -1,7 +1,7 @@
 """Reads of the lab app: arenas for a member, the next pair and its blind left/right order, progress, the
 leaderboard, the checkpoints an arena may compare, and what the arena pages and API list.
 
-Writes live in ``lab.arena`` (arena services), ``lab.ai_labelers`` and ``lab.active``; the leaderboard's
+Writes live in ``lab.services`` (arena services), ``lab.ai_labelers`` and ``lab.active``; the leaderboard's
 arithmetic in ``lab.leaderboard``.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Pages of the arena: the arena list (researchers also create, close and read the leaderboard there) and the
-blind voting page. Thin views: reads from ``lab.selectors``, writes through ``lab.arena``; non-members get
+blind voting page. Thin views: reads from ``lab.selectors``, writes through ``lab.services``; non-members get
 404, labelers 403 on researcher actions.
 
 The voting page is the same template for a full page and for htmx (partial ``arena-area``); a vote POST
@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from annotation import selectors
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.rendering import render_markdown, render_messages
-from lab import arena as arena_service
+from lab import services as arena_service
 from lab import selectors as lab_selectors
 from lab.models import Arena
 from training.idempotency import idempotent_write, key_from_request

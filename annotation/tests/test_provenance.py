@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from lab.ai_labelers import ai_labeler_create, ai_labeler_run
-from lab.arena import arena_create, arena_vote
+from lab.services import arena_create, arena_vote
 from lab.selectors import arena_pair_next_for_voter, arena_shown_order
 from annotation.errors import InvalidInput
 from annotation.exporters import export_preferences

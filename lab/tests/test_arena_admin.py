@@ -4,7 +4,7 @@ import pytest
 from django.apps import apps
 from django.urls import reverse
 
-from lab.arena import arena_create, arena_vote
+from lab.services import arena_create, arena_vote
 from lab.selectors import arena_shown_order
 from lab.models import ArenaVote
 from annotation.quality_models import (

@@ -8,7 +8,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.test import Client
 
-from lab.arena import arena_create, arena_vote
+from lab.services import arena_create, arena_vote
 from lab.selectors import arena_shown_order
 from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.models import PairwiseComparison, Ranking

@@ -14,7 +14,7 @@ import random
 
 from django.core.management.base import BaseCommand, CommandError
 
-from lab import arena as arena_service
+from lab import services as arena_service
 from lab import selectors as lab_selectors
 from lab.models import Arena, ArenaVote
 from annotation.errors import InvalidInput
