@@ -46,7 +46,7 @@ from annotation.selectors import (
     user_is_ai_labeler,
     user_role,
 )
-from annotation.quality_selectors import gold_turn_order
+from annotation.quality.selectors import gold_turn_order
 from preferences.tiers import pairs_from_tiers, tiers_normalize
 
 MAX_TIME_SPENT_MS = 2**31 - 1  # PositiveIntegerField's bound on PostgreSQL

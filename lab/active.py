@@ -27,11 +27,11 @@ from pathlib import Path
 
 from django.db import transaction
 
-from annotation import quality
+from annotation.quality import metrics as quality
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Round
 from annotation.provenance import HUMAN_SOURCES
-from annotation.quality_models import PromptPriority, SelectionRecord
+from annotation.quality.models import PromptPriority, SelectionRecord
 from preferences.tiers import tiers_from_scores
 
 STRATEGIES = tuple(SelectionRecord.Strategy.values)  # ("random", "uncertainty", "disagreement")
@@ -60,7 +60,7 @@ def _round_prompts(round_: Round) -> list[Prompt]:
 
 
 def disagreement_scores(*, round_: Round) -> dict[int, float]:
-    from annotation.quality_selectors import ranking_records
+    from annotation.quality.selectors import ranking_records
 
     by_prompt: dict[int, list] = {}
     for record in ranking_records(project=round_.project, round_number=round_.number):

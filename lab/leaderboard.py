@@ -10,7 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
-from annotation.quality import bradley_terry
+from annotation.quality.metrics import bradley_terry
 from lab.models import ArenaVote
 
 ELO_SCALE = 400 / math.log(10)  # rating = 1000 + ELO_SCALE · log-strength: a 400-point gap is 10:1 odds

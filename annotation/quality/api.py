@@ -14,14 +14,14 @@ from annotation.api_helpers import ERRORS, error_response, manageable_project, v
 from annotation.hooks import hook_names
 from annotation.errors import InvalidInput
 from annotation.extensions import model_services
-from annotation.quality_models import AILabeler, SelectionRecord
-from annotation.quality_selectors import (
+from annotation.quality.models import AILabeler, SelectionRecord
+from annotation.quality.selectors import (
     ai_labeler_get, ai_labeler_list, prompt_get, quality_report, round_get, selection_list,
 )
-from annotation.quality_services import (
+from annotation.quality.services import (
     gold_set, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude, ranking_include,
 )
-from annotation.quality_views import consensus_jsonl
+from annotation.quality.views import consensus_jsonl
 
 Tiers = serializers.ListField(child=serializers.ListField(child=serializers.IntegerField(), allow_empty=False))
 

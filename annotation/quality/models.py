@@ -1,6 +1,6 @@
 """Quality control, AI labelers and active selection: the tables they add (migration 0003).
 
-Kept beside ``annotation/models.py`` (which imports this module at its end so Django registers them; the
+Apart from ``annotation/models.py`` (which imports this module at its end so Django registers them; the
 foreign keys here name the core models as "annotation.Project" strings, so this module imports nothing back) so
 that the core preference tables stay short. The services that fill ``AILabeler``, ``SelectionRecord`` and
 ``PromptPriority`` live in lab/ (they may score with a trained model); the queue reads the priorities here.

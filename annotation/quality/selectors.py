@@ -26,10 +26,11 @@ from itertools import combinations
 
 from django.db.models import Exists, OuterRef, Prefetch, Subquery
 
-from annotation import provenance, quality
+from annotation import provenance
+from annotation.quality import metrics as quality
 from annotation.errors import InvalidInput
 from annotation.models import Assignment, Project, Prompt, Ranking, RankingEntry, Round, Sample
-from annotation.quality_models import (
+from annotation.quality.models import (
     AILabeler, GoldRanking, LabelerReliability, PromptReview, QualitySettings, SelectionRecord,
 )
 from preferences.tiers import tier_map, tiers_from_map

@@ -1,6 +1,6 @@
 """Pages of quality control (researchers and admins only): the report, the review queue and their actions.
 
-Thin views: reads from ``quality_selectors``, writes through ``quality_services`` (and the lab's model
+Thin views: reads from ``quality.selectors``, writes through ``quality.services`` (and the lab's model
 services). Every POST goes through ``_post_action``: the managed project, one write, then back to the page
 (post/redirect/get) with a message saying what happened or what was wrong; the AI labeler and selection
 forms instead show the page again with status 400 when their input is rejected.
@@ -22,12 +22,12 @@ from annotation import selectors
 from annotation.errors import InvalidInput
 from annotation.extensions import model_services
 from annotation.hooks import hook_names
-from annotation.quality_models import AILabeler, SelectionRecord
-from annotation.quality_selectors import (
+from annotation.quality.models import AILabeler, SelectionRecord
+from annotation.quality.selectors import (
     ai_labeler_get, ai_labeler_list, consensus_rows, prompt_get, quality_report, ranking_of_prompt_tiers,
     rankings_excluded, review_items, round_get, round_list, selection_list,
 )
-from annotation.quality_services import (
+from annotation.quality.services import (
     gold_import, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude, ranking_include,
 )
 

@@ -20,8 +20,8 @@ from annotation.errors import InvalidInput
 from annotation.exporters import export_preferences
 from annotation.models import PairwiseComparison, Prompt, Ranking
 from annotation.provenance import source_selection_parse
-from annotation.quality_selectors import quality_report
-from annotation.quality_services import gold_set
+from annotation.quality.selectors import quality_report
+from annotation.quality.services import gold_set
 from annotation.selectors import project_progress
 from annotation.services import ranking_record
 from annotation.simulation import labelers_simulate
@@ -135,7 +135,7 @@ def test_speed_flag_uses_timed_human_rankings_only(mix):
 
 
 def test_gold_rate_defaults_to_a_tenth_once_gold_exists_and_warns_at_zero(mix):
-    from annotation.quality_services import quality_settings_update
+    from annotation.quality.services import quality_settings_update
 
     report = quality_report(project=mix["project"])
     assert report["settings"]["gold_rate"] == 0.1 and report["warnings"] == []

@@ -6,10 +6,10 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from annotation.quality import shrunk_weight
+from annotation.quality.metrics import shrunk_weight
 
 from annotation.models import PairwiseComparison, Prompt, Ranking
-from annotation.quality_models import GoldRanking, PromptReview, QualitySettings, RankingExclusion
+from annotation.quality.models import GoldRanking, PromptReview, QualitySettings, RankingExclusion
 from annotation.tests.test_quality_services import rank_all
 
 THIN = shrunk_weight(0.05, 9)  # 3 prompts × C(3,2) pairs of evidence

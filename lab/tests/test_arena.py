@@ -10,7 +10,7 @@ from lab.leaderboard import leaderboard_from_votes, vote_comparisons
 from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import Membership, PairwiseComparison, Prompt, Ranking, Round, Sample
-from annotation.quality_models import RankingExclusion
+from annotation.quality.models import RankingExclusion
 from annotation.selectors import prompt_available_for_labeler
 from annotation.services import ranking_tiers
 from training.models import ModelArtifact

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from lab.ai_labelers import ai_labeler_create
 from annotation.errors import InvalidInput
-from annotation.quality_models import AILabeler
+from annotation.quality.models import AILabeler
 from training import services
 from training.models import DatasetSnapshot, ModelArtifact, TrainingRun
 
