@@ -9,7 +9,6 @@ import json
 from io import StringIO
 
 import pytest
-from django.apps import apps as django_apps
 from django.core.management import CommandError, call_command
 from django.test import Client
 
@@ -191,10 +190,16 @@ def test_parquet_export_records_the_choice(mix):
 def test_backfill_marks_ai_arena_and_gold_rankings(mix):
     from importlib import import_module
 
+    from django.db import connection
+    from django.db.migrations.loader import MigrationLoader
+
     _add_ai_and_arena(mix)
     expected = dict(Ranking.objects.values_list("pk", "source"))
     Ranking.objects.exclude(source="imported").update(source="human")
-    import_module("annotation.migrations.0007_ranking_source_provenance").backfill_sources(django_apps, None)
+    # the models as migration 0007 saw them (ArenaVote was annotation's then; the lab move kept its table)
+    migration = ("annotation", "0007_ranking_source_provenance")
+    apps_then = MigrationLoader(connection).project_state(migration).apps
+    import_module("annotation.migrations.0007_ranking_source_provenance").backfill_sources(apps_then, None)
     got = dict(Ranking.objects.values_list("pk", "source"))
     # simulated rankings were not recorded apart before; the rest comes back exactly
     assert {pk: s for pk, s in got.items()} == {pk: ("human" if s == "simulated" else s) for pk, s in expected.items()}
