@@ -13,7 +13,7 @@ from annotation.models import (
     Round,
     Sample,
 )
-from annotation.quality_models import (
+from annotation.quality.models import (
     AILabeler, GoldRanking, LabelerReliability, PromptPriority, PromptReview, QualitySettings, RankingExclusion,
     SelectionRecord,
 )

@@ -1,6 +1,7 @@
 from django.urls import path
 
-from annotation import api, quality_api
+from annotation import api
+from annotation.quality import api as quality_api
 
 urlpatterns = [
     path("hooks/", api.hook_list, name="api-hook-list"),

@@ -32,8 +32,8 @@ from django.db.models import Count, Q
 from annotation.errors import ImportRejected, NotAllowed
 from annotation.limits import json_loads_bounded
 from annotation.models import Membership, PairwiseComparison, Project, Prompt, Ranking, RankingEntry, Round, Sample
-from annotation.ranking import pairs_from_tiers
 from annotation.selectors import user_can_manage
+from preferences.tiers import pairs_from_tiers
 
 MAX_PROBLEMS = 20  # problems collected before giving up, so a user sees several at once
 BATCH_LINES = 500  # lines per bulk_create batch in the write pass

@@ -233,7 +233,7 @@ class PairwiseComparison(models.Model):
 
 
 # Quality control, AI labelers and active selection tables (owned by that feature; migration 0003).
-from annotation.quality_models import (  # noqa: E402,F401
+from annotation.quality.models import (  # noqa: E402,F401
     AILabeler, GoldRanking, LabelerReliability, PromptPriority, PromptReview, QualitySettings,
     RankingExclusion, SelectionRecord,
 )

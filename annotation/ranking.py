@@ -1,20 +1,16 @@
-"""Pure functions over rankings: validate tiers and flags, expand tiers into pairs, group scores into tiers.
+"""Checks of what a labeler submits: tiers that rank every response once, known flags, the shown order.
 
 A ranking is a list of tiers, best first; each tier is a list of sample ids, and samples in the same tier
-are tied. Tier index = rank, so the pair (a in tier i, b in tier j, i < j) has margin j - i.
-
-    >>> pairs_from_tiers([[11], [12, 13], [14]])
-    [(11, 12, 1), (11, 13, 1), (11, 14, 2), (12, 14, 1), (13, 14, 1)]
-
-K samples give C(K,2) pairs minus one for every tied pair (here C(4,2) - 1 = 5). Nothing here touches the
-database, so the same checks run in the browser's service, the importers and the simulated labelers.
+are tied. What a ranking *means* (scores → tiers with the tie rule, tiers → pairs) lives in the pure
+``preferences`` package; this module only validates input and raises ``RankingInvalid`` naming the problem.
+Nothing here touches the database, so the same checks run in the browser's service, the importers and the
+quality services.
 """
 from collections.abc import Iterable, Mapping, Sequence
 
 from annotation.errors import RankingInvalid
 
 Tiers = list[list[int]]
-Pair = tuple[int, int, int]  # (chosen sample id, rejected sample id, margin = tier distance)
 
 
 def _as_id(value: object, *, location: str) -> int:
@@ -95,38 +91,3 @@ def shown_positions(*, shown_order: object, sample_ids: Sequence[int]) -> dict[i
     if sorted(order) != sorted(sample_ids):
         raise RankingInvalid("shown order must list every sample of the prompt exactly once", location="shown_order")
     return {sample_id: position for position, sample_id in enumerate(order)}
-
-
-def tiers_normalize(tiers: Sequence[Sequence[int]]) -> list[list[int]]:
-    """Tiers with each tier sorted: two rankings are the same iff their normalized tiers are equal."""
-    return [sorted(int(s) for s in tier) for tier in tiers]
-
-
-def pairs_from_tiers(tiers: Sequence[Sequence[int]]) -> list[Pair]:
-    """Every (better, worse, tier distance) pair; samples in the same tier give no pair (a tie)."""
-    pairs: list[Pair] = []
-    for i, better_tier in enumerate(tiers):
-        for j in range(i + 1, len(tiers)):
-            for chosen in better_tier:
-                for rejected in tiers[j]:
-                    pairs.append((chosen, rejected, j - i))
-    return pairs
-
-
-def tiers_from_scores(scores: Mapping[int, float], *, tie_threshold: float) -> Tiers:
-    """Group samples by score, best first: a sample joins the current tier if its score is within
-    ``tie_threshold`` of that tier's best score, otherwise it opens a new tier. Equal scores order by id.
-
-    >>> tiers_from_scores({1: 0.9, 2: 0.85, 3: 0.1}, tie_threshold=0.1)
-    [[1, 2], [3]]
-    """
-    ordered = sorted(scores, key=lambda sample_id: (-scores[sample_id], sample_id))
-    tiers: Tiers = []
-    tier_best = 0.0
-    for sample_id in ordered:
-        if tiers and tier_best - scores[sample_id] <= tie_threshold:
-            tiers[-1].append(sample_id)
-        else:
-            tiers.append([sample_id])
-            tier_best = scores[sample_id]
-    return tiers

@@ -46,7 +46,8 @@ from annotation.selectors import (
     user_is_ai_labeler,
     user_role,
 )
-from annotation.quality_selectors import gold_turn_order
+from annotation.quality.selectors import gold_turn_order
+from preferences.tiers import pairs_from_tiers, tiers_normalize
 
 MAX_TIME_SPENT_MS = 2**31 - 1  # PositiveIntegerField's bound on PostgreSQL
 MAX_SKIP_REASON = 500
@@ -195,7 +196,7 @@ def _check_all_bad(all_bad: object) -> bool:
 def _existing_ranking_or_reject(*, existing: Ranking, tiers: list[list[int]]) -> Ranking:
     """A repeat of the same ranking returns the stored one; a different ranking is rejected."""
     stored = ranking_tiers(ranking=existing)
-    if ranking_rules.tiers_normalize(stored) == ranking_rules.tiers_normalize(tiers):
+    if tiers_normalize(stored) == tiers_normalize(tiers):
         return existing
     raise RankingInvalid("this prompt was already ranked (already submitted) with a different order", location="tiers")
 
@@ -281,7 +282,7 @@ def _entries_and_pairs_write(*, ranking: Ranking, tiers, flags, positions, weigh
     PairwiseComparison.objects.bulk_create(
         PairwiseComparison(ranking=ranking, prompt_id=ranking.prompt_id, chosen_id=chosen, rejected_id=rejected,
                            margin=margin, weight=weight)
-        for chosen, rejected, margin in ranking_rules.pairs_from_tiers(clean_tiers)
+        for chosen, rejected, margin in pairs_from_tiers(clean_tiers)
     )
 
 
@@ -445,7 +446,7 @@ def ranking_replace(
         clean_tiers = ranking_rules.tiers_validate(tiers=tiers, sample_ids=sample_ids)
         clean_flags = ranking_rules.flags_validate(flags=flags, sample_ids=sample_ids, allowed=RankingEntry.Flag.values)
         stored_flags = {sid: f for sid, f in ranking.entries.values_list("sample_id", "flags") if f}
-        if (ranking_rules.tiers_normalize(ranking_tiers(ranking=ranking)) == ranking_rules.tiers_normalize(clean_tiers)
+        if (tiers_normalize(ranking_tiers(ranking=ranking)) == tiers_normalize(clean_tiers)
                 and stored_flags == {sid: f for sid, f in clean_flags.items() if f}
                 and (ranking.comment, ranking.all_bad) == (comment, all_bad)):
             return ranking  # a repeat (double click): nothing to change

@@ -1,8 +1,8 @@
 """Scripted labelers: rank open prompts through the same services the browser uses.
 
-Each simulated labeler scores the responses it is shown with ``utility(prompt_messages, text)`` plus
-Gaussian noise N(0, noise²), puts responses whose scores are within ``tie_threshold`` of a tier's best
-into that tier, and submits with ``ranking_submit(source="simulated")``. Labelers take turns, one lease
+Each simulated labeler ranks the responses it is shown as ``preferences.simulated`` does (utility
+``utility(prompt_messages, text)`` plus Gaussian noise N(0, noise²), tiers by the one tie rule of
+``preferences.tiers``) and submits with ``ranking_submit(source="simulated")``. Labelers take turns, one lease
 each, until none of them gets a lease (or ``max_prompts`` rankings were submitted).
 """
 import random
@@ -13,9 +13,9 @@ from django.db import transaction
 
 from annotation.errors import InvalidInput
 from annotation.models import Membership, Project
-from annotation.ranking import pairs_from_tiers, tiers_from_scores
 from annotation.services import assignment_next_for_labeler, ranking_submit
 from annotation.utility import Utility, default_utility, load_utility
+from preferences.simulated import agreeing_pairs, simulated_tiers
 
 SIM_USERNAME = "sim-labeler-{}"
 
@@ -47,8 +47,7 @@ def _rank_one(*, assignment, utility: Utility, noise: float, tie_threshold: floa
     """Scores (noisy and clean) of the shown samples and the tiers they give."""
     texts = dict(assignment.prompt.samples.values_list("pk", "text"))
     clean = {sid: float(utility(assignment.prompt.messages, texts[sid])) for sid in assignment.shown_order}
-    noisy = {sid: score + rng.gauss(0.0, noise) if noise > 0 else score for sid, score in clean.items()}
-    return clean, tiers_from_scores(noisy, tie_threshold=tie_threshold)
+    return clean, simulated_tiers(clean, noise=noise, tie_threshold=tie_threshold, rng=rng)
 
 
 def labelers_simulate(
@@ -83,12 +82,12 @@ def labelers_simulate(
             continue  # this labeler is done: every remaining slot is taken or already theirs
         clean, tiers = _rank_one(assignment=assignment, utility=utility_fn, noise=noise, tie_threshold=tie_threshold, rng=rng)
         ranking_submit(assignment_id=assignment.pk, labeler=labeler, tiers=tiers, source="simulated")
-        pairs = pairs_from_tiers(tiers)
+        agreeing, pairs = agreeing_pairs(tiers, clean)
         k = len(clean)
         summary["rankings"] += 1
-        summary["pairs"] += len(pairs)
-        summary["tied_pairs"] += k * (k - 1) // 2 - len(pairs)
-        summary["agreeing_pairs"] += sum(clean[chosen] > clean[rejected] for chosen, rejected, _ in pairs)
+        summary["pairs"] += pairs
+        summary["tied_pairs"] += k * (k - 1) // 2 - pairs
+        summary["agreeing_pairs"] += agreeing
         waiting.append(labeler)
         if on_ranking is not None:
             on_ranking()

@@ -1,6 +1,7 @@
 from django.urls import path
 
-from annotation import quality_views, views
+from annotation import views
+from annotation.quality import views as quality_views
 
 app_name = "annotation"
 urlpatterns = [

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from training.ml import demo_task  # noqa: E402
 from training.ml.config import DPOConfig  # noqa: E402
 from training.ml.generation import load_policy, sequence_logprobs  # noqa: E402
-from training.ml.loop import tiers_from_scores  # noqa: E402
+from preferences.tiers import tiers_from_scores  # noqa: E402
 from training.ml.trainers.dpo import train_dpo  # noqa: E402
 from training.ml.types import NullHooks, RankedGroup  # noqa: E402
 
@@ -42,7 +42,7 @@ def make_groups(n_prompts: int, k: int, seed: int) -> list[RankedGroup]:
         responses = [r for _, r in demos[i * k: (i + 1) * k]]
         scores = [demo_task.demo_utility(messages, r) + rng.gauss(0, 1e-3) for r in responses]
         groups.append(RankedGroup(prompt_id=i, messages=messages, responses=responses,
-                                  rankings=[tiers_from_scores(scores, 0.0)]))
+                                  rankings=[tiers_from_scores(dict(enumerate(scores)), tie_threshold=0.0)]))
     return groups
 
 

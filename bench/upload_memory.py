@@ -95,7 +95,7 @@ def main() -> None:
 
 def _written_models():
     from lab.models import Arena
-    from annotation.quality_models import GoldRanking
+    from annotation.quality.models import GoldRanking
     from training.models import Demonstration, PoolPrompt, TrainingRun
 
     return [Arena, GoldRanking, Demonstration, PoolPrompt, TrainingRun]

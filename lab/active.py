@@ -27,11 +27,12 @@ from pathlib import Path
 
 from django.db import transaction
 
-from annotation import quality
+from annotation.quality import metrics as quality
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Round
 from annotation.provenance import HUMAN_SOURCES
-from annotation.quality_models import PromptPriority, SelectionRecord
+from annotation.quality.models import PromptPriority, SelectionRecord
+from preferences.tiers import tiers_from_scores
 
 STRATEGIES = tuple(SelectionRecord.Strategy.values)  # ("random", "uncertainty", "disagreement")
 
@@ -59,7 +60,7 @@ def _round_prompts(round_: Round) -> list[Prompt]:
 
 
 def disagreement_scores(*, round_: Round) -> dict[int, float]:
-    from annotation.quality_selectors import ranking_records
+    from annotation.quality.selectors import ranking_records
 
     by_prompt: dict[int, list] = {}
     for record in ranking_records(project=round_.project, round_number=round_.number):
@@ -164,12 +165,9 @@ class SimPrompt:
 def _ranked(prompt: SimPrompt, scores: list[float], *, tie_threshold: float = 1e-9):
     from training.ml.types import RankedGroup
 
-    tiers = quality.tiers_from_strengths(dict(enumerate(scores)), tie_tolerance=tie_threshold)
-    grouped: dict[int, list[int]] = {}
-    for index, tier in tiers.items():
-        grouped.setdefault(tier, []).append(index)
+    tiers = tiers_from_scores(dict(enumerate(scores)), tie_threshold=tie_threshold)
     return RankedGroup(prompt_id=prompt.prompt_id, messages=prompt.messages, responses=prompt.responses,
-                       rankings=[[sorted(grouped[t]) for t in sorted(grouped)]])
+                       rankings=[[sorted(tier) for tier in tiers]])
 
 
 def _train_and_score(groups, held_out, pool, *, base_model: str, steps: int, seed: int, workdir: Path):

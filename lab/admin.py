@@ -1,4 +1,4 @@
-"""Django admin for the lab models. An arena's status, pairs and votes change through ``lab.arena`` only (a vote
+"""Django admin for the lab models. An arena's status, pairs and votes change through ``lab.services`` only (a vote
 is also a ranking): the admin shows them read-only."""
 from django.contrib import admin
 
@@ -8,7 +8,7 @@ from lab.models import Arena, ArenaPair, ArenaVote
 
 @admin.register(Arena)
 class ArenaAdmin(admin.ModelAdmin):
-    """Status, summary and round change through ``lab.arena`` (create, generate, close): shown read-only."""
+    """Status, summary and round change through ``lab.services`` (create, generate, close): shown read-only."""
 
     list_display = ["id", "project", "name", "model_a", "model_b", "status", "created_at"]
     list_filter = ["status", "project"]

@@ -26,10 +26,10 @@ from django.db import transaction
 
 from annotation.errors import InvalidInput
 from annotation.models import Membership, Project
-from annotation.quality_models import AILabeler
-from annotation.ranking import tiers_from_scores
+from annotation.quality.models import AILabeler
 from annotation.services import assignment_next_for_labeler, ranking_submit
 from annotation.hooks import hook_check, hook_resolve
+from preferences.tiers import tiers_from_scores
 
 Scorer = Callable[[list[dict], list[str]], list[float]]
 AI_USERNAME = "ai-{name}@{project}"  # per project: two projects may each have an AI labeler "rules"

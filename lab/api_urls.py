@@ -1,6 +1,6 @@
 from django.urls import path
 
-from lab import arena_api
+from lab import api as arena_api
 
 urlpatterns = [
     path("projects/<slug:slug>/arenas/", arena_api.arena_list, name="api-arena-list"),

@@ -12,6 +12,9 @@ class LabConfig(AppConfig):
         from annotation.extensions import ModelServices, model_services_register
         from lab.active import round_select
         from lab.ai_labelers import ai_labeler_create, ai_labeler_run, reward_models_of_project
+        from lab.services import arena_generation_enqueuer_register
+        from lab.tasks import arena_generation_enqueue
 
         model_services_register(ModelServices(round_select=round_select, ai_labeler_create=ai_labeler_create,
                                               ai_labeler_run=ai_labeler_run, reward_models=reward_models_of_project))
+        arena_generation_enqueuer_register(arena_generation_enqueue)  # lab.services does not import the tasks

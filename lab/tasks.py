@@ -8,6 +8,11 @@ from celery import shared_task
 @shared_task(name="annotation.tasks.generate_arena", acks_late=True, reject_on_worker_lost=True)
 def generate_arena(arena_id: int) -> str:
     """Generate an arena's responses from its two checkpoints (``gpu`` queue); a redelivery does nothing more."""
-    from lab.arena import arena_generate_by_id
+    from lab.services import arena_generate_by_id
 
     return arena_generate_by_id(arena_id=arena_id)
+
+
+def arena_generation_enqueue(arena_id: int) -> None:
+    """Send an arena's generation to the ``gpu`` queue; ``lab.services`` calls this on commit."""
+    generate_arena.delay(arena_id)

@@ -1,7 +1,7 @@
 """Pages of the lab app, at the paths they always had (``/p/<slug>/arena/...``), in the ``lab`` namespace."""
 from django.urls import path
 
-from lab import arena_views
+from lab import views as arena_views
 
 app_name = "lab"
 urlpatterns = [

@@ -1,6 +1,6 @@
 """A run on every device of its worker: ``python -m training.distributed_runner RUN_ID`` is one of its processes.
 
-``child_command`` is what ``training.runner.supervise`` starts: ``python -m training.runner RUN_ID`` when the
+``child_command`` is what ``training.supervisor.supervise`` starts: ``python -m training.runner RUN_ID`` when the
 run gets one process (one device, no device, or a kind whose trainer is not data-parallel), else
 ``accelerate launch … -m training.distributed_runner RUN_ID`` with one process per device
 (``training.ml.distributed.num_processes``: every CUDA device, or ``RLHF_NUM_PROCESSES``).
@@ -21,6 +21,7 @@ import os
 import sys
 
 from training.ml import distributed
+from training.run_process import EXIT_CANCELLED, EXIT_CLAIM_LOST, EXIT_FAILED, EXIT_OK, die_with_parent
 
 # Kinds whose trainer shards its batches over processes and writes only from the main one.
 DATA_PARALLEL_KINDS = frozenset({"reward"})
@@ -56,10 +57,10 @@ def run_other_process(*, run_id: int, claim_token: str) -> int:
 def main(argv: list[str]) -> int:
     from training import runner
 
-    runner._die_with_parent()  # the launcher's death (the worker's) ends this process too
+    die_with_parent()  # the launcher's death (the worker's) ends this process too
     if distributed.process_rank() == 0:
         code = runner.main(argv)
-        handled = (runner.EXIT_OK, runner.EXIT_FAILED, runner.EXIT_CANCELLED, runner.EXIT_CLAIM_LOST)
+        handled = (EXIT_OK, EXIT_FAILED, EXIT_CANCELLED, EXIT_CLAIM_LOST)
         return 0 if code in handled else code
     if len(argv) != 2 or not argv[1].isdigit():
         return 64

@@ -70,7 +70,6 @@ def check_model_source(value: str, *, location: str) -> None:
 
 
 def job_for_kind(kind: str) -> JobSpec:
-    _register_policy_jobs()
     if kind not in JOBS:
         raise InvalidInput(f"Unknown run kind {kind!r} (known: {', '.join(sorted(JOBS))}).", location="kind")
     return JOBS[kind]
@@ -114,9 +113,7 @@ JOBS: dict[str, JobSpec] = {
 }
 
 
-def _register_policy_jobs() -> None:
-    """SFT, generate, DPO, PPO and GRPO live in ``training.policy_jobs`` (imported lazily: it imports this module)."""
-    if TrainingRun.Kind.SFT not in JOBS:
-        from training.policy_jobs import POLICY_JOBS
-
-        JOBS.update(POLICY_JOBS)
+def jobs_register(specs: dict[str, JobSpec]) -> None:
+    """Add run kinds: SFT, generate, DPO, PPO and GRPO live in ``training.policy_jobs``, which imports this module,
+    so ``TrainingConfig.ready`` registers them here (this module does not import them back)."""
+    JOBS.update(specs)

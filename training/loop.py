@@ -24,10 +24,10 @@ from django.db import transaction
 
 from annotation.errors import InvalidInput
 from annotation.models import Project, Round
-from annotation.ranking import tiers_from_scores
 from annotation.services import ranking_record
 from annotation.simulation import sim_labelers_ensure
-from training import runner, services
+from preferences.simulated import simulated_tiers
+from training import runner, services, supervisor
 from training.models import ModelArtifact, TrainingRun
 from training.policy_data import pool_prompts_sample
 from training.rounds import round_report_record, round_start
@@ -65,7 +65,7 @@ def run_execute(*, run: TrainingRun, in_process: bool = False, poll: float = 1.0
             if in_process:
                 runner.run_claimed(run_id=run.pk, claim_token=claimed.claim_token)
             else:
-                runner.supervise(run_id=run.pk, claim_token=claimed.claim_token, attempt=claimed.attempts)
+                supervisor.supervise(run_id=run.pk, claim_token=claimed.claim_token, attempt=claimed.attempts)
         run.refresh_from_db()
         if run.is_terminal:
             break
@@ -87,8 +87,7 @@ def round_label_simulated(*, rnd: Round, utility, labelers: int, noise: float, t
     for prompt in rnd.prompts.prefetch_related("samples").order_by("id"):
         clean = {s.pk: float(utility(prompt.messages, s.text)) for s in prompt.samples.all()}
         for user in users:
-            tiers = tiers_from_scores({sid: u + rng.gauss(0.0, noise) for sid, u in clean.items()},
-                                      tie_threshold=tie_threshold)
+            tiers = simulated_tiers(clean, noise=noise, tie_threshold=tie_threshold, rng=rng)
             ranking = ranking_record(prompt=prompt, labeler=user, tiers=tiers, source="simulated")
             for chosen, rejected in ranking.pairs.values_list("chosen_id", "rejected_id"):
                 pairs += 1

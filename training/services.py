@@ -12,6 +12,7 @@ import hashlib
 import logging
 import math
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -447,14 +448,21 @@ def _user_can_launch(*, user, project: Project) -> bool:
     return user_can_manage(user=user, project=project)
 
 
+_run_enqueuers: list[Callable[[int], None]] = []
+
+
+def run_enqueuer_register(enqueue: Callable[[int], None]) -> None:
+    """How a run reaches a worker: ``training.tasks.run_enqueue``, registered in ``TrainingConfig.ready`` (so this
+    module does not import the tasks that call it). A second call replaces the first."""
+    _run_enqueuers[:] = [enqueue]
+
+
 def _enqueue_on_commit(run_id: int) -> None:
-    def send() -> None:
-        from training.tasks import execute_run
-
-        execute_run.delay(run_id)
-
+    if not _run_enqueuers:
+        raise RuntimeError("no run enqueuer registered: training.apps.TrainingConfig.ready registers it")
+    enqueue = _run_enqueuers[0]
     # robust: if the broker is down the commit still stands and runs_reconcile re-sends later.
-    transaction.on_commit(send, robust=True)
+    transaction.on_commit(lambda: enqueue(run_id), robust=True)
 
 
 def base_models_build_tiny(

@@ -13,7 +13,7 @@ from annotation.errors import InvalidInput
 from annotation.exporters import export_preferences, render_plain_prompt
 from annotation.importers import import_samples_from_file
 from annotation.models import PairwiseComparison, Prompt, Ranking, RankingEntry, Round
-from annotation.ranking import pairs_from_tiers
+from preferences.tiers import pairs_from_tiers
 
 PAIR_FIELDS = {"prompt", "chosen", "rejected", "tier_distance", "weight", "labeler", "source", "round", "prompt_id",
                "ranking_id", "chosen_id", "rejected_id"}

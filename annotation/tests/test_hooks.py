@@ -14,7 +14,7 @@ from lab.ai_labelers import ai_labeler_run
 from annotation.errors import InvalidInput
 from annotation.hooks import hook_check, hook_load_for_operator, hook_names, hook_resolve, hooks_settings_check
 from annotation.models import Ranking
-from annotation.quality_models import AILabeler
+from annotation.quality.models import AILabeler
 from annotation.utility import default_utility
 
 ATTACK = "pydoc:pipepager"  # would run a shell command on the sample's text

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from annotation.models import Membership, Project, Round
-from annotation.quality_models import AILabeler
+from annotation.quality.models import AILabeler
 from annotation.tests.test_browser import _login
 
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread

@@ -13,13 +13,14 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from lab.ai_labelers import ai_labeler_create, ai_labeler_run
-from lab.arena import arena_create, arena_pair_next_for_voter, arena_shown_order, arena_vote
+from lab.services import arena_create, arena_vote
+from lab.selectors import arena_pair_next_for_voter, arena_shown_order
 from annotation.errors import InvalidInput
 from annotation.exporters import export_preferences
 from annotation.models import PairwiseComparison, Prompt, Ranking
 from annotation.provenance import source_selection_parse
-from annotation.quality_selectors import quality_report
-from annotation.quality_services import gold_set
+from annotation.quality.selectors import quality_report
+from annotation.quality.services import gold_set
 from annotation.selectors import project_progress
 from annotation.services import ranking_record
 from annotation.simulation import labelers_simulate
@@ -133,7 +134,7 @@ def test_speed_flag_uses_timed_human_rankings_only(mix):
 
 
 def test_gold_rate_defaults_to_a_tenth_once_gold_exists_and_warns_at_zero(mix):
-    from annotation.quality_services import quality_settings_update
+    from annotation.quality.services import quality_settings_update
 
     report = quality_report(project=mix["project"])
     assert report["settings"]["gold_rate"] == 0.1 and report["warnings"] == []
@@ -192,12 +193,13 @@ def test_backfill_marks_ai_arena_and_gold_rankings(mix):
     from django.db import connection
     from django.db.migrations.loader import MigrationLoader
 
-    # the migration runs against the models as they were then (ArenaVote still in annotation; lab 0001 moved it)
-    historic = MigrationLoader(connection).project_state(("annotation", "0007_ranking_source_provenance")).apps
     _add_ai_and_arena(mix)
     expected = dict(Ranking.objects.values_list("pk", "source"))
     Ranking.objects.exclude(source="imported").update(source="human")
-    import_module("annotation.migrations.0007_ranking_source_provenance").backfill_sources(historic, None)
+    # the models as migration 0007 saw them (ArenaVote was annotation's then; the lab move kept its table)
+    migration = ("annotation", "0007_ranking_source_provenance")
+    apps_then = MigrationLoader(connection).project_state(migration).apps
+    import_module("annotation.migrations.0007_ranking_source_provenance").backfill_sources(apps_then, None)
     got = dict(Ranking.objects.values_list("pk", "source"))
     # simulated rankings were not recorded apart before; the rest comes back exactly
     assert {pk: s for pk, s in got.items()} == {pk: ("human" if s == "simulated" else s) for pk, s in expected.items()}

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from annotation import quality
+from annotation.quality import metrics as quality
 
 # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", section C: 4 coders, 12 units, missing
 # values; the paper gives α_nominal = 0.743, α_ordinal = 0.815, α_interval = 0.849.

@@ -6,7 +6,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from annotation.models import PairwiseComparison, Prompt, Ranking
-from annotation.quality_models import AILabeler, PromptPriority, SelectionRecord
+from annotation.quality.models import AILabeler, PromptPriority, SelectionRecord
 
 UTILITY = "default"  # a registered utility hook (annotation.hooks)
 

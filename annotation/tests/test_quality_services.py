@@ -8,9 +8,9 @@ from django.core.management import CommandError, call_command
 from annotation.errors import ImportRejected, InvalidInput, RankingInvalid
 from annotation.exporters import export_preferences
 from annotation.models import PairwiseComparison, Prompt, Ranking
-from annotation.quality_models import GoldRanking, LabelerReliability, PromptReview, RankingExclusion
-from annotation.quality_selectors import consensus_rows, quality_report
-from annotation.quality_services import (
+from annotation.quality.models import GoldRanking, LabelerReliability, PromptReview, RankingExclusion
+from annotation.quality.selectors import consensus_rows, quality_report
+from annotation.quality.services import (
     gold_import, gold_set, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude,
     ranking_include,
 )

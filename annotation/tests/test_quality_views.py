@@ -6,13 +6,14 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from annotation.quality import shrunk_weight
+from annotation.quality.metrics import shrunk_weight
 
 from annotation.models import PairwiseComparison, Prompt, Ranking
-from annotation.quality_models import GoldRanking, PromptReview, QualitySettings, RankingExclusion
+from annotation.quality.models import GoldRanking, PromptReview, QualitySettings, RankingExclusion
 from annotation.tests.test_quality_services import rank_all
 
 THIN = shrunk_weight(0.05, 9)  # 3 prompts × C(3,2) pairs of evidence
+QUALITY_PAGE_QUERIES = 19  # the page with 3 or 10 prompts in review (it was 33 and 75 with a query per row)
 
 
 @pytest.fixture
@@ -107,3 +108,22 @@ def test_quality_api(qc):
     assert settings.status_code == 400 and settings.json()["location"] == "gold_rate"
     consensus = researcher.get(f"/api/projects/{slug}/quality/consensus/")
     assert consensus.status_code == 200 and len(b"".join(consensus.streaming_content).splitlines()) == 3
+
+
+@pytest.mark.parametrize("prompts", [3, 12])
+def test_quality_page_reads_a_fixed_number_of_queries_whatever_the_review_queue(
+        prompts, make_user, make_project, django_assert_max_num_queries):
+    alice, bob, res = make_user("alice"), make_user("bob"), make_user("res")
+    project = make_project(slug="many", k=3, overlap=2, prompts=prompts, labelers=[alice, bob], researchers=[res])
+    rank_all(project, alice)
+    rank_all(project, bob, reverse=True)  # every prompt disagrees: all of them are queued for review
+    researcher = Client()
+    researcher.force_login(res)
+    with django_assert_max_num_queries(QUALITY_PAGE_QUERIES):  # no query per queued prompt or ranking
+        page = researcher.get(reverse("annotation:quality", args=["many"]))
+    assert page.status_code == 200
+    items = page.context["review_items"]
+    assert len(items) == min(prompts, 10)
+    for item in items:
+        assert [s.position for s in item["samples"]] == [0, 1, 2]
+        assert sorted(r["order"] for r in item["rankings"]) == ["A > B > C", "C > B > A"]

@@ -1,43 +1,10 @@
-"""Pure ranking rules: tier validation, pair expansion with ties and margins, tiers from scores."""
-from math import comb
-
+"""Checks of a submitted ranking: tier validation, flags, the shown order (the rules themselves: preferences/tests)."""
 import pytest
 
 from annotation.errors import RankingInvalid
-from annotation.ranking import (
-    flags_validate,
-    pairs_from_tiers,
-    shown_positions,
-    tiers_from_scores,
-    tiers_normalize,
-    tiers_validate,
-)
+from annotation.ranking import flags_validate, shown_positions, tiers_validate
 
 SAMPLES = [11, 12, 13, 14]
-
-
-def test_strict_order_gives_all_pairs_with_tier_distance_margins():
-    pairs = pairs_from_tiers([[14], [11], [13], [12]])
-    assert len(pairs) == comb(4, 2)
-    assert (14, 12, 3) in pairs and (11, 13, 1) in pairs and (13, 12, 1) in pairs
-    assert all(margin >= 1 for _, _, margin in pairs)
-
-
-@pytest.mark.parametrize(
-    "tiers, expected_pairs",
-    [
-        ([[11, 12], [13], [14]], comb(4, 2) - 1),
-        ([[11, 12], [13, 14]], comb(4, 2) - 2),
-        ([[11], [12, 13, 14]], comb(4, 2) - 3),
-        ([[11, 12, 13, 14]], 0),
-    ],
-)
-def test_each_tie_removes_one_pair(tiers, expected_pairs):
-    pairs = pairs_from_tiers(tiers)
-    assert len(pairs) == expected_pairs
-    tier_of = {s: i for i, tier in enumerate(tiers) for s in tier}
-    for chosen, rejected, margin in pairs:
-        assert margin == tier_of[rejected] - tier_of[chosen] > 0
 
 
 def test_valid_tiers_accept_digit_strings_from_json():
@@ -83,15 +50,3 @@ def test_shown_positions_follow_the_shown_order_or_the_sample_order():
     assert shown_positions(shown_order=None, sample_ids=SAMPLES) == {11: 0, 12: 1, 13: 2, 14: 3}
     with pytest.raises(RankingInvalid, match="exactly once"):
         shown_positions(shown_order=[11, 11, 12, 13], sample_ids=SAMPLES)
-
-
-def test_tiers_from_scores_ties_within_threshold_of_the_tier_best():
-    scores = {11: 1.0, 12: 0.95, 13: 0.88, 14: 0.2}
-    assert tiers_from_scores(scores, tie_threshold=0.1) == [[11, 12], [13], [14]]
-    assert tiers_from_scores(scores, tie_threshold=0.0) == [[11], [12], [13], [14]]
-    assert tiers_from_scores(scores, tie_threshold=1.0) == [[11, 12, 13, 14]]
-
-
-def test_normalized_tiers_ignore_order_within_a_tier():
-    assert tiers_normalize([[12, 11], [13]]) == tiers_normalize([[11, 12], [13]])
-    assert tiers_normalize([[11], [12, 13]]) != tiers_normalize([[11, 12], [13]])

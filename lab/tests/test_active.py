@@ -7,7 +7,7 @@ from django.core.management import CommandError, call_command
 from lab.active import label_ratio, pair_uncertainty, round_select
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Round
-from annotation.quality_models import PromptPriority, SelectionRecord
+from annotation.quality.models import PromptPriority, SelectionRecord
 from annotation.services import assignment_next_for_labeler
 from annotation.tests.test_quality_services import rank_all
 

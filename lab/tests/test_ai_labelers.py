@@ -9,9 +9,9 @@ from lab.ai_labelers import ai_labeler_create, ai_labeler_run, llm_judge_scorer,
 from annotation.errors import InvalidInput
 from annotation.exporters import export_preferences
 from annotation.models import Ranking
-from annotation.quality_models import AILabeler
+from annotation.quality.models import AILabeler
 from annotation.provenance import source_selection_parse
-from annotation.quality_selectors import quality_report
+from annotation.quality.selectors import quality_report
 from annotation.selectors import project_progress
 from annotation.services import assignment_next_for_labeler
 from annotation.tests.test_quality_services import rank_all

@@ -4,14 +4,13 @@ import math
 
 import pytest
 
-from lab.arena import (
-    arena_close, arena_create, arena_generate, arena_leaderboard, arena_pair_next_for_voter, arena_shown_order,
-    arena_vote, leaderboard_from_votes, vote_comparisons,
-)
+from lab.services import arena_close, arena_create, arena_generate, arena_vote
+from lab.selectors import arena_leaderboard, arena_pair_next_for_voter, arena_shown_order
+from lab.leaderboard import leaderboard_from_votes, vote_comparisons
 from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import Membership, PairwiseComparison, Prompt, Ranking, Round, Sample
-from annotation.quality_models import RankingExclusion
+from annotation.quality.models import RankingExclusion
 from annotation.selectors import prompt_available_for_labeler
 from annotation.services import ranking_tiers
 from training.models import ModelArtifact
@@ -245,7 +244,7 @@ def test_arena_generate_writes_one_response_per_checkpoint_and_opens(arena_setup
 
 
 def test_generated_text_is_made_storable():
-    from lab.arena import MAX_RESPONSE_CHARS, _generated_text
+    from lab.services import MAX_RESPONSE_CHARS, _generated_text
 
     assert _generated_text("a\x00b") == "ab" and _generated_text(" \x00 ") == "(empty response)"
     assert len(_generated_text("x" * (MAX_RESPONSE_CHARS + 5))) == MAX_RESPONSE_CHARS
@@ -264,8 +263,8 @@ def test_only_generators_are_offered_and_accepted(arena_setup, settings):
     rm_base = ModelArtifact.objects.create(project=project, kind="base", name="rm-base", path=str(tmp_path / "rm-base"))
     lm_base = ModelArtifact.objects.create(project=project, kind="base", name="lm-base", path=str(tmp_path / "lm-base"))
     reward = ModelArtifact.objects.create(project=project, kind="reward", name="rm", path="r")
-    from lab.arena import arena_generators
-    from lab.arena_views import ArenaCreateForm
+    from lab.selectors import arena_generators
+    from lab.views import ArenaCreateForm
 
     offered = {a.name for a in arena_generators(project=project)}
     assert offered == {"sft-policy", "dpo-policy", "lm-base"}

@@ -4,9 +4,10 @@ import pytest
 from django.apps import apps
 from django.urls import reverse
 
-from lab.arena import arena_create, arena_shown_order, arena_vote
+from lab.services import arena_create, arena_vote
+from lab.selectors import arena_shown_order
 from lab.models import ArenaVote
-from annotation.quality_models import (
+from annotation.quality.models import (
     AILabeler, GoldRanking, LabelerReliability, PromptPriority, PromptReview, QualitySettings, RankingExclusion,
     SelectionRecord,
 )

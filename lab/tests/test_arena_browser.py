@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from lab.arena import arena_create
+from lab.services import arena_create
 from lab.models import ArenaVote
 from annotation.models import Membership, Project, Round
 from annotation.tests.test_browser import XSS, _login

@@ -4,7 +4,7 @@ import pytest
 from django.urls import reverse
 
 from lab import tasks
-from lab.arena import arena_create
+from lab.services import arena_create
 from lab.models import Arena
 from training.models import ModelArtifact
 

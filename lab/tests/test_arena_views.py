@@ -8,13 +8,15 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.test import Client
 
-from lab.arena import arena_create, arena_shown_order
+from lab.services import arena_create, arena_vote
+from lab.selectors import arena_shown_order
 from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.models import PairwiseComparison, Ranking
 from training.models import ModelArtifact
 
 XSS = "<script>alert('arena')</script> **bold**"
 NAMES = ("secret-sft-policy", "secret-dpo-policy")
+ARENA_LIST_QUERIES = 12  # the API list and the page together, for 1 or 5 arenas (before: 3 more per arena in each)
 
 
 @pytest.fixture
@@ -161,3 +163,24 @@ def test_command_create_list_and_leaderboard(site, tmp_path):
     out = io.StringIO()
     call_command("arena", "leaderboard", "--project", "ar", "--json", stdout=out)
     assert json.loads(out.getvalue())["votes"] == 1
+
+
+@pytest.mark.parametrize("extra_arenas", [0, 4])
+def test_the_arena_list_reads_a_fixed_number_of_queries_whatever_the_number_of_arenas(
+        site, extra_arenas, django_assert_max_num_queries):
+    model_a, model_b = site["models"]
+    researcher = site["arena"].created_by
+    for i in range(extra_arenas):
+        arena_create(project=site["project"], model_a=model_a, model_b=model_b, name=f"more {i}", user=researcher,
+                     items=[{"prompt": "Q", "response_a": "A", "response_b": "B"}])
+    pair, voter = site["arena"].pairs.first(), site["lab_user"]
+    arena_vote(pair_id=pair.pk, voter=voter, choice="left",
+               left_sample_id=arena_shown_order(pair=pair, voter=voter)[0])
+    with django_assert_max_num_queries(ARENA_LIST_QUERIES):  # no count query per arena
+        rows = site["res"].get("/api/projects/ar/arenas/").json()
+        page = site["lab"].get("/p/ar/arena/")
+    assert len(rows) == 1 + extra_arenas and page.status_code == 200
+    first = next(r for r in rows if r["id"] == site["arena"].pk)
+    assert (first["pairs"], first["my_votes"], first["votes"]) == (3, 0, 1)
+    mine = next(a for a in page.context["arenas"] if a["arena"].pk == site["arena"].pk)
+    assert (mine["total"], mine["done"], mine["left"], mine["votes"]) == (3, 1, 2, 1)

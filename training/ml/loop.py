@@ -1,7 +1,7 @@
 """The collect-train loop in memory: generate -> simulated labelling -> reward model -> DPO/PPO/GRPO -> next round.
 
 Round 0's policy is the SFT policy. Round r samples K responses for M prompts from policy r; simulated
-labelers rank them by utility + Gaussian noise (scores closer than ``tie_threshold`` tie); a reward model is
+labelers rank them by utility + Gaussian noise (``preferences.simulated``); a reward model is
 trained on all rankings so far. Then ``config.optimizer`` gives policy r+1 from policy r: DPO on the round's
 rankings (the stored generation log-probs are its reference), or PPO/GRPO on the round's prompts against
 that freshly trained reward model (PPO-ptx optional: γ × LM loss on the SFT demonstrations). Each round
@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from preferences.simulated import simulated_tiers
 from training.ml.config import DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig
 from training.ml.generation import GeneratedSample, generate_samples, load_policy, mean_token_nll
 from training.ml.types import NullHooks, RankedGroup
@@ -99,22 +100,6 @@ def _stderr(values: list[float]) -> float:
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
 
 
-def tiers_from_scores(scores: list[float], tie_threshold: float) -> list[list[int]]:
-    """Indices sorted by score, best first, with neighbours closer than ``tie_threshold`` in one tier.
-
-    >>> tiers_from_scores([0.1, 0.9, 0.12, 0.5], tie_threshold=0.05)
-    [[1], [3], [2, 0]]
-    """
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    tiers = [[order[0]]] if order else []
-    for prev, i in zip(order, order[1:]):
-        if scores[prev] - scores[i] < tie_threshold:
-            tiers[-1].append(i)
-        else:
-            tiers.append([i])
-    return tiers
-
-
 def round_prompts(pool: list[list[dict]], n: int, *, seed: int, round_index: int) -> list[list[dict]]:
     """``n`` prompts drawn from the pool (without replacement while it lasts), deterministic per round."""
     rng = random.Random(seed * 1000 + round_index)
@@ -138,8 +123,8 @@ def round_label(prompts: list[list[dict]], samples: list[list[GeneratedSample]],
     groups = []
     for i, (messages, group) in enumerate(zip(prompts, samples, strict=True)):
         clean = [utility(messages, s.text) for s in group]
-        rankings = [tiers_from_scores([u + rng.gauss(0.0, config.label_noise) for u in clean], config.tie_threshold)
-                    for _ in range(config.labelers)]
+        rankings = [simulated_tiers(dict(enumerate(clean)), noise=config.label_noise,
+                                    tie_threshold=config.tie_threshold, rng=rng) for _ in range(config.labelers)]
         groups.append(RankedGroup(
             prompt_id=round_index * 100_000 + i, messages=messages, responses=[s.text for s in group],
             rankings=rankings, ref_logprobs=[s.logprob for s in group],

@@ -4,13 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from preferences.tiers import pairs_from_tiers
+
 
 @dataclass(frozen=True)
 class RankedGroup:
     """The K responses of one prompt and every ranking of them (one per labeler).
 
     ``rankings[r]`` is a list of tiers, best first; each tier lists indices into ``responses``;
-    responses in one tier are tied and give no pair. ``ref_logprobs[i]`` is log π_ref(response_i | prompt)
+    responses in one tier are tied and give no pair (``preferences.tiers``). ``ref_logprobs[i]`` is log π_ref(response_i | prompt)
     summed over response tokens under the policy that generated it (None where unknown).
     """
 
@@ -26,9 +28,7 @@ class RankedGroup:
         out = []
         for r, tiers in enumerate(self.rankings):
             weight = self.weights[r] if self.weights else 1.0
-            for hi in range(len(tiers)):
-                for lo in range(hi + 1, len(tiers)):
-                    out.extend((a, b, lo - hi, weight) for a in tiers[hi] for b in tiers[lo])
+            out.extend((chosen, rejected, margin, weight) for chosen, rejected, margin in pairs_from_tiers(tiers))
         return out
 
 

@@ -5,7 +5,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from training import runner, services
+from training import services, supervisor
 from training.distributed_runner import child_command
 from training.models import MetricPoint, ModelArtifact, TrainingRun
 from training.selectors import artifact_dir
@@ -60,7 +60,7 @@ def test_two_processes_finish_the_run_once(make_user, make_project, tmp_path, mo
     run = services.run_create(project=project, kind="reward", config=config, base_artifact=base)
     claimed = services.run_claim(run_id=run.id, worker="test")
 
-    outcome = runner.supervise(run_id=run.id, claim_token=claimed.claim_token, attempt=1)
+    outcome = supervisor.supervise(run_id=run.id, claim_token=claimed.claim_token, attempt=1)
 
     run.refresh_from_db()
     assert outcome == run.status == Status.SUCCEEDED, run.error + run.log_tail

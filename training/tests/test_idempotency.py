@@ -206,7 +206,7 @@ def slow_writes(monkeypatch):
     """Hold the first writer inside its transaction for a moment, so the second arrives while it is open."""
     import time
 
-    from lab import arena
+    from lab import services as arena
     from training import rounds
 
     original_round, original_items = rounds.prompts_validate, arena._check_items
@@ -253,7 +253,8 @@ def test_two_threads_without_a_key_cannot_both_start_a_round(setup, sent):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_same_vote_from_two_threads_is_stored_once(setup):
-    from lab.arena import arena_create, arena_shown_order, arena_vote
+    from lab.services import arena_create, arena_vote
+    from lab.selectors import arena_shown_order
 
     project, researcher, labeler, policy, other, _ = setup
     arena = arena_create(project=project, model_a=policy, model_b=other, name="race", user=researcher,

@@ -107,7 +107,7 @@ def test_admins_see_server_paths_and_tracebacks(world):
 
 
 def test_arena_generation_errors_hide_server_paths_from_researchers(world, make_user):
-    from lab.arena import arena_create
+    from lab.services import arena_create
     from lab.models import Arena
 
     project = world["project"]

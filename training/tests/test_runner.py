@@ -7,7 +7,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from annotation.models import PairwiseComparison
-from training import runner, services
+from training import runner, services, supervisor
 from training.models import MetricPoint, ModelArtifact, TrainingRun
 from training.selectors import artifact_dir, snapshot_ranked_groups
 from training.tests.conftest import rank_all
@@ -114,7 +114,7 @@ def test_parent_maps_a_crashing_child_to_retry_then_failed(make_user, make_proje
     monkeypatch.setattr("training.distributed_runner.child_command", lambda **kwargs: [sys.executable, "-c", crash])
     for attempt in (1, 2):
         claimed = services.run_claim(run_id=run.id, worker="test")
-        outcome = runner.supervise(run_id=run.id, claim_token=claimed.claim_token, attempt=attempt)
+        outcome = supervisor.supervise(run_id=run.id, claim_token=claimed.claim_token, attempt=attempt)
         run.refresh_from_db()
         assert outcome == run.status == (Status.QUEUED if attempt == 1 else Status.FAILED)
         assert "exited with code 1" in run.error and len(run.error.splitlines()) > 2  # with the log tail
@@ -139,7 +139,7 @@ def test_a_config_error_in_a_real_child_fails_at_once_without_retries(make_user,
     (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
     run = services.run_create(project=project, kind="reward", config={"base_model": str(broken)})
     claimed = services.run_claim(run_id=run.id, worker="test")
-    outcome = runner.supervise(run_id=run.id, claim_token=claimed.claim_token, attempt=1)
+    outcome = supervisor.supervise(run_id=run.id, claim_token=claimed.claim_token, attempt=1)
     run.refresh_from_db()
     assert outcome == Status.FAILED, run.error
     assert run.status == Status.FAILED and run.attempts == 1 and run.max_attempts == 3

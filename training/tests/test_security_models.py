@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from lab.ai_labelers import ai_labeler_create
 from annotation.errors import InvalidInput
-from annotation.quality_models import AILabeler
+from annotation.quality.models import AILabeler
 from training import services
 from training.models import DatasetSnapshot, ModelArtifact, TrainingRun
 
@@ -142,7 +142,7 @@ def test_training_processes_run_with_the_hub_offline(settings, monkeypatch):
     import subprocess
     import sys
 
-    from training.runner import child_environment
+    from training.supervisor import child_environment
     from training.tasks import _models_offline
 
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):

@@ -9,7 +9,7 @@ import pytest
 from django.core.cache import cache
 from django.test import Client
 
-from lab.arena import arena_create
+from lab.services import arena_create
 from annotation.models import Assignment, Membership, PairwiseComparison, Project, Prompt, Ranking, Round
 from annotation.services import assignment_next_for_labeler, ranking_submit
 from training.models import ModelArtifact, TrainingRun

@@ -19,11 +19,13 @@ def _lint_imports(cwd: Path) -> subprocess.CompletedProcess:
 def test_the_import_contracts_hold():
     result = _lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 kept, 0 broken" in result.stdout
+    assert "3 kept, 0 broken" in result.stdout
 
 
-def test_the_contracts_fail_when_annotation_imports_lab_or_training_ml_imports_django(tmp_path):
+def test_the_contracts_fail_when_annotation_imports_lab_or_training_ml_or_preferences_import_django(tmp_path):
     files = {
+        "preferences/__init__.py": "",
+        "preferences/tiers.py": "from django.conf import settings\n",  # broken: the ranking rules → Django
         "annotation/__init__.py": "",
         "annotation/tests/__init__.py": "",
         "annotation/tests/test_x.py": "import training.models\nimport lab.arena\n",
@@ -47,6 +49,7 @@ def test_the_contracts_fail_when_annotation_imports_lab_or_training_ml_imports_d
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     result = _lint_imports(tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "0 kept, 2 broken" in result.stdout, result.stdout
+    assert "0 kept, 3 broken" in result.stdout, result.stdout
+    assert "preferences.tiers -> django" in result.stdout
     assert "annotation.quality_views -> lab.active" in result.stdout
     assert "training.ml.losses -> django" in result.stdout

@@ -12,7 +12,7 @@ from django.test import Client, RequestFactory
 
 from lab.models import Arena
 from annotation.models import Assignment, Ranking, Round
-from annotation.quality_models import GoldRanking
+from annotation.quality.models import GoldRanking
 from annotation.services import assignment_next_for_labeler
 from training.models import Demonstration, ModelArtifact, PoolPrompt, TrainingRun
 from webapp.middleware import UploadSizeLimitMiddleware

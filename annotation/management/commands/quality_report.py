@@ -4,8 +4,8 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation.models import Project
-from annotation.quality_selectors import quality_report
-from annotation.quality_services import pair_weights_update
+from annotation.quality.selectors import quality_report
+from annotation.quality.services import pair_weights_update
 
 
 def _fmt(value) -> str:

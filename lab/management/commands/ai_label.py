@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from lab.ai_labelers import ai_labeler_create, ai_labeler_run
 from annotation.errors import InvalidInput
 from annotation.models import Project
-from annotation.quality_models import AILabeler
+from annotation.quality.models import AILabeler
 
 
 class Command(BaseCommand):

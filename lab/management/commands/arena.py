@@ -14,7 +14,8 @@ import random
 
 from django.core.management.base import BaseCommand, CommandError
 
-from lab import arena as arena_service
+from lab import services as arena_service
+from lab import selectors as lab_selectors
 from lab.models import Arena, ArenaVote
 from annotation.errors import InvalidInput
 from annotation.models import Project
@@ -111,7 +112,7 @@ class Command(BaseCommand):
 
     def _leaderboard(self, options) -> None:
         project = self._project(options["project"])
-        board = arena_service.arena_leaderboard(project=project, resamples=options["resamples"], seed=options["seed"])
+        board = lab_selectors.arena_leaderboard(project=project, resamples=options["resamples"], seed=options["seed"])
         if options["json"]:
             self.stdout.write(json.dumps(board, indent=2))
             return

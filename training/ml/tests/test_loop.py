@@ -5,14 +5,7 @@ import pytest
 
 from training.ml import demo_task
 from training.ml.generation import GeneratedSample
-from training.ml.loop import (
-    LoopConfig, over_optimisation_flag, rm_score_trend, round_label, run_loop, tiers_from_scores,
-)
-
-
-def test_tiers_from_scores_orders_best_first_and_ties_near_scores():
-    assert tiers_from_scores([0.1, 0.9, 0.12, 0.5], tie_threshold=0.05) == [[1], [3], [2, 0]]
-    assert tiers_from_scores([1.0, 2.0], tie_threshold=0.0) == [[1], [0]]
+from training.ml.loop import LoopConfig, over_optimisation_flag, rm_score_trend, round_label, run_loop
 
 
 def test_round_label_ranks_by_utility_and_keeps_generation_logprobs():

@@ -14,13 +14,14 @@ from annotation.api_helpers import ERRORS, error_response, manageable_project, v
 from annotation.hooks import hook_names
 from annotation.errors import InvalidInput
 from annotation.extensions import model_services
-from annotation.models import Prompt, Round
-from annotation.quality_models import AILabeler, SelectionRecord
-from annotation.quality_selectors import quality_report
-from annotation.quality_services import (
+from annotation.quality.models import AILabeler, SelectionRecord
+from annotation.quality.selectors import (
+    ai_labeler_get, ai_labeler_list, prompt_get, quality_report, round_get, selection_list,
+)
+from annotation.quality.services import (
     gold_set, pair_weights_update, prompt_review, quality_settings_update, ranking_exclude, ranking_include,
 )
-from annotation.quality_views import consensus_jsonl
+from annotation.quality.views import consensus_jsonl
 
 Tiers = serializers.ListField(child=serializers.ListField(child=serializers.IntegerField(), allow_empty=False))
 
@@ -85,13 +86,6 @@ def _selection_row(record: SelectionRecord) -> dict:
             "notes": record.params.get("notes", []), "created_at": record.created_at.isoformat()}
 
 
-def _prompt(project, prompt_id: int) -> Prompt:
-    prompt = Prompt.objects.filter(pk=prompt_id, project=project).first()
-    if prompt is None:
-        raise InvalidInput(f"project {project.slug} has no prompt {prompt_id}", location="prompt_id")
-    return prompt
-
-
 @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Quality report (agreement, labelers, queue)",
                parameters=[OpenApiParameter("round", int, required=False),
                            OpenApiParameter("sources", str, enum=["human", "both"], default="human",
@@ -153,7 +147,7 @@ def quality_gold(request: Request, slug: str) -> Response:
     if error:
         return error
     try:
-        gold = gold_set(prompt=_prompt(project, data["prompt_id"]), tiers=data["tiers"], user=request.user)
+        gold = gold_set(prompt=prompt_get(project=project, prompt_id=data["prompt_id"]), tiers=data["tiers"], user=request.user)
     except InvalidInput as exc:
         return error_response(exc.message, exc.location)
     return Response({"prompt_id": gold.prompt_id, "tiers": gold.tiers})
@@ -168,8 +162,8 @@ def quality_review(request: Request, slug: str) -> Response:
     if error:
         return error
     try:
-        review = prompt_review(prompt=_prompt(project, data["prompt_id"]), user=request.user, tiers=data["tiers"],
-                               note=data["note"], exclude_ranking_ids=data["exclude"])
+        review = prompt_review(prompt=prompt_get(project=project, prompt_id=data["prompt_id"]), user=request.user,
+                               tiers=data["tiers"], note=data["note"], exclude_ranking_ids=data["exclude"])
     except InvalidInput as exc:
         return error_response(exc.message, exc.location)
     return Response({"prompt_id": review.prompt_id, "status": review.status, "tiers": review.tiers})
@@ -188,8 +182,7 @@ def quality_consensus(request: Request, slug: str):
 def quality_ai_labelers(request: Request, slug: str) -> Response:
     project = manageable_project(request, slug)
     if request.method == "GET":
-        labelers = AILabeler.objects.filter(project=project).select_related("user").order_by("user__username")
-        return Response({"ai_labelers": [_labeler_row(labeler) for labeler in labelers],
+        return Response({"ai_labelers": [_labeler_row(labeler) for labeler in ai_labeler_list(project=project)],
                          "utility_hooks": hook_names(kind="utility")})
     data, error = validated(AILabelerSerializer, request.data)
     if error:
@@ -209,10 +202,8 @@ def quality_ai_labeler_run(request: Request, slug: str) -> Response:
     data, error = validated(AILabelerRunSerializer, request.data)
     if error:
         return error
-    labeler = AILabeler.objects.filter(project=project, pk=data["labeler_id"]).select_related("user").first()
-    if labeler is None:
-        return error_response(f"project {project.slug} has no AI labeler {data['labeler_id']}", "labeler_id")
     try:
+        labeler = ai_labeler_get(project=project, labeler_id=data["labeler_id"])
         return Response(model_services().ai_labeler_run(labeler=labeler, max_prompts=data["max_prompts"]))
     except InvalidInput as exc:
         return error_response(exc.message, exc.location)
@@ -224,16 +215,14 @@ def quality_ai_labeler_run(request: Request, slug: str) -> Response:
 def quality_selection(request: Request, slug: str) -> Response:
     project = manageable_project(request, slug)
     if request.method == "GET":
-        records = SelectionRecord.objects.filter(round__project=project).select_related("round").order_by("-created_at")
-        return Response({"selections": [_selection_row(record) for record in records[:100]]})
+        records = selection_list(project=project, limit=100)
+        return Response({"selections": [_selection_row(record) for record in records]})
     data, error = validated(SelectionSerializer, request.data)
     if error:
         return error
-    round_ = Round.objects.filter(project=project, number=data["round"]).first()
-    if round_ is None:
-        return error_response(f"project {project.slug} has no round {data['round']}", "round")
     try:
-        record = model_services().round_select(round_=round_, strategy=data["strategy"],
+        record = model_services().round_select(round_=round_get(project=project, number=data["round"]),
+                                               strategy=data["strategy"],
                                                artifact_id=data["artifact_id"], seed=data["seed"], user=request.user)
     except InvalidInput as exc:
         return error_response(exc.message, exc.location)

@@ -1,6 +1,7 @@
 """Quality control, AI labelers and active selection: the tables they add (migration 0003).
 
-Kept beside ``annotation/models.py`` (which imports this module at its end so Django registers them) so
+Apart from ``annotation/models.py`` (which imports this module at its end so Django registers them; the
+foreign keys here name the core models as "annotation.Project" strings, so this module imports nothing back) so
 that the core preference tables stay short. The services that fill ``AILabeler``, ``SelectionRecord`` and
 ``PromptPriority`` live in lab/ (they may score with a trained model); the queue reads the priorities here.
 Nothing here deletes a ranking: an exclusion is a row that exports and training snapshots leave out, and
@@ -10,13 +11,11 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from annotation.models import Project, Prompt, Ranking, Round
-
 
 class QualitySettings(models.Model):
     """Per-project quality knobs; a project without a row uses the defaults."""
 
-    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="quality_settings")
+    project = models.OneToOneField("annotation.Project", on_delete=models.CASCADE, related_name="quality_settings")
     gold_rate = models.FloatField(default=0.0, help_text="Chance that a labeler's next task is a gold prompt.")
     review_threshold = models.FloatField(
         default=0.5, help_text="Prompts whose mean pairwise agreement between labelers is below this go to review."
@@ -37,7 +36,7 @@ class QualitySettings(models.Model):
 class GoldRanking(models.Model):
     """The known ranking of a gold prompt: tiers of sample ids, best first (``Prompt.is_gold`` is set too)."""
 
-    prompt = models.OneToOneField(Prompt, on_delete=models.CASCADE, related_name="gold")
+    prompt = models.OneToOneField("annotation.Prompt", on_delete=models.CASCADE, related_name="gold")
     tiers = models.JSONField()
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
@@ -47,7 +46,7 @@ class GoldRanking(models.Model):
 class RankingExclusion(models.Model):
     """A researcher's decision to leave a ranking out of exports and training; the ranking stays stored."""
 
-    ranking = models.OneToOneField(Ranking, on_delete=models.CASCADE, related_name="exclusion")
+    ranking = models.OneToOneField("annotation.Ranking", on_delete=models.CASCADE, related_name="exclusion")
     reason = models.CharField(max_length=500)
     excluded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                     related_name="+")
@@ -61,7 +60,7 @@ class PromptReview(models.Model):
         ADJUDICATED = "adjudicated", "Adjudicated"
         KEPT = "kept", "Kept as is"
 
-    prompt = models.OneToOneField(Prompt, on_delete=models.CASCADE, related_name="review")
+    prompt = models.OneToOneField("annotation.Prompt", on_delete=models.CASCADE, related_name="review")
     status = models.CharField(max_length=16, choices=Status.choices)
     tiers = models.JSONField(null=True, blank=True, help_text="Adjudicated tiers of sample ids, best first.")
     note = models.CharField(max_length=500, blank=True)
@@ -73,7 +72,7 @@ class PromptReview(models.Model):
 class LabelerReliability(models.Model):
     """The last computed reliability of a labeler in a project and the weight written to their pairs."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="reliabilities")
+    project = models.ForeignKey("annotation.Project", on_delete=models.CASCADE, related_name="reliabilities")
     labeler = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     reliability = models.FloatField()
     weight = models.FloatField()
@@ -96,7 +95,7 @@ class AILabeler(models.Model):
         LLM_JUDGE = "llm_judge", "Local LLM judge"
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ai_labeler")
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="ai_labelers")
+    project = models.ForeignKey("annotation.Project", on_delete=models.CASCADE, related_name="ai_labelers")
     kind = models.CharField(max_length=16, choices=Kind.choices)
     spec = models.CharField(max_length=500, help_text="module:function, reward artifact id, or judge model directory.")
     tie_threshold = models.FloatField(default=0.0)
@@ -106,7 +105,7 @@ class AILabeler(models.Model):
 class PromptPriority(models.Model):
     """Queue priority of a prompt set by active selection: higher is served first within its round."""
 
-    prompt = models.OneToOneField(Prompt, on_delete=models.CASCADE, related_name="priority")
+    prompt = models.OneToOneField("annotation.Prompt", on_delete=models.CASCADE, related_name="priority")
     score = models.FloatField()
     selection = models.ForeignKey("SelectionRecord", on_delete=models.CASCADE, related_name="priorities")
 
@@ -119,7 +118,7 @@ class SelectionRecord(models.Model):
         UNCERTAINTY = "uncertainty", "Reward-model uncertainty"
         DISAGREEMENT = "disagreement", "Past disagreement"
 
-    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="selections")
+    round = models.ForeignKey("annotation.Round", on_delete=models.CASCADE, related_name="selections")
     strategy = models.CharField(max_length=16, choices=Strategy.choices)
     params = models.JSONField(default=dict, blank=True)
     scores = models.JSONField(default=dict, help_text="{prompt id: score}, higher is labelled first.")

@@ -15,10 +15,10 @@ from annotation import ranking as ranking_rules
 from annotation.errors import ImportRejected, InvalidInput
 from annotation.limits import json_loads_bounded
 from annotation.models import PairwiseComparison, Project, Prompt, Ranking
-from annotation.quality_models import (
+from annotation.quality.models import (
     GoldRanking, LabelerReliability, PromptReview, QualitySettings, RankingExclusion,
 )
-from annotation.quality_selectors import DEFAULT_SETTINGS, quality_report
+from annotation.quality.selectors import DEFAULT_SETTINGS, quality_report
 
 MAX_REASON = 500
 MAX_GOLD_LINE = 1 << 16

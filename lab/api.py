@@ -13,11 +13,12 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from lab import arena as arena_service
 from annotation import selectors
 from annotation.api_helpers import ERRORS, error_response, validated
-from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
+from lab import services as arena_service
+from lab import selectors as lab_selectors
+from lab.models import Arena
 from training.disclosure import value_redact
 from training.idempotency import KeyReused, idempotent_write, key_from_request
 
@@ -45,13 +46,13 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     description="A client key: a repeat answers 200 with the first arena and writes nothing (422: key reused).")
 
 
-def arena_json(arena: Arena, *, user, manage: bool) -> dict:
-    progress = arena_service.arena_progress_for_voter(arena=arena, voter=user)
-    data = {"id": arena.pk, "status": arena.status, "pairs": progress["total"], "my_votes": progress["done"]}
+def arena_json(arena: Arena, *, manage: bool) -> dict:
+    """An arena read with its counts (``lab.selectors.arena_list_with_counts`` / ``arena_with_counts``)."""
+    data = {"id": arena.pk, "status": arena.status, "pairs": arena.pair_count, "my_votes": arena.my_vote_count}
     if manage:
         summary = arena.summary if user.is_superuser else value_redact(arena.summary)  # server paths: admins only
         data.update(name=arena.name, round=arena.round.number, summary=summary,
-                    sampling=arena.sampling_params, votes=ArenaVote.objects.filter(pair__arena=arena).count(),
+                    sampling=arena.sampling_params, votes=arena.vote_count,
                     model_a={"id": arena.model_a_id, "name": arena.model_a.name},
                     model_b={"id": arena.model_b_id, "name": arena.model_b.name})
     return data
@@ -64,19 +65,17 @@ def arena_json(arena: Arena, *, user, manage: bool) -> dict:
                summary="Create an arena (researchers): with responses it opens at once, else a worker generates")
 @api_view(["GET", "POST"])
 def arena_list(request: Request, slug: str) -> Response:
-    from training.models import ModelArtifact
-
     project = selectors.project_get_for_user(user=request.user, slug=slug)
     manage = selectors.user_can_manage(user=request.user, project=project)
     if request.method == "GET":
-        arenas = arena_service.arena_list_for_user(user=request.user, project=project).select_related("round")
-        return Response([arena_json(a, user=request.user, manage=manage) for a in arenas])
+        arenas = lab_selectors.arena_list_with_counts(user=request.user, project=project)
+        return Response([arena_json(a, manage=manage) for a in arenas])
     if not manage:
         raise PermissionDenied("Only researchers of this project and admins may do this.")
     data, error = validated(ArenaCreateSerializer, request.data)
     if error:
         return error
-    models = ModelArtifact.objects.in_bulk([data["model_a"], data["model_b"]])
+    models = lab_selectors.artifacts_by_id(ids=[data["model_a"], data["model_b"]])
     try:
         arena, replayed = idempotent_write(
             user=request.user, scope=f"arena_create:project {project.pk}", key=key_from_request(request),
@@ -88,7 +87,7 @@ def arena_list(request: Request, slug: str) -> Response:
         return error_response(exc.message, exc.location, status_code=status.HTTP_422_UNPROCESSABLE_ENTITY)
     except InvalidInput as exc:
         return error_response(exc.message, exc.location)
-    body = arena_json(arena, user=request.user, manage=True)
+    body = arena_json(lab_selectors.arena_with_counts(user=request.user, arena=arena), manage=True)
     if replayed:
         return Response(body, status=status.HTTP_200_OK, headers={"Idempotent-Replayed": "true"})
     return Response(body, status=status.HTTP_201_CREATED)
@@ -98,12 +97,12 @@ def arena_list(request: Request, slug: str) -> Response:
                summary="The next pair for you to vote on (204 when none is left)")
 @api_view(["GET"])
 def arena_next(request: Request, slug: str, arena_id: int) -> Response:
-    arena = arena_service.arena_get_for_user(user=request.user, slug=slug, arena_id=arena_id)
-    pair = arena_service.arena_pair_next_for_voter(arena=arena, voter=request.user)
+    arena = lab_selectors.arena_get_for_user(user=request.user, slug=slug, arena_id=arena_id)
+    pair = lab_selectors.arena_pair_next_for_voter(arena=arena, voter=request.user)
     if pair is None:
         return Response(status=status.HTTP_204_NO_CONTENT)
-    texts = dict(pair.prompt.samples.values_list("pk", "text"))
-    left, right = arena_service.arena_shown_order(pair=pair, voter=request.user)
+    texts = lab_selectors.arena_pair_texts(pair=pair)
+    left, right = lab_selectors.arena_shown_order(pair=pair, voter=request.user)
     return Response({"pair": pair.pk, "messages": pair.prompt.messages,
                      "left": {"sample_id": left, "text": texts[left]},
                      "right": {"sample_id": right, "text": texts[right]}})
@@ -113,13 +112,12 @@ def arena_next(request: Request, slug: str, arena_id: int) -> Response:
                summary="Vote on a pair: left, right, tie or both_bad (idempotent)")
 @api_view(["POST"])
 def arena_vote(request: Request, slug: str, arena_id: int) -> Response:
-    arena = arena_service.arena_get_for_user(user=request.user, slug=slug, arena_id=arena_id)
+    arena = lab_selectors.arena_get_for_user(user=request.user, slug=slug, arena_id=arena_id)
     data, error = validated(VoteSerializer, request.data)
     if error:
         return error
-    if not ArenaPair.objects.filter(pk=data["pair"], arena=arena).exists():
-        raise Http404("No such pair.")
-    before = ArenaVote.objects.filter(pair_id=data["pair"], voter=request.user).exists()
+    lab_selectors.arena_pair_require(arena=arena, pair_id=data["pair"])
+    before = lab_selectors.arena_voted(pair_id=data["pair"], voter=request.user)
     try:
         vote = arena_service.arena_vote(pair_id=data["pair"], voter=request.user, choice=data["choice"],
                                         left_sample_id=data["left"], time_spent_ms=data["time_spent_ms"])
@@ -128,7 +126,7 @@ def arena_vote(request: Request, slug: str, arena_id: int) -> Response:
     except InvalidInput as exc:
         return error_response(exc.message, exc.location)
     body = {"vote": vote.pk, "ranking": vote.ranking_id, "choice": data["choice"],
-            "pairs_written": vote.ranking.pairs.count()}
+            "pairs_written": lab_selectors.ranking_pair_count(ranking_id=vote.ranking_id)}
     return Response(body, status=status.HTTP_200_OK if before else status.HTTP_201_CREATED)
 
 
@@ -150,6 +148,6 @@ def arena_leaderboard(request: Request, slug: str) -> Response:
                 if not raw.strip().isdigit():
                     raise InvalidInput(f"must be a whole number, got {raw[:20]!r}", location=name)
                 params[name] = int(raw)
-        return Response(arena_service.arena_leaderboard(project=project, **params))
+        return Response(lab_selectors.arena_leaderboard(project=project, **params))
     except InvalidInput as exc:
         return error_response(exc.message, exc.location)

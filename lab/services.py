@@ -2,8 +2,9 @@
 
 Services (writes, one transaction each): ``arena_create``, ``arena_responses_write``, ``arena_generate``
 (and ``arena_generate_by_id``, which the Celery task ``lab.tasks.generate_arena`` runs on the ``gpu``
-queue: ``arena_create`` enqueues it on commit for an arena without responses), ``arena_vote``, ``arena_close``. Selectors (reads): ``arena_get_for_user``, ``arena_list_for_user``,
-``arena_pair_next_for_voter``, ``arena_shown_order``, ``arena_leaderboard``. Pure: ``leaderboard_from_votes``.
+queue: ``arena_create`` enqueues it on commit for an arena without responses), ``arena_vote``,
+``arena_close``. The reads (``arena_get_for_user``, ``arena_pair_next_for_voter``, ``arena_shown_order``,
+``arena_leaderboard``, ...) are in ``lab.selectors``; the leaderboard's arithmetic in ``lab.leaderboard``.
 
 Blindness: voters never see model names (the page says "Arena #id"), the two samples of a prompt get their
 positions (and so their ids' order) at random, and the left/right order is drawn per (voter, pair) from an
@@ -17,26 +18,19 @@ stored as that same tie, flagged by ``ArenaVote.outcome == "both_bad"`` (no Rank
 from __future__ import annotations
 
 import hashlib
-import hmac
-import json
 import logging
-import math
 import random
-from collections import Counter
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
-from django.http import Http404
 
-from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import Project, Prompt, Ranking, Round, Sample
-from annotation.quality import bradley_terry
-from annotation.selectors import project_get_for_user, user_can_manage, user_role
+from annotation.selectors import user_can_manage, user_role
 from annotation.services import MAX_TIME_SPENT_MS, ranking_record
+from lab.models import Arena, ArenaPair, ArenaVote
+from lab.selectors import arena_shown_order, artifact_can_generate
 
 logger = logging.getLogger(__name__)
 
@@ -44,182 +38,9 @@ CHOICES = ("left", "right", "tie", "both_bad")
 SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "seed", "batch_size")
 MAX_PROMPTS = 5_000
 MAX_RESPONSE_CHARS = 50_000
-ELO_SCALE = 400 / math.log(10)  # rating = 1000 + ELO_SCALE · log-strength: a 400-point gap is 10:1 odds
-
-
-# ----------------------------------------------------------------------------- leaderboard (pure)
-def vote_comparisons(votes: Sequence[tuple], counts: Sequence[float] | None = None) -> list[tuple]:
-    """``(model_a, model_b, outcome)`` votes → ``(winner, loser, weight)``; tie and both-bad are half a win each."""
-    out = []
-    for i, (a, b, outcome) in enumerate(votes):
-        weight = 1.0 if counts is None else float(counts[i])
-        if weight == 0:
-            continue
-        if outcome == ArenaVote.Outcome.A:
-            out.append((a, b, weight))
-        elif outcome == ArenaVote.Outcome.B:
-            out.append((b, a, weight))
-        else:
-            out.extend([(a, b, weight / 2), (b, a, weight / 2)])
-    return out
-
-
-def leaderboard_from_votes(
-    votes: Sequence[tuple], *, resamples: int = 200, seed: int = 0, confidence: float = 0.95, prior: float = 0.5,
-) -> list[dict]:
-    """Bradley-Terry log-strengths of every model in ``votes`` with percentile-bootstrap intervals, best first.
-
-    The bootstrap resamples the votes with replacement (``resamples`` times, numpy generator seeded with
-    ``seed``): drawing n votes from the n observed ones is a multinomial over the distinct votes, so each
-    resample is one multinomial draw. ``rank`` is 1 + the number of models whose interval lies wholly above.
-    Each row: ``log_strength`` (natural log, mean 0 over the models) with ``log_strength_low``/``_high``,
-    ``strength`` = exp(log_strength) with ``strength_low``/``_high`` (P(a beats b) = s_a / (s_a + s_b)), and
-    ``rating`` = 1000 + 400·log₁₀(strength) with ``rating_low``/``_high``.
-    """
-    import numpy as np
-
-    distinct = Counter(votes)
-    keys, observed = list(distinct), np.array(list(distinct.values()), dtype=float)
-    models = sorted({m for a, b, _ in keys for m in (a, b)}, key=repr)
-    point = bradley_terry(vote_comparisons(keys, observed), items=models, prior=prior)
-    rng = np.random.default_rng(seed)
-    draws = {m: [] for m in models}
-    n = int(observed.sum())
-    for _ in range(resamples if n else 0):
-        counts = rng.multinomial(n, observed / n)  # (len(keys),) one bootstrap sample of the votes
-        strengths = bradley_terry(vote_comparisons(keys, counts), items=models, prior=prior)
-        for m in models:
-            draws[m].append(strengths[m])
-    tail = (1 - confidence) / 2
-    rows = []
-    for m in models:
-        low, high = (np.quantile(draws[m], [tail, 1 - tail]).tolist() if draws[m] else (point[m], point[m]))
-        rows.append({"model": m, "log_strength": point[m], "log_strength_low": low, "log_strength_high": high,
-                     **_record(m, keys, observed)})
-    for row in rows:
-        row["rank"] = 1 + sum(other["log_strength_low"] > row["log_strength_high"] for other in rows)
-        for suffix in ("", "_low", "_high"):
-            log_strength = row[f"log_strength{suffix}"]
-            row[f"strength{suffix}"] = math.exp(log_strength)  # the BT strength itself: odds = ratio of strengths
-            row[f"rating{suffix}"] = round(1000 + ELO_SCALE * log_strength, 1)
-    return sorted(rows, key=lambda r: (-r["log_strength"], repr(r["model"])))
-
-
-def _record(model, keys: list[tuple], counts) -> dict:
-    """Votes, wins, losses, ties and both-bad verdicts of one model."""
-    record = Counter()
-    for (a, b, outcome), count in zip(keys, counts):
-        if model not in (a, b):
-            continue
-        side = ArenaVote.Outcome.A if model == a else ArenaVote.Outcome.B
-        if outcome in (ArenaVote.Outcome.TIE, ArenaVote.Outcome.BOTH_BAD):
-            verdict = "ties" if outcome == ArenaVote.Outcome.TIE else "both_bad"
-        else:
-            verdict = "wins" if outcome == side else "losses"
-        record[verdict] += int(count)
-        record["votes"] += int(count)
-    return {k: record[k] for k in ("votes", "wins", "losses", "ties", "both_bad")}
-
-
-# ----------------------------------------------------------------------------- selectors
-def arena_list_for_user(*, user, project: Project):
-    """The project's arenas for any member (voters are shown ids only); none for non-members."""
-    if user_role(user=user, project=project) is None:
-        return Arena.objects.none()
-    return Arena.objects.filter(project=project).select_related("model_a", "model_b")
-
-
-def arena_get_for_user(*, user, slug: str, arena_id: int) -> Arena:
-    """The arena if the user is a member of its project; Http404 otherwise (never reveals existence)."""
-    project = project_get_for_user(user=user, slug=slug)
-    arena = arena_list_for_user(user=user, project=project).filter(pk=arena_id).first()
-    if arena is None:
-        raise Http404("No such arena.")
-    return arena
-
-
-def arena_shown_order(*, pair: ArenaPair, voter) -> list[int]:
-    """[left sample id, right sample id] for this voter: an HMAC coin flip, stable per (voter, pair)."""
-    digest = hmac.new(settings.SECRET_KEY.encode(), f"arena:{pair.pk}:{voter.pk}".encode(), hashlib.sha256).digest()
-    ids = sorted([pair.sample_a_id, pair.sample_b_id])
-    return ids if digest[0] & 1 else ids[::-1]
-
-
-def arena_pair_next_for_voter(*, arena: Arena, voter) -> ArenaPair | None:
-    """A pair of the open arena this voter has not voted on (in a per-voter order), or None."""
-    if arena.status != Arena.Status.OPEN:
-        return None
-    pending = list(arena.pairs.exclude(votes__voter=voter).values_list("pk", flat=True))
-    if not pending:
-        return None
-    key = lambda pk: hmac.new(settings.SECRET_KEY.encode(), f"arena-order:{voter.pk}:{pk}".encode(),  # noqa: E731
-                              hashlib.sha256).digest()
-    return ArenaPair.objects.select_related("prompt").get(pk=min(pending, key=key))
-
-
-def arena_progress_for_voter(*, arena: Arena, voter) -> dict:
-    total = arena.pairs.count()
-    done = ArenaVote.objects.filter(pair__arena=arena, voter=voter).count()
-    return {"done": done, "total": total, "left": total - done}
-
-
-def arena_votes_for_project(*, project: Project) -> list[tuple]:
-    """Every counted vote as ``(model_a id, model_b id, outcome)``; votes whose ranking a researcher excluded
-    (quality control) do not count."""
-    return list(
-        ArenaVote.objects.filter(pair__arena__project=project, ranking__exclusion__isnull=True)
-        .values_list("pair__arena__model_a_id", "pair__arena__model_b_id", "outcome")
-    )
-
-
-def arena_leaderboard(*, project: Project, resamples: int = 200, seed: int = 0, confidence: float = 0.95) -> dict:
-    """The project's leaderboard: one row per compared checkpoint, with its name and kind."""
-    from training.models import ModelArtifact
-
-    if not 1 <= resamples <= 10_000:
-        raise InvalidInput("resamples must be between 1 and 10000", location="resamples")
-    if not 0.5 <= confidence < 1:
-        raise InvalidInput("confidence must be in [0.5, 1)", location="confidence")
-    votes = arena_votes_for_project(project=project)
-    rows = leaderboard_from_votes(votes, resamples=resamples, seed=seed, confidence=confidence)
-    artifacts = ModelArtifact.objects.in_bulk([r["model"] for r in rows])
-    for row in rows:
-        artifact = artifacts[row["model"]]
-        row.update(model_id=row.pop("model"), name=artifact.name, kind=artifact.kind)
-    return {"votes": len(votes), "resamples": resamples, "seed": seed, "confidence": confidence, "rows": rows}
 
 
 # ----------------------------------------------------------------------------- services
-GENERATOR_ARCHITECTURE_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
-
-
-def artifact_can_generate(artifact) -> bool:
-    """Whether a model artifact can write responses: a policy, or a base model whose ``config.json`` names a
-    causal-LM architecture. Reward models (and base models for them, e.g. ``tiny-reward-model``) cannot."""
-    from training.models import ModelArtifact
-    from training.services import artifact_abs_path
-
-    if artifact.kind == ModelArtifact.Kind.POLICY:
-        return True
-    if artifact.kind != ModelArtifact.Kind.BASE:
-        return False
-    try:
-        config = json.loads((Path(artifact_abs_path(artifact=artifact)) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    names = config.get("architectures") if isinstance(config, dict) else None
-    return isinstance(names, list) and any(str(n).endswith(GENERATOR_ARCHITECTURE_SUFFIXES) for n in names)
-
-
-def arena_generators(*, project: Project) -> list:
-    """The project's artifacts that an arena may compare (policies and causal-LM bases), newest first."""
-    from training.models import ModelArtifact
-
-    artifacts = ModelArtifact.objects.filter(project=project, kind__in=[ModelArtifact.Kind.POLICY,
-                                                                        ModelArtifact.Kind.BASE])
-    return [a for a in artifacts.order_by("-created_at", "-id") if artifact_can_generate(a)]
-
-
 def _check_models(*, project: Project, model_a, model_b) -> None:
     for where, artifact in (("model_a", model_a), ("model_b", model_b)):
         if artifact is None or artifact.project_id != project.pk or not artifact_can_generate(artifact):
@@ -315,14 +136,21 @@ def arena_create(*, project: Project, model_a, model_b, name: str, items: list, 
     return arena
 
 
+_generation_enqueuers: list[Callable[[int], None]] = []
+
+
+def arena_generation_enqueuer_register(enqueue: Callable[[int], None]) -> None:
+    """How an arena's generation reaches a worker: ``lab.tasks.arena_generation_enqueue``, registered in
+    ``LabConfig.ready`` (so this module does not import the task that calls it)."""
+    _generation_enqueuers[:] = [enqueue]
+
+
 def _enqueue_generation_on_commit(arena_id: int) -> None:
-    def send() -> None:
-        from lab.tasks import generate_arena
-
-        generate_arena.delay(arena_id)
-
+    if not _generation_enqueuers:
+        raise RuntimeError("no arena generation enqueuer registered: lab.apps.LabConfig.ready registers it")
+    enqueue = _generation_enqueuers[0]
     # robust: with the broker down the arena still exists; ``manage.py arena generate`` fills it by hand.
-    transaction.on_commit(send, robust=True)
+    transaction.on_commit(lambda: enqueue(arena_id), robust=True)
 
 
 def arena_responses_write(*, arena: Arena, responses: Sequence[tuple[str, str]]) -> Arena:

@@ -24,12 +24,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import combinations
 
-from django.db.models import Exists, OuterRef, Subquery
+from django.db.models import Exists, OuterRef, Prefetch, Subquery
 
-from annotation import provenance, quality
+from annotation import provenance
+from annotation.quality import metrics as quality
 from annotation.errors import InvalidInput
-from annotation.models import Assignment, Project, Prompt, Ranking, RankingEntry
-from annotation.quality_models import GoldRanking, LabelerReliability, PromptReview, QualitySettings
+from annotation.models import Assignment, Project, Prompt, Ranking, RankingEntry, Round, Sample
+from annotation.quality.models import (
+    AILabeler, GoldRanking, LabelerReliability, PromptReview, QualitySettings, SelectionRecord,
+)
+from preferences.tiers import tier_map, tiers_from_map
 
 HUMAN_SOURCES = frozenset(provenance.HUMAN_SOURCES)
 AI_SOURCES = frozenset(provenance.AI_SOURCES)
@@ -125,14 +129,10 @@ def ranking_records(*, project, round_number: int | None = None, include_exclude
     return list(records.values())
 
 
-def tiers_as_map(tiers: list[list[int]]) -> dict[int, int]:
-    return {sample_id: t for t, members in enumerate(tiers) for sample_id in members}
-
-
 def gold_maps(*, project) -> dict[int, dict[int, int]]:
     """{prompt id: {sample id: tier}} of the project's gold prompts."""
     rows = GoldRanking.objects.filter(prompt__project=project).values_list("prompt_id", "tiers")
-    return {prompt_id: tiers_as_map(tiers) for prompt_id, tiers in rows}
+    return {prompt_id: tier_map(tiers) for prompt_id, tiers in rows}
 
 
 def _weights_by_labeler(*, project) -> dict[int, float]:
@@ -337,15 +337,13 @@ def consensus_rows(*, project, round_number: int | None = None):
         result = prompt_consensus(records=prompt_records, weights=weights)
         basis = "bradley_terry"
         if prompt_id in adjudicated:
-            result["tiers"], basis = tiers_as_map(adjudicated[prompt_id]), "adjudicated"
+            result["tiers"], basis = tier_map(adjudicated[prompt_id]), "adjudicated"
         elif prompt_id in gold:
             result["tiers"], basis = gold[prompt_id], "gold"
-        tiers: dict[int, list[int]] = defaultdict(list)
-        for sample_id, tier in sorted(result["tiers"].items(), key=lambda kv: (kv[1], kv[0])):
-            tiers[tier].append(sample_id)
+        by_tier = dict(sorted(result["tiers"].items(), key=lambda kv: (kv[1], kv[0])))
         yield {
             "prompt_id": prompt_id, "round": number, "messages": messages, "basis": basis,
-            "consensus_tiers": [tiers[t] for t in sorted(tiers)],
+            "consensus_tiers": tiers_from_map(by_tier),
             "strengths": {str(k): round(v, 4) for k, v in sorted(result["strengths"].items())},
             "rankings": len(prompt_records), "ranking_ids": [r.ranking_id for r in prompt_records],
         }
@@ -367,3 +365,82 @@ def flagged_responses(*, project, limit: int = 50) -> dict:
                    "flags": [labels.get(f, f) for f in e.flags], "tier": e.tier + 1, "at": e.ranking.created_at}
                   for e in latest],
     }
+# ----------------------------------------------------------------------------- what the quality page and API list
+def review_items(*, project, queue: list[dict], limit: int = 10) -> list[dict]:
+    """The first ``limit`` rows of the review queue with their prompt, samples (in position order) and
+    included rankings, each ranking's order written with response letters ("B > A = C"). Four queries
+    whatever the number of rows: prompts, samples, rankings with labelers, entries."""
+    rows = queue[:limit]
+    rankings = Ranking.objects.filter(exclusion__isnull=True).select_related("labeler").prefetch_related(
+        Prefetch("entries", queryset=RankingEntry.objects.order_by("tier", "shown_position")))
+    prompts = Prompt.objects.filter(project=project, pk__in=[row["prompt_id"] for row in rows]).prefetch_related(
+        Prefetch("samples", queryset=Sample.objects.order_by("position")), Prefetch("rankings", queryset=rankings))
+    by_id = {prompt.pk: prompt for prompt in prompts}
+    items = []
+    for row in rows:
+        prompt = by_id[row["prompt_id"]]
+        samples = list(prompt.samples.all())
+        letters = {sample.pk: chr(ord("A") + sample.position) for sample in samples}
+        items.append({**row, "prompt": prompt, "samples": samples,
+                      "rankings": [{"ranking": r, "order": _letters_order(r, letters)} for r in prompt.rankings.all()]})
+    return items
+
+
+def _letters_order(ranking: Ranking, letters: dict[int, str]) -> str:
+    tiers = tiers_from_map({entry.sample_id: entry.tier for entry in ranking.entries.all()})  # prefetched, in order
+    return " > ".join(" = ".join(letters[s] for s in tier) for tier in tiers)
+
+
+def rankings_excluded(*, project, limit: int = 50) -> list[Ranking]:
+    """The project's excluded rankings, newest exclusion first, with labeler and exclusion loaded."""
+    return list(Ranking.objects.filter(prompt__project=project, exclusion__isnull=False)
+                .select_related("labeler", "exclusion").order_by("-exclusion__created_at")[:limit])
+
+
+def ai_labeler_list(*, project) -> list[AILabeler]:
+    return list(AILabeler.objects.filter(project=project).select_related("user").order_by("user__username"))
+
+
+def ai_labeler_get(*, project, labeler_id: int) -> AILabeler:
+    """The project's AI labeler ``labeler_id``; InvalidInput (location ``labeler_id``) when it has none."""
+    labeler = AILabeler.objects.filter(project=project, pk=labeler_id).select_related("user").first()
+    if labeler is None:
+        raise InvalidInput(f"project {project.slug} has no AI labeler {labeler_id}", location="labeler_id")
+    return labeler
+
+
+def selection_list(*, project, limit: int) -> list[SelectionRecord]:
+    """The project's recorded selections, newest first, with round and author loaded."""
+    return list(SelectionRecord.objects.filter(round__project=project).select_related("round", "created_by")
+                .order_by("-created_at")[:limit])
+
+
+def round_list(*, project) -> list[Round]:
+    return list(Round.objects.filter(project=project).order_by("number"))
+
+
+def round_get(*, project, number: int) -> Round:
+    """The project's round ``number``; InvalidInput (location ``round``) when it has none."""
+    round_ = Round.objects.filter(project=project, number=number).first()
+    if round_ is None:
+        raise InvalidInput(f"project {project.slug} has no round {number}", location="round")
+    return round_
+
+
+def prompt_get(*, project, prompt_id: int) -> Prompt:
+    """The project's prompt ``prompt_id``; InvalidInput (location ``prompt_id``) when it has none."""
+    prompt = Prompt.objects.filter(pk=prompt_id, project=project).first()
+    if prompt is None:
+        raise InvalidInput(f"project {project.slug} has no prompt {prompt_id}", location="prompt_id")
+    return prompt
+
+
+def ranking_of_prompt_tiers(*, prompt: Prompt, ranking_id: int) -> list[list[int]]:
+    """The tiers of ``ranking_id`` if it ranks ``prompt`` (best first, each tier in shown order)."""
+    entries = RankingEntry.objects.filter(ranking_id=ranking_id, ranking__prompt=prompt).order_by(
+        "tier", "shown_position")
+    by_sample = dict(entries.values_list("sample_id", "tier"))
+    if not by_sample:
+        raise InvalidInput("the adopted ranking is not a ranking of this prompt", location="adopt")
+    return tiers_from_map(by_sample)
+

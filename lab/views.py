@@ -1,5 +1,6 @@
 """Pages of the arena: the arena list (researchers also create, close and read the leaderboard there) and the
-blind voting page. Thin views over ``lab.arena``; non-members get 404, labelers 403 on researcher actions.
+blind voting page. Thin views: reads from ``lab.selectors``, writes through ``lab.services``; non-members get
+404, labelers 403 on researcher actions.
 
 The voting page is the same template for a full page and for htmx (partial ``arena-area``); a vote POST
 answers with the next pair. Responses are untrusted: rendered by ``render_markdown`` into ``hx-disable`` boxes.
@@ -16,12 +17,13 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from lab import arena as arena_service
 from annotation import selectors
-from lab.models import Arena, ArenaPair, ArenaVote
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.limits import json_loads_bounded, upload_lines
 from annotation.rendering import render_markdown, render_messages
+from lab import services as arena_service
+from lab import selectors as lab_selectors
+from lab.models import Arena
 from training.disclosure import value_redact
 from training.idempotency import idempotent_write, key_from_request
 
@@ -49,7 +51,7 @@ class ArenaCreateForm(forms.Form):
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
         # policies and causal-LM bases only: a reward model cannot write responses
-        choices = [(a.pk, f"{a.name} (#{a.pk}, {a.kind})") for a in arena_service.arena_generators(project=project)]
+        choices = [(a.pk, f"{a.name} (#{a.pk}, {a.kind})") for a in lab_selectors.arena_generators(project=project)]
         self.fields["model_a"].choices = self.fields["model_b"].choices = choices
 
 
@@ -82,23 +84,21 @@ def arena_index(request: HttpRequest, slug: str) -> HttpResponse:
 
 def _arena_page(request: HttpRequest, project, *, status: int = 200) -> HttpResponse:
     can_manage = selectors.user_can_manage(user=request.user, project=project)
-    arenas = [{"arena": a, **arena_service.arena_progress_for_voter(arena=a, voter=request.user),
-               "votes": ArenaVote.objects.filter(pair__arena=a).count(),
-               "error": value_redact(a.summary.get("error", "")) if not request.user.is_superuser
-               else a.summary.get("error", "")}
-              for a in arena_service.arena_list_for_user(user=request.user, project=project)]
+    arenas = [{"arena": a, "done": a.my_vote_count, "total": a.pair_count, "left": a.pair_count - a.my_vote_count,
+               "votes": a.vote_count,
+               "error": a.summary.get("error", "") if request.user.is_superuser
+               else value_redact(a.summary.get("error", ""))}  # server paths: admins only
+              for a in lab_selectors.arena_list_with_counts(user=request.user, project=project)]
     context = {"project": project, "can_manage": can_manage, "arenas": arenas}
     if can_manage:
         context["form"] = ArenaCreateForm(project=project)
-        context["leaderboard"] = arena_service.arena_leaderboard(project=project)
+        context["leaderboard"] = lab_selectors.arena_leaderboard(project=project)
     return render(request, "lab/arena/index.html", context, status=status)
 
 
 @login_required
 @require_POST
 def arena_create(request: HttpRequest, slug: str) -> HttpResponse:
-    from training.models import ModelArtifact
-
     project = _project(request, slug, manage=True)
     form = ArenaCreateForm(request.POST, request.FILES, project=project)
     try:
@@ -111,7 +111,7 @@ def arena_create(request: HttpRequest, slug: str) -> HttpResponse:
         else:
             items = [line.strip() for line in data["prompts"].splitlines() if line.strip()]
         sampling = {k: data[k] for k in ("max_new_tokens", "temperature", "seed") if data[k] is not None}
-        artifacts = ModelArtifact.objects.in_bulk([data["model_a"], data["model_b"]])
+        artifacts = lab_selectors.artifacts_by_id(ids=[data["model_a"], data["model_b"]])
         arena, replayed = idempotent_write(
             user=request.user, scope=f"arena_create:project {project.pk}", key=key_from_request(request),
             arguments=data, write=lambda: arena_service.arena_create(
@@ -133,7 +133,7 @@ def arena_create(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 @require_POST
 def arena_close(request: HttpRequest, slug: str, arena_id: int) -> HttpResponse:
-    arena = arena_service.arena_get_for_user(user=request.user, slug=slug, arena_id=arena_id)
+    arena = lab_selectors.arena_get_for_user(user=request.user, slug=slug, arena_id=arena_id)
     try:
         arena = arena_service.arena_close(arena=arena, user=request.user, reopen=request.POST.get("reopen") == "1")
         messages.success(request, f"Arena #{arena.pk} is {arena.get_status_display().lower()}.")
@@ -145,15 +145,15 @@ def arena_close(request: HttpRequest, slug: str, arena_id: int) -> HttpResponse:
 
 
 def _vote_context(request: HttpRequest, arena: Arena, **extra) -> dict:
-    pair = arena_service.arena_pair_next_for_voter(arena=arena, voter=request.user)
+    pair = lab_selectors.arena_pair_next_for_voter(arena=arena, voter=request.user)
     context = {"project": arena.project, "arena": arena, "pair": pair, "choices": CHOICE_BUTTONS,
-               "progress": arena_service.arena_progress_for_voter(arena=arena, voter=request.user), **extra}
+               "progress": lab_selectors.arena_progress_for_voter(arena=arena, voter=request.user), **extra}
     if pair is not None:
-        samples = {s.pk: s for s in pair.prompt.samples.all()}
-        left, right = arena_service.arena_shown_order(pair=pair, voter=request.user)
+        texts = lab_selectors.arena_pair_texts(pair=pair)
+        left, right = lab_selectors.arena_shown_order(pair=pair, voter=request.user)
         context.update(
             turns=render_messages(pair.prompt.messages),
-            sides=[{"side": side, "sample_id": pk, "html": render_markdown(samples[pk].text)}
+            sides=[{"side": side, "sample_id": pk, "html": render_markdown(texts[pk])}
                    for side, pk in (("Left", left), ("Right", right))],
             left_id=left,
         )
@@ -178,14 +178,13 @@ def _time_spent(request: HttpRequest) -> int:
 @require_http_methods(["GET", "POST"])
 def arena_vote(request: HttpRequest, slug: str, arena_id: int) -> HttpResponse:
     """GET: the next pair for this voter. POST (pair, left, choice, time_spent_ms): record, then the next pair."""
-    arena = arena_service.arena_get_for_user(user=request.user, slug=slug, arena_id=arena_id)
+    arena = lab_selectors.arena_get_for_user(user=request.user, slug=slug, arena_id=arena_id)
     template = "lab/arena/vote.html" + ("#arena-area" if request.htmx else "")
     if request.method == "GET":
         return render(request, template, _vote_context(request, arena))
     try:
         pair_id = _int_field(request, "pair")
-        if not ArenaPair.objects.filter(pk=pair_id, arena=arena).exists():
-            raise Http404("No such pair.")
+        lab_selectors.arena_pair_require(arena=arena, pair_id=pair_id)
         arena_service.arena_vote(
             pair_id=pair_id, voter=request.user, choice=request.POST.get("choice", ""),
             left_sample_id=_int_field(request, "left"), time_spent_ms=_time_spent(request),

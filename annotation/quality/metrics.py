@@ -1,7 +1,7 @@
 """Pure label-quality metrics over rankings: no database, no Django; plain dicts in, numbers out.
 
 A ranking here is ``{item: tier}`` (tier 0 is best; equal tiers are ties), the shape of one labeler's
-ranking of one prompt's K responses. Metrics:
+ranking of one prompt's K responses (``preferences.tiers.tier_map`` of its tiers). Metrics:
 
 - ``pairwise_agreement(a, b)``: the fraction of the C(K,2) item pairs on which two rankings state the same
   relation (a ≻ b, a ≺ b or a tie).
@@ -27,6 +27,8 @@ import statistics
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from itertools import combinations
+
+from preferences.tiers import pairs_from_tiers, tied_pairs, tier_map, tiers_from_map, tiers_from_scores
 
 TierMap = Mapping[Hashable, int]  # item -> tier (0 = best)
 
@@ -189,32 +191,23 @@ def bradley_terry(
 
 
 def comparisons_from_rankings(rankings: Iterable[TierMap], weights: Iterable[float] | None = None) -> list[tuple]:
-    """Every ranking's pairs as ``(winner, loser, weight)``; a tie becomes two half-weight comparisons."""
+    """Every ranking's pairs as ``(winner, loser, weight)`` (``preferences.tiers.pairs_from_tiers``); a tie
+    (``tied_pairs``) becomes two half-weight comparisons."""
     out = []
     weights = list(weights) if weights is not None else None
     for r, ranking in enumerate(rankings):
         weight = weights[r] if weights is not None else 1.0
-        for x, y in combinations(sorted(ranking, key=repr), 2):
-            relation = _relation(ranking, x, y)
-            if relation > 0:
-                out.append((x, y, weight))
-            elif relation < 0:
-                out.append((y, x, weight))
-            else:
-                out.extend([(x, y, weight / 2), (y, x, weight / 2)])
+        tiers = tiers_from_map(ranking)
+        out.extend((chosen, rejected, weight) for chosen, rejected, _ in pairs_from_tiers(tiers))
+        for x, y in tied_pairs(tiers):
+            out.extend([(x, y, weight / 2), (y, x, weight / 2)])
     return out
 
 
 def tiers_from_strengths(strengths: Mapping[Hashable, float], *, tie_tolerance: float = 1e-6) -> dict:
-    """``{item: tier}`` by strength, best first; strengths within ``tie_tolerance`` share a tier."""
-    ordered = sorted(strengths, key=lambda i: (-strengths[i], repr(i)))
-    tiers, tier, best = {}, -1, None
-    for item in ordered:
-        if best is None or best - strengths[item] > tie_tolerance:
-            tier += 1
-            best = strengths[item]
-        tiers[item] = tier
-    return tiers
+    """``{item: tier}`` by strength, best first, by the one tie rule (``preferences.tiers.tiers_from_scores``):
+    a strength within ``tie_tolerance`` of its tier's best shares that tier."""
+    return tier_map(tiers_from_scores(strengths, tie_threshold=tie_tolerance))
 
 
 def consensus(rankings: Sequence[TierMap], weights: Sequence[float] | None = None, *, prior: float = 0.5) -> dict:
