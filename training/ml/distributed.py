@@ -117,3 +117,21 @@ def sum_over_processes(values: list[float], accelerator) -> list[float]:
 def threads_per_process(configured: int, processes: int) -> int:
     """torch CPU threads for one of ``processes`` processes sharing this machine (``configured`` wins if set)."""
     return configured or max(1, (os.cpu_count() or 1) // processes)
+
+
+def wrap(model, accelerator):
+    """The module to run forward/backward through: DDP under several processes, the model itself on one."""
+    return accelerator.prepare_model(model) if accelerator.num_processes > 1 else model
+
+
+def sums(values: dict[str, float], accelerator) -> dict[str, float]:
+    """``sum_over_processes`` for a dict of numbers (the same keys on every process)."""
+    keys = sorted(values)
+    return dict(zip(keys, sum_over_processes([float(values[k]) for k in keys], accelerator)))
+
+
+def weighted_means(values: dict[str, float], weight: float, accelerator) -> tuple[dict[str, float], float]:
+    """Means over all processes of per-process means ``values`` weighted by ``weight`` (e.g. pairs); (means, Σ weight)."""
+    total = sums({**{k: v * weight for k, v in values.items()}, "\0weight": weight}, accelerator)
+    weight_total = total.pop("\0weight")
+    return {k: v / max(weight_total, 1e-12) for k, v in total.items()}, weight_total
