@@ -22,17 +22,21 @@ import sys
 
 from training.ml import distributed
 
-# Kinds whose trainer shards its batches over processes and writes only from the main one.
-DATA_PARALLEL_KINDS = frozenset({"reward"})
+# Kinds whose trainer shards its batches over processes and writes only from the main one (PPO: one process).
+DATA_PARALLEL_KINDS = frozenset({"reward", "sft", "dpo", "grpo"})
 
 
 def child_command(*, run_id: int, kind: str) -> list[str]:
-    """The command line of the training process(es) of one run."""
-    processes = distributed.num_processes() if kind in DATA_PARALLEL_KINDS else 1
-    if processes == 1:
+    """The command line of the training process(es) of one run: one per device of every machine of the
+    rendezvous (``RLHF_NUM_MACHINES`` …) for a data-parallel kind, else the plain one-process runner."""
+    parallel = kind in DATA_PARALLEL_KINDS
+    rendezvous = distributed.rendezvous_from_env() if parallel else distributed.Rendezvous()
+    processes = distributed.num_processes() if parallel else 1
+    if processes == 1 and rendezvous.num_machines == 1:
         return distributed.launch_command(1, ["training.runner", str(run_id)])
     return distributed.launch_command(
-        processes, ["training.distributed_runner", str(run_id)], cuda=distributed.cuda_device_count() > 0
+        processes, ["training.distributed_runner", str(run_id)], cuda=distributed.cuda_device_count() > 0,
+        rendezvous=rendezvous, config_file=distributed.accelerate_config_file(),
     )
 
 

@@ -22,10 +22,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
 ENV_NUM_PROCESSES = "RLHF_NUM_PROCESSES"
+ENV_NUM_MACHINES, ENV_MACHINE_RANK = "RLHF_NUM_MACHINES", "RLHF_MACHINE_RANK"
+ENV_MAIN_ADDRESS, ENV_MAIN_PORT = "RLHF_MAIN_PROCESS_IP", "RLHF_MAIN_PROCESS_PORT"
+ENV_CONFIG_FILE = "RLHF_ACCELERATE_CONFIG_FILE"
 
 
 def num_processes(*, env: Mapping[str, str] | None = None, device_count: int | None = None) -> int:
@@ -48,25 +52,93 @@ def process_rank(env: Mapping[str, str] | None = None) -> int:
     return int((os.environ if env is None else env).get("RANK", "0"))
 
 
-def launch_command(num_processes: int, module_args: Sequence[str], *, cuda: bool = True) -> list[str]:
-    """The command that runs ``python -m <module_args>`` in ``num_processes`` data-parallel processes.
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the machines of one run meet (torchrun's static rendezvous, through ``accelerate launch``).
 
-    One process: exactly ``python -m MODULE ARGS`` (no launcher, nothing added). Several: ``accelerate
-    launch`` with every setting explicit, so a stray accelerate config file cannot change the run, and a
-    free rendezvous port (several runs may share a machine). ``cuda=False`` (tests, CPU-only workers) sets
-    ACCELERATE_USE_CPU=true through ``env``: accelerate then uses gloo on CPU ("--cpu" would start only one
-    process).
+    One machine: a free port on this host. Several: every machine runs the launcher with the same
+    ``num_machines``, its own ``machine_rank`` (0 on the machine whose worker claimed the run) and the
+    address and port of machine 0, where the processes meet.
     """
+
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_address: str = ""
+    main_port: int = 0
+
+    def launch_args(self) -> list[str]:
+        if self.num_machines == 1:
+            return ["--num_machines", "1", "--main_process_port", "0"]  # a free port: runs can share a machine
+        return ["--num_machines", str(self.num_machines), "--machine_rank", str(self.machine_rank),
+                "--main_process_ip", self.main_address, "--main_process_port", str(self.main_port)]
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < low or (high is not None and int(value) > high):
+        raise ValueError(f"{name} must be a whole number in [{low}, {high if high is not None else '∞'}], got {value!r}")
+    return int(value)
+
+
+def rendezvous_from_env(env: Mapping[str, str] | None = None) -> Rendezvous:
+    """The worker's multi-machine settings: RLHF_NUM_MACHINES, RLHF_MACHINE_RANK, RLHF_MAIN_PROCESS_IP/_PORT.
+
+    >>> rendezvous_from_env({})
+    Rendezvous(num_machines=1, machine_rank=0, main_address='', main_port=0)
+    >>> rendezvous_from_env({"RLHF_NUM_MACHINES": "2", "RLHF_MACHINE_RANK": "1", "RLHF_MAIN_PROCESS_IP": "10.0.0.5",
+    ...                      "RLHF_MAIN_PROCESS_PORT": "29500"}).launch_args()[:4]
+    ['--num_machines', '2', '--machine_rank', '1']
+    """
+    env = os.environ if env is None else env
+    machines = _whole(env, ENV_NUM_MACHINES, 1, 1)
+    if machines == 1:
+        return Rendezvous()
+    rank = _whole(env, ENV_MACHINE_RANK, 0, 0, machines - 1)
+    address = env.get(ENV_MAIN_ADDRESS, "").strip()
+    port = _whole(env, ENV_MAIN_PORT, 0, 1, 65535)
+    if not address or not port:
+        raise ValueError(f"{ENV_NUM_MACHINES}={machines} needs {ENV_MAIN_ADDRESS} and {ENV_MAIN_PORT}: the address and "
+                         f"a fixed port of machine rank 0, reachable from every machine")
+    return Rendezvous(machines, rank, address, port)
+
+
+def accelerate_config_file(env: Mapping[str, str] | None = None) -> str:
+    """The operator's accelerate config file (``RLHF_ACCELERATE_CONFIG_FILE``, e.g. DeepSpeed ZeRO or FSDP), or ""."""
+    path = (os.environ if env is None else env).get(ENV_CONFIG_FILE, "").strip()
+    if path and not os.path.isfile(path):
+        raise ValueError(f"{ENV_CONFIG_FILE}={path!r} is not a file")
+    return path
+
+
+def launch_command(
+    num_processes: int, module_args: Sequence[str], *, cuda: bool = True, rendezvous: Rendezvous | None = None,
+    config_file: str = "",
+) -> list[str]:
+    """The command that runs ``python -m <module_args>`` in ``num_processes`` data-parallel processes per machine.
+
+    One process on one machine: exactly ``python -m MODULE ARGS`` (no launcher, nothing added). Otherwise
+    ``accelerate launch`` with every setting explicit, so a stray accelerate config file cannot change the run,
+    and the rendezvous (a free port on one machine; machine 0's address and port on several). ``cuda=False``
+    (tests, CPU-only workers) sets ACCELERATE_USE_CPU=true through ``env``: accelerate then uses gloo on CPU
+    ("--cpu" would start only one process). ``config_file`` (the operator's, e.g. DeepSpeed ZeRO or FSDP)
+    replaces ``--multi_gpu`` and ``--mixed_precision``: the file chooses the distributed type; the process
+    counts and the rendezvous stay explicit.
+    """
+    rendezvous = rendezvous or Rendezvous()
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
     if not module_args:
         raise ValueError("module_args must name a module to run")
-    if num_processes == 1:
+    if num_processes == 1 and rendezvous.num_machines == 1:
         return [sys.executable, "-m", *module_args]
+    distributed_type = ["--config_file", config_file] if config_file else ["--multi_gpu"]
+    precision = [] if config_file else ["--mixed_precision", "no"]  # the trainers autocast (config mixed_precision)
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-        "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "-m", *module_args,
+        sys.executable, "-m", "accelerate.commands.launch", *distributed_type,
+        "--num_processes", str(num_processes * rendezvous.num_machines), *rendezvous.launch_args(),
+        *precision, "--dynamo_backend", "no", "-m", *module_args,
     ]
     return command if cuda else ["env", "ACCELERATE_USE_CPU=true", *command]
 

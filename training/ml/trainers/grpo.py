@@ -15,7 +15,6 @@ policy with its adapter switched off (no second copy of the model).
 """
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
