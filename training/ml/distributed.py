@@ -207,3 +207,23 @@ def weighted_means(values: dict[str, float], weight: float, accelerator) -> tupl
     total = sums({**{k: v * weight for k, v in values.items()}, "\0weight": weight}, accelerator)
     weight_total = total.pop("\0weight")
     return {k: v / max(weight_total, 1e-12) for k, v in total.items()}, weight_total
+
+
+def make_accelerator():
+    """The trainers' Accelerator: DDP (or one plain process); precision is the run's own (``ml.precision``).
+
+    An operator config file (``RLHF_ACCELERATE_CONFIG_FILE``) may set the launch (GPU ids, machines, NCCL
+    and rendezvous options), but its mixed precision is not applied on top of the run's, and FSDP or
+    DeepSpeed ZeRO are refused before any work: the trainers save and checkpoint the whole model from the
+    main process, which sharded parameters would silently break.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    from training.ml.config import ConfigError
+
+    accelerator = Accelerator(mixed_precision="no")
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(ENV_CONFIG_FILE, f"selects {accelerator.distributed_type.value}, which the trainers do not "
+                                           f"support yet (they shard the data, not the parameters): use a MULTI_GPU config")
+    return accelerator

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 
 from training.ml import distributed, losses
 from training.ml.checkpoint import checkpoint_save
@@ -180,7 +179,7 @@ def train_dpo(
     """
     config.validate()
     output_dir = Path(output_dir)
-    accelerator = Accelerator()  # one process: plain device placement; several: DDP over NCCL (CUDA) or gloo (CPU)
+    accelerator = distributed.make_accelerator()  # one process: plain device placement; several: DDP over NCCL (CUDA) or gloo (CPU)
     main = accelerator.is_main_process
     hooks = hooks if main else NullHooks()  # cancel is asked of the main process only, then shared
     torch.set_num_threads(distributed.threads_per_process(config.num_threads, accelerator.num_processes))

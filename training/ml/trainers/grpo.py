@@ -19,7 +19,6 @@ import math
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from transformers import get_scheduler
 
 from training.ml import distributed
@@ -138,7 +137,7 @@ def train_grpo(
     if not prompts:
         raise ValueError("GRPO needs at least one prompt")
     config.validate()
-    accelerator = Accelerator()  # one process: plain device placement; several: DDP over NCCL (CUDA) or gloo (CPU)
+    accelerator = distributed.make_accelerator()  # one process: plain device placement; several: DDP over NCCL (CUDA) or gloo (CPU)
     main = accelerator.is_main_process
     hooks = hooks if main else NullHooks()
     torch.set_num_threads(distributed.threads_per_process(config.num_threads, accelerator.num_processes))

@@ -18,7 +18,6 @@ import random
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from training.ml import distributed
@@ -172,7 +171,7 @@ def train_sft(
     if not examples:
         raise ValueError("SFT needs at least one (prompt, response) example")
     config.validate()
-    accelerator = Accelerator()
+    accelerator = distributed.make_accelerator()
     main = accelerator.is_main_process
     hooks = hooks if main else NullHooks()
     torch.set_num_threads(distributed.threads_per_process(config.num_threads, accelerator.num_processes))
