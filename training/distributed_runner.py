@@ -44,6 +44,7 @@ def run_other_process(*, run_id: int, claim_token: str) -> int:
     """A non-main process: train alongside the main one, write nothing to the database."""
     from annotation.errors import InvalidInput
     from training import jobs
+    from training.ml.config import ConfigError
     from training.ml.types import NullHooks
     from training.models import TrainingRun
 
@@ -52,14 +53,34 @@ def run_other_process(*, run_id: int, claim_token: str) -> int:
         return 0  # the main process sees the same and says so
     try:
         jobs.job_for_kind(run.kind).run(run, jobs.run_output_dir(run), NullHooks())
-    except (jobs.JobFailed, InvalidInput):
-        pass  # bad data: the main process hits the same error and fails the run
+    except (jobs.JobFailed, InvalidInput, ConfigError):
+        pass  # bad data or config: the main process hits the same error and fails the run
     return 0
+
+
+def follow(run_id: int) -> int:
+    """Machines 1… of a multi-machine run: ``python -m training.distributed_runner follow RUN_ID`` starts this
+    machine's processes (its ``RLHF_MACHINE_RANK``), which meet machine 0's at the rendezvous and write nothing."""
+    import subprocess
+
+    from training.models import TrainingRun
+    from training.runner import child_environment
+
+    run = TrainingRun.objects.get(pk=run_id)
+    command = child_command(run_id=run_id, kind=run.kind)
+    print(" ".join(command), flush=True)
+    return subprocess.run(command, env=child_environment(claim_token=run.claim_token or "")).returncode
 
 
 def main(argv: list[str]) -> int:
     from training import runner
 
+    if len(argv) == 3 and argv[1] == "follow" and argv[2].isdigit():
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings.local")
+        import django
+
+        django.setup()
+        return follow(int(argv[2]))
     runner._die_with_parent()  # the launcher's death (the worker's) ends this process too
     if distributed.process_rank() == 0:
         code = runner.main(argv)

@@ -42,7 +42,10 @@ def enable_gradient_checkpointing(model, enabled: bool) -> None:
         return
     if not getattr(model, "supports_gradient_checkpointing", True) or not hasattr(model, "gradient_checkpointing_enable"):
         raise ConfigError("gradient_checkpointing", f"{type(model).__name__} does not support gradient checkpointing")
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable  # transformers 5 name
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}  # works with frozen inputs (LoRA) and DDP
+    if hasattr(model, "activation_checkpointing_enable"):  # the transformers 5 name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if hasattr(model, "enable_input_require_grads"):  # LoRA: frozen embeddings must still pass gradients on
         model.enable_input_require_grads()
