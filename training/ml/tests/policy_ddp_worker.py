@@ -1,6 +1,6 @@
 """One process of the 2-process DPO and GRPO tests (``test_distributed_policy.py``); run under ``accelerate launch``.
 
-    python -m training.ml.tests.policy_ddp_worker dpo|grpo BASE_MODEL OUT_DIR
+    python -m training.ml.tests.policy_ddp_worker sft|dpo|grpo BASE_MODEL OUT_DIR
 
 Every process trains (a) straight through and (b) stopped after step 4, then resumed, and writes what the
 test checks: its final trainable parameters (``params-<run>-rank<R>.pt``), which files it wrote
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from training.ml import demo_task
-from training.ml.config import DPOConfig, GRPOConfig
-from training.ml.trainers import dpo, grpo
+from training.ml.config import DPOConfig, GRPOConfig, SFTConfig
+from training.ml.trainers import dpo, grpo, sft
 from training.ml.types import NullHooks, RankedGroup
 
 RANK = int(os.environ.get("RANK", "0"))
@@ -66,7 +66,16 @@ def grpo_config(base_model: str) -> GRPOConfig:
                       mini_batch_size=4, num_iterations=2, learning_rate=3e-2, checkpoint_every=3, seed=0, num_threads=1)
 
 
+def sft_config(base_model: str) -> SFTConfig:
+    """36 training examples (4 held out), 7 per step: 4 + 3 per process, and at step 6 one (the other pads)."""
+    return SFTConfig(base_model=base_model, max_steps=6, learning_rate=3e-3, batch_size=7, eval_every=3,
+                     eval_fraction=0.1, checkpoint_every=3, num_threads=1)
+
+
 def run(kind: str, base_model: str, output_dir: Path, hooks) -> dict:
+    if kind == "sft":
+        return sft.train_sft(sft_config(base_model), demo_task.make_demonstrations(40, seed=3), output_dir=output_dir,
+                             hooks=hooks)
     if kind == "dpo":
         groups = dpo_groups()
         return dpo.train_dpo(dpo_config(base_model), groups[:21], dpo_groups(6, seed=2), output_dir=output_dir,
@@ -78,7 +87,7 @@ def run(kind: str, base_model: str, output_dir: Path, hooks) -> dict:
 def instrument(kind: str, out: Path) -> dict:
     """Record every checkpoint/policy write of this process, and keep the policy to dump its weights."""
     seen: dict = {}
-    module = dpo if kind == "dpo" else grpo
+    module = {"sft": sft, "dpo": dpo, "grpo": grpo}[kind]
 
     def note(line: str) -> None:
         with open(out / f"writes-rank{RANK}.txt", "a") as handle:
@@ -91,8 +100,8 @@ def instrument(kind: str, out: Path) -> dict:
         return real_checkpoint_save(**kwargs)
 
     module.checkpoint_save = checkpoint_save
-    if kind == "dpo":
-        real_load, real_save = dpo.load_trainable_policy, dpo.save_policy
+    if kind in ("sft", "dpo"):
+        real_load, real_save = module.load_trainable_policy, module.save_policy
 
         def load_trainable_policy(config, adapter=""):
             model, tokenizer = real_load(config, adapter)
@@ -103,7 +112,7 @@ def instrument(kind: str, out: Path) -> dict:
             note(f"policy {Path(target).parent.name}")
             return real_save(model, tokenizer, target)
 
-        dpo.load_trainable_policy, dpo.save_policy = load_trainable_policy, save_policy
+        module.load_trainable_policy, module.save_policy = load_trainable_policy, save_policy
     else:
         real_load = grpo.load_rl_policy
 

@@ -1,4 +1,4 @@
-"""DPO and GRPO data-parallel: 2 processes (gloo on CPU, accelerate launch) train the one-process model."""
+"""SFT, DPO and GRPO data-parallel: 2 processes (gloo on CPU, accelerate launch) train the one-process model."""
 import json
 import os
 import subprocess
@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[3]
 def bases(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp_policy")
     tokenizer = build_tokenizer(worker.TEXTS, root / "tok", vocab_size=300)
-    return {"dpo": str(demo_task.build_demo_base(root / "dpo", seed=0)),
+    demo = str(demo_task.build_demo_base(root / "dpo", seed=0))
+    return {"dpo": demo, "sft": demo,
             "grpo": str(build_tiny_causal_lm(root / "grpo", tokenizer, hidden=32, layers=1, heads=2))}
 
 
@@ -37,9 +38,10 @@ def _params(out: Path, name: str, rank: int) -> dict:
 
 def _single_run(kind: str, base: str, out: Path, monkeypatch):
     """The same training on one process (this one), keeping the trained parameters."""
-    from training.ml.trainers import dpo, grpo
+    from training.ml.trainers import dpo, grpo, sft
 
     for module, name in ((dpo, "checkpoint_save"), (dpo, "load_trainable_policy"), (dpo, "save_policy"),
+                         (sft, "checkpoint_save"), (sft, "load_trainable_policy"), (sft, "save_policy"),
                          (grpo, "checkpoint_save"), (grpo, "load_rl_policy")):
         monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
     out.mkdir()
@@ -115,5 +117,27 @@ def test_two_process_grpo_trains_the_one_process_model(tmp_path, bases, monkeypa
     assert [m["response_length"] for m in steps] == pytest.approx([m["response_length"] for m in one])
     assert [m["policy_loss"] for m in steps] == pytest.approx([m["policy_loss"] for m in one], rel=1e-3, abs=1e-5)
     assert [m["kl"] for m in steps] == pytest.approx([m["kl"] for m in one], rel=1e-3, abs=1e-6)
+    for name, value in single.items():
+        torch.testing.assert_close(rank0[name], value, atol=2e-4, rtol=1e-3, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_process_sft_trains_the_one_process_model(tmp_path, bases, monkeypatch):
+    result = _launch("sft", bases["sft"], tmp_path)
+    straight = result["straight"]
+    assert straight["summary"]["processes"] == 2 and straight["summary"]["steps"] == 6
+
+    from transformers import AutoModelForCausalLM
+
+    initial = dict(AutoModelForCausalLM.from_pretrained(bases["sft"]).named_parameters())
+    rank0 = _check_common(tmp_path, result, lambda p: any(not torch.equal(initial[k], p[k]) for k in p))
+
+    summary, hooks, single = _single_run("sft", bases["sft"], tmp_path / "one", monkeypatch)
+    assert summary["processes"] == 1
+    losses = [m["loss"] for _, m in straight["steps"][0]]
+    assert losses == pytest.approx([m["loss"] for _, m in hooks.steps], rel=1e-4)  # the whole step's token mean
+    assert losses[-1] < losses[0]
+    assert straight["summary"]["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-4)
     for name, value in single.items():
         torch.testing.assert_close(rank0[name], value, atol=2e-4, rtol=1e-3, msg=name)
