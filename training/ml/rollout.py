@@ -180,7 +180,7 @@ def reward_model_scores(
         device = next(reward_model.parameters()).device
         logits = reward_model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits  # (b, 1)
         scores.append(logits[:, 0].float())
-    return torch.cat(scores).to(rollout.input_ids.device)
+    return torch.cat(scores).to(_device_of(rollout))
 
 
 def function_scores(reward_fn: RewardFn, prompts: list[list[dict]], rollout: Rollout) -> torch.Tensor:
@@ -191,7 +191,13 @@ def function_scores(reward_fn: RewardFn, prompts: list[list[dict]], rollout: Rol
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"reward function returned {value!r} for sample {row} (prompt {i}); expected a finite number")
         scores.append(float(value))
-    return torch.tensor(scores, device=rollout.input_ids.device)
+    return torch.tensor(scores, device=_device_of(rollout))
+
+
+def _device_of(rollout) -> torch.device:
+    """Where the rollout's tensors are (callers may pass a bare object with only prompt_index and texts)."""
+    ids = getattr(rollout, "input_ids", None)
+    return ids.device if isinstance(ids, torch.Tensor) else torch.device("cpu")
 
 
 def reward_fn_unresolved(name: str) -> ValueError:
