@@ -23,17 +23,21 @@ import sys
 from training.ml import distributed
 from training.run_process import EXIT_CANCELLED, EXIT_CLAIM_LOST, EXIT_FAILED, EXIT_OK, die_with_parent
 
-# Kinds whose trainer shards its batches over processes and writes only from the main one.
-DATA_PARALLEL_KINDS = frozenset({"reward"})
+# Kinds whose trainer shards its batches over processes and writes only from the main one (PPO: one process).
+DATA_PARALLEL_KINDS = frozenset({"reward", "sft", "dpo", "grpo"})
 
 
 def child_command(*, run_id: int, kind: str) -> list[str]:
-    """The command line of the training process(es) of one run."""
-    processes = distributed.num_processes() if kind in DATA_PARALLEL_KINDS else 1
-    if processes == 1:
+    """The command line of the training process(es) of one run: one per device of every machine of the
+    rendezvous (``RLHF_NUM_MACHINES`` …) for a data-parallel kind, else the plain one-process runner."""
+    parallel = kind in DATA_PARALLEL_KINDS
+    rendezvous = distributed.rendezvous_from_env() if parallel else distributed.Rendezvous()
+    processes = distributed.num_processes() if parallel else 1
+    if processes == 1 and rendezvous.num_machines == 1:
         return distributed.launch_command(1, ["training.runner", str(run_id)])
     return distributed.launch_command(
-        processes, ["training.distributed_runner", str(run_id)], cuda=distributed.cuda_device_count() > 0
+        processes, ["training.distributed_runner", str(run_id)], cuda=distributed.cuda_device_count() > 0,
+        rendezvous=rendezvous, config_file=distributed.accelerate_config_file(),
     )
 
 
@@ -41,6 +45,7 @@ def run_other_process(*, run_id: int, claim_token: str) -> int:
     """A non-main process: train alongside the main one, write nothing to the database."""
     from annotation.errors import InvalidInput
     from training import jobs
+    from training.ml.config import ConfigError
     from training.ml.types import NullHooks
     from training.models import TrainingRun
 
@@ -49,14 +54,34 @@ def run_other_process(*, run_id: int, claim_token: str) -> int:
         return 0  # the main process sees the same and says so
     try:
         jobs.job_for_kind(run.kind).run(run, jobs.run_output_dir(run), NullHooks())
-    except (jobs.JobFailed, InvalidInput):
-        pass  # bad data: the main process hits the same error and fails the run
+    except (jobs.JobFailed, InvalidInput, ConfigError):
+        pass  # bad data or config: the main process hits the same error and fails the run
     return 0
+
+
+def follow(run_id: int) -> int:
+    """Machines 1… of a multi-machine run: ``python -m training.distributed_runner follow RUN_ID`` starts this
+    machine's processes (its ``RLHF_MACHINE_RANK``), which meet machine 0's at the rendezvous and write nothing."""
+    import subprocess
+
+    from training.models import TrainingRun
+    from training.run_process import child_environment
+
+    run = TrainingRun.objects.get(pk=run_id)
+    command = child_command(run_id=run_id, kind=run.kind)
+    print(" ".join(command), flush=True)
+    return subprocess.run(command, env=child_environment(claim_token=run.claim_token or "")).returncode
 
 
 def main(argv: list[str]) -> int:
     from training import runner
 
+    if len(argv) == 3 and argv[1] == "follow" and argv[2].isdigit():
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings.local")
+        import django
+
+        django.setup()
+        return follow(int(argv[2]))
     die_with_parent()  # the launcher's death (the worker's) ends this process too
     if distributed.process_rank() == 0:
         code = runner.main(argv)

@@ -8,6 +8,7 @@ crash, which the supervisor retries.
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import sys
 
@@ -20,3 +21,11 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+
+
+def child_environment(*, claim_token: str) -> dict[str, str]:
+    """The training process's environment: the claim token, and the HF libraries offline unless the operator
+    allows the model hub (``training.model_sources.offline_environment``), whatever the worker inherited."""
+    from training.model_sources import offline_environment
+
+    return {**os.environ, **offline_environment(), "RLHF_CLAIM_TOKEN": claim_token, "PYTHONUNBUFFERED": "1"}

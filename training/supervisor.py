@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 from training import distributed_runner, services
-from training.run_process import EXIT_CANCELLED, EXIT_CLAIM_LOST, EXIT_FAILED, EXIT_OK, die_with_parent
+from training.run_process import (
+    EXIT_CANCELLED, EXIT_CLAIM_LOST, EXIT_FAILED, EXIT_OK, child_environment, die_with_parent,
+)
 
 HEARTBEAT_SECONDS = float(os.environ.get("RLHF_RUN_HEARTBEAT_SECONDS", "5"))
 CANCEL_GRACE_SECONDS = float(os.environ.get("RLHF_RUN_CANCEL_GRACE_SECONDS", "120"))
@@ -44,14 +46,6 @@ def _stop(proc: subprocess.Popen) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
-
-
-def child_environment(*, claim_token: str) -> dict[str, str]:
-    """The training process's environment: the claim token, and the HF libraries offline unless the operator
-    allows the model hub (``training.model_sources.offline_environment``), whatever the worker inherited."""
-    from training.model_sources import offline_environment
-
-    return {**os.environ, **offline_environment(), "RLHF_CLAIM_TOKEN": claim_token, "PYTHONUNBUFFERED": "1"}
 
 
 def supervise(*, run_id: int, claim_token: str, attempt: int) -> str:

@@ -106,6 +106,9 @@ class TrainConfig:
     lora_dropout: float = setting(0.05, min=0.0, max=1.0)
     lora_target_modules: list[str] = setting([], help="module names for LoRA (empty: all linear layers)")
     num_threads: int = setting(0, min=0, max=1024, help="CPU threads for torch (0: all cores)")
+    mixed_precision: str = setting("no", choices=("no", "bf16", "auto"),
+                                   help="bf16 autocast of forward passes (auto: bf16 on a GPU that has it); ml.precision")
+    gradient_checkpointing: bool = setting(False, help="recompute activations in backward: less memory, more compute")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -162,6 +165,8 @@ class RewardConfig(TrainConfig):
     use_ranking_weights: bool = setting(True, help="weigh each pair by its ranking's weight")
     eval_fraction: float = setting(0.1, min=0.0, max=0.9, help="share of prompts held out (split by prompt)")
     disable_dropout: bool = setting(True, help="turn dropout off (as TRL does): rewards of one batch stay comparable")
+    mixed_precision: str = setting("auto", choices=("no", "bf16", "auto"),
+                                   help="bf16 autocast of forward passes (auto: bf16 on a GPU that has it); ml.precision")
 
 
 @dataclass
@@ -222,10 +227,6 @@ class _PolicyRLConfig(TrainConfig):
     reward_fn: str = setting("", help="name of a registered reward_fn hook, (prompt_messages, response_text) -> float "
                                       "(the app checks and resolves it: annotation.hooks)")
 
-    def _check(self) -> None:
-        super()._check()
-        if self.lora_r:
-            raise ConfigError("lora_r", f"{self.kind.upper()} trains the full policy; LoRA is not supported here (set 0)")
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Launch side (the run supervisor): ``num_processes()`` says how many processes a run gets (one per CUDA
 device, or ``RLHF_NUM_PROCESSES``) and ``launch_command()`` builds the command line: plain
 ``python -m MODULE ARGS`` for one process, ``accelerate launch --multi_gpu --num_processes N -m MODULE ARGS``
-for several (torchrun underneath: one process per device, NCCL on CUDA, gloo on CPU).
+for several (torchrun underneath: one process per device, NCCL on CUDA, gloo on CPU). Several machines meet
+at machine 0 (``rendezvous_from_env``: RLHF_NUM_MACHINES, RLHF_MACHINE_RANK, RLHF_MAIN_PROCESS_IP/_PORT);
+an operator's accelerate config file (RLHF_ACCELERATE_CONFIG_FILE) may replace ``--multi_gpu``.
 
 Trainer side: every process holds the whole model (DDP), takes its share of each optimizer step's groups
 (``shard``), and scales its loss so that DDP's gradient average equals the gradient of the global mean
@@ -22,10 +24,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
 ENV_NUM_PROCESSES = "RLHF_NUM_PROCESSES"
+ENV_NUM_MACHINES, ENV_MACHINE_RANK = "RLHF_NUM_MACHINES", "RLHF_MACHINE_RANK"
+ENV_MAIN_ADDRESS, ENV_MAIN_PORT = "RLHF_MAIN_PROCESS_IP", "RLHF_MAIN_PROCESS_PORT"
+ENV_CONFIG_FILE = "RLHF_ACCELERATE_CONFIG_FILE"
 
 
 def num_processes(*, env: Mapping[str, str] | None = None, device_count: int | None = None) -> int:
@@ -48,25 +54,93 @@ def process_rank(env: Mapping[str, str] | None = None) -> int:
     return int((os.environ if env is None else env).get("RANK", "0"))
 
 
-def launch_command(num_processes: int, module_args: Sequence[str], *, cuda: bool = True) -> list[str]:
-    """The command that runs ``python -m <module_args>`` in ``num_processes`` data-parallel processes.
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the machines of one run meet (torchrun's static rendezvous, through ``accelerate launch``).
 
-    One process: exactly ``python -m MODULE ARGS`` (no launcher, nothing added). Several: ``accelerate
-    launch`` with every setting explicit, so a stray accelerate config file cannot change the run, and a
-    free rendezvous port (several runs may share a machine). ``cuda=False`` (tests, CPU-only workers) sets
-    ACCELERATE_USE_CPU=true through ``env``: accelerate then uses gloo on CPU ("--cpu" would start only one
-    process).
+    One machine: a free port on this host. Several: every machine runs the launcher with the same
+    ``num_machines``, its own ``machine_rank`` (0 on the machine whose worker claimed the run) and the
+    address and port of machine 0, where the processes meet.
     """
+
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_address: str = ""
+    main_port: int = 0
+
+    def launch_args(self) -> list[str]:
+        if self.num_machines == 1:
+            return ["--num_machines", "1", "--main_process_port", "0"]  # a free port: runs can share a machine
+        return ["--num_machines", str(self.num_machines), "--machine_rank", str(self.machine_rank),
+                "--main_process_ip", self.main_address, "--main_process_port", str(self.main_port)]
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < low or (high is not None and int(value) > high):
+        raise ValueError(f"{name} must be a whole number in [{low}, {high if high is not None else '∞'}], got {value!r}")
+    return int(value)
+
+
+def rendezvous_from_env(env: Mapping[str, str] | None = None) -> Rendezvous:
+    """The worker's multi-machine settings: RLHF_NUM_MACHINES, RLHF_MACHINE_RANK, RLHF_MAIN_PROCESS_IP/_PORT.
+
+    >>> rendezvous_from_env({})
+    Rendezvous(num_machines=1, machine_rank=0, main_address='', main_port=0)
+    >>> rendezvous_from_env({"RLHF_NUM_MACHINES": "2", "RLHF_MACHINE_RANK": "1", "RLHF_MAIN_PROCESS_IP": "10.0.0.5",
+    ...                      "RLHF_MAIN_PROCESS_PORT": "29500"}).launch_args()[:4]
+    ['--num_machines', '2', '--machine_rank', '1']
+    """
+    env = os.environ if env is None else env
+    machines = _whole(env, ENV_NUM_MACHINES, 1, 1)
+    if machines == 1:
+        return Rendezvous()
+    rank = _whole(env, ENV_MACHINE_RANK, 0, 0, machines - 1)
+    address = env.get(ENV_MAIN_ADDRESS, "").strip()
+    port = _whole(env, ENV_MAIN_PORT, 0, 1, 65535)
+    if not address or not port:
+        raise ValueError(f"{ENV_NUM_MACHINES}={machines} needs {ENV_MAIN_ADDRESS} and {ENV_MAIN_PORT}: the address and "
+                         f"a fixed port of machine rank 0, reachable from every machine")
+    return Rendezvous(machines, rank, address, port)
+
+
+def accelerate_config_file(env: Mapping[str, str] | None = None) -> str:
+    """The operator's accelerate config file (``RLHF_ACCELERATE_CONFIG_FILE``, e.g. DeepSpeed ZeRO or FSDP), or ""."""
+    path = (os.environ if env is None else env).get(ENV_CONFIG_FILE, "").strip()
+    if path and not os.path.isfile(path):
+        raise ValueError(f"{ENV_CONFIG_FILE}={path!r} is not a file")
+    return path
+
+
+def launch_command(
+    num_processes: int, module_args: Sequence[str], *, cuda: bool = True, rendezvous: Rendezvous | None = None,
+    config_file: str = "",
+) -> list[str]:
+    """The command that runs ``python -m <module_args>`` in ``num_processes`` data-parallel processes per machine.
+
+    One process on one machine: exactly ``python -m MODULE ARGS`` (no launcher, nothing added). Otherwise
+    ``accelerate launch`` with every setting explicit, so a stray accelerate config file cannot change the run,
+    and the rendezvous (a free port on one machine; machine 0's address and port on several). ``cuda=False``
+    (tests, CPU-only workers) sets ACCELERATE_USE_CPU=true through ``env``: accelerate then uses gloo on CPU
+    ("--cpu" would start only one process). ``config_file`` (the operator's, e.g. DeepSpeed ZeRO or FSDP)
+    replaces ``--multi_gpu`` and ``--mixed_precision``: the file chooses the distributed type; the process
+    counts and the rendezvous stay explicit.
+    """
+    rendezvous = rendezvous or Rendezvous()
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
     if not module_args:
         raise ValueError("module_args must name a module to run")
-    if num_processes == 1:
+    if num_processes == 1 and rendezvous.num_machines == 1:
         return [sys.executable, "-m", *module_args]
+    distributed_type = ["--config_file", config_file] if config_file else ["--multi_gpu"]
+    precision = [] if config_file else ["--mixed_precision", "no"]  # the trainers autocast (config mixed_precision)
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-        "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "-m", *module_args,
+        sys.executable, "-m", "accelerate.commands.launch", *distributed_type,
+        "--num_processes", str(num_processes * rendezvous.num_machines), *rendezvous.launch_args(),
+        *precision, "--dynamo_backend", "no", "-m", *module_args,
     ]
     return command if cuda else ["env", "ACCELERATE_USE_CPU=true", *command]
 
@@ -117,3 +191,41 @@ def sum_over_processes(values: list[float], accelerator) -> list[float]:
 def threads_per_process(configured: int, processes: int) -> int:
     """torch CPU threads for one of ``processes`` processes sharing this machine (``configured`` wins if set)."""
     return configured or max(1, (os.cpu_count() or 1) // processes)
+
+
+def wrap(model, accelerator):
+    """The module to run forward/backward through: DDP under several processes, the model itself on one."""
+    return accelerator.prepare_model(model) if accelerator.num_processes > 1 else model
+
+
+def sums(values: dict[str, float], accelerator) -> dict[str, float]:
+    """``sum_over_processes`` for a dict of numbers (the same keys on every process)."""
+    keys = sorted(values)
+    return dict(zip(keys, sum_over_processes([float(values[k]) for k in keys], accelerator)))
+
+
+def weighted_means(values: dict[str, float], weight: float, accelerator) -> tuple[dict[str, float], float]:
+    """Means over all processes of per-process means ``values`` weighted by ``weight`` (e.g. pairs); (means, Σ weight)."""
+    total = sums({**{k: v * weight for k, v in values.items()}, "\0weight": weight}, accelerator)
+    weight_total = total.pop("\0weight")
+    return {k: v / max(weight_total, 1e-12) for k, v in total.items()}, weight_total
+
+
+def make_accelerator():
+    """The trainers' Accelerator: DDP (or one plain process); precision is the run's own (``ml.precision``).
+
+    An operator config file (``RLHF_ACCELERATE_CONFIG_FILE``) may set the launch (GPU ids, machines, NCCL
+    and rendezvous options), but its mixed precision is not applied on top of the run's, and FSDP or
+    DeepSpeed ZeRO are refused before any work: the trainers save and checkpoint the whole model from the
+    main process, which sharded parameters would silently break.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    from training.ml.config import ConfigError
+
+    accelerator = Accelerator(mixed_precision="no")
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(ENV_CONFIG_FILE, f"selects {accelerator.distributed_type.value}, which the trainers do not "
+                                           f"support yet (they shard the data, not the parameters): use a MULTI_GPU config")
+    return accelerator

@@ -88,7 +88,7 @@ def _response_mask(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tenso
     is_eos = response_ids == eos_id
     ended = is_eos.any(dim=1)
     eos_pos = torch.where(ended, is_eos.float().argmax(dim=1), torch.full_like(ended, response_ids.size(1), dtype=torch.long))
-    cols = torch.arange(response_ids.size(1)).unsqueeze(0)  # (1, T)
+    cols = torch.arange(response_ids.size(1), device=response_ids.device).unsqueeze(0)  # (1, T)
     return (cols <= eos_pos.unsqueeze(1)).float(), ended
 
 
@@ -96,31 +96,44 @@ def _response_mask(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tenso
 def sample_rollout(
     policy, tokenizer, prompts: list[list[dict]], *, samples_per_prompt: int, max_new_tokens: int,
     temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, with_logprobs: bool = True,
+    seeds: list[int] | None = None,
 ) -> Rollout:
     """Sample G = ``samples_per_prompt`` responses per prompt and record log π_old of each token.
 
-    Sampling uses the global torch RNG (seed it for reproducibility). Log-probabilities come from one extra
-    forward pass at the same temperature, so they are exactly what the PPO ratio's denominator needs
-    (``with_logprobs=False`` skips it for callers that recompute them anyway).
+    Sampling uses the global torch RNG (seed it for reproducibility). With ``seeds`` (one per prompt), the
+    G samples of prompt i are drawn in a call of their own, unpadded, right after ``torch.manual_seed(seeds[i])``:
+    they are then a pure function of the prompt and its seed, whichever other prompts share the batch (data
+    parallelism splits a step's prompts over processes and must sample what one process would).
+    Log-probabilities come from one extra forward pass at the same temperature, so they are exactly what the
+    PPO ratio's denominator needs (``with_logprobs=False`` skips it for callers that recompute them anyway).
+    Tensors live on the policy's device.
     """
     was_training = policy.training
     policy.eval()
+    device = next(policy.parameters()).device
     eos_id = tokenizer.eos_token_id
     pad_id = eos_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
     encoded = [prompt_ids(tokenizer, p) for p in prompts for _ in range(samples_per_prompt)]
     index = [i for i in range(len(prompts)) for _ in range(samples_per_prompt)]
     width = max(len(ids) for ids in encoded)
-    prompt_input = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])  # (B, P) left-padded
-    starts = torch.tensor([width - len(ids) for ids in encoded])  # (B,) first real prompt column
-    prompt_mask = (torch.arange(width)[None, :] >= starts[:, None]).long()  # (B, P)
+    prompt_input = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)  # (B, P) left-padded
+    starts = torch.tensor([width - len(ids) for ids in encoded], device=device)  # (B,) first real prompt column
+    prompt_mask = (torch.arange(width, device=device)[None, :] >= starts[:, None]).long()  # (B, P)
+    if seeds is None:
+        calls = [(None, start, min(start + batch_size, len(encoded))) for start in range(0, len(encoded), batch_size)]
+    else:  # one call per prompt, its rows unpadded
+        calls = [(seed, i * samples_per_prompt, (i + 1) * samples_per_prompt) for i, seed in enumerate(seeds)]
     chunks = []
-    for start in range(0, len(encoded), batch_size):
+    for seed, start, stop in calls:
+        first = 0 if seed is None else width - len(encoded[start])  # skip the left padding of this prompt's rows
+        if seed is not None:
+            torch.manual_seed(seed)
         out = policy.generate(
-            input_ids=prompt_input[start : start + batch_size], attention_mask=prompt_mask[start : start + batch_size],
+            input_ids=prompt_input[start:stop, first:], attention_mask=prompt_mask[start:stop, first:],
             do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
             eos_token_id=eos_id, pad_token_id=pad_id,
         )
-        chunks.append(out[:, width:])
+        chunks.append(out[:, width - first:])
     longest = max(c.size(1) for c in chunks)
     response_ids = torch.cat([F.pad(c, (0, longest - c.size(1)), value=pad_id) for c in chunks])  # (B, T)
     response_mask, ended = _response_mask(response_ids, eos_id)
@@ -164,9 +177,10 @@ def reward_model_scores(
     scores = []
     for start in range(0, len(sequences), batch_size):
         input_ids, attention_mask = pad_right(sequences[start : start + batch_size], pad_id)  # (b, L)
-        logits = reward_model(input_ids=input_ids, attention_mask=attention_mask).logits  # (b, 1)
+        device = next(reward_model.parameters()).device
+        logits = reward_model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits  # (b, 1)
         scores.append(logits[:, 0].float())
-    return torch.cat(scores)
+    return torch.cat(scores).to(_device_of(rollout))
 
 
 def function_scores(reward_fn: RewardFn, prompts: list[list[dict]], rollout: Rollout) -> torch.Tensor:
@@ -177,7 +191,13 @@ def function_scores(reward_fn: RewardFn, prompts: list[list[dict]], rollout: Rol
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"reward function returned {value!r} for sample {row} (prompt {i}); expected a finite number")
         scores.append(float(value))
-    return torch.tensor(scores)
+    return torch.tensor(scores, device=_device_of(rollout))
+
+
+def _device_of(rollout) -> torch.device:
+    """Where the rollout's tensors are (callers may pass a bare object with only prompt_index and texts)."""
+    ids = getattr(rollout, "input_ids", None)
+    return ids.device if isinstance(ids, torch.Tensor) else torch.device("cpu")
 
 
 def reward_fn_unresolved(name: str) -> ValueError:
@@ -194,7 +214,7 @@ class RewardScorer:
     """
 
     def __init__(self, *, reward_model_dir: str | None = None, reward_fn: RewardFn | None = None,
-                 max_length: int = 512) -> None:
+                 max_length: int = 512, device: torch.device | str = "cpu") -> None:
         if not reward_model_dir and reward_fn is None:
             raise ValueError("a reward is required: give a reward model directory and/or a reward function")
         self.reward_fn, self.max_length = reward_fn, max_length
@@ -203,7 +223,7 @@ class RewardScorer:
             with loading("reward_model"):
                 self.tokenizer = AutoTokenizer.from_pretrained(reward_model_dir)
                 self.model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
-            self.model.requires_grad_(False)
+            self.model.requires_grad_(False).to(device)
             if self.model.config.num_labels != 1:
                 raise ValueError(f"reward model {reward_model_dir} has {self.model.config.num_labels} outputs; expected 1")
 

@@ -28,7 +28,21 @@ def test_several_devices_launch_one_process_each_for_reward_runs(monkeypatch):
 
 def test_kinds_without_a_data_parallel_trainer_stay_on_one_process(monkeypatch):
     monkeypatch.setenv("RLHF_NUM_PROCESSES", "3")
+    monkeypatch.setenv("RLHF_NUM_MACHINES", "2")  # not even across machines
     assert child_command(run_id=5, kind="ppo") == [sys.executable, "-m", "training.runner", "5"]
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo", "grpo"])
+def test_policy_kinds_launch_on_every_device_of_every_machine(monkeypatch, kind):
+    monkeypatch.setenv("RLHF_NUM_PROCESSES", "2")
+    monkeypatch.setenv("RLHF_NUM_MACHINES", "3")
+    monkeypatch.setenv("RLHF_MACHINE_RANK", "0")
+    monkeypatch.setenv("RLHF_MAIN_PROCESS_IP", "10.0.0.5")
+    monkeypatch.setenv("RLHF_MAIN_PROCESS_PORT", "29500")
+    command = child_command(run_id=5, kind=kind)
+    assert command[command.index("--num_processes") + 1] == "6"
+    assert command[command.index("--main_process_ip") + 1] == "10.0.0.5"
+    assert command[-3:] == ["-m", "training.distributed_runner", "5"]
 
 
 def test_a_bad_process_count_is_refused_with_its_name(monkeypatch):

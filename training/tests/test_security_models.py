@@ -142,7 +142,7 @@ def test_training_processes_run_with_the_hub_offline(settings, monkeypatch):
     import subprocess
     import sys
 
-    from training.supervisor import child_environment
+    from training.run_process import child_environment
     from training.tasks import _models_offline
 
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):

@@ -32,6 +32,36 @@ def test_several_processes_go_through_accelerate_launch():
     assert cpu[:2] == ["env", "ACCELERATE_USE_CPU=true"] and cpu[2:] == distributed.launch_command(2, ["m"])
 
 
+def test_several_machines_meet_at_machine_zero():
+    env = {"RLHF_NUM_MACHINES": "2", "RLHF_MACHINE_RANK": "1", "RLHF_MAIN_PROCESS_IP": "10.0.0.5",
+           "RLHF_MAIN_PROCESS_PORT": "29500"}
+    rendezvous = distributed.rendezvous_from_env(env)
+    command = distributed.launch_command(4, ["training.runner", "7"], rendezvous=rendezvous)
+    after = lambda flag: command[command.index(flag) + 1]  # noqa: E731
+    assert after("--num_processes") == "8"  # accelerate counts the processes of all machines
+    assert (after("--num_machines"), after("--machine_rank")) == ("2", "1")
+    assert (after("--main_process_ip"), after("--main_process_port")) == ("10.0.0.5", "29500")
+    # One device per machine on two machines is still a launch (the other machine waits for this one).
+    assert "accelerate.commands.launch" in distributed.launch_command(1, ["m"], rendezvous=rendezvous)
+    assert distributed.rendezvous_from_env({}) == distributed.Rendezvous()
+    with pytest.raises(ValueError, match="needs RLHF_MAIN_PROCESS_IP and RLHF_MAIN_PROCESS_PORT"):
+        distributed.rendezvous_from_env({"RLHF_NUM_MACHINES": "2"})
+    with pytest.raises(ValueError, match="RLHF_MACHINE_RANK must be a whole number in \\[0, 1\\]"):
+        distributed.rendezvous_from_env({**env, "RLHF_MACHINE_RANK": "2"})
+
+
+def test_an_operator_accelerate_config_file_chooses_the_distributed_type(tmp_path, monkeypatch):
+    config = tmp_path / "fsdp.yaml"
+    config.write_text("distributed_type: FSDP\n")
+    command = distributed.launch_command(2, ["m"], config_file=distributed.accelerate_config_file(
+        {"RLHF_ACCELERATE_CONFIG_FILE": str(config)}))
+    assert command[command.index("--config_file") + 1] == str(config)
+    assert "--multi_gpu" not in command and "--mixed_precision" not in command  # the file says
+    assert command[command.index("--num_processes") + 1] == "2"
+    with pytest.raises(ValueError, match="is not a file"):
+        distributed.accelerate_config_file({"RLHF_ACCELERATE_CONFIG_FILE": str(tmp_path / "missing.yaml")})
+
+
 @pytest.mark.parametrize("bad", [0, -1])
 def test_launch_command_rejects_no_processes(bad):
     with pytest.raises(ValueError, match="num_processes must be >= 1"):

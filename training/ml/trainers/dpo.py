@@ -11,7 +11,9 @@ response under the policy being trained and under the reference. Two savings ove
 
 Reads top to bottom: load -> reference log-probs -> encode -> loop (step, eval, checkpoint, stop) -> save.
 The policy is ``config.base_model`` (a full model directory), optionally continuing the LoRA adapter
-``config.adapter`` or adding a new one (``lora_r > 0``). No Django here.
+``config.adapter`` or adding a new one (``lora_r > 0``). Several devices: under ``accelerate launch`` each
+process takes every W-th prompt of a step and the gradients are all-reduced (DDP), as in the reward trainer
+(``training.ml.distributed``). No Django here.
 """
 from __future__ import annotations
 
@@ -21,15 +23,15 @@ from pathlib import Path
 
 import torch
 
-from training.ml import losses
+from training.ml import distributed, losses
 from training.ml.checkpoint import checkpoint_save
 from training.ml.config import DPOConfig
 from training.ml.generation import collate_scoring, encode_many, sequence_logprobs, token_logprobs
 from training.ml.trainers.sft import (
-    batch_indices, load_trainable_policy, make_optimizer, policy_summary, resume_step, save_policy, set_threads,
-    total_steps_for,
+    batch_indices, load_trainable_policy, make_optimizer, policy_summary, resume_step, save_policy, total_steps_for,
 )
-from training.ml.types import RankedGroup, TrainHooks
+from training.ml.precision import autocast, enable_gradient_checkpointing, resolve_mixed_precision
+from training.ml.types import NullHooks, RankedGroup, TrainHooks
 
 
 @dataclass(frozen=True)
@@ -103,22 +105,64 @@ def dpo_batch(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int) -> 
 
 
 @torch.no_grad()
-def evaluate(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int) -> dict[str, float]:
-    """Held-out DPO loss, implicit reward accuracy, rewards and margin, pair-weighted over batches."""
+def evaluate(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, accelerator=None,
+             precision: str = "no") -> dict[str, float]:
+    """Held-out DPO loss, implicit reward accuracy, rewards and margin, pair-weighted over batches.
+
+    With an accelerator of several processes, each scores every W-th batch with the bare model and the
+    pair-weighted sums are added up: every process returns the figures of the whole held-out set.
+    """
     if not groups:
         return {}
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
     was_training = model.training
     model.eval()
-    totals: dict[str, float] = {}
+    totals = dict.fromkeys(("loss", "reward_accuracy", "chosen_reward", "rejected_reward", "margin"), 0.0)
     n_pairs = 0
-    for start in range(0, len(groups), config.batch_size):
-        out = dpo_batch(model, groups[start: start + config.batch_size], config, pad_id)
+    device = next(model.parameters()).device
+    for start in range(rank * config.batch_size, len(groups), config.batch_size * world):  # this process's batches
+        with autocast(precision, device):
+            out = dpo_batch(model, groups[start: start + config.batch_size], config, pad_id)
         out["loss"] = out["loss"].item()
-        for key in ("loss", "reward_accuracy", "chosen_reward", "rejected_reward", "margin"):
-            totals[key] = totals.get(key, 0.0) + out[key] * out["pairs"]
+        for key in totals:
+            totals[key] += out[key] * out["pairs"]
         n_pairs += out["pairs"]
     model.train(was_training)
-    return {**{k: v / n_pairs for k, v in totals.items()}, "pairs": n_pairs}
+    if world > 1:
+        totals = distributed.sums({**totals, "pairs": n_pairs}, accelerator)
+        n_pairs = int(totals.pop("pairs"))
+    return {**{k: v / max(n_pairs, 1) for k, v in totals.items()}, "pairs": n_pairs}
+
+
+def _train_step(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, accelerator, precision: str,
+                optimizer, trainable) -> dict:
+    """One optimizer step on one step's groups (this process's share of them under data parallelism).
+
+    Each process scales its pair-weighted mean by W·w_r/w (``distributed.global_mean_scales``), so DDP's
+    average of the gradients is the gradient of the whole step's weighted mean, as on one process.
+    """
+    world = accelerator.num_processes
+    padding = False
+    if world > 1:
+        mine, padding = distributed.shard(range(len(groups)), rank=accelerator.process_index, world=world)
+        groups = [groups[i] for i in mine]
+    with autocast(precision, accelerator.device):
+        out = dpo_batch(model, groups, config, pad_id)
+    loss = out["loss"]
+    if world > 1:
+        weight = 0.0 if padding else sum(w for g in groups for _, _, w in g.pairs)
+        loss = loss * distributed.global_mean_scales(accelerator, pair_weight=weight, responses=0)[0]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # DDP averages the gradients over processes here
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip or float("inf"))  # synced: same everywhere
+    optimizer.step()
+    metrics = {k: v for k, v in out.items() if k not in ("loss", "pairs")}
+    if world == 1:
+        return {**metrics, "loss": loss.item(), "pairs": out["pairs"], "grad_norm": float(grad_norm)}
+    pairs = 0 if padding else out["pairs"]
+    means, total_pairs = distributed.weighted_means(metrics, pairs, accelerator)  # the whole step's figures
+    global_loss = distributed.sum_over_processes([loss.item()], accelerator)[0] / world
+    return {**means, "loss": global_loss, "pairs": int(total_pairs), "grad_norm": float(grad_norm)}
 
 
 def train_dpo(
@@ -129,56 +173,69 @@ def train_dpo(
 
     Writes ``output_dir/checkpoints/step-N/`` every ``checkpoint_every`` steps and ``output_dir/policy/``
     at the end. If hooks.should_stop() turns true it saves a checkpoint and returns ``{"stopped": True}``;
-    calling again with resume=True continues from there.
+    calling again with resume=True continues from there. Under ``accelerate launch`` every process calls
+    this with the same arguments; each takes every W-th prompt of a step, only the main one calls ``hooks``
+    and writes files, and all of them return the same summary.
     """
     config.validate()
-    set_threads(config)
-    torch.manual_seed(config.seed)
     output_dir = Path(output_dir)
+    accelerator = distributed.make_accelerator()  # one process: plain device placement; several: DDP over NCCL (CUDA) or gloo (CPU)
+    main = accelerator.is_main_process
+    hooks = hooks if main else NullHooks()  # cancel is asked of the main process only, then shared
+    torch.set_num_threads(distributed.threads_per_process(config.num_threads, accelerator.num_processes))
+    precision = resolve_mixed_precision(config.mixed_precision, accelerator.device)
+    torch.manual_seed(config.seed)
     model, tokenizer = load_trainable_policy(config, adapter=config.adapter)
+    model.to(accelerator.device)
+    enable_gradient_checkpointing(model, config.gradient_checkpointing)
     pad_id = tokenizer.pad_token_id
     train_data = encode_dpo_groups(tokenizer, train, fill_ref_logprobs(model, tokenizer, train, config, hooks), config)
     eval_data = encode_dpo_groups(tokenizer, eval, fill_ref_logprobs(model, tokenizer, eval, config, hooks), config)
     if not train_data:
         raise ValueError("no training pairs: every training group is empty or fully tied")
     num_pairs = sum(len(g.pairs) for g in train_data)
-    hooks.log(f"DPO on {len(train_data)} prompts, {num_pairs} pairs; held out: {len(eval_data)} prompts")
-    total = total_steps_for(config, len(train_data))
+    hooks.log(f"DPO on {len(train_data)} prompts, {num_pairs} pairs; held out: {len(eval_data)} prompts"
+              + (f"; {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""))
+    total = total_steps_for(config, len(train_data))  # a step is batch_size prompts over all processes
     optimizer, scheduler = make_optimizer(model, config, total)
     checkpoints = output_dir / "checkpoints"
-    step, _ = resume_step(model, optimizer, scheduler, checkpoints, hooks, resume)
+
+    def save_checkpoint(at_step: int) -> None:
+        if main:
+            checkpoint_save(root=checkpoints, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
+                            keep=config.keep_checkpoints)
+
+    step, _ = resume_step(model, optimizer, scheduler, checkpoints, hooks, resume)  # every process, before DDP
+    trained = distributed.wrap(model, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
     train_seconds, pairs_seen, last_eval = 0.0, 0, {}
     while step < total:
-        if hooks.should_stop():
-            checkpoint_save(root=checkpoints, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
-                            keep=config.keep_checkpoints)
+        if distributed.any_process(hooks.should_stop(), accelerator):
+            save_checkpoint(step)
             hooks.log(f"stopped at step {step} of {total}; checkpoint kept")
+            accelerator.wait_for_everyone()
             return {"stopped": True, "steps": step, "total_steps": total}
         started = time.perf_counter()
-        out = dpo_batch(model, [train_data[i] for i in batch_indices(len(train_data), config.batch_size, step,
-                                                                      config.seed)], config, pad_id)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip or float("inf"))
-        optimizer.step()
+        groups = [train_data[i] for i in batch_indices(len(train_data), config.batch_size, step, config.seed)]
+        out = _train_step(trained, groups, config, pad_id, accelerator, precision, optimizer, trainable)
         scheduler.step()
         step += 1
         train_seconds += time.perf_counter() - started
         pairs_seen += out["pairs"]
-        hooks.on_step(step, total, {**out, "loss": out["loss"].item(), "grad_norm": float(grad_norm),
-                                    "lr": scheduler.get_last_lr()[0]})
+        hooks.on_step(step, total, {**out, "lr": scheduler.get_last_lr()[0]})
         if eval_data and (step % config.eval_every == 0 or step == total):
-            last_eval = evaluate(model, eval_data, config, pad_id)
+            last_eval = evaluate(model, eval_data, config, pad_id, accelerator, precision)
             hooks.on_eval(step, last_eval)
         if step % config.checkpoint_every == 0 and step < total:
-            checkpoint_save(root=checkpoints, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
-                            keep=config.keep_checkpoints)
-    policy_dir = save_policy(model.eval(), tokenizer, output_dir / "policy")
+            save_checkpoint(step)
+    policy_dir = output_dir / "policy"
+    if main:
+        save_policy(model.eval(), tokenizer, policy_dir)
     hooks.log(f"saved policy to {policy_dir}")
+    accelerator.wait_for_everyone()  # no process returns before the policy is on disk
     return {
         "stopped": False, "steps": step, "total_steps": total, "num_pairs": num_pairs, "num_prompts": len(train_data),
         "eval_prompts": len(eval_data), "final_eval": last_eval, "train_seconds": round(train_seconds, 3),
         "pairs_per_second": round(pairs_seen / train_seconds, 2) if train_seconds else None,
-        **policy_summary(model, config, policy_dir),
+        "processes": accelerator.num_processes, **policy_summary(model, config, policy_dir),
     }

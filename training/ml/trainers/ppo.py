@@ -17,9 +17,11 @@ import torch
 import torch.nn as nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
+from training.ml import distributed
 from training.ml.checkpoint import checkpoint_latest, checkpoint_load, checkpoint_save
 from training.ml.config import PPOConfig, loading
 from training.ml.losses import ppo_policy_loss, ppo_value_loss
+from training.ml.precision import autocast, enable_gradient_checkpointing, resolve_mixed_precision
 from training.ml.rl import (
     AdaptiveKLController, FixedKLController, clip_fraction, entropy_from_logits, gae_advantages,
     kl_penalised_rewards, masked_mean, masked_whiten,
@@ -48,13 +50,13 @@ class ValueHead(nn.Module):
 class PPOModels:
     policy: nn.Module  # trained
     tokenizer: object
-    reference: nn.Module  # frozen copy of the starting policy
+    reference: nn.Module | None  # frozen copy of the starting policy (None with LoRA: the adapter switched off)
     value_head: nn.Module | None  # on the policy's trunk, or
     critic: nn.Module | None  # a separate sequence-classification model used per token
 
     def trainable(self) -> list[nn.Parameter]:
         extra = self.value_head if self.value_head is not None else self.critic
-        return [*self.policy.parameters(), *extra.parameters()]
+        return [p for p in (*self.policy.parameters(), *extra.parameters()) if p.requires_grad]
 
     def value_state(self) -> dict[str, torch.Tensor]:
         module = self.value_head if self.value_head is not None else self.critic
@@ -66,7 +68,8 @@ class PPOModels:
 
 def _trunk_hidden(model, rollout: Rollout) -> torch.Tensor:
     """Last hidden states at the positions that predict each response token: (B, T, H)."""
-    out = model.base_model(
+    trunk = model.get_base_model() if hasattr(model, "get_base_model") else model  # a LoRA policy: its wrapped model
+    out = trunk.base_model(
         input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
         position_ids=position_ids_for(rollout.attention_mask),
     )
@@ -83,15 +86,47 @@ def policy_and_values(models: PPOModels, rollout: Rollout, temperature: float) -
     return logits, models.critic.score(critic_hidden).squeeze(-1).float()
 
 
-def load_ppo_models(policy_dir: str, config: PPOConfig, reward_model_dir: str | None) -> PPOModels:
+def load_rl_policy(policy_dir: str, config, device) -> tuple[nn.Module, nn.Module | None, object]:
+    """(policy, reference, tokenizer) for PPO/GRPO on ``device``. With ``lora_r > 0`` the policy gets a fresh
+    LoRA adapter (its base named ``policy_dir``) and the reference is None: it is the policy with the adapter
+    switched off (``reference_logprobs``), so a large model is held once."""
     with loading("base_model"):
         tokenizer = AutoTokenizer.from_pretrained(policy_dir)
         policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()  # eval: no dropout, so ratios start at 1
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    reference = copy.deepcopy(policy).requires_grad_(False)
+    reference = None
+    if config.lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          task_type="CAUSAL_LM", target_modules=config.lora_target_modules or "all-linear")
+        with loading("lora_target_modules", config.lora_target_modules or "all-linear"):
+            policy = get_peft_model(policy, lora).eval()
+        policy.peft_config["default"].base_model_name_or_path = policy_dir  # the adapter names its base
+    else:
+        reference = copy.deepcopy(policy).requires_grad_(False).to(device)
+    return policy.to(device), reference, tokenizer
+
+
+@torch.no_grad()
+def reference_logprobs(policy, reference, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """log π_ref of each response token (B, T): the frozen copy, or the LoRA policy with its adapter off."""
+    if reference is not None:
+        return batched_logprobs(reference, rollout, temperature, batch_size=64)
+    with policy.disable_adapter():
+        return batched_logprobs(policy, rollout, temperature, batch_size=64)
+
+
+def sample_seeds(seed: int, step: int, positions) -> list[int]:
+    """The sampling seed of each prompt position of step ``step``: what a prompt's samples are, on any process."""
+    return [(seed * 1_000_003 + step) * 65_537 + p for p in positions]
+
+
+def load_ppo_models(policy_dir: str, config: PPOConfig, reward_model_dir: str | None, device="cpu") -> PPOModels:
+    policy, reference, tokenizer = load_rl_policy(policy_dir, config, device)
     if config.value_model == "head":
-        return PPOModels(policy, tokenizer, reference, ValueHead(policy.config.get_text_config().hidden_size), None)
+        return PPOModels(policy, tokenizer, reference, ValueHead(policy.config.get_text_config().hidden_size).to(device), None)
     if not reward_model_dir:
         raise ValueError("value_model='reward_model' needs a reward model directory to initialise the critic from")
     if AutoTokenizer.from_pretrained(reward_model_dir).get_vocab() != tokenizer.get_vocab():
@@ -100,7 +135,7 @@ def load_ppo_models(policy_dir: str, config: PPOConfig, reward_model_dir: str | 
     critic = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
     if not hasattr(critic, "score"):
         raise ValueError(f"{type(critic).__name__} has no 'score' head to use as a per-token critic")
-    return PPOModels(policy, tokenizer, reference, None, critic)
+    return PPOModels(policy, tokenizer, reference, None, critic.to(device))
 
 
 def ptx_loss(policy, tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
@@ -113,7 +148,9 @@ def ptx_loss(policy, tokenizer, texts: list[str], max_length: int) -> torch.Tens
     for row, x in enumerate(ids):
         input_ids[row, : len(x)] = torch.tensor(x)
         labels[row, : len(x)] = torch.tensor(x)
-    return policy(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss
+    device = next(policy.parameters()).device
+    return policy(input_ids=input_ids.to(device), attention_mask=(labels != -100).long().to(device),
+                  labels=labels.to(device)).loss
 
 
 @torch.no_grad()
@@ -129,7 +166,7 @@ def _prepare(models: PPOModels, config: PPOConfig, prompts: list[list[dict]], sc
     score = score - config.missing_eos_penalty * (~rollout.ended).float()
     logits, old_values = policy_and_values(models, rollout, config.temperature)
     old_logp = token_logprobs(logits, rollout.response_ids) * mask  # (B, T)
-    ref_logp = batched_logprobs(models.reference, rollout, config.temperature, batch_size=64) * mask
+    ref_logp = reference_logprobs(models.policy, models.reference, rollout, config.temperature) * mask
     rewards, kl = kl_penalised_rewards(score, old_logp, ref_logp, mask, kl_coef=kl_coef, estimator=config.kl_estimator)
     advantages, returns = gae_advantages(rewards, old_values * mask, mask, gamma=config.gamma, lam=config.lam)
     if config.whiten_advantages:
@@ -216,14 +253,19 @@ def train_ppo(
         raise ValueError("PPO needs at least one prompt")
     if config.ptx_coef > 0 and not ptx_texts:
         raise ValueError("ptx_coef > 0 needs ptx_texts (the text for PPO-ptx's language-modelling loss)")
+    config.validate()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # one process, one device
+    precision = resolve_mixed_precision(config.mixed_precision, device)
     torch.manual_seed(config.seed)
     reward_model_dir = reward_model_dir or config.reward_model or None
     if reward_fn is None and config.reward_fn:
         raise reward_fn_unresolved(config.reward_fn)
-    scorer = RewardScorer(reward_model_dir=reward_model_dir, reward_fn=reward_fn, max_length=config.max_length)
-    models = load_ppo_models(policy_dir, config, reward_model_dir)
+    scorer = RewardScorer(reward_model_dir=reward_model_dir, reward_fn=reward_fn, max_length=config.max_length,
+                          device=device)
+    models = load_ppo_models(policy_dir, config, reward_model_dir, device)
+    enable_gradient_checkpointing(models.policy, config.gradient_checkpointing)
     total = total_steps(config, len(prompts))
     per_step = config.ppo_epochs * math.ceil(config.batch_size * config.samples_per_prompt / (config.mini_batch_size or 10**9))
     optimizer = torch.optim.AdamW(models.trainable(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -245,7 +287,8 @@ def train_ppo(
                         keep=config.keep_checkpoints)
 
     def one_step(batch: list[list[dict]], step: int) -> dict[str, float]:
-        return ppo_step(models, config, batch, scorer, kl_ctl, optimizer, scheduler, ptx_texts, step)
+        with autocast(precision, device):  # bf16 forward passes; losses are computed in fp32 (.float() on logits)
+            return ppo_step(models, config, batch, scorer, kl_ctl, optimizer, scheduler, ptx_texts, step)
 
     history, step, stopped = rl_steps(prompts, config, start=start, total=total, step_fn=one_step, hooks=hooks,
                                       save_checkpoint=save_checkpoint)
@@ -255,9 +298,10 @@ def train_ppo(
     return run_summary(history, step, total, stopped, out)
 
 
-def rl_steps(prompts, config, *, start: int, total: int, step_fn, hooks: TrainHooks, save_checkpoint):
+def rl_steps(prompts, config, *, start: int, total: int, step_fn, hooks: TrainHooks, save_checkpoint, accelerator=None):
     """The outer loop PPO and GRPO share: a deterministic prompt batch and sampling seed per step (so a resumed
-    run repeats exactly what the uninterrupted one would do), hooks, periodic checkpoints, stop on request.
+    run repeats exactly what the uninterrupted one would do), hooks, periodic checkpoints, stop on request
+    (the main process's answer, shared with the others when ``accelerator`` runs several).
     Returns (per-step metrics, steps done, stopped)."""
     history: list[dict[str, float]] = []
     step, stopped = start, False
@@ -270,7 +314,8 @@ def rl_steps(prompts, config, *, start: int, total: int, step_fn, hooks: TrainHo
         hooks.on_step(step, total, metrics)
         if step % config.checkpoint_every == 0 and step < total:
             save_checkpoint(step)
-        if hooks.should_stop():
+        stop = hooks.should_stop()
+        if distributed.any_process(stop, accelerator) if accelerator is not None else stop:
             save_checkpoint(step)
             stopped = True
             break

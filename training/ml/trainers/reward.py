@@ -16,7 +16,6 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from training.ml.checkpoint import atomic_save_dir, checkpoint_latest, checkpoin
 from training.ml.collators import RankedGroupCollator
 from training.ml.config import RewardConfig, loading
 from training.ml.data import EncodedGroup, encode_groups
+from training.ml.precision import autocast, enable_gradient_checkpointing, resolve_mixed_precision
 from training.ml.types import NullHooks, RankedGroup, TrainHooks
 
 
@@ -62,13 +62,11 @@ def load_reward_model(config: RewardConfig, hooks: TrainHooks):
     return tokenizer, model
 
 
-def score(model, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-    """One scalar reward per sequence: (N, T) token ids -> (N,)."""
+def score(model, batch: dict[str, torch.Tensor], device: torch.device, precision: str = "auto") -> torch.Tensor:
+    """One scalar reward per sequence: (N, T) token ids -> (N,). ``precision``: config.mixed_precision."""
     input_ids = batch["input_ids"].to(device)
     attention_mask = batch["attention_mask"].to(device)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    with autocast:
+    with autocast(resolve_mixed_precision(precision, device), device):
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (N, 1)
     return logits.squeeze(-1).float()  # (N,)
 
@@ -101,7 +99,8 @@ def reward_loss(
 
 @torch.no_grad()
 def evaluate(
-    model, groups: list[EncodedGroup], collate, device, batch_size: int, accelerator: Accelerator | None = None
+    model, groups: list[EncodedGroup], collate, device, batch_size: int, accelerator: Accelerator | None = None,
+    precision: str = "auto",
 ) -> dict[str, float]:
     """Held-out pairwise accuracy, unweighted Bradley-Terry loss and mean margin over every pair.
 
@@ -116,7 +115,7 @@ def evaluate(
     loss_sum, correct, margin_sum, pairs = 0.0, 0.0, 0.0, 0
     for start in range(rank * batch_size, len(groups), batch_size * world):  # this process's batches
         batch = collate(groups[start:start + batch_size])
-        rewards = score(model, batch, device)  # (N,)
+        rewards = score(model, batch, device, precision)  # (N,)
         chosen, rejected = rewards[batch["chosen"].to(device)], rewards[batch["rejected"].to(device)]  # (P,), (P,)
         n = int(chosen.numel())
         if n:
@@ -167,13 +166,15 @@ def train_reward_model(
     """
     config.validate()
     output_dir = Path(output_dir)
-    accelerator = Accelerator()  # one process: plain device placement; several: DDP over NCCL (CUDA) or gloo (CPU)
+    accelerator = distributed.make_accelerator()  # one process: plain device placement; several: DDP over NCCL (CUDA) or gloo (CPU)
     main = accelerator.is_main_process
     hooks = hooks if main else NullHooks()  # cancel is asked of the main process only, then shared
     torch.set_num_threads(distributed.threads_per_process(config.num_threads, accelerator.num_processes))
     device = accelerator.device
+    resolve_mixed_precision(config.mixed_precision, device)  # bf16 on a GPU without it: refused before any work
     tokenizer, model = load_reward_model(config, hooks)
     model.to(device).train()
+    enable_gradient_checkpointing(model, config.gradient_checkpointing)
     max_length = min(config.max_length, getattr(model.config, "max_position_embeddings", None) or config.max_length)
     train_data, train_counts = encode_groups(
         tokenizer, train, max_length=max_length, use_weights=config.use_ranking_weights
@@ -227,14 +228,14 @@ def train_reward_model(
         pairs_seen += out["pairs"]
         hooks.on_step(step, total, {**out, "lr": scheduler.get_last_lr()[0], "epoch": step / steps_per_epoch})
         if eval_data and (step % config.eval_every == 0 or step == total):
-            last_eval = evaluate(model, eval_data, collate, device, config.batch_size, accelerator)
+            last_eval = evaluate(model, eval_data, collate, device, config.batch_size, accelerator, config.mixed_precision)
             hooks.on_eval(step, last_eval)
         if step % config.checkpoint_every == 0 and step < total:
             save_checkpoint(step)
             last_saved = step
 
     if eval_data and not last_eval:  # resumed at the very end: evaluate what is saved
-        last_eval = evaluate(model, eval_data, collate, device, config.batch_size, accelerator)
+        last_eval = evaluate(model, eval_data, collate, device, config.batch_size, accelerator, config.mixed_precision)
         hooks.on_eval(step, last_eval)
     model_dir = output_dir / "model"
     if main:
@@ -267,7 +268,7 @@ def _train_step(model, groups: list[EncodedGroup], collate, config: RewardConfig
         responses = 0 if padding else batch["input_ids"].shape[0]
         pair_scale, reward_scale = distributed.global_mean_scales(accelerator, pair_weight=pair_weight, responses=responses)
         scales = {"pair_scale": pair_scale, "reward_scale": reward_scale}
-    out = reward_loss(score(model, batch, device), batch, config, **scales)
+    out = reward_loss(score(model, batch, device, config.mixed_precision), batch, config, **scales)
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()  # DDP averages the gradients over processes here
     if config.grad_clip:

@@ -6,30 +6,29 @@ Full fine-tuning or LoRA (``lora_r > 0``, peft). Checkpoints via ``training.ml.c
 up the newest one); ``hooks.should_stop()`` is checked every step. The result is a policy directory
 (``output_dir/policy``): a full model, or a LoRA adapter, plus the tokenizer.
 
-The helpers below (loading a trainable policy, the optimizer, batch order, saving) are shared with DPO.
-No Django here.
+Several devices: under ``accelerate launch`` each process takes every W-th example of a step and scales its
+token mean so the all-reduced gradient is the whole step's (``training.ml.distributed``); only the main
+process reports and writes. The helpers below (loading a trainable policy, the optimizer, batch order,
+saving) are shared with DPO. No Django here.
 """
 from __future__ import annotations
 
 import math
-import os
 import random
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
+from training.ml import distributed
 from training.ml.checkpoint import atomic_save_dir, checkpoint_latest, checkpoint_load, checkpoint_save
 from training.ml.config import SFTConfig, TrainConfig, loading
 from training.ml.generation import collate_scoring, encode_many, token_logprobs
-from training.ml.types import TrainHooks
+from training.ml.precision import autocast, enable_gradient_checkpointing, resolve_mixed_precision
+from training.ml.types import NullHooks, TrainHooks
 
 
 # --- helpers shared by the policy trainers (SFT, DPO) ---
-def set_threads(config: TrainConfig) -> None:
-    torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
-
-
 def load_trainable_policy(config: TrainConfig, adapter: str = ""):
     """(model, tokenizer) ready to train: ``adapter`` continues a LoRA adapter, ``lora_r > 0`` adds one."""
     with loading("base_model"):
@@ -115,61 +114,111 @@ def _split(examples: list, fraction: float, seed: int) -> tuple[list, list]:
     return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
 
 
-def _nll(model, encoded: list, pad_id: int) -> torch.Tensor:
-    """Mean negative log-likelihood per response token of a batch (scalar, with grad)."""
-    batch = collate_scoring(encoded, pad_id)
-    return -token_logprobs(model, batch).sum() / batch["response_mask"].sum().clamp(min=1)
+def _nll(model, encoded: list, pad_id: int, precision: str = "no") -> tuple[torch.Tensor, float]:
+    """(mean negative log-likelihood per response token of a batch (scalar, with grad), response tokens)."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in collate_scoring(encoded, pad_id).items()}
+    tokens = batch["response_mask"].sum()
+    with autocast(precision, device):
+        logp = token_logprobs(model, batch)  # (B, L-1), fp32
+    return -logp.sum() / tokens.clamp(min=1), float(tokens.item())
 
 
-def _eval_loss(model, encoded: list, pad_id: int, batch_size: int = 64) -> float:
+def _eval_loss(model, encoded: list, pad_id: int, batch_size: int = 64, accelerator=None, precision: str = "no") -> float:
+    """Held-out NLL per response token; several processes take every W-th batch and add up their sums."""
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
     model.eval()
+    loss_sum, tokens = 0.0, 0.0
     with torch.no_grad():
-        losses = [(_nll(model, encoded[i: i + batch_size], pad_id).item(), len(encoded[i: i + batch_size]))
-                  for i in range(0, len(encoded), batch_size)]
+        for start in range(rank * batch_size, len(encoded), batch_size * world):
+            loss, n = _nll(model, encoded[start: start + batch_size], pad_id, precision)
+            loss_sum, tokens = loss_sum + loss.item() * n, tokens + n
     model.train()
-    return sum(loss * n for loss, n in losses) / max(1, sum(n for _, n in losses))
+    if world > 1:
+        loss_sum, tokens = distributed.sum_over_processes([loss_sum, tokens], accelerator)
+    return loss_sum / max(tokens, 1.0)
+
+
+def _sft_step(trained, batch: list, pad_id: int, config: SFTConfig, accelerator, precision: str, optimizer) -> dict:
+    """One optimizer step on this process's share of a step's examples; the loss is the whole step's token mean
+    (each process scales its mean by W·tokens_r/tokens, so DDP's averaged gradient is the one-process one)."""
+    world = accelerator.num_processes
+    padding = False
+    if world > 1:
+        mine, padding = distributed.shard(range(len(batch)), rank=accelerator.process_index, world=world)
+        batch = [batch[i] for i in mine]
+    loss, tokens = _nll(trained, batch, pad_id, precision)
+    if world > 1:
+        loss = loss * distributed.global_mean_scales(accelerator, pair_weight=0.0 if padding else tokens, responses=0)[0]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # DDP averages the gradients over processes here
+    params = [p for p in trained.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip or float("inf"))
+    optimizer.step()
+    value = loss.item() if world == 1 else distributed.sum_over_processes([loss.item()], accelerator)[0] / world
+    return {"loss": value, "grad_norm": float(grad_norm)}
 
 
 def train_sft(
     config: SFTConfig, examples: list[tuple[list[dict], str]], *, output_dir: str | Path, hooks: TrainHooks,
     resume: bool = True,
 ) -> dict:
-    """Fine-tune ``config.base_model`` on (messages, response) examples; return the summary with policy_dir."""
+    """Fine-tune ``config.base_model`` on (messages, response) examples; return the summary with policy_dir.
+
+    Under ``accelerate launch`` every process calls this with the same arguments: each takes every W-th
+    example of a step, only the main one reports and writes, all return the same summary.
+    """
     if not examples:
         raise ValueError("SFT needs at least one (prompt, response) example")
-    set_threads(config)
+    config.validate()
+    accelerator = distributed.make_accelerator()
+    main = accelerator.is_main_process
+    hooks = hooks if main else NullHooks()
+    torch.set_num_threads(distributed.threads_per_process(config.num_threads, accelerator.num_processes))
+    precision = resolve_mixed_precision(config.mixed_precision, accelerator.device)
     torch.manual_seed(config.seed)
     output_dir = Path(output_dir)
     model, tokenizer = load_trainable_policy(config)
+    model.to(accelerator.device)
+    enable_gradient_checkpointing(model, config.gradient_checkpointing)
     train, held_out = _split(examples, config.eval_fraction, config.seed)
     encode = lambda rows: encode_many(tokenizer, [m for m, _ in rows], [r for _, r in rows], config.max_length)  # noqa: E731
     train_enc, eval_enc = encode(train), encode(held_out)
     total = total_steps_for(config, len(train_enc))
     optimizer, scheduler = make_optimizer(model, config, total)
-    start, _ = resume_step(model, optimizer, scheduler, output_dir / "checkpoints", hooks, resume)
+    checkpoints = output_dir / "checkpoints"
+
+    def save_checkpoint(at_step: int) -> None:
+        if main:
+            checkpoint_save(root=checkpoints, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
+                            keep=config.keep_checkpoints)
+
+    start, _ = resume_step(model, optimizer, scheduler, checkpoints, hooks, resume)  # every process, before DDP
+    trained = distributed.wrap(model, accelerator)
+    pad_id = tokenizer.pad_token_id
     hooks.log(f"SFT on {len(train_enc)} examples ({len(eval_enc)} held out), {total} steps")
     loss = float("nan")
     for step in range(start, total):
-        if hooks.should_stop():
-            checkpoint_save(root=output_dir / "checkpoints", step=step, model=model, optimizer=optimizer,
-                            scheduler=scheduler, keep=config.keep_checkpoints)
+        if distributed.any_process(hooks.should_stop(), accelerator):
+            save_checkpoint(step)
+            accelerator.wait_for_everyone()
             return {"stopped": True, "steps": step}
         batch = [train_enc[i] for i in batch_indices(len(train_enc), config.batch_size, step, config.seed)]
-        loss_t = _nll(model, batch, tokenizer.pad_token_id)  # mean NLL per response token
-        optimizer.zero_grad(set_to_none=True)
-        loss_t.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
-        optimizer.step()
+        out = _sft_step(trained, batch, pad_id, config, accelerator, precision, optimizer)
         scheduler.step()
-        loss = loss_t.item()
-        hooks.on_step(step + 1, total, {"loss": loss, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]})
+        loss = out["loss"]
+        hooks.on_step(step + 1, total, {**out, "lr": scheduler.get_last_lr()[0]})
         if eval_enc and ((step + 1) % config.eval_every == 0 or step + 1 == total):
-            hooks.on_eval(step + 1, {"loss": _eval_loss(model, eval_enc, tokenizer.pad_token_id)})
+            hooks.on_eval(step + 1, {"loss": _eval_loss(model, eval_enc, pad_id, accelerator=accelerator,
+                                                         precision=precision)})
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
-            checkpoint_save(root=output_dir / "checkpoints", step=step + 1, model=model, optimizer=optimizer,
-                            scheduler=scheduler, keep=config.keep_checkpoints)
-    policy_dir = save_policy(model.eval(), tokenizer, output_dir / "policy")
-    summary = {"stopped": False, "steps": total, "train_loss": loss, "examples": len(train_enc)}
+            save_checkpoint(step + 1)
+    policy_dir = output_dir / "policy"
+    if main:
+        save_policy(model.eval(), tokenizer, policy_dir)
+    summary = {"stopped": False, "steps": total, "train_loss": loss, "examples": len(train_enc),
+               "processes": accelerator.num_processes}
     if eval_enc:
-        summary["eval_loss"] = _eval_loss(model, eval_enc, tokenizer.pad_token_id)
+        summary["eval_loss"] = _eval_loss(model, eval_enc, pad_id, accelerator=accelerator, precision=precision)
+    accelerator.wait_for_everyone()  # no process returns before the policy is on disk
     return {**summary, **policy_summary(model, config, policy_dir)}

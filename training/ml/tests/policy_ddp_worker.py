@@ -1,0 +1,150 @@
+"""One process of the 2-process DPO and GRPO tests (``test_distributed_policy.py``); run under ``accelerate launch``.
+
+    python -m training.ml.tests.policy_ddp_worker sft|dpo|grpo BASE_MODEL OUT_DIR
+
+Every process trains (a) straight through and (b) stopped after step 4, then resumed, and writes what the
+test checks: its final trainable parameters (``params-<run>-rank<R>.pt``), which files it wrote
+(``writes-rank<R>.txt``: checkpoints and policies), and, on the main process, the metrics the hooks received.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+from training.ml import demo_task
+from training.ml.config import DPOConfig, GRPOConfig, SFTConfig
+from training.ml.trainers import dpo, grpo, sft
+from training.ml.types import NullHooks, RankedGroup
+
+RANK = int(os.environ.get("RANK", "0"))
+PROMPTS = [[{"role": "user", "content": w}] for w in ("the cat", "a dog", "count", "apples please", "the park", "sat on")]
+TEXTS = ["the cat sat on the mat", "a dog ran in the park", "count the apples please", "a tall tree by a river"] * 20
+
+
+class StopAfter(NullHooks):
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.stop_step = step
+
+    def should_stop(self) -> bool:
+        return bool(self.steps) and self.steps[-1][0] >= self.stop_step
+
+
+def vowel_share(prompt_messages, response_text: str) -> float:
+    """Toy reward: share of the response's characters that are vowels."""
+    return sum(c in "aeiou" for c in response_text) / max(len(response_text), 1)
+
+
+def dpo_groups(n: int = 21, seed: int = 1) -> list[RankedGroup]:
+    """Two bright and two dark responses per prompt, ranked bright first; unequal ranking weights."""
+    rng = random.Random(seed)
+    groups = []
+    for i in range(n):
+        noun = rng.choice(demo_task.NOUNS)
+        words = [rng.choice(demo_task.BRIGHT), rng.choice(demo_task.BRIGHT), rng.choice(demo_task.DARK),
+                 rng.choice(demo_task.DARK)]
+        responses = [f"the {w} {noun} {rng.choice(demo_task.VERBS)}." for w in words]
+        groups.append(RankedGroup(prompt_id=i, messages=demo_task.demo_prompt(noun), responses=responses,
+                                  rankings=[[[0, 1], [2, 3]]], weights=[1.0 + (i % 3)], ref_logprobs=[None] * 4))
+    return groups
+
+
+def dpo_config(base_model: str) -> DPOConfig:
+    """21 prompts, 5 per step: 3 + 2 per process, and at step 5 one prompt (the other process pads)."""
+    return DPOConfig(base_model=base_model, beta=0.5, learning_rate=3e-3, batch_size=5, max_steps=6, eval_every=3,
+                     checkpoint_every=3, lr_scheduler="linear", num_threads=1)
+
+
+def grpo_config(base_model: str) -> GRPOConfig:
+    """3 prompts × 4 samples a step (2 + 1 prompts per process), minibatches of 4 rows over 2 iterations."""
+    return GRPOConfig(base_model=base_model, max_steps=6, batch_size=3, samples_per_prompt=4, max_new_tokens=6,
+                      mini_batch_size=4, num_iterations=2, learning_rate=3e-2, checkpoint_every=3, seed=0, num_threads=1)
+
+
+def sft_config(base_model: str) -> SFTConfig:
+    """36 training examples (4 held out), 7 per step: 4 + 3 per process, and at step 6 one (the other pads)."""
+    return SFTConfig(base_model=base_model, max_steps=6, learning_rate=3e-3, batch_size=7, eval_every=3,
+                     eval_fraction=0.1, checkpoint_every=3, num_threads=1)
+
+
+def run(kind: str, base_model: str, output_dir: Path, hooks) -> dict:
+    if kind == "sft":
+        return sft.train_sft(sft_config(base_model), demo_task.make_demonstrations(40, seed=3), output_dir=output_dir,
+                             hooks=hooks)
+    if kind == "dpo":
+        groups = dpo_groups()
+        return dpo.train_dpo(dpo_config(base_model), groups[:21], dpo_groups(6, seed=2), output_dir=output_dir,
+                             hooks=hooks)
+    return grpo.train_grpo(grpo_config(base_model), PROMPTS, policy_dir=base_model, output_dir=str(output_dir),
+                           reward_fn=vowel_share, hooks=hooks)
+
+
+def instrument(kind: str, out: Path) -> dict:
+    """Record every checkpoint/policy write of this process, and keep the policy to dump its weights."""
+    seen: dict = {}
+    module = {"sft": sft, "dpo": dpo, "grpo": grpo}[kind]
+
+    def note(line: str) -> None:
+        with open(out / f"writes-rank{RANK}.txt", "a") as handle:
+            handle.write(line + "\n")
+
+    real_checkpoint_save = module.checkpoint_save
+
+    def checkpoint_save(**kwargs):
+        note(f"checkpoint {Path(kwargs['root']).parent.name} {kwargs['step']}")
+        return real_checkpoint_save(**kwargs)
+
+    module.checkpoint_save = checkpoint_save
+    if kind in ("sft", "dpo"):
+        real_load, real_save = module.load_trainable_policy, module.save_policy
+
+        def load_trainable_policy(config, adapter=""):
+            model, tokenizer = real_load(config, adapter)
+            seen["model"] = model
+            return model, tokenizer
+
+        def save_policy(model, tokenizer, target):
+            note(f"policy {Path(target).parent.name}")
+            return real_save(model, tokenizer, target)
+
+        module.load_trainable_policy, module.save_policy = load_trainable_policy, save_policy
+    else:
+        real_load = grpo.load_rl_policy
+
+        def load_rl_policy(policy_dir, config, device):
+            policy, reference, tokenizer = real_load(policy_dir, config, device)
+            seen["model"] = policy
+            real_save = policy.save_pretrained
+
+            def save_pretrained(target, **kwargs):
+                if Path(target).name == "policy":  # not a checkpoint's model/
+                    note(f"policy {Path(target).parent.name}")
+                return real_save(target, **kwargs)
+
+            policy.save_pretrained = save_pretrained
+            return policy, reference, tokenizer
+
+        grpo.load_rl_policy = load_rl_policy
+    return seen
+
+
+def main(kind: str, base_model: str, out: Path) -> None:
+    seen = instrument(kind, out)
+    results = {}
+    for name, hooks_list in (("straight", [NullHooks()]), ("resumed", [StopAfter(4), NullHooks()])):
+        for hooks in hooks_list:
+            summary = run(kind, base_model, out / name, hooks)
+        params = {k: v.detach().clone() for k, v in seen["model"].named_parameters() if v.requires_grad}
+        torch.save(params, out / f"params-{name}-rank{RANK}.pt")
+        results[name] = {"summary": summary, "steps": [h.steps for h in hooks_list], "evals": [h.evals for h in hooks_list]}
+    if RANK == 0:
+        (out / "result.json").write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], Path(sys.argv[3]))

@@ -1,0 +1,143 @@
+"""SFT, DPO and GRPO data-parallel: 2 processes (gloo on CPU, accelerate launch) train the one-process model."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.ml import demo_task, distributed
+from training.ml.tests import policy_ddp_worker as worker
+from training.ml.tiny_models import build_tiny_causal_lm, build_tokenizer
+from training.ml.types import NullHooks
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp_policy")
+    tokenizer = build_tokenizer(worker.TEXTS, root / "tok", vocab_size=300)
+    demo = str(demo_task.build_demo_base(root / "dpo", seed=0))
+    return {"dpo": demo, "sft": demo,
+            "grpo": str(build_tiny_causal_lm(root / "grpo", tokenizer, hidden=32, layers=1, heads=2))}
+
+
+def _launch(kind: str, base: str, out: Path) -> dict:
+    command = distributed.launch_command(2, ["training.ml.tests.policy_ddp_worker", kind, base, str(out)], cuda=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((out / "result.json").read_text())
+
+
+def _params(out: Path, name: str, rank: int) -> dict:
+    return torch.load(out / f"params-{name}-rank{rank}.pt", weights_only=True)
+
+
+def _single_run(kind: str, base: str, out: Path, monkeypatch):
+    """The same training on one process (this one), keeping the trained parameters."""
+    from training.ml.trainers import dpo, grpo, sft
+
+    for module, name in ((dpo, "checkpoint_save"), (dpo, "load_trainable_policy"), (dpo, "save_policy"),
+                         (sft, "checkpoint_save"), (sft, "load_trainable_policy"), (sft, "save_policy"),
+                         (grpo, "checkpoint_save"), (grpo, "load_rl_policy")):
+        monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
+    out.mkdir()
+    seen = worker.instrument(kind, out)
+    hooks = NullHooks()
+    summary = worker.run(kind, base, out / "single", hooks)
+    return summary, hooks, {k: v.detach() for k, v in seen["model"].named_parameters() if v.requires_grad}
+
+
+def _check_common(out: Path, result: dict, initial_changed) -> dict:
+    """Both ranks hold the same weights; only the main process wrote; stop-and-resume gives the same weights."""
+    rank0, rank1 = _params(out, "straight", 0), _params(out, "straight", 1)
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert initial_changed(rank0)
+    assert not (out / "writes-rank1.txt").exists()
+    writes = (out / "writes-rank0.txt").read_text().splitlines()
+    assert writes == ["checkpoint straight 3", "policy straight",
+                      "checkpoint resumed 3", "checkpoint resumed 4", "policy resumed"]
+    assert (out / "straight" / "policy" / "config.json").exists()
+    resumed = result["resumed"]
+    assert [s for s, _ in resumed["steps"][1]] == [5, 6]
+    for rank in (0, 1):
+        again = _params(out, "resumed", rank)
+        assert all(torch.equal(again[k], rank0[k]) for k in rank0)  # bitwise, as on one process
+    return rank0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_process_dpo_trains_the_one_process_model(tmp_path, bases, monkeypatch):
+    result = _launch("dpo", bases["dpo"], tmp_path)
+    straight = result["straight"]
+    assert straight["summary"]["processes"] == 2 and straight["summary"]["steps"] == 6
+
+    from transformers import AutoModelForCausalLM
+
+    initial = dict(AutoModelForCausalLM.from_pretrained(bases["dpo"]).named_parameters())
+    rank0 = _check_common(tmp_path, result, lambda p: any(not torch.equal(initial[k], p[k]) for k in p))
+
+    summary, hooks, single = _single_run("dpo", bases["dpo"], tmp_path / "one", monkeypatch)
+    assert summary["processes"] == 1
+    steps = straight["steps"][0]
+    assert [m["pairs"] for _, m in steps] == [m["pairs"] for _, m in hooks.steps] == [20, 20, 20, 20, 4, 20]
+    losses = [m["loss"] for _, m in steps]
+    assert losses == pytest.approx([m["loss"] for _, m in hooks.steps], rel=1e-4)  # each step's whole-batch loss
+    assert [m["reward_accuracy"] for _, m in steps] == pytest.approx([m["reward_accuracy"] for _, m in hooks.steps])
+    assert losses[-1] < losses[0]
+    held = straight["evals"][0][-1][1]
+    assert held["pairs"] == hooks.evals[-1][1]["pairs"] == 24
+    assert held["loss"] == pytest.approx(hooks.evals[-1][1]["loss"], rel=1e-4)
+    for name, value in single.items():
+        torch.testing.assert_close(rank0[name], value, atol=2e-4, rtol=1e-3, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_process_grpo_trains_the_one_process_model(tmp_path, bases, monkeypatch):
+    result = _launch("grpo", bases["grpo"], tmp_path)
+    straight = result["straight"]
+    assert straight["summary"]["processes"] == 2 and straight["summary"]["steps"] == 6
+
+    from transformers import AutoModelForCausalLM
+
+    initial = dict(AutoModelForCausalLM.from_pretrained(bases["grpo"]).named_parameters())
+    rank0 = _check_common(tmp_path, result, lambda p: any(not torch.equal(initial[k], p[k]) for k in p))
+
+    summary, hooks, single = _single_run("grpo", bases["grpo"], tmp_path / "one", monkeypatch)
+    assert summary["processes"] == 1
+    steps = [m for _, m in straight["steps"][0]]
+    one = [m for _, m in hooks.steps]
+    # The same samples (seeded per prompt), so the same rewards; the same loss on the whole batch.
+    assert [m["reward"] for m in steps] == pytest.approx([m["reward"] for m in one], abs=1e-6)
+    assert [m["response_length"] for m in steps] == pytest.approx([m["response_length"] for m in one])
+    assert [m["policy_loss"] for m in steps] == pytest.approx([m["policy_loss"] for m in one], rel=1e-3, abs=1e-5)
+    assert [m["kl"] for m in steps] == pytest.approx([m["kl"] for m in one], rel=1e-3, abs=1e-6)
+    for name, value in single.items():
+        torch.testing.assert_close(rank0[name], value, atol=2e-4, rtol=1e-3, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_process_sft_trains_the_one_process_model(tmp_path, bases, monkeypatch):
+    result = _launch("sft", bases["sft"], tmp_path)
+    straight = result["straight"]
+    assert straight["summary"]["processes"] == 2 and straight["summary"]["steps"] == 6
+
+    from transformers import AutoModelForCausalLM
+
+    initial = dict(AutoModelForCausalLM.from_pretrained(bases["sft"]).named_parameters())
+    rank0 = _check_common(tmp_path, result, lambda p: any(not torch.equal(initial[k], p[k]) for k in p))
+
+    summary, hooks, single = _single_run("sft", bases["sft"], tmp_path / "one", monkeypatch)
+    assert summary["processes"] == 1
+    losses = [m["loss"] for _, m in straight["steps"][0]]
+    assert losses == pytest.approx([m["loss"] for _, m in hooks.steps], rel=1e-4)  # the whole step's token mean
+    assert losses[-1] < losses[0]
+    assert straight["summary"]["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-4)
+    for name, value in single.items():
+        torch.testing.assert_close(rank0[name], value, atol=2e-4, rtol=1e-3, msg=name)
