@@ -46,11 +46,12 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     description="A client key: a repeat answers 200 with the first arena and writes nothing (422: key reused).")
 
 
-def arena_json(arena: Arena, *, manage: bool) -> dict:
-    """An arena read with its counts (``lab.selectors.arena_list_with_counts`` / ``arena_with_counts``)."""
+def arena_json(arena: Arena, *, manage: bool, admin: bool = False) -> dict:
+    """An arena read with its counts (``lab.selectors.arena_list_with_counts`` / ``arena_with_counts``); server
+    paths in its summary are shown to ``admin`` only."""
     data = {"id": arena.pk, "status": arena.status, "pairs": arena.pair_count, "my_votes": arena.my_vote_count}
     if manage:
-        summary = arena.summary if user.is_superuser else value_redact(arena.summary)  # server paths: admins only
+        summary = arena.summary if admin else value_redact(arena.summary)
         data.update(name=arena.name, round=arena.round.number, summary=summary,
                     sampling=arena.sampling_params, votes=arena.vote_count,
                     model_a={"id": arena.model_a_id, "name": arena.model_a.name},
@@ -69,7 +70,7 @@ def arena_list(request: Request, slug: str) -> Response:
     manage = selectors.user_can_manage(user=request.user, project=project)
     if request.method == "GET":
         arenas = lab_selectors.arena_list_with_counts(user=request.user, project=project)
-        return Response([arena_json(a, manage=manage) for a in arenas])
+        return Response([arena_json(a, manage=manage, admin=request.user.is_superuser) for a in arenas])
     if not manage:
         raise PermissionDenied("Only researchers of this project and admins may do this.")
     data, error = validated(ArenaCreateSerializer, request.data)
@@ -87,7 +88,8 @@ def arena_list(request: Request, slug: str) -> Response:
         return error_response(exc.message, exc.location, status_code=status.HTTP_422_UNPROCESSABLE_ENTITY)
     except InvalidInput as exc:
         return error_response(exc.message, exc.location)
-    body = arena_json(lab_selectors.arena_with_counts(user=request.user, arena=arena), manage=True)
+    body = arena_json(lab_selectors.arena_with_counts(user=request.user, arena=arena), manage=True,
+                      admin=request.user.is_superuser)
     if replayed:
         return Response(body, status=status.HTTP_200_OK, headers={"Idempotent-Replayed": "true"})
     return Response(body, status=status.HTTP_201_CREATED)

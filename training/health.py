@@ -83,7 +83,7 @@ def held_out_prompts(*, project: Project, n: int) -> list[list[dict]]:
 
 def policy_health_check(*, run: TrainingRun, policy_dir, log=print) -> dict:
     """The gate's verdict and figures for the policy a run just trained (before it is registered)."""
-    from training.loop import policy_load
+    from training.selectors import policy_load
     from training.ml.generation import load_policy
     from training.ml.health import format_health, policy_health
 

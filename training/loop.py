@@ -31,7 +31,7 @@ from training import runner, services, supervisor
 from training.models import ModelArtifact, TrainingRun
 from training.policy_data import pool_prompts_sample
 from training.rounds import round_report_record, round_start
-from training.selectors import artifact_dir, artifact_path_contained
+from training.selectors import artifact_dir, artifact_path_contained, policy_load
 
 OPTIMIZERS = ("dpo", "ppo", "grpo")
 
@@ -320,15 +320,6 @@ def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact 
         log(format_round_line(figures))
         previous = rnd
     return history
-
-
-def policy_load(artifact: ModelArtifact):
-    """(model, tokenizer) of a policy artifact (a LoRA adapter merged into its base)."""
-    from training.ml.generation import load_policy
-
-    if artifact.is_adapter:
-        return load_policy(artifact.base_model, artifact_dir(artifact=artifact))
-    return load_policy(artifact_dir(artifact=artifact))
 
 
 def format_round_line(m: dict) -> str:

@@ -358,3 +358,12 @@ def ranking_lock_by_snapshot(ranking) -> str:
     if DatasetSnapshot.objects.filter(rankings=ranking).exists():
         return "a training run has already used this ranking; it can no longer be changed"
     return ""
+
+
+def policy_load(artifact: ModelArtifact):
+    """(model, tokenizer) of a policy artifact (a LoRA adapter merged into its base)."""
+    from training.ml.generation import load_policy
+
+    if artifact.is_adapter:
+        return load_policy(artifact.base_model, artifact_dir(artifact=artifact))
+    return load_policy(artifact_dir(artifact=artifact))

@@ -54,7 +54,7 @@ def test_registry_lists_builtins_and_operator_hooks(settings):
     settings.RLHF_HOOKS = {"reward_fn": {"const": f"{__name__}:constant"}}
     assert hook_names(kind="reward_fn") == ["const", "default", "demo"]
     assert hook_resolve(kind="reward_fn", name="const", location="x") is constant
-    with pytest.raises(InvalidInput, match="not a registered task_check hook; choose one of: none"):
+    with pytest.raises(InvalidInput, match="not a registered task_check hook; choose one of: demo_grammar"):
         hook_check(kind="task_check", name="const", location="x")
 
 
@@ -119,5 +119,5 @@ def test_hook_list_endpoint(qa, settings):
     _, _, api = qa
     settings.RLHF_HOOKS = {"task_check": {"parses": f"{__name__}:constant"}}
     assert api.get("/api/hooks/").json() == {"utility": ["default", "demo"], "reward_fn": ["default", "demo"],
-                                             "task_check": ["parses"]}
+                                             "task_check": ["demo_grammar", "parses"]}
     assert APIClient().get("/api/hooks/").status_code in (401, 403)

@@ -13,7 +13,8 @@ from annotation.quality.models import GoldRanking, PromptReview, QualitySettings
 from annotation.tests.test_quality_services import rank_all
 
 THIN = shrunk_weight(0.05, 9)  # 3 prompts × C(3,2) pairs of evidence
-QUALITY_PAGE_QUERIES = 19  # the page with 3 or 10 prompts in review (it was 33 and 75 with a query per row)
+QUALITY_PAGE_QUERIES = 22  # the page with 3 or 12 prompts in review (it was 33 and 75 with a query per row); 3 of
+# them list the labelers' content flags (counts, latest) and the reward models for the uncertainty select
 
 
 @pytest.fixture
