@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -155,11 +155,20 @@ def snapshot_create(
         num_prompts=rankings.values("prompt_id").distinct().count(),
         content_hash=hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest(),
     )
-    through = DatasetSnapshot.rankings.through
-    through.objects.bulk_create(
-        [through(datasetsnapshot_id=snapshot.id, ranking_id=i) for i in ids], batch_size=2000
-    )
+    _snapshot_link_rankings(snapshot=snapshot, rankings=rankings)
     return snapshot
+
+
+def _snapshot_link_rankings(*, snapshot: DatasetSnapshot, rankings) -> None:
+    """One INSERT … SELECT in the database (10M pairs' rankings in seconds, no rows through Python)."""
+    through = DatasetSnapshot.rankings.through
+    table = connection.ops.quote_name(through._meta.db_table)
+    snapshot_col = connection.ops.quote_name(through._meta.get_field("datasetsnapshot").column)
+    ranking_col = connection.ops.quote_name(through._meta.get_field("ranking").column)
+    select_sql, params = rankings.order_by().values("id").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {table} ({snapshot_col}, {ranking_col}) "
+                       f"SELECT %s, linked.id FROM ({select_sql}) AS linked", (snapshot.id, *params))
 
 
 def _empty_snapshot_reason(*, project: Project, rounds: list[int], sources: SourceSelection, other) -> tuple[str, str]:
