@@ -29,7 +29,8 @@ when asked for; under "weighted" an AI pair's ``weight`` is its stored weight ×
 in every row's ``source``, in Parquet's schema metadata (key ``rlhf_studio.sources``) and in the
 ``X-Export-Sources`` header of the HTTP downloads.
 
-Rows are read with ``QuerySet.iterator(chunk_size=...)`` and encoded in batches. JSONL is yielded as it is
+Rows are read with ``QuerySet.iterator(chunk_size=...)`` (a server-side cursor on PostgreSQL) and encoded in
+batches; a pair chunk's prompt and sample texts are read once per chunk, not joined to every pair. JSONL is yielded as it is
 produced; Parquet is written in row groups to a spooled temporary file (a Parquet footer comes last), then
 yielded in 1 MiB chunks.
 """
@@ -45,7 +46,7 @@ import pyarrow.parquet as pq
 from django.contrib.auth import get_user_model
 
 from annotation.errors import InvalidInput
-from annotation.models import PairwiseComparison, Project, Ranking, RankingEntry
+from annotation.models import PairwiseComparison, Project, Prompt, Ranking, RankingEntry, Sample
 from annotation.provenance import HUMAN_ONLY, SourceSelection
 
 Format = Literal["pairs", "conversational", "rankings"]
@@ -53,6 +54,7 @@ FileFormat = Literal["jsonl", "parquet"]
 FORMATS: tuple[str, ...] = ("pairs", "conversational", "rankings")
 FILE_FORMATS: tuple[str, ...] = ("jsonl", "parquet")
 CHUNK_ROWS = 1000  # rows per database chunk and per Parquet row group
+EXPORT_CHUNK_PAIRS = 10_000  # pairs per server-side cursor fetch; their prompts and samples are read once
 YIELD_BYTES = 1 << 20  # JSONL is yielded in pieces of about this size; Parquet in pieces of exactly this size
 HH_ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 
@@ -95,28 +97,44 @@ def _username_field(prefix: str) -> str:
 
 def _pair_rows(project: Project, round_number: int | None, *, conversational: bool,
                selection: SourceSelection) -> Iterator[dict]:
-    """One row per pair; plain values, not model instances (an order of magnitude faster on big exports)."""
+    """One row per pair, in id order. The pairs are read as plain tuples through a server-side cursor without
+    their texts; each chunk's prompts and samples are then read once (a prompt's C(K,2) × overlap pairs share
+    its text) and rendered once per chunk. Memory is one chunk, whatever the number of pairs."""
     pairs = PairwiseComparison.objects.filter(prompt__project=project, ranking__exclusion__isnull=True,  # see quality
                                               ranking__source__in=selection.sources)
     if round_number is not None:
         pairs = pairs.filter(prompt__round__number=round_number)
-    labeler = _username_field("ranking__")
-    pairs = pairs.order_by("id").values(
-        "prompt__messages", "chosen__text", "rejected__text", "margin", "weight", labeler, "ranking__source",
-        "prompt__round__number", "prompt_id", "ranking_id", "chosen_id", "rejected_id",
+    pairs = pairs.order_by("id").values_list(
+        "margin", "weight", _username_field("ranking__"), "ranking__source", "prompt__round__number", "prompt_id",
+        "ranking_id", "chosen_id", "rejected_id",
     )
-    for pair in pairs.iterator(chunk_size=CHUNK_ROWS):
-        messages, chosen, rejected = pair["prompt__messages"], pair["chosen__text"], pair["rejected__text"]
-        if conversational:
-            text = {"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
-                    "rejected": [{"role": "assistant", "content": rejected}]}
-        else:
-            text = {"prompt": render_plain_prompt(messages), "chosen": " " + chosen, "rejected": " " + rejected}
+    chunk: list[tuple] = []
+    for pair in pairs.iterator(chunk_size=EXPORT_CHUNK_PAIRS):
+        chunk.append(pair)
+        if len(chunk) == EXPORT_CHUNK_PAIRS:
+            yield from _pair_chunk(chunk, conversational=conversational, selection=selection)
+            chunk = []
+    yield from _pair_chunk(chunk, conversational=conversational, selection=selection)
+
+
+def _pair_chunk(chunk: list[tuple], *, conversational: bool, selection: SourceSelection) -> Iterator[dict]:
+    if not chunk:
+        return
+    messages = dict(Prompt.objects.filter(pk__in={p[5] for p in chunk}).values_list("id", "messages"))
+    texts = dict(Sample.objects.filter(pk__in={p[i] for p in chunk for i in (7, 8)}).values_list("id", "text"))
+    if conversational:
+        prompts = messages
+        replies = {i: [{"role": "assistant", "content": t}] for i, t in texts.items()}
+    else:
+        prompts = {i: render_plain_prompt(m) for i, m in messages.items()}
+        replies = {i: " " + t for i, t in texts.items()}
+    factors = {source: selection.weight_factor(source) for source in {p[3] for p in chunk}}
+    for margin, weight, labeler, source, round_number, prompt_id, ranking_id, chosen_id, rejected_id in chunk:
         yield {
-            **text, "tier_distance": pair["margin"],
-            "weight": pair["weight"] * selection.weight_factor(pair["ranking__source"]), "labeler": pair[labeler],
-            "source": pair["ranking__source"], "round": pair["prompt__round__number"], "prompt_id": pair["prompt_id"],
-            "ranking_id": pair["ranking_id"], "chosen_id": pair["chosen_id"], "rejected_id": pair["rejected_id"],
+            "prompt": prompts[prompt_id], "chosen": replies[chosen_id], "rejected": replies[rejected_id],
+            "tier_distance": margin, "weight": weight * factors[source], "labeler": labeler, "source": source,
+            "round": round_number, "prompt_id": prompt_id, "ranking_id": ranking_id, "chosen_id": chosen_id,
+            "rejected_id": rejected_id,
         }
 
 
