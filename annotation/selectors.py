@@ -7,14 +7,16 @@ Anything a user may not see raises Http404, so its existence is never revealed.
 from datetime import datetime
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Exists, F, FloatField, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import (
+    Case, Count, Exists, F, FloatField, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When,
+)
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
 
 from annotation.models import (
-    AILabeler, Assignment, Membership, PairwiseComparison, Project, Prompt, Ranking, Round, Sample,
+    AILabeler, Assignment, Membership, PairwiseComparison, Project, Prompt, PromptPriority, Ranking, Round, Sample,
 )
 
 ADMIN = "admin"
@@ -137,7 +139,7 @@ def _lease_filtered(prompts: QuerySet[Prompt], *, project: Project, labeler, now
     return prompts.exclude(Exists(held_by_labeler)).exclude(Exists(ranked_by_labeler))
 
 
-_LEASE_INDEXED_ROUNDS = 2  # open rounds read by index range one by one; later ones are read together
+_LEASE_INDEXED_ROUNDS = 1  # open rounds read by index range one by one (each costs planning time); later ones together
 
 
 def _lease_window_sql(*, project: Project, labeler, now: datetime, gold: bool | None, is_ai: bool, window: int,
@@ -162,27 +164,36 @@ def _lease_window_sql(*, project: Project, labeler, now: datetime, gold: bool | 
         base = base.exclude(pk__in=exclude_ids)
     base = _lease_filtered(base, project=project, labeler=labeler, now=now, gold=gold, is_ai=is_ai)
     # The first open rounds one by one (an equality on round_id: an index range); any further ones together,
-    # sorted (rare: a project keeps one or two rounds open). No query beforehand: the rounds are subqueries.
-    in_rounds = [base.filter(round_id=Subquery(open_rounds[i:i + 1])) for i in range(_LEASE_INDEXED_ROUNDS)]
-    in_rounds.append(base.filter(round_id__in=open_rounds[_LEASE_INDEXED_ROUNDS:]))
+    # scanned and sorted, and only when they exist (the EXISTS is a one-time filter: a project keeps one or
+    # two rounds open). No query beforehand: the rounds are subqueries of the statement.
+    unprioritised = ~Exists(PromptPriority.objects.filter(prompt=OuterRef("pk")))
     branches: list[QuerySet] = []
-    for n, in_round in enumerate(in_rounds):
-        by_id = ("id",) if n < _LEASE_INDEXED_ROUNDS else ("ord", "id")  # one round: its index order is id order
-        keyed = in_round.annotate(ord=F("round__number"), grp=Value(0))
-        branches.append(keyed.filter(priority__isnull=False).annotate(score=-F("priority__score"))
-                        .order_by("ord", "score", "id"))
-        plain = in_round.filter(priority__isnull=True).annotate(ord=F("round__number"), grp=Value(1),
-                                                                 score=Value(0.0, output_field=FloatField()))
+    for i in range(_LEASE_INDEXED_ROUNDS):
+        # ord: below any round number, in round order (the later rounds' branch sorts by their number)
+        in_round = base.filter(round_id=Subquery(open_rounds[i:i + 1]))
+        in_round = in_round.annotate(ord=Value(i - _LEASE_INDEXED_ROUNDS - 1))
+        branches.append(in_round.filter(priority__isnull=False).annotate(grp=Value(0), score=-F("priority__score"))
+                        .order_by("score", "id"))
+        plain = in_round.filter(unprioritised).annotate(grp=Value(1), score=Value(0.0, output_field=FloatField()))
+        # Ordered by the index's own key: with round_id a parameter, only prompt_lease_idx gives this order, so
+        # the planner cannot walk the primary key through the (clustered, low-id) full prompts instead.
+        by_key = ("round_id", "is_gold", "slots_taken", "id")
         if is_ai:
-            branches.append(plain.order_by(*by_id))
+            branches.append(plain.order_by("round_id", "id"))
             continue
         if gold is not True:
             for taken in range(project.overlap):
-                branches.append(plain.filter(is_gold=False, slots_taken=taken).order_by(*by_id))
+                branches.append(plain.filter(is_gold=False, slots_taken=taken).order_by(*by_key))
             branches.append(plain.filter(is_gold=False, slots_taken__gte=project.overlap,
-                                         lease_expires_min__lte=now).order_by(*by_id))
+                                         lease_expires_min__lte=now).order_by("id"))
         if gold is not False:
-            branches.append(plain.filter(is_gold=True).order_by(*by_id))
+            branches.append(plain.filter(is_gold=True).order_by(*by_key))
+    later = open_rounds[_LEASE_INDEXED_ROUNDS:]
+    branches.append(
+        base.filter(Exists(later), round_id__in=later)
+        .annotate(ord=F("round__number"), grp=Case(When(priority__isnull=False, then=Value(0)), default=Value(1)),
+                  score=Coalesce(-F("priority__score"), Value(0.0, output_field=FloatField())))
+        .order_by("ord", "grp", "score", "id"))
     if not branches:
         return RawSQL("SELECT NULL WHERE FALSE", ())
     parts, params = [], []
