@@ -44,6 +44,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 from django.contrib.auth import get_user_model
+from django.db import connection, models
 
 from annotation.errors import InvalidInput
 from annotation.models import PairwiseComparison, Project, Prompt, Ranking, RankingEntry, Sample
@@ -95,11 +96,12 @@ def _username_field(prefix: str) -> str:
     return f"{prefix}labeler__{get_user_model().USERNAME_FIELD}"
 
 
-def _pair_rows(project: Project, round_number: int | None, *, conversational: bool,
-               selection: SourceSelection) -> Iterator[dict]:
-    """One row per pair, in id order. The pairs are read as plain tuples through a server-side cursor without
-    their texts; each chunk's prompts and samples are then read once (a prompt's C(K,2) × overlap pairs share
-    its text) and rendered once per chunk. Memory is one chunk, whatever the number of pairs."""
+def _pair_rows(project: Project, round_number: int | None, *, conversational: bool, selection: SourceSelection,
+               as_jsonl: bool = False) -> Iterator[dict | str]:
+    """One row per pair, in id order (``as_jsonl``: as a finished JSONL line). The pairs are read as plain
+    tuples through a server-side cursor without their texts; each chunk's prompts and samples are then read
+    once (a prompt's C(K,2) × overlap pairs share its text) and rendered and JSON-encoded once per chunk.
+    Memory is one chunk, whatever the number of pairs."""
     pairs = PairwiseComparison.objects.filter(prompt__project=project, ranking__exclusion__isnull=True,  # see quality
                                               ranking__source__in=selection.sources)
     if round_number is not None:
@@ -112,16 +114,32 @@ def _pair_rows(project: Project, round_number: int | None, *, conversational: bo
     for pair in pairs.iterator(chunk_size=EXPORT_CHUNK_PAIRS):
         chunk.append(pair)
         if len(chunk) == EXPORT_CHUNK_PAIRS:
-            yield from _pair_chunk(chunk, conversational=conversational, selection=selection)
+            yield from _pair_chunk(chunk, conversational=conversational, selection=selection, as_jsonl=as_jsonl)
             chunk = []
-    yield from _pair_chunk(chunk, conversational=conversational, selection=selection)
+    yield from _pair_chunk(chunk, conversational=conversational, selection=selection, as_jsonl=as_jsonl)
 
 
-def _pair_chunk(chunk: list[tuple], *, conversational: bool, selection: SourceSelection) -> Iterator[dict]:
+def _texts_by_id(model, column: str, ids: set[int]) -> dict[int, object]:
+    """{id: column} for these rows: one ``= ANY(array)`` on PostgreSQL (an IN list of thousands of
+    placeholders costs more to build than to run), ``IN`` elsewhere."""
+    if connection.vendor != "postgresql":
+        return dict(model.objects.filter(pk__in=ids).values_list("id", column))
+    field = model._meta.get_field(column)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id, {connection.ops.quote_name(field.column)} FROM "
+                       f"{connection.ops.quote_name(model._meta.db_table)} WHERE id = ANY(%s)", [list(ids)])
+        rows = cursor.fetchall()
+    if isinstance(field, models.JSONField):
+        return {i: v if not isinstance(v, str) else json.loads(v) for i, v in rows}
+    return dict(rows)
+
+
+def _pair_chunk(chunk: list[tuple], *, conversational: bool, selection: SourceSelection,
+                as_jsonl: bool) -> Iterator[dict | str]:
     if not chunk:
         return
-    messages = dict(Prompt.objects.filter(pk__in={p[5] for p in chunk}).values_list("id", "messages"))
-    texts = dict(Sample.objects.filter(pk__in={p[i] for p in chunk for i in (7, 8)}).values_list("id", "text"))
+    messages = _texts_by_id(Prompt, "messages", {p[5] for p in chunk})
+    texts = _texts_by_id(Sample, "text", {p[i] for p in chunk for i in (7, 8)})
     if conversational:
         prompts = messages
         replies = {i: [{"role": "assistant", "content": t}] for i, t in texts.items()}
@@ -129,6 +147,9 @@ def _pair_chunk(chunk: list[tuple], *, conversational: bool, selection: SourceSe
         prompts = {i: render_plain_prompt(m) for i, m in messages.items()}
         replies = {i: " " + t for i, t in texts.items()}
     factors = {source: selection.weight_factor(source) for source in {p[3] for p in chunk}}
+    if as_jsonl:
+        yield from _pair_lines(chunk, prompts=prompts, replies=replies, factors=factors)
+        return
     for margin, weight, labeler, source, round_number, prompt_id, ranking_id, chosen_id, rejected_id in chunk:
         yield {
             "prompt": prompts[prompt_id], "chosen": replies[chosen_id], "rejected": replies[rejected_id],
@@ -136,6 +157,26 @@ def _pair_chunk(chunk: list[tuple], *, conversational: bool, selection: SourceSe
             "round": round_number, "prompt_id": prompt_id, "ranking_id": ranking_id, "chosen_id": chosen_id,
             "rejected_id": rejected_id,
         }
+
+
+def _pair_lines(chunk: list[tuple], *, prompts: dict, replies: dict, factors: dict) -> Iterator[str]:
+    """The JSONL lines of a chunk, byte for byte what ``json.dumps(row, ensure_ascii=False)`` writes for the row
+    dict above; each text is encoded once per chunk rather than once per pair."""
+    def enc(value) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    prompts = {i: enc(v) for i, v in prompts.items()}
+    replies = {i: enc(v) for i, v in replies.items()}
+    names = {name: enc(name) for name in {p[2] for p in chunk}}  # few distinct values in a chunk
+    sources = {source: enc(source) for source in factors}
+    weights = {(w, source): enc(w * factors[source]) for w, source in {(p[1], p[3]) for p in chunk}}
+    rounds = {number: enc(number) for number in {p[4] for p in chunk}}
+    for margin, weight, labeler, source, round_number, prompt_id, ranking_id, chosen_id, rejected_id in chunk:
+        yield (f'{{"prompt": {prompts[prompt_id]}, "chosen": {replies[chosen_id]}, "rejected": '
+               f'{replies[rejected_id]}, "tier_distance": {margin}, "weight": {weights[weight, source]}, '
+               f'"labeler": {names[labeler]}, "source": {sources[source]}, "round": {rounds[round_number]}, '
+               f'"prompt_id": {prompt_id}, "ranking_id": {ranking_id}, "chosen_id": {chosen_id}, '
+               f'"rejected_id": {rejected_id}}}\n')
 
 
 def _ranking_rows(project: Project, round_number: int | None, *, selection: SourceSelection) -> Iterator[dict]:
@@ -182,11 +223,11 @@ def _ranking_chunk(chunk: list[dict], *, labeler: str) -> Iterator[dict]:
         }
 
 
-def _jsonl(rows: Iterable[dict]) -> Iterator[bytes]:
+def _jsonl(rows: Iterable[dict | str]) -> Iterator[bytes]:
     buffer: list[bytes] = []
     size = 0
     for row in rows:
-        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
+        line = (row if isinstance(row, str) else json.dumps(row, ensure_ascii=False) + "\n").encode()
         buffer.append(line)
         size += len(line)
         if size >= YIELD_BYTES:
@@ -232,7 +273,8 @@ def export_preferences(
     if fmt == "rankings":
         rows = _ranking_rows(project, round_number, selection=selection)
     else:
-        rows = _pair_rows(project, round_number, conversational=fmt == "conversational", selection=selection)
+        rows = _pair_rows(project, round_number, conversational=fmt == "conversational", selection=selection,
+                          as_jsonl=file_format == "jsonl")
     if file_format == "jsonl":
         return _jsonl(rows)
     schema = SCHEMAS[fmt].with_metadata({b"rlhf_studio.sources": json.dumps(selection.describe()).encode()})
