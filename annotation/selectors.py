@@ -194,8 +194,6 @@ def _lease_window_sql(*, project: Project, labeler, now: datetime, gold: bool | 
         .annotate(ord=F("round__number"), grp=Case(When(priority__isnull=False, then=Value(0)), default=Value(1)),
                   score=Coalesce(-F("priority__score"), Value(0.0, output_field=FloatField())))
         .order_by("ord", "grp", "score", "id"))
-    if not branches:
-        return RawSQL("SELECT NULL WHERE FALSE", ())
     parts, params = [], []
     for i, branch in enumerate(branches):
         sql, branch_params = branch.values("id", "ord", "grp", "score")[:window].query.sql_with_params()
