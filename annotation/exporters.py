@@ -44,7 +44,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 from django.contrib.auth import get_user_model
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.db.models import Exists, OuterRef
 
 from annotation.errors import InvalidInput
@@ -261,6 +261,14 @@ def _parquet(rows: Iterable[dict], schema: pa.Schema) -> Iterator[bytes]:
             yield chunk
 
 
+def _in_one_transaction(rows: Iterable) -> Iterator:
+    """Read inside a transaction: one snapshot for the whole export, and on PostgreSQL a plain server-side
+    cursor. Outside one (autocommit), Django declares the cursor WITH HOLD, which PostgreSQL materialises
+    whole at the implicit commit: the first row came after the entire query (59 s for 10M pairs)."""
+    with transaction.atomic():
+        yield from rows
+
+
 def export_preferences(
     *, project: Project, fmt: Format, file_format: FileFormat, round_number: int | None = None,
     selection: SourceSelection = HUMAN_ONLY,
@@ -282,6 +290,7 @@ def export_preferences(
     else:
         rows = _pair_rows(project, round_number, conversational=fmt == "conversational", selection=selection,
                           as_jsonl=file_format == "jsonl")
+    rows = _in_one_transaction(rows)
     if file_format == "jsonl":
         return _jsonl(rows)
     schema = SCHEMAS[fmt].with_metadata({b"rlhf_studio.sources": json.dumps(selection.describe()).encode()})
