@@ -91,7 +91,14 @@ class Prompt(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["round", "id"])]
+        indexes = [
+            models.Index(fields=["round", "id"]),
+            # Leasing reads each slot level of a round in id order and stops after a few rows (migration 0010;
+            # selectors._lease_window_sql), so full prompts are never read however many there are.
+            models.Index(fields=["round", "is_gold", "slots_taken", "id"], name="prompt_lease_idx"),
+            models.Index(fields=["lease_expires_min"], condition=Q(lease_expires_min__isnull=False),
+                         name="prompt_lease_expiry_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"prompt {self.pk}"

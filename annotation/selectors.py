@@ -7,13 +7,16 @@ Anything a user may not see raises Http404, so its existence is never revealed.
 from datetime import datetime
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import (
+    Case, Count, Exists, F, FloatField, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When,
+)
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
 
 from annotation.models import (
-    AILabeler, Assignment, Membership, PairwiseComparison, Project, Prompt, Ranking, Round, Sample,
+    AILabeler, Assignment, Membership, PairwiseComparison, Project, Prompt, PromptPriority, Ranking, Round, Sample,
 )
 
 ADMIN = "admin"
@@ -92,36 +95,113 @@ def _live_slot_subquery(*, now: datetime) -> Subquery:
 
 
 def prompt_lease_candidates(
-    *, project: Project, labeler, now: datetime | None = None, gold: bool | None = None, ai: bool | None = None
+    *, project: Project, labeler, now: datetime | None = None, gold: bool | None = None, ai: bool | None = None,
+    window: int | None = None, exclude_ids: list[int] | tuple[int, ...] = (),
 ) -> QuerySet[Prompt]:
     """Prompts of the project's open rounds that may have a slot for this labeler, in serving order: round,
     then active-selection priority (highest first, unprioritised last), then id.
 
-    Cheap enough to run on every lease: it filters on the prompt's denormalised slot columns
-    (``slots_taken``, ``lease_expires_min``, kept by ``annotation.services`` under the prompt's row lock)
-    and anti-joins the labeler's own leases and rankings, with no per-prompt subquery. It is a superset of
-    ``prompt_available_for_labeler``: a full prompt whose active lease has expired stays a candidate, and
-    the sample count is not checked. Whoever leases must lock the row and recount the slots exactly.
-    An AI labeler's candidates ignore the overlap: it ranks beside the humans and takes none of their slots
-    (``ai``: whether ``labeler`` is one, when the caller knows; looked up otherwise).
+    It filters on the prompt's denormalised slot columns (``slots_taken``, ``lease_expires_min``, kept by
+    ``annotation.services`` under the prompt's row lock) and anti-joins the labeler's own leases and
+    rankings, with no per-prompt subquery. It is a superset of ``prompt_available_for_labeler``: a full
+    prompt whose active lease has expired stays a candidate, and the sample count is not checked. Whoever
+    leases must lock the row and recount the slots exactly. An AI labeler's candidates ignore the overlap: it
+    ranks beside the humans and takes none of their slots (``ai``: whether ``labeler`` is one, when the
+    caller knows; looked up otherwise). ``exclude_ids``: prompts left out (those a leaser already tried).
+
+    ``window``: only the first ``window`` candidates, found by index lookups whatever the size of the project
+    (``_lease_window_sql``): what leasing runs. Without it, all candidates (for counts).
     """
     now = now or timezone.now()
+    is_ai = ai if ai is not None else user_is_ai_labeler(user=labeler)
+    prompts = _lease_filtered(Prompt.objects.filter(project=project, round__status=Round.Status.OPEN),
+                              project=project, labeler=labeler, now=now, gold=gold, is_ai=is_ai)
+    if exclude_ids:
+        prompts = prompts.exclude(pk__in=list(exclude_ids))
+    if window is not None:
+        prompts = prompts.filter(pk__in=_lease_window_sql(
+            project=project, labeler=labeler, now=now, gold=gold, is_ai=is_ai, window=window,
+            exclude_ids=list(exclude_ids)))
+    return prompts.order_by("round__number", F("priority__score").desc(nulls_last=True), "id")
+
+
+def _lease_filtered(prompts: QuerySet[Prompt], *, project: Project, labeler, now: datetime, gold: bool | None,
+                    is_ai: bool) -> QuerySet[Prompt]:
+    """The candidate conditions: gold or not, a slot maybe free, not held nor ranked by this labeler."""
     held_by_labeler = Assignment.objects.filter(prompt=OuterRef("pk"), labeler=labeler).exclude(
         Q(status=Assignment.Status.EXPIRED) | Q(status=Assignment.Status.ACTIVE, expires_at__lte=now)
     )
     ranked_by_labeler = Ranking.objects.filter(prompt=OuterRef("pk"), labeler=labeler)
-    prompts = Prompt.objects.filter(project=project, round__status=Round.Status.OPEN)
     if gold is not None:
         prompts = prompts.filter(is_gold=gold)
-    may_have_slot = Q(is_gold=True) | Q(slots_taken__lt=project.overlap) | Q(lease_expires_min__lte=now)
-    if ai if ai is not None else user_is_ai_labeler(user=labeler):
-        may_have_slot = Q()
-    return (
-        prompts.filter(may_have_slot)
-        .exclude(Exists(held_by_labeler))
-        .exclude(Exists(ranked_by_labeler))
-        .order_by("round__number", F("priority__score").desc(nulls_last=True), "id")
-    )
+    if not is_ai:
+        prompts = prompts.filter(Q(is_gold=True) | Q(slots_taken__lt=project.overlap) | Q(lease_expires_min__lte=now))
+    return prompts.exclude(Exists(held_by_labeler)).exclude(Exists(ranked_by_labeler))
+
+
+_LEASE_INDEXED_ROUNDS = 1  # open rounds read by index range one by one (each costs planning time); later ones together
+
+
+def _lease_window_sql(*, project: Project, labeler, now: datetime, gold: bool | None, is_ai: bool, window: int,
+                      exclude_ids: list[int]) -> RawSQL:
+    """The ids of the first ``window`` candidates, as a subquery: per open round (in number order) a few
+    branches, each an index range read in id order that stops after ``window`` rows (index
+    ``prompt_lease_idx`` on round, is_gold, slots_taken, id, migration 0010):
+
+    - the round's prioritised prompts (active selection), by score (they come first in their round);
+    - its unprioritised non-gold prompts with ``slots_taken = s``, one branch per s < overlap (full prompts
+      are never read, however many there are);
+    - its unprioritised full prompts with an expired active lease (``prompt_lease_expiry_idx``: only
+      prompts with active leases are in it);
+    - its unprioritised gold prompts (no overlap limit).
+
+    An AI labeler (no overlap) reads the round's unprioritised prompts in id order instead. The union holds
+    at most branches × window rows; the outer query sorts them in serving order and keeps ``window``.
+    """
+    open_rounds = Round.objects.filter(project=project, status=Round.Status.OPEN).order_by("number").values("pk")
+    base = Prompt.objects.filter(project=project)
+    if exclude_ids:
+        base = base.exclude(pk__in=exclude_ids)
+    base = _lease_filtered(base, project=project, labeler=labeler, now=now, gold=gold, is_ai=is_ai)
+    # The first open rounds one by one (an equality on round_id: an index range); any further ones together,
+    # scanned and sorted, and only when they exist (the EXISTS is a one-time filter: a project keeps one or
+    # two rounds open). No query beforehand: the rounds are subqueries of the statement.
+    unprioritised = ~Exists(PromptPriority.objects.filter(prompt=OuterRef("pk")))
+    branches: list[QuerySet] = []
+    for i in range(_LEASE_INDEXED_ROUNDS):
+        # ord: below any round number, in round order (the later rounds' branch sorts by their number)
+        in_round = base.filter(round_id=Subquery(open_rounds[i:i + 1]))
+        in_round = in_round.annotate(ord=Value(i - _LEASE_INDEXED_ROUNDS - 1))
+        branches.append(in_round.filter(priority__isnull=False).annotate(grp=Value(0), score=-F("priority__score"))
+                        .order_by("score", "id"))
+        plain = in_round.filter(unprioritised).annotate(grp=Value(1), score=Value(0.0, output_field=FloatField()))
+        # Ordered by the index's own key: with round_id a parameter, only prompt_lease_idx gives this order, so
+        # the planner cannot walk the primary key through the (clustered, low-id) full prompts instead.
+        by_key = ("round_id", "is_gold", "slots_taken", "id")
+        if is_ai:
+            branches.append(plain.order_by("round_id", "id"))
+            continue
+        if gold is not True:
+            for taken in range(project.overlap):
+                branches.append(plain.filter(is_gold=False, slots_taken=taken).order_by(*by_key))
+            branches.append(plain.filter(is_gold=False, slots_taken__gte=project.overlap,
+                                         lease_expires_min__lte=now).order_by("id"))
+        if gold is not False:
+            branches.append(plain.filter(is_gold=True).order_by(*by_key))
+    later = open_rounds[_LEASE_INDEXED_ROUNDS:]
+    branches.append(
+        base.filter(Exists(later), round_id__in=later)
+        .annotate(ord=F("round__number"), grp=Case(When(priority__isnull=False, then=Value(0)), default=Value(1)),
+                  score=Coalesce(-F("priority__score"), Value(0.0, output_field=FloatField())))
+        .order_by("ord", "grp", "score", "id"))
+    parts, params = [], []
+    for i, branch in enumerate(branches):
+        sql, branch_params = branch.values("id", "ord", "grp", "score")[:window].query.sql_with_params()
+        parts.append(f"SELECT * FROM ({sql}) AS lease_branch_{i}")
+        params.extend(branch_params)
+    union = " UNION ALL ".join(parts)
+    return RawSQL(f"SELECT id FROM ({union}) AS lease_window ORDER BY ord, grp, score, id LIMIT {int(window)}",
+                  tuple(params))
 
 
 def prompt_available_for_labeler(

@@ -54,6 +54,7 @@ MAX_SKIP_REASON = 500
 MAX_COMMENT = 1000  # Ranking.comment's max_length
 WITHDRAWN_REASON = "Ranking withdrawn by the labeler"
 _CANDIDATE_BATCH = 8  # rows locked per candidate query: few, so concurrent leasers skip few of them
+_CANDIDATE_WINDOW = 64  # candidates read by index per query; the batch is locked among them, skipping locked ones
 _HOLDING = (Assignment.Status.SUBMITTED, Assignment.Status.ACTIVE)
 _LOCKED_WAIT_S = 2.0  # how long to wait for candidates that other labelers hold locked
 _LOCKED_RETRY_S = 0.01
@@ -146,8 +147,8 @@ def _lease_first_free(*, project: Project, labeler, now: datetime, gold: bool, i
     tried: list[int] = []
     deadline = time.monotonic() + _LOCKED_WAIT_S
     while True:
-        available = prompt_lease_candidates(project=project, labeler=labeler, now=now, gold=gold, ai=is_ai)
-        available = available.exclude(pk__in=tried)
+        available = prompt_lease_candidates(project=project, labeler=labeler, now=now, gold=gold, ai=is_ai,
+                                            window=_CANDIDATE_WINDOW, exclude_ids=tried)
         candidates = list(
             available.select_related("project").select_for_update(skip_locked=True, of=("self",))[:_CANDIDATE_BATCH]
         )

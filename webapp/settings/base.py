@@ -82,6 +82,11 @@ DATABASES = {
         conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # No JIT: it compiles any plan whose *estimated* cost is high, and the lease query's branch for rounds
+    # beyond the first is estimated as a scan it never runs (a one-time filter skips it): with JIT on, every
+    # fetch paid ~0.4 s of compilation at 1M prompts (docs/scaling.md). Short OLTP statements gain nothing.
+    DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=off"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
