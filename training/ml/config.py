@@ -162,6 +162,9 @@ class RewardConfig(TrainConfig):
     use_ranking_weights: bool = setting(True, help="weigh each pair by its ranking's weight")
     eval_fraction: float = setting(0.1, min=0.0, max=0.9, help="share of prompts held out (split by prompt)")
     disable_dropout: bool = setting(True, help="turn dropout off (as TRL does): rewards of one batch stay comparable")
+    share_prefix: bool = setting(
+        True, help="encode a prompt once for its K responses (decoders; checked against the unshared rewards first)"
+    )
 
 
 @dataclass
