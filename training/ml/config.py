@@ -191,6 +191,9 @@ class DPOConfig(TrainConfig):
     margin_weighting: bool = setting(False, help="weigh each pair by its tier distance")
     use_ranking_weights: bool = setting(True, help="weigh each pair by its ranking's weight")
     adapter: str = setting("", help="LoRA adapter directory to start from (the previous policy's), or empty")
+    share_prefix: bool = setting(
+        True, help="encode a prompt once for its K responses (checked against the unshared log-probs first)"
+    )
 
 
 @dataclass

@@ -155,3 +155,62 @@ def sharing_error(model, groups: list[list[list[int]]], pad_token_id: int, devic
     finally:
         model.train(was_training)
     return (plain - shared).abs().max().item()
+
+
+def packed_logprobs(model, groups: list[list[tuple[list[int], list[int]]]], pad_token_id: int,
+                    device: torch.device) -> torch.Tensor:
+    """log π(response | prompt) of every (prompt ids, response ids) of every group, one packed row per group: (N,).
+
+    The causal LM's logits at a token's predecessor in its own sequence give the token's log-prob: for the first
+    token after the shared prefix that predecessor is the prefix's last token, shared by the K responses.
+    Equal to ``generation.token_logprobs(...).sum(1)`` on the unshared rows (tested).
+    """
+    sequences = [[p + r for p, r in group] for group in groups]
+    packed = pack_groups(sequences, pad_token_id)
+    width = packed["input_ids"].shape[1]
+    predecessor, target, owner = [], [], []  # flat indices into the packed rows, and the response they count for
+    n = 0
+    for b, group in enumerate(groups):
+        shared = shared_prefix_length([p + r for p, r in group])
+        offset = shared  # packed column of this sequence's first own token
+        for prompt, response in group:
+            length = len(prompt) + len(response)
+
+            def column(t: int) -> int:  # packed column of token t of this sequence
+                return t if t < shared else offset + t - shared
+
+            for t in range(max(len(prompt), 1), length):  # response tokens (a token needs a predecessor)
+                predecessor.append(b * width + column(t - 1))
+                target.append(b * width + column(t))
+                owner.append(n)
+            offset += length - shared
+            n += 1
+    eager = getattr(_unwrap(model).config, "_attn_implementation", "sdpa") == "eager"
+    segments = packed["segments"].to(device)
+    logits = model(input_ids=packed["input_ids"].to(device), position_ids=packed["position_ids"].to(device),
+                   attention_mask=block_attention_mask(segments, next(model.parameters()).dtype if eager else torch.bool),
+                   ).logits  # (B, L, V)
+    flat = logits.reshape(-1, logits.shape[-1])  # (B·L, V)
+    predecessor, target = torch.tensor(predecessor, device=device), torch.tensor(target, device=device)
+    tokens = packed["input_ids"].to(device).reshape(-1)[target]  # (M,)
+    logp = torch.log_softmax(flat[predecessor].float(), dim=-1).gather(1, tokens[:, None]).squeeze(1)  # (M,)
+    return torch.zeros(n, device=device).index_add(0, torch.tensor(owner, device=device), logp)  # (N,)
+
+
+@torch.no_grad()
+def logprob_sharing_error(model, groups: list[list[tuple[list[int], list[int]]]], pad_token_id: int,
+                          device: torch.device) -> float:
+    """Largest |shared − unshared| log π(response | prompt) over ``groups`` (eval mode), as ``sharing_error``."""
+    from training.ml.generation import collate_scoring, token_logprobs  # (generation is heavier; import late)
+
+    was_training = model.training
+    model.eval()
+    try:
+        batch = {k: v.to(device) for k, v in collate_scoring([s for g in groups for s in g], pad_token_id).items()}
+        plain = token_logprobs(model, batch).sum(dim=1)  # (N,)
+        shared = packed_logprobs(model, groups, pad_token_id, device)  # (N,)
+    except (RuntimeError, ValueError, TypeError):
+        return float("inf")
+    finally:
+        model.train(was_training)
+    return (plain - shared).abs().max().item()

@@ -5,12 +5,13 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, GPT2Config
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
 
 from training.ml.collators import RankedGroupCollator
 from training.ml.config import RewardConfig
 from training.ml.data import encode_groups
-from training.ml.prefix_sharing import pack_groups, packed_rewards, sharing_error
+from training.ml.generation import collate_scoring, token_logprobs
+from training.ml.prefix_sharing import pack_groups, packed_logprobs, packed_rewards, sharing_error
 from training.ml.tiny_models import build_tiny_reward_model, build_tokenizer, synthetic_groups
 from training.ml.trainers.reward import score, train_reward_model
 from training.ml.types import NullHooks
@@ -107,3 +108,45 @@ def test_encoded_groups_share_the_rendered_prompt(tokenizer):
     packed = pack_groups([g.input_ids for g in encoded], tokenizer.pad_token_id)
     unshared = sum(len(s) for g in encoded for s in g.input_ids)
     assert (packed["segments"] >= 0).sum().item() < unshared  # the chat prompt is encoded once per group
+
+
+def causal_lm(tokenizer, tmp_path):
+    from training.ml.tiny_models import build_tiny_causal_lm
+
+    return AutoModelForCausalLM.from_pretrained(build_tiny_causal_lm(tmp_path, tokenizer, seed=4))
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_shared_logprobs_equal_the_unshared_ones(tokenizer, tmp_path, k):
+    model = causal_lm(tokenizer, tmp_path).eval()
+    rng, tokens = random.Random(k), list(range(4, len(tokenizer)))
+    groups = []
+    for _ in range(3):  # (prompt ids, response ids): a shared prompt of 5-30 tokens, replies of 1-12
+        prompt = rng.choices(tokens, k=rng.randint(5, 30))
+        groups.append([(prompt, rng.choices(tokens, k=rng.randint(1, 12))) for _ in range(k)])
+    groups.append([([5, 6], [7, 8]), ([5, 6], [7, 8]), ([5, 6], [7])])  # identical replies, one a prefix of another
+    flat = [s for g in groups for s in g]
+    with torch.no_grad():
+        plain = token_logprobs(model, collate_scoring(flat, tokenizer.pad_token_id)).sum(dim=1)  # (N,)
+        shared = packed_logprobs(model, groups, tokenizer.pad_token_id, torch.device("cpu"))
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_dpo_first_step_is_the_same_with_and_without_sharing(tmp_path, tokenizer):
+    from training.ml.config import DPOConfig
+    from training.ml.trainers.dpo import train_dpo
+    from training.ml.tiny_models import build_tiny_causal_lm
+
+    base = build_tiny_causal_lm(tmp_path / "base", tokenizer, seed=0)
+    groups = synthetic_groups(16, 4, seed=5)
+    steps = []
+    for share in (False, True):
+        hooks = NullHooks()
+        config = DPOConfig(base_model=str(base), batch_size=8, max_steps=4, learning_rate=3e-3, eval_every=10**6,
+                           checkpoint_every=10**6, num_threads=1, share_prefix=share, lr_scheduler="constant")
+        summary = train_dpo(config, groups, [], output_dir=tmp_path / f"run{share}", hooks=hooks)
+        assert summary["prefix_sharing"] is share
+        steps.append([m["loss"] for _, m in hooks.steps])
+    assert steps[1][0] == pytest.approx(steps[0][0], abs=1e-5)  # same policy, same batch: the same loss
+    assert steps[1] == pytest.approx(steps[0], abs=1e-3)  # and the same updates, up to summation order
+    assert steps[1][-1] < steps[1][0]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from training.ml import losses
+from training.ml import losses, prefix_sharing
 from training.ml.checkpoint import checkpoint_save
 from training.ml.config import DPOConfig
 from training.ml.generation import collate_scoring, encode_many, sequence_logprobs, token_logprobs
@@ -72,8 +72,11 @@ def encode_dpo_groups(tokenizer, groups: list[RankedGroup], refs: list[list[floa
     return out
 
 
-def dpo_batch(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int) -> dict:
-    """Loss (with grad) and metrics of a batch: one forward over all Σ K responses, then every pair."""
+def dpo_batch(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, share_prefix: bool = False) -> dict:
+    """Loss (with grad) and metrics of a batch: one forward over all Σ K responses, then every pair.
+
+    With ``share_prefix`` a group is one packed row [prompt, response_1, …, response_K] (``prefix_sharing``).
+    """
     sequences, ref, chosen, rejected, weights = [], [], [], [], []
     for group in groups:
         offset = len(sequences)
@@ -84,8 +87,11 @@ def dpo_batch(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int) -> 
             rejected.append(offset + l)
             weights.append(weight)
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in collate_scoring(sequences, pad_id).items()}
-    logp = token_logprobs(model, batch).sum(dim=1)  # (N,) log π(y|x) of each response
+    if share_prefix:
+        logp = prefix_sharing.packed_logprobs(model, [g.sequences for g in groups], pad_id, device)  # (N,)
+    else:
+        batch = {k: v.to(device) for k, v in collate_scoring(sequences, pad_id).items()}
+        logp = token_logprobs(model, batch).sum(dim=1)  # (N,) log π(y|x) of each response
     ref_t = torch.tensor(ref, device=device)  # (N,) log π_ref(y|x), stored at generation
     c, r = torch.tensor(chosen, device=device), torch.tensor(rejected, device=device)  # (P,), (P,)
     loss, chosen_rewards, rejected_rewards = losses.dpo_loss(
@@ -103,7 +109,8 @@ def dpo_batch(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int) -> 
 
 
 @torch.no_grad()
-def evaluate(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int) -> dict[str, float]:
+def evaluate(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int,
+             share_prefix: bool = False) -> dict[str, float]:
     """Held-out DPO loss, implicit reward accuracy, rewards and margin, pair-weighted over batches."""
     if not groups:
         return {}
@@ -112,13 +119,25 @@ def evaluate(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int) -> d
     totals: dict[str, float] = {}
     n_pairs = 0
     for start in range(0, len(groups), config.batch_size):
-        out = dpo_batch(model, groups[start: start + config.batch_size], config, pad_id)
+        out = dpo_batch(model, groups[start: start + config.batch_size], config, pad_id, share_prefix)
         out["loss"] = out["loss"].item()
         for key in ("loss", "reward_accuracy", "chosen_reward", "rejected_reward", "margin"):
             totals[key] = totals.get(key, 0.0) + out[key] * out["pairs"]
         n_pairs += out["pairs"]
     model.train(was_training)
     return {**{k: v / n_pairs for k, v in totals.items()}, "pairs": n_pairs}
+
+
+def use_prefix_sharing(model, config: DPOConfig, groups: list[DPOGroup], pad_id: int, hooks: TrainHooks) -> bool:
+    """config.share_prefix, if the policy gives the unshared log-probs with it on a few groups (else log why not)."""
+    if not config.share_prefix:
+        return False
+    device = next(model.parameters()).device
+    error = prefix_sharing.logprob_sharing_error(model, [g.sequences for g in groups[:4]], pad_id, device)
+    if not error <= 1e-3:  # float32 summation order gives ~1e-5 on a sum of log-probs
+        hooks.log(f"prefix sharing off: log-probs differ from the unshared ones by {error:.3g} on this policy")
+        return False
+    return True
 
 
 def train_dpo(
@@ -143,6 +162,7 @@ def train_dpo(
         raise ValueError("no training pairs: every training group is empty or fully tied")
     num_pairs = sum(len(g.pairs) for g in train_data)
     hooks.log(f"DPO on {len(train_data)} prompts, {num_pairs} pairs; held out: {len(eval_data)} prompts")
+    share = use_prefix_sharing(model, config, train_data, pad_id, hooks)
     total = total_steps_for(config, len(train_data))
     optimizer, scheduler = make_optimizer(model, config, total)
     checkpoints = output_dir / "checkpoints"
@@ -157,7 +177,7 @@ def train_dpo(
             return {"stopped": True, "steps": step, "total_steps": total}
         started = time.perf_counter()
         out = dpo_batch(model, [train_data[i] for i in batch_indices(len(train_data), config.batch_size, step,
-                                                                      config.seed)], config, pad_id)
+                                                                      config.seed)], config, pad_id, share)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip or float("inf"))
@@ -169,7 +189,7 @@ def train_dpo(
         hooks.on_step(step, total, {**out, "loss": out["loss"].item(), "grad_norm": float(grad_norm),
                                     "lr": scheduler.get_last_lr()[0]})
         if eval_data and (step % config.eval_every == 0 or step == total):
-            last_eval = evaluate(model, eval_data, config, pad_id)
+            last_eval = evaluate(model, eval_data, config, pad_id, share)
             hooks.on_eval(step, last_eval)
         if step % config.checkpoint_every == 0 and step < total:
             checkpoint_save(root=checkpoints, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -178,7 +198,8 @@ def train_dpo(
     hooks.log(f"saved policy to {policy_dir}")
     return {
         "stopped": False, "steps": step, "total_steps": total, "num_pairs": num_pairs, "num_prompts": len(train_data),
-        "eval_prompts": len(eval_data), "final_eval": last_eval, "train_seconds": round(train_seconds, 3),
+        "eval_prompts": len(eval_data), "final_eval": last_eval, "prefix_sharing": share,
+        "train_seconds": round(train_seconds, 3),
         "pairs_per_second": round(pairs_seen / train_seconds, 2) if train_seconds else None,
         **policy_summary(model, config, policy_dir),
     }
