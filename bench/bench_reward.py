@@ -138,15 +138,18 @@ def held_out_accuracy(model, tokenizer, held_out, max_length: int) -> float:
 
 class StepClock(NullHooks):
     """CPU and wall seconds of the training steps only (from should_stop to on_step: evaluation excluded), and
-    the held-out accuracy at each evaluation with the step seconds spent until then."""
+    the held-out accuracy at each evaluation with the step seconds spent until then; with a ``target``, the
+    run stops at the first evaluation that reaches it (the time to accuracy is known then)."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: float | None = None) -> None:
         super().__init__()
         self.cpu = self.wall = 0.0
         self.curve: list[tuple[float, float, float]] = []  # (cpu s, wall s, held-out accuracy)
-        self._started = None
+        self.target, self._started = target, None
 
     def should_stop(self) -> bool:
+        if self.target is not None and self.curve and self.curve[-1][2] >= self.target:
+            return True
         self._started = (time.process_time(), time.perf_counter())
         return False
 
@@ -160,15 +163,15 @@ class StepClock(NullHooks):
         self.curve.append((self.cpu, self.wall, metrics["accuracy"]))
 
 
-def run_ours(config: RewardConfig, train, held_out, out: Path) -> dict:
-    started, clock = time.perf_counter(), StepClock()
+def run_ours(config: RewardConfig, train, held_out, out: Path, target: float | None = None) -> dict:
+    started, clock = time.perf_counter(), StepClock(target)
     summary = train_reward_model(config, train, held_out, output_dir=out, hooks=clock, resume=False)
-    assert summary["prefix_sharing"] == config.share_prefix, clock.messages
+    assert summary.get("prefix_sharing", config.share_prefix) == config.share_prefix, clock.messages
+    pairs = sum(metrics["pairs"] for _, metrics in clock.steps)
     return {
-        "pairs_seen": round(summary["num_pairs"] * config.epochs), "steps": summary["steps"],
-        "loop_s": clock.wall, "loop_cpu_s": clock.cpu, "call_s": time.perf_counter() - started,
-        "accuracy": summary["final_eval"]["accuracy"], "curve": clock.curve, "epochs": config.epochs,
-        "steps_per_epoch": summary["steps"] / config.epochs,
+        "pairs_seen": pairs, "steps": summary["steps"], "loop_s": clock.wall, "loop_cpu_s": clock.cpu,
+        "call_s": time.perf_counter() - started, "accuracy": clock.curve[-1][2], "curve": clock.curve,
+        "epochs": summary["steps"] / math.ceil(len(train) / config.batch_size),
     }
 
 
@@ -250,7 +253,7 @@ def bench(k: int, *, seed: int, args) -> dict:
             config = ours_config(base, batch_size=batch_size, epochs=float(args.max_epochs), threads=threads,
                                  seed=seed, learning_rate=lr,
                                  eval_every=max(1, steps_per_epoch // args.evals_per_epoch))
-            run = add_rates(run_ours(config, train, held_out, root / f"t{lr}-{batch_size}"))
+            run = add_rates(run_ours(config, train, held_out, root / f"t{lr}-{batch_size}", target=target))
             to_target[(lr, batch_size)] = {**run, "reached": time_to(run["curve"], target)}
         encoded_lengths = prompt_reply_tokens(base, groups)
     return {"k": k, "seed": seed, "rows": rows, "to_target": to_target, "oracle": oracle_accuracy(held_out),
@@ -268,7 +271,7 @@ def prompt_reply_tokens(base: str, groups, max_length: int = 256) -> tuple[float
 
 
 def print_row(k: int, who: str, seed: int, r: dict) -> None:
-    print(f"{k:>2} {who:<16} {seed:>4} {r['epochs']:>3g} {r['pairs_seen']:>7} {r['steps']:>5} {r['loop_s']:>7.2f} "
+    print(f"{k:>2} {who:<16} {seed:>4} {r['epochs']:>4.2f} {r['pairs_seen']:>7} {r['steps']:>5} {r['loop_s']:>7.2f} "
           f"{r['loop_cpu_s']:>7.2f} {r['pairs_per_s']:>8.1f} {r['pairs_per_cpu_s']:>11.1f} {r['accuracy']:>8.4f}",
           flush=True)
 
@@ -295,7 +298,7 @@ def print_summary(k: int, results: list[dict], recipes: list[tuple[float, int]],
               f"(≤ {max_epochs} epochs): reached on {len(reached)}/{n} seeds, "
               f"{mean_std(reached, 1) if reached else '-'} CPU s vs TRL {mean_std([t['loop_cpu_s'] for t in trl], 1)}; "
               f"ratio {mean_std(ratios, 2)} (per seed {', '.join(f'{x:.2f}' for x in ratios)}; 0 = not reached); "
-              f"final acc {mean_std([run['accuracy'] for run in runs])}", flush=True)
+              f"epochs run {mean_std([run['epochs'] for run in runs], 2)}", flush=True)
 
 
 def parse_recipe(text: str) -> tuple[float, int]:
@@ -315,7 +318,7 @@ def main() -> None:
     parser.add_argument("--recipes", type=parse_recipe, nargs="+", default=[(1e-3, 8)],
                         help="ours as LR:PROMPTS_PER_STEP; the first is the default (sets TRL's steps and lr)")
     parser.add_argument("--max-epochs", type=int, default=3, help="epochs of ours in the time-to-accuracy runs")
-    parser.add_argument("--evals-per-epoch", type=int, default=8)
+    parser.add_argument("--evals-per-epoch", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1,
@@ -325,7 +328,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, device cpu, tiny Llama hidden={args.hidden} "
           f"layers={args.layers}, {args.prompts} prompts per K and seed, labeler noise {args.noise}, "
           f"history {args.history_words} words, recipes {args.recipes} (lr, prompts per step)")
-    print(f"{'K':>2} {'who':<16} {'seed':>4} {'ep':>3} {'pairs':>7} {'steps':>5} {'loop s':>7} {'cpu s':>7} "
+    print(f"{'K':>2} {'who':<16} {'seed':>4} {'ep':>4} {'pairs':>7} {'steps':>5} {'loop s':>7} {'cpu s':>7} "
           f"{'pairs/s':>8} {'pairs/cpu-s':>11} {'held-out':>8}")
     for k in args.k:
         results = []
