@@ -1,47 +1,38 @@
 """Benchmark: our ranked-group reward trainer vs TRL's RewardTrainer on the same rankings expanded to pairs.
 
-    .venv/bin/python bench/bench_reward.py                # K=4 and K=8, 3 seeds, prints a table
+    .venv/bin/python bench/bench_reward.py                # K=4 and K=8, seeds 0-2, hh-like lengths
     .venv/bin/python bench/bench_reward.py --k 4 --prompts 200 --seeds 0
-    .venv/bin/python bench/bench_reward.py --noise 0     # noiseless labels
-    .venv/bin/python bench/bench_reward.py --batch-sizes 8 4 2   # our prompts per step; the first is the default
+    .venv/bin/python bench/bench_reward.py --history-words 0        # short prompts (the earlier task)
+    .venv/bin/python bench/bench_reward.py --recipes 1e-3:8 2e-3:8  # ours as lr:prompts per step; first = default
 
-Two comparisons, both printed per K over the seeds:
-(a) equal epochs: one epoch each, TRL at the same optimizer steps and pairs per step as our default recipe;
-    the throughput ratio and held-out accuracy of both, plus ours at smaller prompts-per-step (more optimizer
-    steps per epoch over the same pairs; their ratio is against the same TRL run: TRL with smaller batches
-    would likely be slower per pair too, which this does not measure).
-(b) equal compute, what a fixed GPU budget buys: ours (default recipe) for as many whole epochs (>= 1) as fit
-    in the CPU seconds TRL's training loop took for its one epoch, from ours' measured per-epoch CPU time in
-    (a); the same lr (linear decay stretched over the longer run); accuracy and time of both.
-Default recipe: 8 prompts per step (``--batch-sizes`` first entry, and RewardConfig's default). Measured over
-3 seeds (docs/reward_model.md): 4 prompts per step raised one-epoch accuracy at K=8 (0.725 vs 0.691, noisy: ±0.03)
-but dropped the K=4 ratio to 2.56, under the 2.7 target; 2 prompts per step lowered the ratio further (1.91 at K=4,
-6.05 at K=8) with no consistent gain (0.705 ± 0.035 at K=4, 0.711 ± 0.037 at K=8). Smaller steps do not
-close the equal-epochs gap to TRL at a speed that keeps the target, so 8 stays; the lever that works is epochs, i.e. the equal-compute comparison (b).
+Per K and seed, in one process:
+- throughput, one epoch each: ours without prefix sharing, ours with it (order swapped on odd seeds), and TRL at
+  the optimizer steps and pairs per step of our default recipe; pairs per second and per CPU second;
+- HEADLINE, time to TRL's one-epoch held-out accuracy: each recipe of ours (prefix sharing on) trains for up to
+  ``--max-epochs`` epochs, evaluated ``--evals-per-epoch`` times an epoch, and stops at the first evaluation at
+  or above TRL's one-epoch accuracy; its time is the CPU seconds of its training steps until then (evaluation
+  excluded), against TRL's CPU seconds for its epoch. Evaluations come every 1/4 epoch, so the time is rounded
+  up to the next one; taking the FIRST of several noisy evaluations that reaches the target is slightly in
+  ours' favour (the held-out accuracy's standard error is about 0.01 here).
+The task: each prompt asks about one topic word after an earlier exchange of ``--history-words`` filler words
+(10: the conversation is ≈ 3.7× a reply in tokens, hh-rlhf-like); its K replies mix that word and another topic
+word into filler; a labeler ranks them by (copies of the asked-for word − 0.1 × length + ``--noise`` × Gumbel
+noise), a total order with C(K,2) pairs, i.e. Bradley-Terry choices; "oracle" is the noiseless utility's accuracy
+on the same held-out labels (the ceiling). Split by prompt, 20 % held out.
 
 What is held equal, so that the ratio measures the recipe and not the setup:
 - the same tiny Llama-style reward model directory (same seed, same initial weights), same tokenizer;
-- the same rankings (``noisy_groups``): each prompt asks about one topic word; its K replies mix that word and
-  another topic word into filler; a labeler ranks them by (copies of the asked-for word − 0.1 × length +
-  ``--noise`` × Gumbel noise), a total order with C(K,2) pairs. The reward depends on prompt and reply
-  together, and Gumbel noise makes every pair a Bradley-Terry (logistic) choice as human labels are, so
-  held-out accuracy is informative rather than saturated near 0.99 as on the earlier "count sunny" task;
-  "oracle" is the noiseless utility's accuracy on the same held-out labels (the ceiling). Split by prompt;
 - the same token ids: both sides use sequences produced by ``training.ml.data.encode_group`` (same chat
-  rendering, same max_length), given to TRL pre-tokenised as ``chosen_ids``/``rejected_ids``;
-- the same optimisation: one epoch over the pairs in (a), AdamW with the same learning rate, linear decay, no
-  warm-up, gradient clipping at 1.0, fp32, no gradient checkpointing, dropout off, the same number of
-  optimizer steps (TRL's batch in pairs = our pairs per step: B prompts × their pairs);
-- the same process, machine and torch thread count, run one after the other;
-- held-out accuracy computed by the same function (``trainers.reward.evaluate``) on the same held-out
-  prompts for both final models.
-Throughput = training pairs / seconds of the training loop (ours: the step time the trainer measures,
-excluding evaluation and checkpoints, of which this run makes none; TRL: the wall time of ``trainer.train()``
-with evaluation, saving and logging off). Whole-call times (model loading, tokenisation, saving) are
-printed too, and so is throughput per CPU second of this process (``time.process_time``), which is the
-steadier figure on a shared machine where other processes take cores. The default is one torch thread:
-with several threads on a busy machine, OpenMP threads spin and wait, and both wall and CPU seconds stop
-measuring the work done.
+  rendering, max_length 256, nothing truncated), given to TRL pre-tokenised as ``chosen_ids``/``rejected_ids``;
+- the same optimisation as the default recipe: AdamW at the same learning rate, linear decay, no warm-up,
+  gradient clipping at 1.0, fp32, dropout off, the same optimizer steps per epoch (TRL's batch in pairs = our
+  pairs per step: B prompts × their pairs);
+- the same process, machine and torch thread count (1: with several threads on a busy machine OpenMP threads
+  spin, and neither wall nor CPU seconds measure the work), run one after the other;
+- held-out accuracy from the same function (``trainers.reward.evaluate``) on the same held-out prompts.
+Throughput = training pairs / seconds of the training steps (ours: should_stop to on_step of each step; TRL: the
+whole ``trainer.train()`` with evaluation, saving and logging off). CPU seconds (``time.process_time``) are the
+steadier figure on a shared machine; wall seconds are printed too.
 """
 from __future__ import annotations
 
