@@ -273,7 +273,8 @@ def print_summary(k: int, results: list[dict], recipes: list[tuple[float, int]],
     print(f"K={k} throughput, one epoch each, mean ± std over {n} seeds (pairs per second ours / TRL):")
     for name in ("shared", "unshared"):
         rows = [r["rows"][name] for r in results]
-        print(f"    ours {name:<8} {mean_std([o['pairs_per_s'] / t['pairs_per_s'] for o, t in zip(rows, trl)], 2)} wall, "
+        wall = mean_std([o["pairs_per_s"] / t["pairs_per_s"] for o, t in zip(rows, trl)], 2)
+        print(f"    ours {name:<8} {wall} wall, "
               f"{mean_std([o['pairs_per_cpu_s'] / t['pairs_per_cpu_s'] for o, t in zip(rows, trl)], 2)} CPU; "
               f"one-epoch held-out acc {mean_std([o['accuracy'] for o in rows])}", flush=True)
     shared_gain = [r["rows"]["shared"]["pairs_per_cpu_s"] / r["rows"]["unshared"]["pairs_per_cpu_s"] for r in results]

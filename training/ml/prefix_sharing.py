@@ -106,6 +106,12 @@ def score_head(model) -> torch.nn.Module | None:
     return getattr(_unwrap(model), "score", None)
 
 
+def _mask_dtype(model) -> torch.dtype:
+    """Eager attention adds the mask to the scores (float); sdpa and the rest take booleans."""
+    eager = getattr(_unwrap(model).config, "_attn_implementation", "sdpa") == "eager"
+    return next(model.parameters()).dtype if eager else torch.bool
+
+
 def _unwrap(model):
     inner = getattr(model, "module", model)  # DDP
     return inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
@@ -124,11 +130,9 @@ def packed_rewards(model, packed: dict[str, torch.Tensor], device: torch.device)
     captured: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda module, args, output: captured.append(output))
     try:
-        segments = packed["segments"].to(device)
-        eager = getattr(_unwrap(model).config, "_attn_implementation", "sdpa") == "eager"
-        dtype = next(model.parameters()).dtype if eager else torch.bool  # eager adds the mask; sdpa takes bools
+        mask = block_attention_mask(packed["segments"].to(device), _mask_dtype(model))  # (B, 1, L, L)
         model(input_ids=packed["input_ids"].to(device), position_ids=packed["position_ids"].to(device),
-              attention_mask=block_attention_mask(segments, dtype))
+              attention_mask=mask)
     finally:
         handle.remove()
     token_scores = captured[-1].reshape(-1, captured[-1].shape[-1])  # (B·L, 1)
@@ -185,11 +189,9 @@ def packed_logprobs(model, groups: list[list[tuple[list[int], list[int]]]], pad_
                 owner.append(n)
             offset += length - shared
             n += 1
-    eager = getattr(_unwrap(model).config, "_attn_implementation", "sdpa") == "eager"
-    segments = packed["segments"].to(device)
+    mask = block_attention_mask(packed["segments"].to(device), _mask_dtype(model))  # (B, 1, L, L)
     logits = model(input_ids=packed["input_ids"].to(device), position_ids=packed["position_ids"].to(device),
-                   attention_mask=block_attention_mask(segments, next(model.parameters()).dtype if eager else torch.bool),
-                   ).logits  # (B, L, V)
+                   attention_mask=mask).logits  # (B, L, V)
     flat = logits.reshape(-1, logits.shape[-1])  # (B·L, V)
     predecessor, target = torch.tensor(predecessor, device=device), torch.tensor(target, device=device)
     tokens = packed["input_ids"].to(device).reshape(-1)[target]  # (M,)

@@ -150,3 +150,10 @@ def test_dpo_first_step_is_the_same_with_and_without_sharing(tmp_path, tokenizer
     assert steps[1][0] == pytest.approx(steps[0][0], abs=1e-5)  # same policy, same batch: the same loss
     assert steps[1] == pytest.approx(steps[0], abs=1e-3)  # and the same updates, up to summation order
     assert steps[1][-1] < steps[1][0]
+
+
+def test_eager_attention_takes_the_additive_mask(tokenizer, tmp_path):
+    path = build_tiny_reward_model(tmp_path, tokenizer, seed=3)
+    model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="eager")
+    groups = random_groups(4, seed=11, pad_id=tokenizer.pad_token_id, vocab=len(tokenizer))
+    assert sharing_error(model, groups, tokenizer.pad_token_id, torch.device("cpu")) < 1e-5
