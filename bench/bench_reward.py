@@ -1,47 +1,38 @@
 """Benchmark: our ranked-group reward trainer vs TRL's RewardTrainer on the same rankings expanded to pairs.
 
-    .venv/bin/python bench/bench_reward.py                # K=4 and K=8, 3 seeds, prints a table
+    .venv/bin/python bench/bench_reward.py                # K=4 and K=8, seeds 0-2, hh-like lengths
     .venv/bin/python bench/bench_reward.py --k 4 --prompts 200 --seeds 0
-    .venv/bin/python bench/bench_reward.py --noise 0     # noiseless labels
-    .venv/bin/python bench/bench_reward.py --batch-sizes 8 4 2   # our prompts per step; the first is the default
+    .venv/bin/python bench/bench_reward.py --history-words 0        # short prompts (the earlier task)
+    .venv/bin/python bench/bench_reward.py --recipes 1e-3:8 2e-3:8  # ours as lr:prompts per step; first = default
 
-Two comparisons, both printed per K over the seeds:
-(a) equal epochs: one epoch each, TRL at the same optimizer steps and pairs per step as our default recipe;
-    the throughput ratio and held-out accuracy of both, plus ours at smaller prompts-per-step (more optimizer
-    steps per epoch over the same pairs; their ratio is against the same TRL run: TRL with smaller batches
-    would likely be slower per pair too, which this does not measure).
-(b) equal compute, what a fixed GPU budget buys: ours (default recipe) for as many whole epochs (>= 1) as fit
-    in the CPU seconds TRL's training loop took for its one epoch, from ours' measured per-epoch CPU time in
-    (a); the same lr (linear decay stretched over the longer run); accuracy and time of both.
-Default recipe: 8 prompts per step (``--batch-sizes`` first entry, and RewardConfig's default). Measured over
-3 seeds (docs/reward_model.md): 4 prompts per step raised one-epoch accuracy at K=8 (0.725 vs 0.691, noisy: ±0.03)
-but dropped the K=4 ratio to 2.56, under the 2.7 target; 2 prompts per step lowered the ratio further (1.91 at K=4,
-6.05 at K=8) with no consistent gain (0.705 ± 0.035 at K=4, 0.711 ± 0.037 at K=8). Smaller steps do not
-close the equal-epochs gap to TRL at a speed that keeps the target, so 8 stays; the lever that works is epochs, i.e. the equal-compute comparison (b).
+Per K and seed, in one process:
+- throughput, one epoch each: ours without prefix sharing, ours with it (order swapped on odd seeds), and TRL at
+  the optimizer steps and pairs per step of our default recipe; pairs per second and per CPU second;
+- HEADLINE, time to TRL's one-epoch held-out accuracy: each recipe of ours (prefix sharing on) trains for up to
+  ``--max-epochs`` epochs, evaluated ``--evals-per-epoch`` times an epoch, and stops at the first evaluation at
+  or above TRL's one-epoch accuracy; its time is the CPU seconds of its training steps until then (evaluation
+  excluded), against TRL's CPU seconds for its epoch. Evaluations come every 1/4 epoch, so the time is rounded
+  up to the next one; taking the FIRST of several noisy evaluations that reaches the target is slightly in
+  ours' favour (the held-out accuracy's standard error is about 0.01 here).
+The task: each prompt asks about one topic word after an earlier exchange of ``--history-words`` filler words
+(10: the conversation is ≈ 3.7× a reply in tokens, hh-rlhf-like); its K replies mix that word and another topic
+word into filler; a labeler ranks them by (copies of the asked-for word − 0.1 × length + ``--noise`` × Gumbel
+noise), a total order with C(K,2) pairs, i.e. Bradley-Terry choices; "oracle" is the noiseless utility's accuracy
+on the same held-out labels (the ceiling). Split by prompt, 20 % held out.
 
 What is held equal, so that the ratio measures the recipe and not the setup:
 - the same tiny Llama-style reward model directory (same seed, same initial weights), same tokenizer;
-- the same rankings (``noisy_groups``): each prompt asks about one topic word; its K replies mix that word and
-  another topic word into filler; a labeler ranks them by (copies of the asked-for word − 0.1 × length +
-  ``--noise`` × Gumbel noise), a total order with C(K,2) pairs. The reward depends on prompt and reply
-  together, and Gumbel noise makes every pair a Bradley-Terry (logistic) choice as human labels are, so
-  held-out accuracy is informative rather than saturated near 0.99 as on the earlier "count sunny" task;
-  "oracle" is the noiseless utility's accuracy on the same held-out labels (the ceiling). Split by prompt;
 - the same token ids: both sides use sequences produced by ``training.ml.data.encode_group`` (same chat
-  rendering, same max_length), given to TRL pre-tokenised as ``chosen_ids``/``rejected_ids``;
-- the same optimisation: one epoch over the pairs in (a), AdamW with the same learning rate, linear decay, no
-  warm-up, gradient clipping at 1.0, fp32, no gradient checkpointing, dropout off, the same number of
-  optimizer steps (TRL's batch in pairs = our pairs per step: B prompts × their pairs);
-- the same process, machine and torch thread count, run one after the other;
-- held-out accuracy computed by the same function (``trainers.reward.evaluate``) on the same held-out
-  prompts for both final models.
-Throughput = training pairs / seconds of the training loop (ours: the step time the trainer measures,
-excluding evaluation and checkpoints, of which this run makes none; TRL: the wall time of ``trainer.train()``
-with evaluation, saving and logging off). Whole-call times (model loading, tokenisation, saving) are
-printed too, and so is throughput per CPU second of this process (``time.process_time``), which is the
-steadier figure on a shared machine where other processes take cores. The default is one torch thread:
-with several threads on a busy machine, OpenMP threads spin and wait, and both wall and CPU seconds stop
-measuring the work done.
+  rendering, max_length 256, nothing truncated), given to TRL pre-tokenised as ``chosen_ids``/``rejected_ids``;
+- the same optimisation as the default recipe: AdamW at the same learning rate, linear decay, no warm-up,
+  gradient clipping at 1.0, fp32, dropout off, the same optimizer steps per epoch (TRL's batch in pairs = our
+  pairs per step: B prompts × their pairs);
+- the same process, machine and torch thread count (1: with several threads on a busy machine OpenMP threads
+  spin, and neither wall nor CPU seconds measure the work), run one after the other;
+- held-out accuracy from the same function (``trainers.reward.evaluate``) on the same held-out prompts.
+Throughput = training pairs / seconds of the training steps (ours: should_stop to on_step of each step; TRL: the
+whole ``trainer.train()`` with evaluation, saving and logging off). CPU seconds (``time.process_time``) are the
+steadier figure on a shared machine; wall seconds are printed too.
 """
 from __future__ import annotations
 
@@ -78,12 +69,15 @@ def clean_utility(reply: str, topic: str) -> float:
     return words.count(topic) - 0.1 * len(words)
 
 
-def noisy_groups(num_prompts: int, k: int, *, seed: int, noise: float) -> list[RankedGroup]:
+def noisy_groups(num_prompts: int, k: int, *, seed: int, noise: float, history_words: int = 0) -> list[RankedGroup]:
     """K replies per prompt, ranked once by a labeler whose utility carries Gumbel(0, noise) noise.
 
     Each prompt asks about one of TOPICS; every reply mixes 0-2 copies of that word and 0-2 of another topic
     into 4-10 filler words, so the reward depends on the prompt and the reply together (the model must read
     both), and the labeler's choices are Bradley-Terry (logistic) in the utility difference.
+    ``history_words`` > 0 puts an earlier user/assistant exchange of that many filler words before the
+    question (hh-rlhf-like: the conversation several times longer than a reply); it uses its own random
+    stream, so the replies and labels are those of ``history_words=0``.
     """
     rng = random.Random(seed)
     groups = []
@@ -100,6 +94,11 @@ def noisy_groups(num_prompts: int, k: int, *, seed: int, noise: float) -> list[R
             utility.append(clean_utility(replies[-1], topic) + noise * gumbel)
         order = sorted(range(k), key=lambda i: -utility[i])
         messages = [{"role": "user", "content": f"Tell me about {topic} things, day {prompt_id}."}]
+        if history_words:
+            history = random.Random(seed * 1_000_003 + prompt_id).choices(FILLER, k=history_words)
+            half = history_words // 2
+            messages = [{"role": "user", "content": " ".join(history[:half])},
+                        {"role": "assistant", "content": " ".join(history[half:])}] + messages
         groups.append(RankedGroup(prompt_id=prompt_id, messages=messages, responses=replies,
                                   rankings=[[[i] for i in order]]))
     return groups
@@ -110,7 +109,7 @@ def oracle_accuracy(groups: list[RankedGroup]) -> float:
     (in expectation; on a finite held-out set a model can land above it by chance)."""
     diffs = []
     for g in groups:
-        topic = g.messages[0]["content"].split()[3]
+        topic = g.messages[-1]["content"].split()[3]
         diffs += [clean_utility(g.responses[w], topic) - clean_utility(g.responses[l], topic) for w, l, _, _ in g.pairs()]
     hits = [1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diffs]  # a tie counts one half, as in pairwise_accuracy
     return sum(hits) / max(len(hits), 1)
@@ -128,34 +127,42 @@ def held_out_accuracy(model, tokenizer, held_out, max_length: int) -> float:
     return evaluate(model, encoded, collate, torch.device("cpu"), batch_size=16)["accuracy"]
 
 
-class LoopClock(NullHooks):
-    """CPU seconds of this process from the first step's start (first should_stop) to the last step's end."""
+class StepClock(NullHooks):
+    """CPU and wall seconds of the training steps only (from should_stop to on_step: evaluation excluded), and
+    the held-out accuracy at each evaluation with the step seconds spent until then; with a ``target``, the
+    run stops at the first evaluation that reaches it (the time to accuracy is known then)."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: float | None = None) -> None:
         super().__init__()
-        self.first = self.last = None
+        self.cpu = self.wall = 0.0
+        self.curve: list[tuple[float, float, float]] = []  # (cpu s, wall s, held-out accuracy)
+        self.target, self._started = target, None
 
     def should_stop(self) -> bool:
-        if self.first is None:
-            self.first = time.process_time()
+        if self.target is not None and self.curve and self.curve[-1][2] >= self.target:
+            return True
+        self._started = (time.process_time(), time.perf_counter())
         return False
 
     def on_step(self, step, total, metrics) -> None:
         super().on_step(step, total, metrics)
-        self.last = time.process_time()
+        self.cpu += time.process_time() - self._started[0]
+        self.wall += time.perf_counter() - self._started[1]
+
+    def on_eval(self, step, metrics) -> None:
+        super().on_eval(step, metrics)
+        self.curve.append((self.cpu, self.wall, metrics["accuracy"]))
 
 
-def run_ours(config: RewardConfig, train, held_out, out: Path) -> dict:
-    started, clock = time.perf_counter(), LoopClock()
+def run_ours(config: RewardConfig, train, held_out, out: Path, target: float | None = None) -> dict:
+    started, clock = time.perf_counter(), StepClock(target)
     summary = train_reward_model(config, train, held_out, output_dir=out, hooks=clock, resume=False)
+    assert summary.get("prefix_sharing", config.share_prefix) == config.share_prefix, clock.messages
+    pairs = sum(metrics["pairs"] for _, metrics in clock.steps)
     return {
-        "pairs": summary["num_pairs"],
-        "pairs_seen": round(summary["num_pairs"] * config.epochs),
-        "steps": summary["steps"],
-        "loop_s": summary["train_seconds"],
-        "loop_cpu_s": clock.last - clock.first,
-        "call_s": time.perf_counter() - started,
-        "accuracy": summary["final_eval"]["accuracy"],
+        "pairs_seen": pairs, "steps": summary["steps"], "loop_s": clock.wall, "loop_cpu_s": clock.cpu,
+        "call_s": time.perf_counter() - started, "accuracy": clock.curve[-1][2], "curve": clock.curve,
+        "epochs": summary["steps"] / math.ceil(len(train) / config.batch_size),
     }
 
 
@@ -183,20 +190,17 @@ def run_trl(config: RewardConfig, train, held_out, out: Path, pairs_per_step: in
     result = trainer.train()
     loop_s, loop_cpu_s = time.perf_counter() - loop_started, time.process_time() - cpu_started
     return {
-        "pairs": len(rows),
-        "pairs_seen": len(rows),
-        "steps": result.global_step,
-        "loop_s": loop_s,
-        "loop_cpu_s": loop_cpu_s,
-        "call_s": time.perf_counter() - started,
+        "pairs_seen": len(rows), "steps": result.global_step, "loop_s": loop_s, "loop_cpu_s": loop_cpu_s,
+        "call_s": time.perf_counter() - started, "epochs": 1,
         "accuracy": held_out_accuracy(trainer.model.eval(), tokenizer, held_out, config.max_length),
     }
 
 
-def ours_config(base: str, *, batch_size: int, epochs: float, threads: int, seed: int) -> RewardConfig:
+def ours_config(base: str, *, batch_size: int, epochs: float, threads: int, seed: int, learning_rate: float = 1e-3,
+                share_prefix: bool = True, eval_every: int = 10**6) -> RewardConfig:
     return RewardConfig(
-        base_model=base, batch_size=batch_size, epochs=epochs, learning_rate=1e-3, max_length=128,
-        eval_every=10**6, checkpoint_every=10**6, num_threads=threads, seed=seed,
+        base_model=base, batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, max_length=256,
+        eval_every=eval_every, checkpoint_every=10**6, num_threads=threads, seed=seed, share_prefix=share_prefix,
     )
 
 
@@ -206,61 +210,92 @@ def add_rates(row: dict) -> dict:
     return row
 
 
-def bench(k: int, *, prompts: int, batch_sizes: list[int], hidden: int, layers: int, threads: int, seed: int,
-          noise: float) -> dict:
-    """One seed at one K: (a) ours at each prompts-per-step for one epoch and TRL for one epoch at the steps and
-    pairs per step of ``batch_sizes[0]`` (the default recipe); (b) ours (default recipe) for as many whole epochs
-    as fit in TRL's measured CPU seconds for its one epoch, with the linear decay stretched over the longer run."""
-    groups = noisy_groups(prompts, k, seed=seed, noise=noise)
+def time_to(curve: list[tuple[float, float, float]], target: float) -> tuple[float, float] | None:
+    """(cpu s, wall s) of training steps until the first evaluation at or above ``target``; None if never."""
+    return next(((cpu, wall) for cpu, wall, accuracy in curve if accuracy >= target), None)
+
+
+def bench(k: int, *, seed: int, args) -> dict:
+    """One seed at one K.
+
+    Throughput, one epoch each, one after the other in this process: ours without prefix sharing, ours with it
+    (the order swapped on odd seeds), TRL at the optimizer steps and pairs per step of our default recipe.
+    Time to accuracy: each recipe in ``args.recipes`` (lr, prompts per step; the first is the default) trains
+    for ``args.max_epochs`` epochs with prefix sharing, evaluated ``args.evals_per_epoch`` times per epoch; its
+    time is the training-step CPU seconds until the first evaluation at or above TRL's one-epoch accuracy.
+    """
+    groups = noisy_groups(args.prompts, k, seed=seed, noise=args.noise, history_words=args.history_words)
     train, held_out = split_by_prompt(groups, 0.2, seed=seed)
-    default = batch_sizes[0]
+    (lr, batch_size), threads = args.recipes[0], args.threads
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        base = build_model(root / "base", groups, hidden=hidden, layers=layers, seed=seed)
-        sweep = {}
-        for batch_size in batch_sizes:
-            config = ours_config(base, batch_size=batch_size, epochs=1.0, threads=threads, seed=seed)
-            sweep[batch_size] = add_rates({**run_ours(config, train, held_out, root / f"ours{batch_size}"), "epochs": 1})
-        ours = sweep[default]
-        pairs_per_step = -(-ours["pairs"] // ours["steps"])  # same optimizer steps and pairs per step
-        config = ours_config(base, batch_size=default, epochs=1.0, threads=threads, seed=seed)
-        theirs = add_rates({**run_trl(config, train, held_out, root / "trl", pairs_per_step), "epochs": 1})
-        epochs = max(1, math.floor(theirs["loop_cpu_s"] / ours["loop_cpu_s"]))  # whole epochs in TRL's CPU time
-        config = ours_config(base, batch_size=default, epochs=float(epochs), threads=threads, seed=seed)
-        equal_compute = add_rates({**run_ours(config, train, held_out, root / "ours_long"), "epochs": epochs})
-    return {
-        "k": k, "seed": seed, "sweep": sweep, "ours": ours, "trl": theirs, "equal_compute": equal_compute,
-        "oracle": oracle_accuracy(held_out),
-    }
+        base = build_model(root / "base", groups, hidden=args.hidden, layers=args.layers, seed=seed)
+        rows = {}
+        for share in ((False, True) if seed % 2 == 0 else (True, False)):
+            config = ours_config(base, batch_size=batch_size, epochs=1.0, threads=threads, seed=seed,
+                                 learning_rate=lr, share_prefix=share)
+            rows["shared" if share else "unshared"] = add_rates(run_ours(config, train, held_out, root / f"o{share}"))
+        pairs_per_step = -(-rows["shared"]["pairs_seen"] // rows["shared"]["steps"])
+        config = ours_config(base, batch_size=batch_size, epochs=1.0, threads=threads, seed=seed, learning_rate=lr)
+        rows["trl"] = add_rates(run_trl(config, train, held_out, root / "trl", pairs_per_step))
+        target, to_target = rows["trl"]["accuracy"], {}
+        for lr, batch_size in args.recipes:
+            steps_per_epoch = math.ceil(len(train) / batch_size)
+            config = ours_config(base, batch_size=batch_size, epochs=float(args.max_epochs), threads=threads,
+                                 seed=seed, learning_rate=lr,
+                                 eval_every=max(1, steps_per_epoch // args.evals_per_epoch))
+            run = add_rates(run_ours(config, train, held_out, root / f"t{lr}-{batch_size}", target=target))
+            to_target[(lr, batch_size)] = {**run, "reached": time_to(run["curve"], target)}
+        encoded_lengths = prompt_reply_tokens(base, groups)
+    return {"k": k, "seed": seed, "rows": rows, "to_target": to_target, "oracle": oracle_accuracy(held_out),
+            "tokens": encoded_lengths}
+
+
+def prompt_reply_tokens(base: str, groups, max_length: int = 256) -> tuple[float, float]:
+    """Mean tokens of the shared conversation and of a reply (the part after it), as the trainer encodes them."""
+    from training.ml.prefix_sharing import shared_prefix_length
+
+    encoded, _ = encode_groups(AutoTokenizer.from_pretrained(base), groups, max_length=max_length)
+    shared = [shared_prefix_length(g.input_ids) for g in encoded]
+    replies = [len(seq) - p for g, p in zip(encoded, shared) for seq in g.input_ids]
+    return statistics.fmean(shared), statistics.fmean(replies)
 
 
 def print_row(k: int, who: str, seed: int, r: dict) -> None:
-    print(f"{k:>2} {who:<11} {seed:>4} {r['epochs']:>3} {r['pairs_seen']:>7} {r['steps']:>5} {r['loop_s']:>7.2f} "
-          f"{r['loop_cpu_s']:>7.2f} {r['call_s']:>7.2f} {r['pairs_per_s']:>8.1f} {r['pairs_per_cpu_s']:>11.1f} "
-          f"{r['accuracy']:>8.4f}", flush=True)
+    print(f"{k:>2} {who:<16} {seed:>4} {r['epochs']:>4.2f} {r['pairs_seen']:>7} {r['steps']:>5} {r['loop_s']:>7.2f} "
+          f"{r['loop_cpu_s']:>7.2f} {r['pairs_per_s']:>8.1f} {r['pairs_per_cpu_s']:>11.1f} {r['accuracy']:>8.4f}",
+          flush=True)
 
 
-def print_summary(k: int, results: list[dict], batch_sizes: list[int]) -> None:
-    n, default = len(results), batch_sizes[0]
-    print(f"K={k} (a) equal epochs (one epoch each; TRL at the steps and pairs per step of our B={default}), "
-          f"mean ± std over {n} seeds; ratio = pairs per second ours/TRL (bound from forward counts: K-1 = {k - 1}):")
-    for batch_size in batch_sizes:
-        rows = [r["sweep"][batch_size] for r in results]
-        ratio = statistics.fmean(o["pairs_per_s"] / r["trl"]["pairs_per_s"] for o, r in zip(rows, results))
-        cpu_ratio = statistics.fmean(o["pairs_per_cpu_s"] / r["trl"]["pairs_per_cpu_s"] for o, r in zip(rows, results))
-        print(f"    ours B={batch_size:<2} ratio {ratio:.2f} wall, {cpu_ratio:.2f} CPU; held-out acc "
-              f"{mean_std([o['accuracy'] for o in rows])}; ours − TRL per seed "
-              f"{mean_std([o['accuracy'] - r['trl']['accuracy'] for o, r in zip(rows, results)])}", flush=True)
-    print(f"    TRL        held-out acc {mean_std([r['trl']['accuracy'] for r in results])}; "
+def print_summary(k: int, results: list[dict], recipes: list[tuple[float, int]], max_epochs: int) -> None:
+    n = len(results)
+    trl = [r["rows"]["trl"] for r in results]
+    print(f"K={k} throughput, one epoch each, mean ± std over {n} seeds (pairs per second ours / TRL):")
+    for name in ("shared", "unshared"):
+        rows = [r["rows"][name] for r in results]
+        wall = mean_std([o["pairs_per_s"] / t["pairs_per_s"] for o, t in zip(rows, trl)], 2)
+        print(f"    ours {name:<8} {wall} wall, "
+              f"{mean_std([o['pairs_per_cpu_s'] / t['pairs_per_cpu_s'] for o, t in zip(rows, trl)], 2)} CPU; "
+              f"one-epoch held-out acc {mean_std([o['accuracy'] for o in rows])}", flush=True)
+    shared_gain = [r["rows"]["shared"]["pairs_per_cpu_s"] / r["rows"]["unshared"]["pairs_per_cpu_s"] for r in results]
+    print(f"    prefix sharing alone: {mean_std(shared_gain, 2)}× pairs per CPU s; TRL one-epoch held-out acc "
+          f"{mean_std([t['accuracy'] for t in trl])} in {mean_std([t['loop_cpu_s'] for t in trl], 1)} CPU s; "
           f"oracle {mean_std([r['oracle'] for r in results])}", flush=True)
-    long = [r["equal_compute"] for r in results]
-    print(f"K={k} (b) equal compute (ours B={default} for the whole epochs that fit in TRL's one-epoch CPU time: "
-          f"{', '.join(str(e['epochs']) for e in long)} epochs): held-out acc ours {mean_std([e['accuracy'] for e in long])} "
-          f"in {mean_std([e['loop_cpu_s'] for e in long], 1)} CPU s ({mean_std([e['loop_s'] for e in long], 1)} wall s), "
-          f"TRL {mean_std([r['trl']['accuracy'] for r in results])} in "
-          f"{mean_std([r['trl']['loop_cpu_s'] for r in results], 1)} CPU s "
-          f"({mean_std([r['trl']['loop_s'] for r in results], 1)} wall s); ours − TRL per seed "
-          f"{mean_std([e['accuracy'] - r['trl']['accuracy'] for e, r in zip(long, results)])}", flush=True)
+    for index, recipe in enumerate(recipes):
+        runs = [r["to_target"][recipe] for r in results]
+        ratios = [t["loop_cpu_s"] / run["reached"][0] if run["reached"] else 0.0 for run, t in zip(runs, trl)]
+        reached = [run["reached"][0] for run in runs if run["reached"]]
+        label = "HEADLINE " if index == 0 else "         "
+        print(f"K={k} {label}time to TRL's one-epoch held-out accuracy, ours lr {recipe[0]:g} B={recipe[1]} "
+              f"(≤ {max_epochs} epochs): reached on {len(reached)}/{n} seeds, "
+              f"{mean_std(reached, 1) if reached else '-'} CPU s vs TRL {mean_std([t['loop_cpu_s'] for t in trl], 1)}; "
+              f"ratio {mean_std(ratios, 2)} (per seed {', '.join(f'{x:.2f}' for x in ratios)}; 0 = not reached); "
+              f"epochs run {mean_std([run['epochs'] for run in runs], 2)}", flush=True)
+
+
+def parse_recipe(text: str) -> tuple[float, int]:
+    lr, batch_size = text.split(":")
+    return float(lr), int(batch_size)
 
 
 def main() -> None:
@@ -270,9 +305,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=1000, help="prompts per K (80%% train, 20%% held out)")
     parser.add_argument("--noise", type=float, default=0.5,
                         help="scale of the labeler's Gumbel noise (0: noiseless, near-saturated task)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 4, 2],
-                        help="our prompts per step to compare at one epoch; the first is the default recipe, "
-                             "which sets TRL's steps and is the one trained at equal compute")
+    parser.add_argument("--history-words", type=int, default=10,
+                        help="filler words of earlier conversation: 10 makes the prompt ≈ 3.7× a reply in tokens")
+    parser.add_argument("--recipes", type=parse_recipe, nargs="+", default=[(1e-3, 8)],
+                        help="ours as LR:PROMPTS_PER_STEP; the first is the default (sets TRL's steps and lr)")
+    parser.add_argument("--max-epochs", type=int, default=3, help="epochs of ours in the time-to-accuracy runs")
+    parser.add_argument("--evals-per-epoch", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1,
@@ -280,22 +318,28 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"torch {torch.__version__}, {args.threads} threads, device cpu, tiny Llama hidden={args.hidden} "
-          f"layers={args.layers}, {args.prompts} prompts per K and seed, our prompts per step {args.batch_sizes} "
-          f"(default {args.batch_sizes[0]}), labeler noise {args.noise}")
-    print(f"{'K':>2} {'who':<11} {'seed':>4} {'ep':>3} {'pairs':>7} {'steps':>5} {'loop s':>7} {'cpu s':>7} "
-          f"{'call s':>7} {'pairs/s':>8} {'pairs/cpu-s':>11} {'held-out':>8}")
+          f"layers={args.layers}, {args.prompts} prompts per K and seed, labeler noise {args.noise}, "
+          f"history {args.history_words} words, recipes {args.recipes} (lr, prompts per step)")
+    print(f"{'K':>2} {'who':<16} {'seed':>4} {'ep':>4} {'pairs':>7} {'steps':>5} {'loop s':>7} {'cpu s':>7} "
+          f"{'pairs/s':>8} {'pairs/cpu-s':>11} {'held-out':>8}")
     for k in args.k:
         results = []
         for seed in args.seeds:
-            result = bench(k, prompts=args.prompts, batch_sizes=args.batch_sizes, hidden=args.hidden,
-                           layers=args.layers, threads=args.threads, seed=seed, noise=args.noise)
+            result = bench(k, seed=seed, args=args)
             results.append(result)
-            for batch_size, row in result["sweep"].items():
-                print_row(k, f"ours B={batch_size}", seed, row)
-            print_row(k, "trl", seed, result["trl"])
-            print_row(k, f"ours B={args.batch_sizes[0]}", seed, result["equal_compute"])
-            print(f"{k:>2} {'oracle':<11} {seed:>4} {'':>68} {result['oracle']:>8.4f}", flush=True)
-        print_summary(k, results, args.batch_sizes)
+            for name, row in result["rows"].items():
+                print_row(k, name, seed, row)
+            for (lr, batch_size), row in result["to_target"].items():
+                reached = row["reached"]
+                print_row(k, f"lr{lr:g} B={batch_size}", seed, row)
+                print(f"{'':>8} curve (cpu s, acc): "
+                      f"{' '.join(f'{c:.1f}:{a:.3f}' for c, _, a in row['curve'])}; reached TRL's "
+                      f"{result['rows']['trl']['accuracy']:.4f} at {f'{reached[0]:.2f} CPU s' if reached else 'never'}",
+                      flush=True)
+            prompt, reply = result["tokens"]
+            print(f"{k:>2} {'oracle':<16} {seed:>4} {result['oracle']:.4f}; tokens: conversation {prompt:.1f}, "
+                  f"reply {reply:.1f} ({prompt / reply:.2f}×)", flush=True)
+        print_summary(k, results, args.recipes, args.max_epochs)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

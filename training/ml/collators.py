@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from training.ml.data import EncodedGroup
+from training.ml.prefix_sharing import pack_groups
 
 
 def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +50,7 @@ class RankedGroupCollator:
     """
 
     pad_token_id: int
+    share_prefix: bool = False  # one packed row per group instead (``training.ml.prefix_sharing.pack_groups``)
 
     def __call__(self, groups: list[EncodedGroup]) -> dict[str, torch.Tensor]:
         sequences, chosen, rejected, margins, weights = [], [], [], [], []
@@ -60,12 +62,13 @@ class RankedGroupCollator:
                 rejected.append(offset + l)
                 margins.append(float(m))
                 weights.append(float(weight))
-        input_ids, attention_mask = pad_right(sequences, self.pad_token_id)  # (N, T), (N, T)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
+        pairs = {
             "chosen": torch.tensor(chosen, dtype=torch.long),  # (P,)
             "rejected": torch.tensor(rejected, dtype=torch.long),  # (P,)
             "margins": torch.tensor(margins, dtype=torch.float),  # (P,) tier distance
             "weights": torch.tensor(weights, dtype=torch.float),  # (P,)
         }
+        if self.share_prefix:  # (B, L) rows [prefix, suffix_1, …, suffix_K] and the (N,) reward positions
+            return {**pack_groups([g.input_ids for g in groups], self.pad_token_id), **pairs}
+        input_ids, attention_mask = pad_right(sequences, self.pad_token_id)  # (N, T), (N, T)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, **pairs}

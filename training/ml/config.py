@@ -167,6 +167,9 @@ class RewardConfig(TrainConfig):
     disable_dropout: bool = setting(True, help="turn dropout off (as TRL does): rewards of one batch stay comparable")
     mixed_precision: str = setting("auto", choices=("no", "bf16", "auto"),
                                    help="bf16 autocast of forward passes (auto: bf16 on a GPU that has it); ml.precision")
+    share_prefix: bool = setting(
+        True, help="encode a prompt once for its K responses (decoders; checked against the unshared rewards first)"
+    )
 
 
 @dataclass
@@ -193,6 +196,9 @@ class DPOConfig(TrainConfig):
     margin_weighting: bool = setting(False, help="weigh each pair by its tier distance")
     use_ranking_weights: bool = setting(True, help="weigh each pair by its ranking's weight")
     adapter: str = setting("", help="LoRA adapter directory to start from (the previous policy's), or empty")
+    share_prefix: bool = setting(
+        True, help="encode a prompt once for its K responses (checked against the unshared log-probs first)"
+    )
 
 
 @dataclass

@@ -69,6 +69,7 @@ def test_train_dpo_raises_implicit_reward_accuracy_and_changes_params(base_dir, 
     train, held_out = _toy_groups(48, seed=1), _toy_groups(16, seed=2)
     summary = train_dpo(_config(base_dir), train, held_out, output_dir=tmp_path, hooks=hooks)
     assert summary["num_pairs"] == 48 * 4 and not summary["stopped"]
+    assert summary["prefix_sharing"] is True  # the default: one packed row per prompt
     assert any("no stored reference log-prob" in m for m in hooks.messages)
     first, last = hooks.steps[0][1], hooks.steps[-1][1]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at step 1

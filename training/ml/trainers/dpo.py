@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from training.ml import distributed, losses
+from training.ml import distributed, losses, prefix_sharing
 from training.ml.checkpoint import checkpoint_save
 from training.ml.config import DPOConfig
 from training.ml.generation import collate_scoring, encode_many, sequence_logprobs, token_logprobs
@@ -74,8 +74,11 @@ def encode_dpo_groups(tokenizer, groups: list[RankedGroup], refs: list[list[floa
     return out
 
 
-def dpo_batch(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int) -> dict:
-    """Loss (with grad) and metrics of a batch: one forward over all Σ K responses, then every pair."""
+def dpo_batch(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, share_prefix: bool = False) -> dict:
+    """Loss (with grad) and metrics of a batch: one forward over all Σ K responses, then every pair.
+
+    With ``share_prefix`` a group is one packed row [prompt, response_1, …, response_K] (``prefix_sharing``).
+    """
     sequences, ref, chosen, rejected, weights = [], [], [], [], []
     for group in groups:
         offset = len(sequences)
@@ -86,8 +89,11 @@ def dpo_batch(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int) -> 
             rejected.append(offset + l)
             weights.append(weight)
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in collate_scoring(sequences, pad_id).items()}
-    logp = token_logprobs(model, batch).sum(dim=1)  # (N,) log π(y|x) of each response
+    if share_prefix:
+        logp = prefix_sharing.packed_logprobs(model, [g.sequences for g in groups], pad_id, device)  # (N,)
+    else:
+        batch = {k: v.to(device) for k, v in collate_scoring(sequences, pad_id).items()}
+        logp = token_logprobs(model, batch).sum(dim=1)  # (N,) log π(y|x) of each response
     ref_t = torch.tensor(ref, device=device)  # (N,) log π_ref(y|x), stored at generation
     c, r = torch.tensor(chosen, device=device), torch.tensor(rejected, device=device)  # (P,), (P,)
     loss, chosen_rewards, rejected_rewards = losses.dpo_loss(
@@ -106,7 +112,7 @@ def dpo_batch(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int) -> 
 
 @torch.no_grad()
 def evaluate(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, accelerator=None,
-             precision: str = "no") -> dict[str, float]:
+             precision: str = "no", share_prefix: bool = False) -> dict[str, float]:
     """Held-out DPO loss, implicit reward accuracy, rewards and margin, pair-weighted over batches.
 
     With an accelerator of several processes, each scores every W-th batch with the bare model and the
@@ -122,7 +128,7 @@ def evaluate(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, acce
     device = next(model.parameters()).device
     for start in range(rank * config.batch_size, len(groups), config.batch_size * world):  # this process's batches
         with autocast(precision, device):
-            out = dpo_batch(model, groups[start: start + config.batch_size], config, pad_id)
+            out = dpo_batch(model, groups[start: start + config.batch_size], config, pad_id, share_prefix)
         out["loss"] = out["loss"].item()
         for key in totals:
             totals[key] += out[key] * out["pairs"]
@@ -135,7 +141,7 @@ def evaluate(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, acce
 
 
 def _train_step(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, accelerator, precision: str,
-                optimizer, trainable) -> dict:
+                optimizer, trainable, share_prefix: bool = False) -> dict:
     """One optimizer step on one step's groups (this process's share of them under data parallelism).
 
     Each process scales its pair-weighted mean by W·w_r/w (``distributed.global_mean_scales``), so DDP's
@@ -147,7 +153,7 @@ def _train_step(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, a
         mine, padding = distributed.shard(range(len(groups)), rank=accelerator.process_index, world=world)
         groups = [groups[i] for i in mine]
     with autocast(precision, accelerator.device):
-        out = dpo_batch(model, groups, config, pad_id)
+        out = dpo_batch(model, groups, config, pad_id, share_prefix)
     loss = out["loss"]
     if world > 1:
         weight = 0.0 if padding else sum(w for g in groups for _, _, w in g.pairs)
@@ -163,6 +169,18 @@ def _train_step(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, a
     means, total_pairs = distributed.weighted_means(metrics, pairs, accelerator)  # the whole step's figures
     global_loss = distributed.sum_over_processes([loss.item()], accelerator)[0] / world
     return {**means, "loss": global_loss, "pairs": int(total_pairs), "grad_norm": float(grad_norm)}
+
+
+def use_prefix_sharing(model, config: DPOConfig, groups: list[DPOGroup], pad_id: int, hooks: TrainHooks) -> bool:
+    """config.share_prefix, if the policy gives the unshared log-probs with it on a few groups (else log why not)."""
+    if not config.share_prefix:
+        return False
+    device = next(model.parameters()).device
+    error = prefix_sharing.logprob_sharing_error(model, [g.sequences for g in groups[:4]], pad_id, device)
+    if not error <= 1e-3:  # float32 summation order gives ~1e-5 on a sum of log-probs
+        hooks.log(f"prefix sharing off: log-probs differ from the unshared ones by {error:.3g} on this policy")
+        return False
+    return True
 
 
 def train_dpo(
@@ -196,6 +214,7 @@ def train_dpo(
     num_pairs = sum(len(g.pairs) for g in train_data)
     hooks.log(f"DPO on {len(train_data)} prompts, {num_pairs} pairs; held out: {len(eval_data)} prompts"
               + (f"; {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""))
+    share = use_prefix_sharing(model, config, train_data, pad_id, hooks)
     total = total_steps_for(config, len(train_data))  # a step is batch_size prompts over all processes
     optimizer, scheduler = make_optimizer(model, config, total)
     checkpoints = output_dir / "checkpoints"
@@ -217,14 +236,14 @@ def train_dpo(
             return {"stopped": True, "steps": step, "total_steps": total}
         started = time.perf_counter()
         groups = [train_data[i] for i in batch_indices(len(train_data), config.batch_size, step, config.seed)]
-        out = _train_step(trained, groups, config, pad_id, accelerator, precision, optimizer, trainable)
+        out = _train_step(trained, groups, config, pad_id, accelerator, precision, optimizer, trainable, share)
         scheduler.step()
         step += 1
         train_seconds += time.perf_counter() - started
         pairs_seen += out["pairs"]
         hooks.on_step(step, total, {**out, "lr": scheduler.get_last_lr()[0]})
         if eval_data and (step % config.eval_every == 0 or step == total):
-            last_eval = evaluate(model, eval_data, config, pad_id, accelerator, precision)
+            last_eval = evaluate(model, eval_data, config, pad_id, accelerator, precision, share)
             hooks.on_eval(step, last_eval)
         if step % config.checkpoint_every == 0 and step < total:
             save_checkpoint(step)
@@ -235,7 +254,8 @@ def train_dpo(
     accelerator.wait_for_everyone()  # no process returns before the policy is on disk
     return {
         "stopped": False, "steps": step, "total_steps": total, "num_pairs": num_pairs, "num_prompts": len(train_data),
-        "eval_prompts": len(eval_data), "final_eval": last_eval, "train_seconds": round(train_seconds, 3),
+        "eval_prompts": len(eval_data), "final_eval": last_eval, "prefix_sharing": share,
+        "train_seconds": round(train_seconds, 3),
         "pairs_per_second": round(pairs_seen / train_seconds, 2) if train_seconds else None,
         "processes": accelerator.num_processes, **policy_summary(model, config, policy_dir),
     }

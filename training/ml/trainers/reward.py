@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
-from training.ml import distributed, losses
+from training.ml import distributed, losses, prefix_sharing
 from training.ml.checkpoint import atomic_save_dir, checkpoint_latest, checkpoint_load, checkpoint_save
 from training.ml.collators import RankedGroupCollator
 from training.ml.config import RewardConfig, loading
@@ -63,12 +63,30 @@ def load_reward_model(config: RewardConfig, hooks: TrainHooks):
 
 
 def score(model, batch: dict[str, torch.Tensor], device: torch.device, precision: str = "auto") -> torch.Tensor:
-    """One scalar reward per sequence: (N, T) token ids -> (N,). ``precision``: config.mixed_precision."""
-    input_ids = batch["input_ids"].to(device)
-    attention_mask = batch["attention_mask"].to(device)
+    """One scalar reward per response: (N, T) token ids, or packed groups (prefix sharing) -> (N,).
+    ``precision``: config.mixed_precision."""
     with autocast(resolve_mixed_precision(precision, device), device):
+        if "readout" in batch:  # one row per prompt: [prompt, reply_1, …, reply_K]
+            return prefix_sharing.packed_rewards(model, batch, device).float()  # (N,)
+        input_ids = batch["input_ids"].to(device)
+        attention_mask = batch["attention_mask"].to(device)
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (N, 1)
     return logits.squeeze(-1).float()  # (N,)
+
+
+def use_prefix_sharing(model, config: RewardConfig, groups: list[EncodedGroup], pad_token_id: int, device,
+                       hooks: TrainHooks) -> bool:
+    """config.share_prefix, if the model gives the unshared rewards with it on a few groups (else log why not)."""
+    if not config.share_prefix:
+        return False
+    if prefix_sharing.score_head(model) is None:
+        hooks.log(f"prefix sharing off: {type(model).__name__} has no per-token score head (not a decoder)")
+        return False
+    error = prefix_sharing.sharing_error(model, [g.input_ids for g in groups[:4]], pad_token_id, device)
+    if not error <= 1e-3:  # float32 summation order gives ~1e-6; a model that cannot share gives O(reward)
+        hooks.log(f"prefix sharing off: rewards differ from the unshared ones by {error:.3g} on this model")
+        return False
+    return True
 
 
 def reward_loss(
@@ -192,7 +210,8 @@ def train_reward_model(
     scheduler = get_scheduler(
         config.lr_scheduler, optimizer, num_warmup_steps=round(config.warmup_ratio * total), num_training_steps=total
     )
-    collate = RankedGroupCollator(pad_token_id=tokenizer.pad_token_id)
+    sharing = use_prefix_sharing(model, config, train_data, tokenizer.pad_token_id, device, hooks)
+    collate = RankedGroupCollator(pad_token_id=tokenizer.pad_token_id, share_prefix=sharing)
     checkpoints = output_dir / "checkpoints"
 
     def save_checkpoint(at_step: int) -> None:
@@ -246,6 +265,7 @@ def train_reward_model(
         train_seconds=round(train_seconds, 3),
         pairs_per_second=round(pairs_seen / train_seconds, 2) if train_seconds else None,
         processes=accelerator.num_processes,
+        prefix_sharing=sharing,
     )
     if main:
         atomic_save_dir(output_dir / "summary", lambda tmp: (tmp / "summary.json").write_text(json.dumps(summary, indent=2)))
@@ -265,7 +285,7 @@ def _train_step(model, groups: list[EncodedGroup], collate, config: RewardConfig
     batch = collate(groups)
     if world > 1:  # weigh this process's means by its share of the step's pairs and responses
         pair_weight = 0.0 if padding else batch["weights"].sum().item()
-        responses = 0 if padding else batch["input_ids"].shape[0]
+        responses = 0 if padding else len(batch["readout"] if "readout" in batch else batch["input_ids"])
         pair_scale, reward_scale = distributed.global_mean_scales(accelerator, pair_weight=pair_weight, responses=responses)
         scales = {"pair_scale": pair_scale, "reward_scale": reward_scale}
     out = reward_loss(score(model, batch, device, config.mixed_precision), batch, config, **scales)
