@@ -5,19 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from training.ml.data import EncodedGroup
+from training.ml.data import EncodedGroup, pad_right  # noqa: F401  (pad_right: also imported from here)
 from training.ml.prefix_sharing import pack_groups
-
-
-def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both (N, T) with T the longest sequence; padding on the right."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, : len(seq)] = 1
-    return input_ids, attention_mask
 
 
 @dataclass

@@ -123,3 +123,16 @@ def split_by_prompt(
     train = [g for g in groups if g.prompt_id not in held_out]
     evaluation = [g for g in groups if g.prompt_id in held_out]
     return train, evaluation
+
+
+def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """(input_ids, attention_mask), both (N, T) with T the longest sequence; padding on the right."""
+    import torch  # here, so that encoding text needs no torch
+
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, : len(seq)] = 1
+    return input_ids, attention_mask

@@ -224,6 +224,13 @@ def make_accelerator():
 
     from training.ml.config import ConfigError
 
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state.get("_mixed_precision") not in (None, "no"):
+        # Another library in this process (TRL's trainers, in tests or an in-process run) left a precision in
+        # accelerate's process-wide state; ours is the run's own (ml.precision), so start from a clean state.
+        AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision="no")
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise ConfigError(ENV_CONFIG_FILE, f"selects {accelerator.distributed_type.value}, which the trainers do not "

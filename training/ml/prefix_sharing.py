@@ -146,7 +146,7 @@ def sharing_error(model, groups: list[list[list[int]]], pad_token_id: int, devic
     A trainer checks a few groups before using sharing; a model whose prompt states depend on the reply
     (bidirectional attention) or whose attention ignores a 4D mask gives a large error here.
     """
-    from training.ml.collators import pad_right  # (collators imports this module)
+    from training.ml.data import pad_right
 
     was_training = model.training
     model.eval()
