@@ -76,12 +76,19 @@ def _replies(model, tokenizer, prompts, t: HealthThresholds):
     return samples, flat_prompts, [s for group in samples for s in group]
 
 
+def _below(value: float | None, floor: float) -> bool:
+    return value is not None and value < floor
+
+
 def health_verdict(figures: Mapping, t: HealthThresholds) -> list[str]:
     """The reasons a policy with these figures is unhealthy (empty: healthy)."""
     reasons = []
-    if figures["eos_rate"] < t.min_eos_rate:
+    # A floor that round 0 itself does not reach (e.g. an untrained base that never ends its replies) says
+    # nothing about this policy: it is reported (``*_round0``) but not gated; the NLL rise still is.
+    if figures["eos_rate"] < t.min_eos_rate and not _below(figures.get("eos_rate_round0"), t.min_eos_rate):
         reasons.append(f"EOS rate {100 * figures['eos_rate']:.1f}% < {100 * t.min_eos_rate:.0f}%")
-    if figures["distinct_rate"] < t.min_distinct_rate:
+    if (figures["distinct_rate"] < t.min_distinct_rate
+            and not _below(figures.get("distinct_rate_round0"), t.min_distinct_rate)):
         reasons.append(f"distinct replies {100 * figures['distinct_rate']:.1f}% < {100 * t.min_distinct_rate:.0f}%")
     if figures["nll_rise"] > t.max_nll_rise:
         reasons.append(f"NLL under round 0 rose {figures['nll_rise']:+.2f} nats/token > {t.max_nll_rise:+.2f}")
@@ -109,9 +116,12 @@ def policy_health(policy, round0, prompts: Sequence[list[dict]], *, thresholds: 
     (model, tokenizer), (model0, tokenizer0) = policy, round0
     samples, flat_prompts, flat = _replies(model, tokenizer, prompts, t)
     texts = [s.text for s in flat]
+    round0_rates = {}
     if round0_nll is None:
-        _, p0, flat0 = _replies(model0, tokenizer0, prompts, t)
+        samples0, p0, flat0 = _replies(model0, tokenizer0, prompts, t)
         round0_nll = mean_token_nll(model0, tokenizer0, p0, [s.text for s in flat0])
+        round0_rates = {"eos_rate_round0": statistics.fmean(s.ended_with_eos for s in flat0),
+                        "distinct_rate_round0": sum(len({s.text for s in g}) for g in samples0) / len(flat0)}
     nll = mean_token_nll(model0, tokenizer0, flat_prompts, texts)
     ids = [sample_token_ids(tokenizer, s) for s in flat]
     same_vocab = tokenizer.get_vocab() == tokenizer0.get_vocab()  # else KL is not defined token by token
@@ -119,7 +129,7 @@ def policy_health(policy, round0, prompts: Sequence[list[dict]], *, thresholds: 
     figures = {
         "eos_rate": statistics.fmean(s.ended_with_eos for s in flat),
         "distinct_rate": sum(len({s.text for s in group}) for group in samples) / len(flat),
-        "nll_round0": nll, "nll_round0_baseline": round0_nll, "nll_rise": nll - round0_nll,
+        "nll_round0": nll, "nll_round0_baseline": round0_nll, "nll_rise": nll - round0_nll, **round0_rates,
         "kl_to_round0": statistics.fmean(kl0),
         "kl_to_round0_se": statistics.stdev(kl0) / len(kl0) ** 0.5 if len(kl0) > 1 else 0.0,
         "kl_to_reference": None,

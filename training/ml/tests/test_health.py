@@ -57,3 +57,17 @@ def test_verdict_names_each_failed_check():
     reasons = health_verdict(figures, HealthThresholds(max_kl_to_round0=5.0))
     assert [r.split()[0] for r in reasons] == ["EOS", "distinct", "NLL", "kl"]
     assert health_verdict({**figures, "eos_rate": 1.0, "distinct_rate": 1.0, "nll_rise": 0.6}, HealthThresholds()) == []
+
+
+def test_a_floor_round_0_itself_misses_is_reported_not_gated_but_the_nll_rise_still_is():
+    """An untrained base that never ends its replies (the fresh demo's tiny LM): its DPO child is not blocked
+    for a low EOS rate, yet junk (a big NLL rise) or a fall in distinct replies below a floor round 0 met is."""
+    t = HealthThresholds()
+    low_base = {"eos_rate": 0.06, "eos_rate_round0": 0.08, "distinct_rate": 0.95, "distinct_rate_round0": 0.97,
+                "nll_rise": 0.2}
+    assert health_verdict(low_base, t) == []
+    assert health_verdict({**low_base, "eos_rate_round0": 0.99}, t) == ["EOS rate 6.0% < 95%"]
+    assert health_verdict({**low_base, "nll_rise": 3.0}, t) == ["NLL under round 0 rose +3.00 nats/token > +1.00"]
+    assert health_verdict({**low_base, "distinct_rate": 0.5}, t) == ["distinct replies 50.0% < 90%"]
+    assert health_verdict({k: v for k, v in low_base.items() if not k.endswith("_round0")}, t) == [
+        "EOS rate 6.0% < 95%"]  # round 0 not sampled (its NLL given): the floors apply as set
