@@ -1,7 +1,6 @@
 """Real Chromium (Playwright): a researcher who types ``pydoc:pipepager`` as an AI labeler's utility on the
 quality page is refused with the registered names shown, and nothing is saved (issue 10, item 1)."""
 import os
-import shutil
 
 import pytest
 
@@ -10,14 +9,11 @@ from annotation.quality.models import AILabeler
 from annotation.tests.test_browser import _login
 
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
-CHROMIUM = "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not shutil.which(CHROMIUM) and not os.environ.get("CI"),
-                       reason="needs Debian's Chromium at /usr/bin/chromium (never skipped in CI)"),
 ]
 
 

@@ -2,20 +2,18 @@
 6 keys, a tie typed with `=`, skipping by keyboard alone, and the page on a 390-px phone."""
 import itertools
 import os
-import shutil
 
 import pytest
 
 from annotation.models import Assignment, PairwiseComparison, Ranking
 from annotation.services import ranking_tiers
-from annotation.tests.test_browser import CHROMIUM, _login, _project
+from annotation.tests.test_browser import _login, _project
 
 pytest.importorskip("playwright.sync_api")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not shutil.which(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's Chromium at /usr/bin/chromium (never skipped in CI)"),
 ]
 SHOTS = os.environ.get("LABEL_SCREENSHOTS")  # a folder to keep the screenshots in, when set
 

@@ -2,7 +2,6 @@
 base-model path, its charts have whole-number steps and a legend with values (not "--"); the quality page's
 agreement chart of one day spans days, not years."""
 import os
-import shutil
 from datetime import datetime, timezone
 
 import pytest
@@ -12,14 +11,11 @@ from training.models import MetricPoint, TrainingRun
 from training.tests.conftest import rank_all
 
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
-CHROMIUM = "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not shutil.which(CHROMIUM) and not os.environ.get("CI"),
-                       reason="needs Debian's Chromium at /usr/bin/chromium (never skipped in CI)"),
 ]
 LONG_PATH = "/var/lib/rlhf/artifacts/" + "averyverylongdirectorynamewithoutanybreaks_" * 6 + "model"
 

@@ -5,7 +5,6 @@ clicks, so the pages poll a run that a worker really executes."""
 import os
 import random
 import re
-import shutil
 
 import pytest
 
@@ -16,14 +15,11 @@ from training.loop import run_execute
 from training.models import ModelArtifact, TrainingRun
 
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
-CHROMIUM = "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not shutil.which(CHROMIUM) and not os.environ.get("CI"),
-                       reason="needs Debian's Chromium at /usr/bin/chromium (never skipped in CI)"),
 ]
 
 

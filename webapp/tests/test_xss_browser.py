@@ -5,7 +5,6 @@ inert: no dialog opens, no request leaves for a probe URL, no javascript: link o
 and every page carries the CSP that forbids inline script."""
 import hashlib
 import os
-import shutil
 
 import pytest
 from django.db import transaction
@@ -14,13 +13,11 @@ from annotation.models import Assignment, Membership, Project, Prompt, Ranking, 
 from training.models import MetricPoint, ModelArtifact, TrainingRun
 
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
-CHROMIUM = "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not shutil.which(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's Chromium at /usr/bin/chromium (never skipped in CI)"),
 ]
 
 
