@@ -1,6 +1,7 @@
 """The Django loop's PPO/GRPO side: run settings from the pure loop's ``LoopConfig`` (one source of truth),
 rollouts on the round's prompts, the over-optimisation monitor's RM score trend (``training.ml.monitor``'s rule,
 as in memory), and the gate's retry on explicit run settings."""
+import doctest
 import json
 
 import pytest
@@ -38,6 +39,12 @@ def test_the_gates_retry_makes_explicit_run_settings_safer_by_the_same_rule(opti
     explicit = {"learning_rate": 0.05, anchor: 0.3, "seed": 7}
     assert explicit_settings(explicit, attempt=first, loop=first) == explicit  # the first attempt: as given
     assert explicit_settings(explicit, attempt=retry, loop=first) == {"learning_rate": 0.025, anchor: 0.6, "seed": 7}
+
+
+def test_doctests():
+    from training import loop
+
+    assert doctest.testmod(loop).failed == 0
 
 
 def _rounds_with_trainer(project, policy, summary):
