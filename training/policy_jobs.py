@@ -244,7 +244,8 @@ def _rl_job(train, run: TrainingRun, output_dir: Path, hooks: TrainHooks, **extr
         if config.reward_fn else None
     try:
         summary = train(config, prompts, policy_dir=config.base_model, output_dir=str(output_dir), hooks=hooks,
-                        resume=True, reward_fn=reward_fn, health_watch=health_watch_for(run=run, config=config), **extra)
+                        resume=True, reward_fn=reward_fn, health_watch=health_watch_for(run=run, config=config),
+                        **extra)
     except ValueError as error:
         raise JobFailed(str(error)) from error
     if not summary.get("stopped"):  # the over-optimisation monitor's evidence (training.rounds.flags_update)

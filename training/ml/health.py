@@ -128,8 +128,9 @@ def policy_health(policy, round0, prompts: Sequence[list[dict]], *, thresholds: 
     (model, tokenizer), (model0, tokenizer0) = policy, round0
     samples, flat_prompts, flat = _replies(model, tokenizer, prompts, t)
     texts = [s.text for s in flat]
-    if baseline is None:
-        baseline = {"nll_round0_baseline": round0_nll} if round0_nll is not None else round0_baseline(round0, prompts, t)
+    if baseline is None and round0_nll is not None:
+        baseline = {"nll_round0_baseline": round0_nll}
+    baseline = baseline or round0_baseline(round0, prompts, t)
     round0_nll = baseline["nll_round0_baseline"]
     round0_rates = {k: v for k, v in baseline.items() if k != "nll_round0_baseline"}
     nll = mean_token_nll(model0, tokenizer0, flat_prompts, texts)
