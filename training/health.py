@@ -116,11 +116,12 @@ def policy_health_check(*, run: TrainingRun, policy_dir, log=print) -> dict:
 
 def health_watch_for(*, run: TrainingRun, config):
     """What a policy run's in-run check needs (``training.ml.health_watch.HealthWatch``): the gate's held-out
-    prompts, thresholds and task checks, round 0 and the reference; None when ``config.health_every`` is 0 or
-    the project has no held-out prompts."""
+    prompts, thresholds and task checks, round 0 and the reference; None when ``config.health_every`` is 0, the
+    project has no held-out prompts, or in a process other than a data-parallel run's main one (which checks)."""
+    from training.ml.distributed import process_rank
     from training.ml.health_watch import HealthWatch
 
-    if not getattr(config, "health_every", 0):
+    if not getattr(config, "health_every", 0) or process_rank() != 0:
         return None
     thresholds, names = health_settings_get(project=run.project)
     prompts = held_out_prompts(project=run.project, n=thresholds.prompts)  # the watch takes the first few

@@ -2,6 +2,7 @@
 last healthy in-run policy (its parameters are the run's checkpoint of that step), the run's summary, page and
 API say which step was kept and why; with ``health_every`` 0 the final policy is registered as before."""
 import hashlib
+import io
 import json
 import random
 
@@ -64,7 +65,7 @@ def _weights(path) -> dict[str, torch.Tensor]:
     return load_file(next(iter(sorted(path.glob("*.safetensors")))))
 
 
-def test_a_run_whose_final_policy_fails_registers_its_last_healthy_checkpoint(ranked_round0, client, capsys):
+def test_a_run_whose_final_policy_fails_registers_its_last_healthy_checkpoint(ranked_round0, client):
     project, researcher, round0 = ranked_round0
     run = _dpo(project, round0, health_every=3, health_prompts=8)
     kept, watch = run.summary["health_kept"], run.summary["health_watch"]
@@ -92,8 +93,9 @@ def test_a_run_whose_final_policy_fails_registers_its_last_healthy_checkpoint(ra
     assert f"Kept step {step}: final policy failed (NLL under round 0 rose" in page and "health_nll_rise" in page
     api = client.get(f"/api/runs/{run.pk}/").json()
     assert api["summary"]["health_kept"]["step"] == step and api["summary"]["health_kept"]["note"] == kept["note"]
-    call_command("health_gate", "--project", project.slug, "--policy", str(artifact.pk))
-    out = capsys.readouterr().out
+    cli = io.StringIO()
+    call_command("health_gate", "--project", project.slug, "--policy", str(artifact.pk), stdout=cli)
+    out = cli.getvalue()
     assert f"policy #{artifact.pk} {artifact.name}: health HEALTHY" in out and f"\n  {kept['note']}\n" in out  # the CLI
 
 
