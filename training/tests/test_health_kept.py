@@ -99,9 +99,12 @@ def test_a_run_whose_final_policy_fails_registers_its_last_healthy_checkpoint(ra
     assert f"policy #{artifact.pk} {artifact.name}: health HEALTHY" in out and f"\n  {kept['note']}\n" in out  # the CLI
 
 
-def test_with_health_every_0_the_final_policy_is_registered_unhealthy(ranked_round0):
-    project, _, round0 = ranked_round0
+def test_with_health_every_0_the_final_policy_is_registered_unhealthy(ranked_round0, client):
+    project, researcher, round0 = ranked_round0
     run = _dpo(project, round0, health_every=0)
     assert "health_kept" not in run.summary and "health_watch" not in run.summary
     assert run.artifact.healthy is False and artifact_dir(artifact=run.artifact).name == "policy"
     assert not any(k.startswith("health") or k == "healthy" for p in run.metrics.all() for k in p.values)
+    client.force_login(researcher)
+    page = client.get(f"/training/runs/{run.pk}/").content.decode()
+    assert "Health gate failed" in page and "health-kept" not in page and "health_nll_rise" not in page
