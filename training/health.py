@@ -8,6 +8,7 @@ thresholds and task checks (``HealthSettings``; names resolved by ``task_checks_
 """
 from __future__ import annotations
 
+from pathlib import Path
 
 from django.db import transaction
 from django.utils import timezone
@@ -81,9 +82,22 @@ def held_out_prompts(*, project: Project, n: int) -> list[list[dict]]:
         list(project.prompts.order_by("id").values_list("messages", flat=True)[:n])
 
 
+def _lineage_policies(run: TrainingRun):
+    """(round 0's artifact, round 0 as (model, tokenizer) or None, the run's reference or None), as the gate
+    takes them: round 0 is the oldest POLICY of the base's lineage, the reference the base when a policy.
+    One load when they are the same artifact."""
+    from training.selectors import policy_load
+
+    base = run.base_artifact
+    round0_row = round0_artifact(start=base)
+    round0 = policy_load(round0_row) if round0_row is not None else None
+    if base is None or base.kind != ModelArtifact.Kind.POLICY:
+        return round0_row, round0, None
+    return round0_row, round0, round0 if base.pk == round0_row.pk else policy_load(base)
+
+
 def policy_health_check(*, run: TrainingRun, policy_dir, log=print) -> dict:
     """The gate's verdict and figures for the policy a run just trained (before it is registered)."""
-    from training.selectors import policy_load
     from training.ml.generation import load_policy
     from training.ml.health import format_health, policy_health
 
@@ -92,15 +106,55 @@ def policy_health_check(*, run: TrainingRun, policy_dir, log=print) -> dict:
     if not prompts:
         return {"healthy": None, "reasons": ["no held-out prompts: the gate did not run"]}
     policy = load_policy(policy_dir)
-    base = run.base_artifact
-    round0_row = round0_artifact(start=base)
-    round0 = policy_load(round0_row) if round0_row is not None else policy
-    reference = policy_load(base) if base is not None and base.kind == ModelArtifact.Kind.POLICY else None
-    health = policy_health(policy, round0, prompts, thresholds=thresholds, reference=reference,
+    round0_row, round0, reference = _lineage_policies(run)
+    health = policy_health(policy, round0 or policy, prompts, thresholds=thresholds, reference=reference,
                            task_checks=task_checks_resolve(names))
     health["round0_artifact"] = round0_row.pk if round0_row is not None else None
     log(format_health(health))
     return health
+
+
+def health_watch_for(*, run: TrainingRun, config):
+    """What a policy run's in-run check needs (``training.ml.health_watch.HealthWatch``): the gate's held-out
+    prompts, thresholds and task checks, round 0 and the reference; None when ``config.health_every`` is 0, the
+    project has no held-out prompts, or in a process other than a data-parallel run's main one (which checks)."""
+    from training.ml.distributed import process_rank
+    from training.ml.health_watch import HealthWatch
+
+    if not getattr(config, "health_every", 0) or process_rank() != 0:
+        return None
+    thresholds, names = health_settings_get(project=run.project)
+    prompts = held_out_prompts(project=run.project, n=thresholds.prompts)  # the watch takes the first few
+    if not prompts:
+        return None
+    _, round0, reference = _lineage_policies(run)
+    return HealthWatch(prompts=prompts, thresholds=thresholds, round0=round0, reference=reference,
+                       task_checks=task_checks_resolve(names))
+
+
+def policy_gate(*, run: TrainingRun, policy_dir, summary: dict, log=print) -> Path:
+    """The policy directory a finished policy run registers, through the gate. The final policy's verdict goes
+    in ``summary["health"]``; when it fails and the in-run checks kept a healthy policy (``health_watch`` in the
+    summary) that passes the gate too, that one is registered instead: ``summary["health"]`` is then its
+    verdict and ``summary["health_kept"]`` says which step was kept and why (the final policy's reasons)."""
+    summary["health"] = final = policy_health_check(run=run, policy_dir=policy_dir, log=log)
+    watch = summary.get("health_watch") or {}
+    if final.get("healthy") is not False or watch.get("kept_step") is None:
+        return Path(policy_dir)
+    step, kept_dir = watch["kept_step"], Path(watch["kept_dir"])
+    log(f"the final policy failed the gate; checking the policy kept at step {step}")
+    kept = policy_health_check(run=run, policy_dir=kept_dir, log=log)
+    if not kept.get("healthy"):
+        watch["kept_failed_gate"] = kept.get("reasons")
+        log(f"the policy kept at step {step} fails the gate too: the final policy is registered")
+        return Path(policy_dir)
+    reasons = "; ".join(final.get("reasons") or [])
+    note = f"kept step {step}: final policy failed ({reasons})"
+    summary["health"] = kept
+    summary["health_kept"] = {"step": step, "final_reasons": final.get("reasons") or [], "final_health": final,
+                              "note": note}
+    log(note)
+    return kept_dir
 
 
 # ----------------------------------------------------------------------------- the override

@@ -17,6 +17,7 @@ from django.db import transaction
 from annotation.errors import InvalidInput
 from annotation.hooks import hook_check, hook_names, hook_resolve
 from annotation.models import Project, Round, Sample
+from training.health import health_watch_for
 from training.jobs import JobFailed, JobResult, JobSpec, config_parse
 from training.ml.types import TrainHooks
 from training.models import DatasetSnapshot, ModelArtifact, RoundReport, TrainingRun
@@ -26,15 +27,14 @@ POLICY = ModelArtifact.Kind.POLICY
 
 
 def _policy_result(summary: dict, run: TrainingRun, hooks: TrainHooks) -> JobResult:
-    """The trained policy to register, after the health gate (``training.health``) checked it: its verdict
-    and figures go in the summary and on the artifact; an unhealthy policy is registered but may not
-    generate a round without a recorded override."""
-    from training.health import policy_health_check
+    """The trained policy to register, after the health gate (``training.health.policy_gate``) checked it: the
+    last healthy in-run policy when the final one fails; the verdict and figures go in the summary and on the
+    artifact; an unhealthy policy is registered but may not generate a round without a recorded override."""
+    from training.health import policy_gate
 
     stopped = bool(summary.get("stopped"))
-    model_dir = None if stopped or not summary.get("policy_dir") else Path(summary["policy_dir"])
-    if model_dir is not None:
-        summary["health"] = policy_health_check(run=run, policy_dir=model_dir, log=hooks.log)
+    model_dir = None if stopped or not summary.get("policy_dir") else \
+        policy_gate(run=run, policy_dir=summary["policy_dir"], summary=summary, log=hooks.log)
     return JobResult(summary=summary, model_dir=model_dir, artifact_kind=POLICY, stopped=stopped)
 
 
@@ -76,7 +76,9 @@ def sft_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResult:
     if not examples:
         raise JobFailed("No demonstrations and no top-ranked responses to fine-tune on.")
     hooks.log(f"SFT on {len(examples)} examples")
-    return _policy_result(train_sft(config, examples, output_dir=output_dir, hooks=hooks, resume=True), run, hooks)
+    summary = train_sft(config, examples, output_dir=output_dir, hooks=hooks, resume=True,
+                        health_watch=health_watch_for(run=run, config=config))
+    return _policy_result(summary, run, hooks)
 
 
 # ----------------------------------------------------------------------------- generation
@@ -184,7 +186,8 @@ def dpo_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResult:
     hooks.log(f"snapshot {run.snapshot_id}: {len(groups)} prompts; "
               f"{missing} responses without a stored reference log-prob")
     try:  # every prompt trains: the loop's held-out figure is the reward model's accuracy
-        summary = train_dpo(config, groups, [], output_dir=output_dir, hooks=hooks, resume=True)
+        summary = train_dpo(config, groups, [], output_dir=output_dir, hooks=hooks, resume=True,
+                            health_watch=health_watch_for(run=run, config=config))
     except ValueError as error:  # e.g. every group fully tied: bad data, not a crash
         raise JobFailed(str(error)) from error
     return _policy_result(summary, run, hooks)
@@ -241,7 +244,8 @@ def _rl_job(train, run: TrainingRun, output_dir: Path, hooks: TrainHooks, **extr
         if config.reward_fn else None
     try:
         summary = train(config, prompts, policy_dir=config.base_model, output_dir=str(output_dir), hooks=hooks,
-                        resume=True, reward_fn=reward_fn, **extra)
+                        resume=True, reward_fn=reward_fn, health_watch=health_watch_for(run=run, config=config),
+                        **extra)
     except ValueError as error:
         raise JobFailed(str(error)) from error
     if not summary.get("stopped"):  # the over-optimisation monitor's evidence (training.rounds.flags_update)

@@ -28,6 +28,12 @@ CHART_KEYS = {  # metric series drawn on the run page, per kind
     "grpo": ("reward", "rm_score", "kl", "entropy", "clip_fraction"),
     "generate": ("prompts",),
 }
+HEALTH_CHART_KEYS = ("health_nll_rise", "health_eos_rate")  # the in-run health checks' (training.ml.health_watch)
+
+
+def _chart_keys(run) -> tuple[str, ...]:
+    keys = CHART_KEYS.get(run.kind, ("loss",))
+    return keys + HEALTH_CHART_KEYS if run.config.get("health_every") else keys
 
 
 @login_required
@@ -95,7 +101,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     context = {
         "run": run, "project": run.project, "progress": selectors.run_progress(run=run),
         "can_launch": selectors.user_can_launch(user=request.user, project=run.project),
-        "artifact": getattr(run, "artifact", None), "chart_keys": CHART_KEYS.get(run.kind, ("loss",)),
+        "artifact": getattr(run, "artifact", None), "chart_keys": _chart_keys(run),
         "shown": selectors.run_disclosed(run=run, user=request.user),
     }
     if request.htmx:

@@ -173,7 +173,17 @@ class RewardConfig(TrainConfig):
 
 
 @dataclass
-class SFTConfig(TrainConfig):
+class PolicyTrainConfig(TrainConfig):
+    """Settings every policy trainer (SFT, DPO, PPO, GRPO) shares: the in-run health check
+    (``training.ml.health_watch``), which runs only when the caller gives it held-out prompts."""
+
+    health_every: int = setting(50, min=0, help="steps between in-run health checks; the last healthy policy is "
+                                                "kept (0: off)")
+    health_prompts: int = setting(8, min=1, max=1024, help="held-out prompts of each in-run health check")
+
+
+@dataclass
+class SFTConfig(PolicyTrainConfig):
     """Supervised fine-tuning of a causal LM on (prompt, response) demonstrations; loss on response tokens."""
 
     kind: ClassVar[str] = "sft"
@@ -184,7 +194,7 @@ class SFTConfig(TrainConfig):
 
 
 @dataclass
-class DPOConfig(TrainConfig):
+class DPOConfig(PolicyTrainConfig):
     """DPO on ranked groups: K policy forwards per prompt give all C(K,2) pairs of its rankings."""
 
     kind: ClassVar[str] = "dpo"
@@ -216,7 +226,7 @@ class GenerationConfig(TrainConfig):
 
 
 @dataclass
-class _PolicyRLConfig(TrainConfig):
+class _PolicyRLConfig(PolicyTrainConfig):
     """What PPO and GRPO share: rollouts from the policy, a frozen reference, a reward. One step = one batch
     of ``batch_size`` prompts sampled, scored and optimised on; ``max_steps`` (or ``epochs`` over the prompts)
     bounds the number of steps."""

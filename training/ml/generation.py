@@ -115,9 +115,11 @@ def mean_token_nll(model, tokenizer, prompts: list[list[dict]], responses: list[
     """Mean negative log-likelihood per response token (EOS included) under ``model``, in nats."""
     encoded = encode_many(tokenizer, prompts, responses)
     total_logp, total_tokens = 0.0, 0
+    device = next(model.parameters()).device
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
-            batch = collate_scoring(encoded[start: start + batch_size], tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in collate_scoring(encoded[start: start + batch_size],
+                                                                 tokenizer.pad_token_id).items()}
             total_logp += token_logprobs(model, batch).sum().item()
             total_tokens += int(batch["response_mask"].sum())
     return -total_logp / max(total_tokens, 1)
@@ -130,9 +132,10 @@ def _sample_batch(model, tokenizer, prompts, *, n, temperature, top_p, max_new_t
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded])  # (P, W) left-padded
     attention_mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(ids) for ids in encoded])[:, None])
+    device = next(model.parameters()).device  # a policy checked while it trains may sit on a GPU
     with torch.no_grad():
         out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask.long(), do_sample=True, temperature=temperature,
+            input_ids=input_ids.to(device), attention_mask=attention_mask.long().to(device), do_sample=True, temperature=temperature,
             top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, num_return_sequences=n,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
         )[:, width:]  # (P·n, T) prompt-major: the n samples of prompt 0 first

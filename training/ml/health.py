@@ -101,14 +101,26 @@ def health_verdict(figures: Mapping, t: HealthThresholds) -> list[str]:
     return reasons
 
 
+def round0_baseline(round0, prompts: Sequence[list[dict]], thresholds: HealthThresholds | None = None) -> dict:
+    """Round 0's own replies to the check's prompts: their NLL under round 0 and round 0's EOS and distinct
+    rates. Computed once, it serves every check of other policies on the same prompts and thresholds."""
+    t = thresholds or HealthThresholds()
+    model0, tokenizer0 = round0
+    samples0, p0, flat0 = _replies(model0, tokenizer0, list(prompts)[: t.prompts], t)
+    return {"nll_round0_baseline": mean_token_nll(model0, tokenizer0, p0, [s.text for s in flat0]),
+            "eos_rate_round0": statistics.fmean(s.ended_with_eos for s in flat0),
+            "distinct_rate_round0": sum(len({s.text for s in g}) for g in samples0) / len(flat0)}
+
+
 def policy_health(policy, round0, prompts: Sequence[list[dict]], *, thresholds: HealthThresholds | None = None,
                   reference=None, task_checks: Mapping[str, TaskCheck] | Sequence[TaskCheck] | None = None,
-                  round0_nll: float | None = None) -> dict:
+                  round0_nll: float | None = None, baseline: Mapping | None = None) -> dict:
     """Check a policy on held-out ``prompts``; returns figures, ``healthy`` and ``reasons``.
 
     ``policy``, ``round0`` and ``reference`` (the policy the run started from; None: not measured) are
-    (model, tokenizer) pairs sharing one tokenizer. ``round0_nll``: round 0's own replies' NLL, when known
-    (else round 0 is sampled on the same prompts with the same seed)."""
+    (model, tokenizer) pairs sharing one tokenizer. ``baseline``: ``round0_baseline`` of the same prompts and
+    thresholds, when known; ``round0_nll``: round 0's own replies' NLL alone (its rates then not known, so
+    its floors apply as set); with neither, round 0 is sampled on the same prompts with the same seed."""
     t = thresholds or HealthThresholds()
     prompts = list(prompts)[: t.prompts]
     if not prompts:
@@ -116,12 +128,11 @@ def policy_health(policy, round0, prompts: Sequence[list[dict]], *, thresholds: 
     (model, tokenizer), (model0, tokenizer0) = policy, round0
     samples, flat_prompts, flat = _replies(model, tokenizer, prompts, t)
     texts = [s.text for s in flat]
-    round0_rates = {}
-    if round0_nll is None:
-        samples0, p0, flat0 = _replies(model0, tokenizer0, prompts, t)
-        round0_nll = mean_token_nll(model0, tokenizer0, p0, [s.text for s in flat0])
-        round0_rates = {"eos_rate_round0": statistics.fmean(s.ended_with_eos for s in flat0),
-                        "distinct_rate_round0": sum(len({s.text for s in g}) for g in samples0) / len(flat0)}
+    if baseline is None and round0_nll is not None:
+        baseline = {"nll_round0_baseline": round0_nll}
+    baseline = baseline or round0_baseline(round0, prompts, t)
+    round0_nll = baseline["nll_round0_baseline"]
+    round0_rates = {k: v for k, v in baseline.items() if k != "nll_round0_baseline"}
     nll = mean_token_nll(model0, tokenizer0, flat_prompts, texts)
     ids = [sample_token_ids(tokenizer, s) for s in flat]
     same_vocab = tokenizer.get_vocab() == tokenizer0.get_vocab()  # else KL is not defined token by token

@@ -50,6 +50,9 @@ class Command(BaseCommand):
                 self.stdout.write(f"policy #{policy.pk} {policy.name}: not checked")
             else:
                 self.stdout.write(f"policy #{policy.pk} {policy.name}: {format_health(policy.health)}")
+            kept = ((policy.run.summary or {}).get("health_kept") if policy.run_id else None) or {}
+            if kept:  # the run's final policy failed; this is its last healthy in-run policy
+                self.stdout.write(f"  {kept['note']}")
             if policy.health_override_at:
                 self.stdout.write(f"  overridden by {policy.health_override_by} at {policy.health_override_at:%Y-%m-%d %H:%M}: "
                                   f"{policy.health_override_reason}")

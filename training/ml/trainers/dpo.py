@@ -27,6 +27,7 @@ from training.ml import distributed, losses, prefix_sharing
 from training.ml.checkpoint import checkpoint_save
 from training.ml.config import DPOConfig
 from training.ml.generation import collate_scoring, encode_many, sequence_logprobs, token_logprobs
+from training.ml.health_watch import HealthWatch, InRunHealth
 from training.ml.trainers.sft import (
     batch_indices, load_trainable_policy, make_optimizer, policy_summary, resume_step, save_policy, total_steps_for,
 )
@@ -185,7 +186,7 @@ def use_prefix_sharing(model, config: DPOConfig, groups: list[DPOGroup], pad_id:
 
 def train_dpo(
     config: DPOConfig, train: list[RankedGroup], eval: list[RankedGroup], *, output_dir: str | Path,
-    hooks: TrainHooks, resume: bool = True,
+    hooks: TrainHooks, resume: bool = True, health_watch: HealthWatch | None = None,
 ) -> dict:
     """Train the policy with DPO, evaluate, checkpoint and save it; return the run summary.
 
@@ -193,7 +194,8 @@ def train_dpo(
     at the end. If hooks.should_stop() turns true it saves a checkpoint and returns ``{"stopped": True}``;
     calling again with resume=True continues from there. Under ``accelerate launch`` every process calls
     this with the same arguments; each takes every W-th prompt of a step, only the main one calls ``hooks``
-    and writes files, and all of them return the same summary.
+    and writes files, and all of them return the same summary. ``health_watch``: the in-run health check
+    every ``config.health_every`` steps (``training.ml.health_watch``; main process only).
     """
     config.validate()
     output_dir = Path(output_dir)
@@ -225,6 +227,7 @@ def train_dpo(
                             keep=config.keep_checkpoints)
 
     step, _ = resume_step(model, optimizer, scheduler, checkpoints, hooks, resume)  # every process, before DDP
+    health = InRunHealth.start(health_watch, config, output_dir, hooks, main=main, resume_step=step)
     trained = distributed.wrap(model, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
     train_seconds, pairs_seen, last_eval = 0.0, 0, {}
@@ -241,7 +244,8 @@ def train_dpo(
         step += 1
         train_seconds += time.perf_counter() - started
         pairs_seen += out["pairs"]
-        hooks.on_step(step, total, {**out, "lr": scheduler.get_last_lr()[0]})
+        hooks.on_step(step, total, {**out, "lr": scheduler.get_last_lr()[0],
+                                    **health.at_step(step, total, model, tokenizer)})
         if eval_data and (step % config.eval_every == 0 or step == total):
             last_eval = evaluate(model, eval_data, config, pad_id, accelerator, precision, share)
             hooks.on_eval(step, last_eval)
@@ -257,5 +261,5 @@ def train_dpo(
         "eval_prompts": len(eval_data), "final_eval": last_eval, "prefix_sharing": share,
         "train_seconds": round(train_seconds, 3),
         "pairs_per_second": round(pairs_seen / train_seconds, 2) if train_seconds else None,
-        "processes": accelerator.num_processes, **policy_summary(model, config, policy_dir),
+        "processes": accelerator.num_processes, **policy_summary(model, config, policy_dir), **health.summary(),
     }

@@ -24,6 +24,7 @@ from transformers import get_scheduler
 from training.ml import distributed
 from training.ml.checkpoint import checkpoint_latest, checkpoint_load, checkpoint_save
 from training.ml.config import GRPOConfig
+from training.ml.health_watch import HealthWatch, InRunHealth
 from training.ml.losses import grpo_loss
 from training.ml.precision import autocast, enable_gradient_checkpointing, resolve_mixed_precision
 from training.ml.rl import entropy_from_logits, group_advantages
@@ -125,13 +126,14 @@ def grpo_step(policy, trained, reference, tokenizer, config: GRPOConfig, prompts
 def train_grpo(
     config: GRPOConfig, prompts: list[list[dict]], *, policy_dir: str, output_dir: str,
     reward_fn: RewardFn | None = None, reward_model_dir: str | None = None, hooks: TrainHooks | None = None,
-    resume: bool = True,
+    resume: bool = True, health_watch: HealthWatch | None = None,
 ) -> dict:
     """Train the policy in ``policy_dir`` with GRPO; save it to ``output_dir/policy``; return the summary.
 
     Same contract as ``train_ppo``: the reward model defaults to the config's ``reward_model``, ``reward_fn``
     is the resolved callable; checkpoints in ``output_dir/checkpoints``; ``hooks.should_stop()`` checkpoints
     and returns early. Under ``accelerate launch`` every process calls this with the same arguments.
+    ``health_watch``: the in-run health check (``training.ml.health_watch``; main process only).
     """
     hooks = hooks or NullHooks()
     if not prompts:
@@ -162,6 +164,7 @@ def train_grpo(
         step = checkpoint_load(latest, model=policy, optimizer=optimizer, scheduler=scheduler)["step"]
         hooks.log(f"resumed from {latest.name} (step {step} of {total})")
     trained = distributed.wrap(policy, accelerator)
+    health = InRunHealth.start(health_watch, config, out, hooks, main=main, resume_step=step)
 
     def save_checkpoint(at: int) -> None:
         if main:
@@ -169,8 +172,9 @@ def train_grpo(
                             keep=config.keep_checkpoints)
 
     def one_step(batch: list[list[dict]], at: int) -> dict[str, float]:
-        return grpo_step(policy, trained, reference, tokenizer, config, batch, scorer, optimizer, scheduler, at,
-                         accelerator, precision)
+        metrics = grpo_step(policy, trained, reference, tokenizer, config, batch, scorer, optimizer, scheduler, at,
+                            accelerator, precision)
+        return {**metrics, **health.at_step(at + 1, total, policy, tokenizer)}
 
     history, step, stopped = rl_steps(prompts, config, start=step, total=total, step_fn=one_step, hooks=hooks,
                                       save_checkpoint=save_checkpoint, accelerator=accelerator)
@@ -178,4 +182,5 @@ def train_grpo(
         policy.save_pretrained(out / "policy")
         tokenizer.save_pretrained(out / "policy")
     accelerator.wait_for_everyone()  # no process returns before the policy is on disk
-    return {**run_summary(history, step, total, stopped, out), "processes": accelerator.num_processes}
+    return {**run_summary(history, step, total, stopped, out), "processes": accelerator.num_processes,
+            **health.summary()}

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from training.ml import distributed
 from training.ml.checkpoint import checkpoint_latest, checkpoint_load, checkpoint_save
 from training.ml.config import PPOConfig, loading
+from training.ml.health_watch import HealthWatch, InRunHealth
 from training.ml.losses import ppo_policy_loss, ppo_value_loss
 from training.ml.precision import autocast, enable_gradient_checkpointing, resolve_mixed_precision
 from training.ml.rl import (
@@ -239,7 +240,7 @@ def total_steps(config: PPOConfig, n_prompts: int) -> int:
 def train_ppo(
     config: PPOConfig, prompts: list[list[dict]], *, policy_dir: str, output_dir: str,
     reward_fn: RewardFn | None = None, reward_model_dir: str | None = None, hooks: TrainHooks | None = None,
-    resume: bool = True, ptx_texts: list[str] | None = None,
+    resume: bool = True, ptx_texts: list[str] | None = None, health_watch: HealthWatch | None = None,
 ) -> dict:
     """Train the policy in ``policy_dir`` with PPO; save it to ``output_dir/policy``; return the summary.
 
@@ -247,6 +248,7 @@ def train_ppo(
     ``reward_fn`` is only the name of the operator's hook, which the caller resolves). Checkpoints go
     to ``output_dir/checkpoints`` every ``checkpoint_every`` steps; with ``resume`` the newest one is loaded.
     ``hooks.should_stop()`` is checked after every step: a stopped run checkpoints and returns early.
+    ``health_watch``: the in-run health check every ``config.health_every`` steps (``training.ml.health_watch``).
     """
     hooks = hooks or NullHooks()
     if not prompts:
@@ -280,6 +282,7 @@ def train_ppo(
         start, kl_ctl.value = state["step"], float(state["extra"]["kl_coef"])
         models.load_value_state(state["extra"]["value"])
         hooks.log(f"resumed from {latest.name} (step {start} of {total})")
+    health = InRunHealth.start(health_watch, config, out, hooks, resume_step=start)
 
     def save_checkpoint(step: int) -> None:
         checkpoint_save(root=out / "checkpoints", step=step, model=models.policy, optimizer=optimizer,
@@ -288,14 +291,15 @@ def train_ppo(
 
     def one_step(batch: list[list[dict]], step: int) -> dict[str, float]:
         with autocast(precision, device):  # bf16 forward passes; losses are computed in fp32 (.float() on logits)
-            return ppo_step(models, config, batch, scorer, kl_ctl, optimizer, scheduler, ptx_texts, step)
+            metrics = ppo_step(models, config, batch, scorer, kl_ctl, optimizer, scheduler, ptx_texts, step)
+        return {**metrics, **health.at_step(step + 1, total, models.policy, models.tokenizer)}
 
     history, step, stopped = rl_steps(prompts, config, start=start, total=total, step_fn=one_step, hooks=hooks,
                                       save_checkpoint=save_checkpoint)
     if not stopped:
         models.policy.save_pretrained(out / "policy")
         models.tokenizer.save_pretrained(out / "policy")
-    return run_summary(history, step, total, stopped, out)
+    return {**run_summary(history, step, total, stopped, out), **health.summary()}
 
 
 def rl_steps(prompts, config, *, start: int, total: int, step_fn, hooks: TrainHooks, save_checkpoint, accelerator=None):

@@ -24,6 +24,7 @@ from training.ml import distributed
 from training.ml.checkpoint import atomic_save_dir, checkpoint_latest, checkpoint_load, checkpoint_save
 from training.ml.config import SFTConfig, TrainConfig, loading
 from training.ml.generation import collate_scoring, encode_many, token_logprobs
+from training.ml.health_watch import HealthWatch, InRunHealth
 from training.ml.precision import autocast, enable_gradient_checkpointing, resolve_mixed_precision
 from training.ml.types import NullHooks, TrainHooks
 
@@ -161,12 +162,13 @@ def _sft_step(trained, batch: list, pad_id: int, config: SFTConfig, accelerator,
 
 def train_sft(
     config: SFTConfig, examples: list[tuple[list[dict], str]], *, output_dir: str | Path, hooks: TrainHooks,
-    resume: bool = True,
+    resume: bool = True, health_watch: HealthWatch | None = None,
 ) -> dict:
     """Fine-tune ``config.base_model`` on (messages, response) examples; return the summary with policy_dir.
 
     Under ``accelerate launch`` every process calls this with the same arguments: each takes every W-th
-    example of a step, only the main one reports and writes, all return the same summary.
+    example of a step, only the main one reports and writes, all return the same summary. ``health_watch``: the
+    in-run health check every ``config.health_every`` steps (``training.ml.health_watch``; main process only).
     """
     if not examples:
         raise ValueError("SFT needs at least one (prompt, response) example")
@@ -194,6 +196,7 @@ def train_sft(
                             keep=config.keep_checkpoints)
 
     start, _ = resume_step(model, optimizer, scheduler, checkpoints, hooks, resume)  # every process, before DDP
+    health = InRunHealth.start(health_watch, config, output_dir, hooks, main=main, resume_step=start)
     trained = distributed.wrap(model, accelerator)
     pad_id = tokenizer.pad_token_id
     hooks.log(f"SFT on {len(train_enc)} examples ({len(eval_enc)} held out), {total} steps")
@@ -207,7 +210,8 @@ def train_sft(
         out = _sft_step(trained, batch, pad_id, config, accelerator, precision, optimizer)
         scheduler.step()
         loss = out["loss"]
-        hooks.on_step(step + 1, total, {**out, "lr": scheduler.get_last_lr()[0]})
+        hooks.on_step(step + 1, total, {**out, "lr": scheduler.get_last_lr()[0],
+                                        **health.at_step(step + 1, total, model, tokenizer)})
         if eval_enc and ((step + 1) % config.eval_every == 0 or step + 1 == total):
             hooks.on_eval(step + 1, {"loss": _eval_loss(model, eval_enc, pad_id, accelerator=accelerator,
                                                          precision=precision)})
@@ -221,4 +225,4 @@ def train_sft(
     if eval_enc:
         summary["eval_loss"] = _eval_loss(model, eval_enc, pad_id, accelerator=accelerator, precision=precision)
     accelerator.wait_for_everyone()  # no process returns before the policy is on disk
-    return {**summary, **policy_summary(model, config, policy_dir)}
+    return {**summary, **policy_summary(model, config, policy_dir), **health.summary()}
