@@ -25,8 +25,9 @@ from django.utils import timezone
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import PairwiseComparison, Project, Ranking, Round
 from annotation.provenance import HUMAN_ONLY, SourceSelection
-from training import jobs
-from training.model_sources import typed_model_fields_check
+from training.jobs import job_for_kind
+from training.jobs.base import config_parse
+from training.model_sources import model_source_check, typed_model_fields_check
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -63,17 +64,17 @@ def run_create(
     """
     if user is not None and not _user_can_launch(user=user, project=project):
         raise NotAllowed("Only researchers and admins of this project can launch training runs.")
-    spec = jobs.job_for_kind(kind)
+    spec = job_for_kind(kind)
     if not isinstance(config, dict):
         raise InvalidInput("The config must be a JSON object.", location="config")
     if user is not None:  # what a user typed names no server path outside the operator's model roots
         config = typed_model_fields_check(config)
     config = _config_with_artifacts(project=project, kind=kind, config=config, spec=spec,
                                     base_artifact=base_artifact, reward_artifact=reward_artifact)
-    config_obj = jobs.config_parse(kind=kind, data=config)
-    jobs.check_model_source(getattr(config_obj, spec.base_model_field, ""), location=f"config.{spec.base_model_field}")
+    config_obj = config_parse(kind=kind, data=config)
+    model_source_check(getattr(config_obj, spec.base_model_field, ""), location=f"config.{spec.base_model_field}")
     if getattr(config_obj, "adapter", ""):  # a DPO/generation adapter that does not exist is refused now
-        jobs.check_model_source(config_obj.adapter, location="config.adapter")
+        model_source_check(config_obj.adapter, location="config.adapter")
     with transaction.atomic():
         snapshot = None
         if spec.snapshot == "pairs" or (spec.snapshot == "optional" and rounds):
