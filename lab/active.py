@@ -129,7 +129,7 @@ def round_select(*, round_: Round, strategy: str, artifact_id: int | None = None
         scores = disagreement_scores(round_=round_)
     else:
         from lab.ai_labelers import reward_artifact_get, reward_model_scorer
-        from training.selectors import artifact_dir
+        from training.artifact_paths import artifact_dir
 
         if artifact_id is None:
             raise InvalidInput("uncertainty needs a reward model artifact id", location="artifact")

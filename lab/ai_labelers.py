@@ -66,7 +66,7 @@ def _judge_dir(*, project: Project, spec: str) -> str:
     while the hub is off). Checked again at run time, so a row stored before these rules is refused."""
     from training.model_sources import typed_model_dir
     from training.models import ModelArtifact
-    from training.selectors import artifact_dir
+    from training.artifact_paths import artifact_dir
 
     if isinstance(spec, str) and spec.strip().isdigit():
         artifact = ModelArtifact.objects.filter(
@@ -177,7 +177,7 @@ def scorer_for(labeler: AILabeler) -> Scorer:
     if labeler.kind == AILabeler.Kind.UTILITY:
         return utility_scorer(labeler.spec)
     if labeler.kind == AILabeler.Kind.REWARD_MODEL:
-        from training.selectors import artifact_dir
+        from training.artifact_paths import artifact_dir
 
         artifact = reward_artifact_get(project=labeler.project, spec=labeler.spec)
         return reward_model_scorer(artifact_dir(artifact=artifact),

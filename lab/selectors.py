@@ -97,14 +97,14 @@ def artifact_can_generate(artifact) -> bool:
     """Whether a model artifact can write responses: a policy, or a base model whose ``config.json`` names a
     causal-LM architecture. Reward models (and base models for them, e.g. ``tiny-reward-model``) cannot."""
     from training.models import ModelArtifact
-    from training.services import artifact_abs_path
+    from training.artifact_paths import artifact_dir
 
     if artifact.kind == ModelArtifact.Kind.POLICY:
         return True
     if artifact.kind != ModelArtifact.Kind.BASE:
         return False
     try:
-        config = json.loads((Path(artifact_abs_path(artifact=artifact)) / "config.json").read_text())
+        config = json.loads((artifact_dir(artifact=artifact) / "config.json").read_text())
     except (OSError, ValueError):
         return False
     names = config.get("architectures") if isinstance(config, dict) else None

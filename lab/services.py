@@ -197,14 +197,14 @@ def arena_generate(*, arena: Arena, log=print) -> Arena:
     """Generate one response per prompt from each checkpoint (in this process; tiny models run on a CPU),
     then write them with ``arena_responses_write``. Torch is imported here only."""
     from training.ml.generation import generate_samples, load_policy
-    from training.services import artifact_abs_path
+    from training.artifact_paths import artifact_dir
 
     if arena.status != Arena.Status.GENERATING:
         return arena
     prompts = [p.messages for p in Prompt.objects.filter(round=arena.round_id).order_by("id")]
     params, texts = arena.sampling_params, []
     for artifact in (arena.model_a, arena.model_b):
-        path = artifact_abs_path(artifact=artifact)
+        path = artifact_dir(artifact=artifact)
         base, adapter = (artifact.base_model, path) if artifact.is_adapter else (path, None)
         log(f"generating {len(prompts)} responses from {artifact.name} (#{artifact.pk})")
         model, tokenizer = load_policy(base, adapter)

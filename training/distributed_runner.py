@@ -27,7 +27,8 @@ def run_other_process(*, run_id: int, claim_token: str) -> int:
     """A non-main process: train alongside the main one, write nothing to the database."""
     from annotation.errors import InvalidInput
     from training.jobs import job_for_kind
-    from training.jobs.base import JobFailed, run_output_dir
+    from training.artifact_paths import run_output_dir
+    from training.jobs.base import JobFailed
     from training.ml.config import ConfigError
     from training.ml.types import NullHooks
     from training.models import TrainingRun
@@ -36,7 +37,7 @@ def run_other_process(*, run_id: int, claim_token: str) -> int:
     if run.claim_token != claim_token or run.status != TrainingRun.Status.RUNNING:
         return 0  # the main process sees the same and says so
     try:
-        job_for_kind(run.kind).run(run, run_output_dir(run), NullHooks())
+        job_for_kind(run.kind).run(run, run_output_dir(run_id=run.pk), NullHooks())
     except (JobFailed, InvalidInput, ConfigError):
         pass  # bad data or config: the main process hits the same error and fails the run
     return 0

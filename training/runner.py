@@ -54,7 +54,8 @@ def run_claimed(*, run_id: int, claim_token: str) -> int:
     from annotation.errors import InvalidInput
     from training import services
     from training.jobs import job_for_kind
-    from training.jobs.base import JobFailed, artifact_fields, run_output_dir
+    from training.artifact_paths import run_output_dir
+    from training.jobs.base import JobFailed, artifact_fields
     from training.ml.config import ConfigError  # a missing model, LoRA targets the model lacks (ml.config.loading)
     from training.models import TrainingRun
 
@@ -62,7 +63,7 @@ def run_claimed(*, run_id: int, claim_token: str) -> int:
     if run.claim_token != claim_token or run.status != TrainingRun.Status.RUNNING:
         return EXIT_CLAIM_LOST
     hooks = DatabaseHooks(run_id, claim_token)
-    output_dir = run_output_dir(run)
+    output_dir = run_output_dir(run_id=run.pk)
     try:
         result = job_for_kind(run.kind).run(run, output_dir, hooks)
     except (JobFailed, InvalidInput, ConfigError) as error:  # permanent: no retry can heal these

@@ -50,11 +50,11 @@ def _stop(proc: subprocess.Popen) -> int:
 
 def supervise(*, run_id: int, claim_token: str, attempt: int) -> str:
     """Run the claimed run in a child process until it ends; returns a short outcome for the task result."""
-    from training.jobs.base import run_output_dir
+    from training.artifact_paths import run_log_path
     from training.models import TrainingRun
 
     run = TrainingRun.objects.get(pk=run_id)
-    log_path = run_output_dir(run) / "logs" / f"attempt-{attempt}.log"
+    log_path = run_log_path(run_id=run_id, attempt=attempt)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = child_environment(claim_token=claim_token)
     command = child_command(run_id=run_id, kind=run.kind)  # one process, or one per GPU

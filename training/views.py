@@ -16,6 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from annotation.errors import InvalidInput, NotAllowed
 from training import selectors, services
 from training.forms import RewardRunForm
+from training.artifact_paths import artifact_dir
 from training.idempotency import idempotent_write, key_from_request
 from training.models import ModelArtifact, TrainingRun
 
@@ -147,7 +148,7 @@ def artifact_download(request: HttpRequest, artifact_id: int) -> HttpResponse:
 
 def artifact_zip_response(artifact) -> HttpResponse:
     try:
-        folder = selectors.artifact_dir(artifact=artifact)
+        folder = artifact_dir(artifact=artifact)
     except InvalidInput:  # a stored path outside ARTIFACT_ROOT (/etc, ../.., a symlink out) is never served
         return HttpResponse("The artifact's path is not allowed.", status=403, content_type="text/plain")
     if not folder.is_dir():

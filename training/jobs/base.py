@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from django.conf import settings
-
 from annotation.errors import InvalidInput
 from training.health import policy_health_check
 from training.ml.config import ConfigError, TrainConfig, config_from_dict
@@ -55,11 +53,6 @@ def config_parse(*, kind: str, data: dict) -> TrainConfig:
         return config_from_dict(kind, data)
     except ConfigError as error:
         raise InvalidInput(error.message, location=f"config.{error.field}") from error
-
-
-def run_output_dir(run: TrainingRun) -> Path:
-    """``ARTIFACT_ROOT/runs/<id>/``: checkpoints/, model/ and logs/ of every attempt of the run."""
-    return Path(settings.ARTIFACT_ROOT) / "runs" / str(run.pk)
 
 
 def _adapter_base(model_dir: Path) -> str:

@@ -22,5 +22,5 @@ def reward_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResu
     hooks.log(f"snapshot {run.snapshot_id}: {len(groups)} prompts, {len(train)} train / {len(held_out)} held out")
     summary = train_reward_model(config, train, held_out, output_dir=output_dir, hooks=hooks, resume=True)
     stopped = bool(summary.get("stopped"))
-    return JobResult(summary=summary, model_dir=None if stopped else output_dir / "model",
+    return JobResult(summary=summary, model_dir=None if stopped else Path(summary["model_dir"]),
                      artifact_kind=ModelArtifact.Kind.REWARD, stopped=stopped)

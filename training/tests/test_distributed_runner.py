@@ -8,7 +8,7 @@ from django.db import connection
 from training import services, supervisor
 from training.run_process import child_command
 from training.models import MetricPoint, ModelArtifact, TrainingRun
-from training.selectors import artifact_dir
+from training.artifact_paths import artifact_dir
 from training.tests.conftest import rank_all
 
 Status = TrainingRun.Status

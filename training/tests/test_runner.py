@@ -9,7 +9,8 @@ from django.db import connection
 from annotation.models import PairwiseComparison
 from training import runner, services, supervisor
 from training.models import MetricPoint, ModelArtifact, TrainingRun
-from training.selectors import artifact_dir, snapshot_ranked_groups
+from training.artifact_paths import artifact_dir
+from training.selectors import snapshot_ranked_groups
 from training.tests.conftest import rank_all
 
 Status = TrainingRun.Status
