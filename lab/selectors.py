@@ -1,7 +1,8 @@
 """Reads of the lab app: arenas for a member, the next pair and its blind left/right order, progress, the
 leaderboard, the checkpoints an arena may compare, and what the arena pages and API list.
 
-Writes live in ``lab.services`` (arena services), ``lab.ai_labelers`` and ``lab.active``; the leaderboard's
+Writes live in ``lab.services``; the AI labelers and active selection have their own ``services`` and
+``selectors`` (``lab.ai_labelers``, ``lab.active``); the leaderboard's
 arithmetic in ``lab.leaderboard``.
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from lab.active import SimPrompt, compare_selection
+from lab.active.compare import SimPrompt, compare_selection
 from annotation.errors import InvalidInput
 from annotation.models import Project, Prompt
 from annotation.utility import load_utility
