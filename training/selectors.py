@@ -90,6 +90,15 @@ def artifact_list_for_project(*, project: Project) -> QuerySet[ModelArtifact]:
     return ModelArtifact.objects.filter(project=project).select_related("run", "snapshot", "parent").order_by("-id")
 
 
+def artifact_of_project(*, project: Project, artifact_id: int) -> ModelArtifact | None:
+    """The project's model with this id; None when it has none (another project's model included)."""
+    return ModelArtifact.objects.filter(pk=artifact_id, project=project).first()
+
+
+def project_has_base_model(*, project: Project) -> bool:
+    return ModelArtifact.objects.filter(project=project, kind=ModelArtifact.Kind.BASE).exists()
+
+
 def artifact_get_for_user(*, user, artifact_id: int) -> ModelArtifact:
     artifact = (
         ModelArtifact.objects.filter(pk=artifact_id, project__in=project_list_for_training(user=user))

@@ -18,7 +18,7 @@ from training import selectors, services
 from training.forms import RewardRunForm
 from training.artifact_paths import artifact_dir
 from training.idempotency import idempotent_write, key_from_request
-from training.models import ModelArtifact, TrainingRun
+from training.models import TrainingRun
 
 HTMX_STOP_POLLING = 286
 CHART_KEYS = {  # metric series drawn on the run page, per kind
@@ -67,7 +67,7 @@ def _runs_page(request: HttpRequest, project, *, form, can_launch: bool, status:
         "project": project, "can_launch": can_launch, "form": form, "build_error": build_error,
         "runs": selectors.run_list_for_project(project=project)[:100],
         "artifacts": selectors.artifact_list_for_project(project=project)[:100],
-        "has_base_model": project.artifacts.filter(kind=ModelArtifact.Kind.BASE).exists(),
+        "has_base_model": selectors.project_has_base_model(project=project),
     }
     return render(request, "training/project_runs.html", context, status=status)
 

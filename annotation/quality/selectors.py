@@ -365,6 +365,8 @@ def flagged_responses(*, project, limit: int = 50) -> dict:
                    "flags": [labels.get(f, f) for f in e.flags], "tier": e.tier + 1, "at": e.ranking.created_at}
                   for e in latest],
     }
+
+
 # ----------------------------------------------------------------------------- what the quality page and API list
 def review_items(*, project, queue: list[dict], limit: int = 10) -> list[dict]:
     """The first ``limit`` rows of the review queue with their prompt, samples (in position order) and
