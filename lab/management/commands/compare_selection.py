@@ -36,7 +36,7 @@ def demo_task_prompts(n: int, k: int, seed: int) -> list[SimPrompt]:
         noun = messages[0]["content"].split()[-1].rstrip(".")
         texts: list[str] = []
         while len(texts) < k:
-            text = demo_task._demonstration(rng, noun)
+            text = demo_task.demonstration_text(rng, noun)
             if text not in texts:
                 texts.append(text)
         out.append(SimPrompt(i, messages, texts, [demo_task.demo_utility(messages, t) for t in texts]))
