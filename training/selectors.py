@@ -23,7 +23,8 @@ from annotation.provenance import AI_SOURCES
 from annotation.models import Membership
 from annotation.selectors import project_get_for_user, project_list_for_user, user_can_manage
 from training.disclosure import text_redact, value_redact
-from training.artifact_paths import artifact_dir, artifact_path_contained
+from training.artifact_paths import artifact_dir
+from training.artifact_paths import artifact_path_contained  # noqa: F401  training/loop.py imports it from here
 from training.accuracy import accuracy_of_summary, accuracy_with_interval
 from training.ml.types import RankedGroup
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
