@@ -3,8 +3,8 @@
 Three kinds, each a callable the app calls with untrusted text, registered only on the server:
 
 - ``utility``: ``(prompt_messages, response_text) -> float``, the taste of simulated labelers and of rule-based
-  AI labelers (``lab.ai_labelers``);
-- ``reward_fn``: the same signature, the rule-based reward of PPO/GRPO runs (``training.policy_jobs``);
+  AI labelers (``lab.scorers.utility_scorer``);
+- ``reward_fn``: the same signature, the rule-based reward of PPO/GRPO runs (``training.jobs.rl``);
 - ``task_check``: the same signature, a policy health check (1.0 pass, 0.0 fail) on generated samples.
 
 Where a name comes from: the built-ins below (``default``), those an app adds in its ``AppConfig.ready``

@@ -171,7 +171,8 @@ def _lease_first_free(*, project: Project, labeler, now: datetime, gold: bool, i
             tried.append(prompt.pk)
 
 
-def _check_time_spent(time_spent_ms: object) -> int:
+def time_spent_check(time_spent_ms: object) -> int:
+    """The milliseconds a labeler or voter spent, checked: a whole number in [0, MAX_TIME_SPENT_MS]."""
     if isinstance(time_spent_ms, bool) or not isinstance(time_spent_ms, int):
         raise RankingInvalid("time spent must be a whole number of milliseconds", location="time_spent_ms")
     if not 0 <= time_spent_ms <= MAX_TIME_SPENT_MS:
@@ -229,7 +230,7 @@ def ranking_record(
     stored one (idempotent); a different ranking of the same prompt by the same labeler is rejected.
     """
     _check_source(source=source, labeler=labeler)
-    time_spent_ms = _check_time_spent(time_spent_ms)
+    time_spent_ms = time_spent_check(time_spent_ms)
     with transaction.atomic():
         prompt = Prompt.objects.select_for_update().get(pk=prompt.pk)
         return _ranking_write(
@@ -363,7 +364,7 @@ def ranking_submit(
         _check_source(source=source, labeler=labeler)
         ranking = _ranking_write(
             prompt=assignment.prompt, labeler=labeler, tiers=tiers, flags=flags, source=source,
-            time_spent_ms=_check_time_spent(time_spent_ms), shown_order=assignment.shown_order,
+            time_spent_ms=time_spent_check(time_spent_ms), shown_order=assignment.shown_order,
             assignment=assignment, comment=comment, all_bad=all_bad,
         )
         assignment.status = Assignment.Status.SUBMITTED
@@ -439,7 +440,7 @@ def ranking_replace(
     nothing.
     """
     comment, all_bad = _check_comment(comment), _check_all_bad(all_bad)
-    time_spent_ms = _check_time_spent(time_spent_ms)
+    time_spent_ms = time_spent_check(time_spent_ms)
     with transaction.atomic():
         assignment = _locked_assignment_of(assignment_id=assignment_id, labeler=labeler, error=RankingInvalid)
         ranking = _correctable_ranking(assignment=assignment, labeler=labeler)

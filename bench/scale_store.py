@@ -314,7 +314,7 @@ def measure_export(args) -> dict:
 
 def measure_quality(args) -> dict:
     from annotation.models import Project
-    from annotation.quality_selectors import quality_report
+    from annotation.quality.selectors import quality_report
 
     project = Project.objects.get(slug="load")
     started = time.perf_counter()

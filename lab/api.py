@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from annotation import selectors
 from annotation.api_helpers import ERRORS, error_response, validated
 from annotation.errors import InvalidInput, NotAllowed
+from annotation.services import MAX_TIME_SPENT_MS
 from lab import services as arena_service
 from lab import selectors as lab_selectors
 from lab.models import Arena
@@ -38,7 +39,7 @@ class VoteSerializer(serializers.Serializer):
     left = serializers.IntegerField(help_text="The sample id you were shown on the left (from /next/).")
     choice = serializers.ChoiceField(choices=arena_service.CHOICES)
     time_spent_ms = serializers.IntegerField(required=False, default=0, min_value=0,
-                                             max_value=arena_service.MAX_TIME_SPENT_MS)
+                                             max_value=MAX_TIME_SPENT_MS)
 
 
 IDEMPOTENCY_KEY = OpenApiParameter(

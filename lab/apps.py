@@ -10,8 +10,9 @@ class LabConfig(AppConfig):
 
     def ready(self) -> None:
         from annotation.extensions import ModelServices, model_services_register
-        from lab.active import round_select
-        from lab.ai_labelers import ai_labeler_create, ai_labeler_run, reward_models_of_project
+        from lab.active.services import round_select
+        from lab.ai_labelers.selectors import reward_models_of_project
+        from lab.ai_labelers.services import ai_labeler_create, ai_labeler_run
         from lab.services import arena_generation_enqueuer_register
         from lab.tasks import arena_generation_enqueue
 

@@ -1,7 +1,8 @@
 """Reads of the lab app: arenas for a member, the next pair and its blind left/right order, progress, the
 leaderboard, the checkpoints an arena may compare, and what the arena pages and API list.
 
-Writes live in ``lab.services`` (arena services), ``lab.ai_labelers`` and ``lab.active``; the leaderboard's
+Writes live in ``lab.services``; the AI labelers and active selection have their own ``services`` and
+``selectors`` (``lab.ai_labelers``, ``lab.active``); the leaderboard's
 arithmetic in ``lab.leaderboard``.
 """
 from __future__ import annotations
@@ -97,14 +98,14 @@ def artifact_can_generate(artifact) -> bool:
     """Whether a model artifact can write responses: a policy, or a base model whose ``config.json`` names a
     causal-LM architecture. Reward models (and base models for them, e.g. ``tiny-reward-model``) cannot."""
     from training.models import ModelArtifact
-    from training.services import artifact_abs_path
+    from training.artifact_paths import artifact_dir
 
     if artifact.kind == ModelArtifact.Kind.POLICY:
         return True
     if artifact.kind != ModelArtifact.Kind.BASE:
         return False
     try:
-        config = json.loads((Path(artifact_abs_path(artifact=artifact)) / "config.json").read_text())
+        config = json.loads((artifact_dir(artifact=artifact) / "config.json").read_text())
     except (OSError, ValueError):
         return False
     names = config.get("architectures") if isinstance(config, dict) else None

@@ -28,7 +28,7 @@ from django.db.models import Max
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import Project, Prompt, Ranking, Round, Sample
 from annotation.selectors import user_can_manage, user_role
-from annotation.services import MAX_TIME_SPENT_MS, ranking_record
+from annotation.services import ranking_record, time_spent_check
 from lab.models import Arena, ArenaPair, ArenaVote
 from lab.selectors import arena_shown_order, artifact_can_generate
 
@@ -197,14 +197,14 @@ def arena_generate(*, arena: Arena, log=print) -> Arena:
     """Generate one response per prompt from each checkpoint (in this process; tiny models run on a CPU),
     then write them with ``arena_responses_write``. Torch is imported here only."""
     from training.ml.generation import generate_samples, load_policy
-    from training.services import artifact_abs_path
+    from training.artifact_paths import artifact_dir
 
     if arena.status != Arena.Status.GENERATING:
         return arena
     prompts = [p.messages for p in Prompt.objects.filter(round=arena.round_id).order_by("id")]
     params, texts = arena.sampling_params, []
     for artifact in (arena.model_a, arena.model_b):
-        path = artifact_abs_path(artifact=artifact)
+        path = artifact_dir(artifact=artifact)
         base, adapter = (artifact.base_model, path) if artifact.is_adapter else (path, None)
         log(f"generating {len(prompts)} responses from {artifact.name} (#{artifact.pk})")
         model, tokenizer = load_policy(base, adapter)
@@ -253,9 +253,7 @@ def arena_vote(*, pair_id: int, voter, choice: str, left_sample_id: int, time_sp
     """
     if choice not in CHOICES:
         raise InvalidInput(f"choice must be one of {', '.join(CHOICES)}, got {str(choice)[:40]!r}", location="choice")
-    if isinstance(time_spent_ms, bool) or not isinstance(time_spent_ms, int) or not (
-            0 <= time_spent_ms <= MAX_TIME_SPENT_MS):
-        raise InvalidInput("time spent must be a whole number of milliseconds", location="time_spent_ms")
+    time_spent_ms = time_spent_check(time_spent_ms)
     with transaction.atomic():
         pair = ArenaPair.objects.select_for_update().select_related("arena", "prompt").filter(pk=pair_id).first()
         if pair is None or user_role(user=voter, project=pair.arena.project) is None:

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from annotation import selectors
 from annotation.errors import InvalidInput, NotAllowed
+from annotation.services import MAX_TIME_SPENT_MS
 from annotation.limits import json_loads_bounded, upload_lines
 from annotation.rendering import render_markdown, render_messages
 from lab import services as arena_service
@@ -171,7 +172,7 @@ def _time_spent(request: HttpRequest) -> int:
     raw = request.POST.get("time_spent_ms", "").strip() or "0"
     if not raw.isdigit():
         raise InvalidInput(f"expected milliseconds, got {raw[:20]!r}", location="time_spent_ms")
-    return min(int(raw), arena_service.MAX_TIME_SPENT_MS)
+    return min(int(raw), MAX_TIME_SPENT_MS)
 
 
 @login_required

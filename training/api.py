@@ -20,7 +20,6 @@ from rest_framework.response import Response
 from annotation.errors import InvalidInput, NotAllowed
 from training import selectors, services
 from training.idempotency import HEADER, KeyReused, idempotent_write, key_from_request
-from training.models import ModelArtifact
 from training.policy_data import pool_prompts_sample
 from training.rounds import round_start
 from training.serializers import (
@@ -81,12 +80,12 @@ def project_runs(request: Request, slug: str) -> Response:
     data = serializer.validated_data
     base = None
     if data.get("base_artifact") is not None:
-        base = ModelArtifact.objects.filter(pk=data["base_artifact"], project=project).first()
+        base = selectors.artifact_of_project(project=project, artifact_id=data["base_artifact"])
         if base is None:
             return _error("No such model in this project.", location="base_artifact")
     reward = None
     if data.get("reward_artifact") is not None:
-        reward = ModelArtifact.objects.filter(pk=data["reward_artifact"], project=project).first()
+        reward = selectors.artifact_of_project(project=project, artifact_id=data["reward_artifact"])
         if reward is None:
             return _error("No such model in this project.", location="reward_artifact")
     return _idempotent_run_response(
@@ -148,7 +147,7 @@ def project_rounds(request: Request, slug: str) -> Response:
         field, problems = next(iter(serializer.errors.items()))
         return _error(str(problems[0] if isinstance(problems, list) else problems), location=field)
     data = serializer.validated_data
-    policy = ModelArtifact.objects.filter(pk=data["policy"], project=project).first()
+    policy = selectors.artifact_of_project(project=project, artifact_id=data["policy"])
     if policy is None:
         return _error("No such model in this project.", location="policy")
     sampling = data.get("sampling") or {}

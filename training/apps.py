@@ -8,14 +8,11 @@ class TrainingConfig(AppConfig):
     def ready(self) -> None:
         from annotation.extensions import ranking_lock_register
         from annotation.hooks import builtin_register
-        from training.jobs import jobs_register
-        from training.policy_jobs import POLICY_JOBS
         from training.selectors import ranking_lock_by_snapshot
         from training.services import run_enqueuer_register
         from training.tasks import run_enqueue
 
         ranking_lock_register(ranking_lock_by_snapshot)
-        jobs_register(POLICY_JOBS)  # the policy kinds beside the reward kind, without a jobs ↔ policy_jobs cycle
         run_enqueuer_register(run_enqueue)  # services send runs to workers without importing the tasks
         # The demo task's scorer (training/ml/demo_task.py), by name, for labelers and PPO/GRPO rewards.
         builtin_register(kind="utility", name="demo", target="training.ml.demo_task:demo_utility")

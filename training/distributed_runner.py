@@ -1,8 +1,8 @@
 """A run on every device of its worker: ``python -m training.distributed_runner RUN_ID`` is one of its processes.
 
-``child_command`` is what ``training.supervisor.supervise`` starts: ``python -m training.runner RUN_ID`` when the
-run gets one process (one device, no device, or a kind whose trainer is not data-parallel), else
-``accelerate launch … -m training.distributed_runner RUN_ID`` with one process per device
+``training.run_process.child_command`` says what ``training.supervisor.supervise`` starts: ``python -m
+training.runner RUN_ID`` when the run gets one process (one device, no device, or a kind whose trainer is not
+data-parallel), else ``accelerate launch … -m training.distributed_runner RUN_ID`` with one process per device
 (``training.ml.distributed.num_processes``: every CUDA device, or ``RLHF_NUM_PROCESSES``).
 
 Under the launcher, the main process (rank 0) is the usual child, ``training.runner.main``: it checks the
@@ -21,30 +21,14 @@ import os
 import sys
 
 from training.ml import distributed
-from training.run_process import EXIT_CANCELLED, EXIT_CLAIM_LOST, EXIT_FAILED, EXIT_OK, die_with_parent
-
-# Kinds whose trainer shards its batches over processes and writes only from the main one (PPO: one process).
-DATA_PARALLEL_KINDS = frozenset({"reward", "sft", "dpo", "grpo"})
-
-
-def child_command(*, run_id: int, kind: str) -> list[str]:
-    """The command line of the training process(es) of one run: one per device of every machine of the
-    rendezvous (``RLHF_NUM_MACHINES`` …) for a data-parallel kind, else the plain one-process runner."""
-    parallel = kind in DATA_PARALLEL_KINDS
-    rendezvous = distributed.rendezvous_from_env() if parallel else distributed.Rendezvous()
-    processes = distributed.num_processes() if parallel else 1
-    if processes == 1 and rendezvous.num_machines == 1:
-        return distributed.launch_command(1, ["training.runner", str(run_id)])
-    return distributed.launch_command(
-        processes, ["training.distributed_runner", str(run_id)], cuda=distributed.cuda_device_count() > 0,
-        rendezvous=rendezvous, config_file=distributed.accelerate_config_file(),
-    )
-
+from training.run_process import EXIT_CANCELLED, EXIT_CLAIM_LOST, EXIT_FAILED, EXIT_OK, child_command, die_with_parent
 
 def run_other_process(*, run_id: int, claim_token: str) -> int:
     """A non-main process: train alongside the main one, write nothing to the database."""
     from annotation.errors import InvalidInput
-    from training import jobs
+    from training.jobs import job_for_kind
+    from training.artifact_paths import run_output_dir
+    from training.jobs.base import JobFailed
     from training.ml.config import ConfigError
     from training.ml.types import NullHooks
     from training.models import TrainingRun
@@ -53,8 +37,8 @@ def run_other_process(*, run_id: int, claim_token: str) -> int:
     if run.claim_token != claim_token or run.status != TrainingRun.Status.RUNNING:
         return 0  # the main process sees the same and says so
     try:
-        jobs.job_for_kind(run.kind).run(run, jobs.run_output_dir(run), NullHooks())
-    except (jobs.JobFailed, InvalidInput, ConfigError):
+        job_for_kind(run.kind).run(run, run_output_dir(run_id=run.pk), NullHooks())
+    except (JobFailed, InvalidInput, ConfigError):
         pass  # bad data or config: the main process hits the same error and fails the run
     return 0
 

@@ -33,7 +33,8 @@ from training import runner, services, supervisor
 from training.models import ModelArtifact, TrainingRun
 from training.policy_data import pool_prompts_sample
 from training.rounds import round_report_record, round_start
-from training.selectors import artifact_dir, artifact_path_contained, policy_load
+from training.artifact_paths import artifact_dir, base_models_dir
+from training.selectors import policy_load
 
 OPTIMIZERS = ("dpo", "ppo", "grpo")
 
@@ -166,7 +167,7 @@ def policy_base_build(*, project: Project, seed: int = 0, hidden: int = 64, laye
     texts = [m["content"] for msgs in project.pool_prompts.values_list("messages", flat=True) for m in msgs]
     for messages, response in project.demonstrations.values_list("messages", "response"):
         texts += [m["content"] for m in messages] + [response]
-    root = artifact_path_contained(Path("base") / project.slug, location="project")  # written inside the root only
+    root = base_models_dir(project_slug=project.slug)
     tokenizer = build_tokenizer(texts, root / "policy-tokenizer", vocab_size=vocab_size)
     path = build_tiny_causal_lm(root / "tiny-policy-base", tokenizer, hidden=hidden, layers=layers, heads=heads,
                                 max_positions=128, seed=seed)

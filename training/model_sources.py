@@ -20,6 +20,7 @@ from pathlib import Path
 from django.conf import settings
 
 from annotation.errors import InvalidInput
+from training.artifact_paths import artifact_root
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 MODEL_FIELDS = ("base_model", "adapter", "reward_model")  # config settings that name a model
@@ -87,7 +88,7 @@ def shared_model_dirs(*, limit: int = 200) -> list[str]:
         except OSError:
             continue
         found += [str(child) for child in children if (child / "config.json").is_file()
-                  and not Path(os.path.realpath(child)).is_relative_to(os.path.realpath(settings.ARTIFACT_ROOT))]
+                  and not Path(os.path.realpath(child)).is_relative_to(artifact_root())]
     return found[:limit]
 
 
@@ -109,8 +110,7 @@ def typed_model_dir(value, *, location: str) -> str:
     if "\x00" in value or ".." in Path(value).parts or not Path(value).is_absolute():
         raise refused
     resolved = Path(os.path.realpath(value))
-    artifact_root = Path(os.path.realpath(settings.ARTIFACT_ROOT))
-    if resolved.is_relative_to(artifact_root) or not any(resolved.is_relative_to(root) and resolved != root
+    if resolved.is_relative_to(artifact_root()) or not any(resolved.is_relative_to(root) and resolved != root
                                                          for root in roots):
         raise refused
     try:

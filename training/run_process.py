@@ -1,5 +1,6 @@
 """What the supervisor (``training.supervisor``, the parent in the worker) and the training process
-(``training.runner``, the child) agree on: the child's exit codes, and that the child dies with its parent.
+(``training.runner``, the child) agree on: the child's command line (one process, or one per device through
+``training.distributed_runner``), its environment, its exit codes, and that it dies with its parent.
 
 Exit codes: 0 succeeded, 2 failed for good (bad data, a config error: no retry), 3 cancelled (all three
 written to the run by the child itself), 4 claim lost (another worker owns the run); anything else is a
@@ -11,6 +12,8 @@ import ctypes
 import os
 import signal
 import sys
+
+from training.ml import distributed
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED, EXIT_CLAIM_LOST = 0, 2, 3, 4
 
@@ -29,3 +32,21 @@ def child_environment(*, claim_token: str) -> dict[str, str]:
     from training.model_sources import offline_environment
 
     return {**os.environ, **offline_environment(), "RLHF_CLAIM_TOKEN": claim_token, "PYTHONUNBUFFERED": "1"}
+
+
+# Kinds whose trainer shards its batches over processes and writes only from the main one (PPO: one process).
+DATA_PARALLEL_KINDS = frozenset({"reward", "sft", "dpo", "grpo"})
+
+
+def child_command(*, run_id: int, kind: str) -> list[str]:
+    """The command line of the training process(es) of one run: one per device of every machine of the
+    rendezvous (``RLHF_NUM_MACHINES`` …) for a data-parallel kind, else the plain one-process runner."""
+    parallel = kind in DATA_PARALLEL_KINDS
+    rendezvous = distributed.rendezvous_from_env() if parallel else distributed.Rendezvous()
+    processes = distributed.num_processes() if parallel else 1
+    if processes == 1 and rendezvous.num_machines == 1:
+        return distributed.launch_command(1, ["training.runner", str(run_id)])
+    return distributed.launch_command(
+        processes, ["training.distributed_runner", str(run_id)], cuda=distributed.cuda_device_count() > 0,
+        rendezvous=rendezvous, config_file=distributed.accelerate_config_file(),
+    )

@@ -52,7 +52,10 @@ def run_claimed(*, run_id: int, claim_token: str) -> int:
     from django.db import transaction
 
     from annotation.errors import InvalidInput
-    from training import jobs, services
+    from training import services
+    from training.jobs import job_for_kind
+    from training.artifact_paths import run_output_dir
+    from training.jobs.base import JobFailed, artifact_fields
     from training.ml.config import ConfigError  # a missing model, LoRA targets the model lacks (ml.config.loading)
     from training.models import TrainingRun
 
@@ -60,10 +63,10 @@ def run_claimed(*, run_id: int, claim_token: str) -> int:
     if run.claim_token != claim_token or run.status != TrainingRun.Status.RUNNING:
         return EXIT_CLAIM_LOST
     hooks = DatabaseHooks(run_id, claim_token)
-    output_dir = jobs.run_output_dir(run)
+    output_dir = run_output_dir(run_id=run.pk)
     try:
-        result = jobs.job_for_kind(run.kind).run(run, output_dir, hooks)
-    except (jobs.JobFailed, InvalidInput, ConfigError) as error:  # permanent: no retry can heal these
+        result = job_for_kind(run.kind).run(run, output_dir, hooks)
+    except (JobFailed, InvalidInput, ConfigError) as error:  # permanent: no retry can heal these
         hooks.log(f"failed: {error}")
         services.run_finish(run_id=run_id, status=TrainingRun.Status.FAILED, summary={}, error=str(error),
                             claim_token=claim_token)
@@ -84,7 +87,7 @@ def run_claimed(*, run_id: int, claim_token: str) -> int:
                 run=run, snapshot=run.snapshot, parent=run.base_artifact,
                 rounds=(run.snapshot.filters.get("rounds", []) if run.snapshot else []),
                 metrics=_flat_metrics(result.summary), health=result.summary.get("health"),
-                **jobs.artifact_fields(result),
+                **artifact_fields(result),
             )
         if not services.run_finish(run_id=run_id, status=TrainingRun.Status.SUCCEEDED, summary=result.summary,
                                    claim_token=claim_token):

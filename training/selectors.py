@@ -13,18 +13,17 @@ from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
-from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db.models import Avg, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
-from annotation.errors import InvalidInput
 from annotation.models import PairwiseComparison, Project, Prompt, RankingEntry
 from annotation.provenance import AI_SOURCES
 from annotation.models import Membership
 from annotation.selectors import project_get_for_user, project_list_for_user, user_can_manage
 from training.disclosure import text_redact, value_redact
+from training.artifact_paths import artifact_dir
 from training.accuracy import accuracy_of_summary, accuracy_with_interval
 from training.ml.types import RankedGroup
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
@@ -91,6 +90,15 @@ def artifact_list_for_project(*, project: Project) -> QuerySet[ModelArtifact]:
     return ModelArtifact.objects.filter(project=project).select_related("run", "snapshot", "parent").order_by("-id")
 
 
+def artifact_of_project(*, project: Project, artifact_id: int) -> ModelArtifact | None:
+    """The project's model with this id; None when it has none (another project's model included)."""
+    return ModelArtifact.objects.filter(pk=artifact_id, project=project).first()
+
+
+def project_has_base_model(*, project: Project) -> bool:
+    return ModelArtifact.objects.filter(project=project, kind=ModelArtifact.Kind.BASE).exists()
+
+
 def artifact_get_for_user(*, user, artifact_id: int) -> ModelArtifact:
     artifact = (
         ModelArtifact.objects.filter(pk=artifact_id, project__in=project_list_for_training(user=user))
@@ -121,23 +129,6 @@ def artifact_disclosed(*, artifact: ModelArtifact, user) -> dict:
     if user_sees_server_details(user=user):
         return {"path": artifact.path, "base_model": artifact.base_model}
     return {"path": text_redact(artifact.path), "base_model": text_redact(artifact.base_model)}
-
-
-def artifact_dir(*, artifact: ModelArtifact) -> Path:
-    """The artifact's directory, resolved; InvalidInput when the stored path leads outside ARTIFACT_ROOT."""
-    return artifact_path_contained(artifact.path)
-
-
-def artifact_path_contained(path: str | Path, *, location: str = "path") -> Path:
-    """``path`` (relative to ARTIFACT_ROOT, or absolute) resolved with every symlink followed and ``..``
-    collapsed; InvalidInput unless the result lies strictly inside ARTIFACT_ROOT (the root itself holds every
-    project's runs, so it is refused too). Every read and write of an artifact's files goes through this."""
-    root = Path(settings.ARTIFACT_ROOT).resolve()
-    candidate = Path(path)
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    if resolved == root or not resolved.is_relative_to(root):
-        raise InvalidInput("The artifact's path lies outside the artifact root.", location=location)
-    return resolved
 
 
 def run_should_stop(*, run_id: int, claim_token: str) -> bool:

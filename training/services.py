@@ -25,8 +25,10 @@ from django.utils import timezone
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import PairwiseComparison, Project, Ranking, Round
 from annotation.provenance import HUMAN_ONLY, SourceSelection
-from training import jobs
-from training.model_sources import typed_model_fields_check
+from training.artifact_paths import artifact_dir, artifact_path_contained, artifact_path_stored, base_models_dir
+from training.jobs import job_for_kind
+from training.jobs.base import config_parse
+from training.model_sources import model_source_check, typed_model_fields_check
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -63,17 +65,17 @@ def run_create(
     """
     if user is not None and not _user_can_launch(user=user, project=project):
         raise NotAllowed("Only researchers and admins of this project can launch training runs.")
-    spec = jobs.job_for_kind(kind)
+    spec = job_for_kind(kind)
     if not isinstance(config, dict):
         raise InvalidInput("The config must be a JSON object.", location="config")
     if user is not None:  # what a user typed names no server path outside the operator's model roots
         config = typed_model_fields_check(config)
     config = _config_with_artifacts(project=project, kind=kind, config=config, spec=spec,
                                     base_artifact=base_artifact, reward_artifact=reward_artifact)
-    config_obj = jobs.config_parse(kind=kind, data=config)
-    jobs.check_model_source(getattr(config_obj, spec.base_model_field, ""), location=f"config.{spec.base_model_field}")
+    config_obj = config_parse(kind=kind, data=config)
+    model_source_check(getattr(config_obj, spec.base_model_field, ""), location=f"config.{spec.base_model_field}")
     if getattr(config_obj, "adapter", ""):  # a DPO/generation adapter that does not exist is refused now
-        jobs.check_model_source(config_obj.adapter, location="config.adapter")
+        model_source_check(config_obj.adapter, location="config.adapter")
     with transaction.atomic():
         snapshot = None
         if spec.snapshot == "pairs" or (spec.snapshot == "optional" and rounds):
@@ -100,7 +102,7 @@ def _config_with_artifacts(*, project: Project, kind: str, config: dict, spec, b
     if base_artifact is not None:
         if base_artifact.project_id != project.id:
             raise InvalidInput("The base model belongs to another project.", location="base_artifact")
-        path = str(artifact_abs_path(artifact=base_artifact))
+        path = str(artifact_dir(artifact=base_artifact))
         if base_artifact.is_adapter:
             if "adapter" not in fields:
                 raise InvalidInput(f"A {kind} run cannot start from a LoRA adapter; choose a full model.",
@@ -112,7 +114,7 @@ def _config_with_artifacts(*, project: Project, kind: str, config: dict, spec, b
             raise InvalidInput("Choose a reward model of this project.", location="reward_artifact")
         if "reward_model" not in fields:
             raise InvalidInput(f"A {kind} run takes no reward model.", location="reward_artifact")
-        config["reward_model"] = str(artifact_abs_path(artifact=reward_artifact))
+        config["reward_model"] = str(artifact_dir(artifact=reward_artifact))
     return config
 
 
@@ -428,12 +430,12 @@ def artifact_register(
 ) -> ModelArtifact:
     """Record a save_pretrained directory with its lineage. Idempotent per run (a retried finish re-uses it).
     ``health``: the health gate's result for a policy (``training.health``); its verdict is ``healthy``."""
-    from training.selectors import artifact_files, artifact_path_contained
+    from training.selectors import artifact_files
 
     resolved = artifact_path_contained(path)  # an artifact lives under ARTIFACT_ROOT, nowhere else
     if not resolved.is_dir() or not any((resolved / name).exists() for name in ("config.json", "adapter_config.json")):
         raise InvalidInput(f"{path} is not a save_pretrained directory (no config.json).", location="path")
-    stored = str(resolved.relative_to(Path(settings.ARTIFACT_ROOT).resolve()))
+    stored = artifact_path_stored(resolved)
     size = sum(f.stat().st_size for f in artifact_files(resolved))
     with transaction.atomic():
         if run is not None:
@@ -459,13 +461,6 @@ def json_safe(value):
     if value is None or isinstance(value, (bool, int, str)):
         return value
     return str(value)
-
-
-def artifact_abs_path(*, artifact: ModelArtifact) -> Path:
-    """The artifact's directory, resolved and refused outside ARTIFACT_ROOT (``selectors.artifact_dir``)."""
-    from training.selectors import artifact_dir
-
-    return artifact_dir(artifact=artifact)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -506,9 +501,9 @@ def base_models_build_tiny(
     texts += list(_sample_texts(project=project))
     if not texts:
         raise InvalidInput(f"Project {project.slug} has no prompts: import some first.", location="project")
-    from training.selectors import artifact_files, artifact_path_contained
+    from training.selectors import artifact_files
 
-    root = artifact_path_contained(Path("base") / project.slug, location="project")  # written inside the root only
+    root = base_models_dir(project_slug=project.slug)
     tokenizer = build_tokenizer(texts, root / "tokenizer", vocab_size=vocab_size)
     sizes = dict(hidden=hidden, layers=layers, heads=heads, max_positions=max_positions, seed=seed)
     built = {

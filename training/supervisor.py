@@ -1,7 +1,7 @@
 """The parent side of a training run: supervises the training process from the Celery task (or the CLI).
 
 ``supervise`` (called by ``training.tasks.execute_run`` after it won ``run_claim``, and by ``training.loop``):
-starts the run's training process — ``training.distributed_runner.child_command``: ``python -m
+starts the run's training process — ``training.run_process.child_command``: ``python -m
 training.runner RUN_ID``, or one process per GPU through accelerate — with the claim token in its
 environment and PR_SET_PDEATHSIG, so the child dies with the worker; heartbeats while the child lives;
 stops it if a cancel is not honoured within a grace period; re-queues the run when the worker is shutting
@@ -18,9 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-from training import distributed_runner, services
+from training import services
 from training.run_process import (
-    EXIT_CANCELLED, EXIT_CLAIM_LOST, EXIT_FAILED, EXIT_OK, child_environment, die_with_parent,
+    EXIT_CANCELLED, EXIT_CLAIM_LOST, EXIT_FAILED, EXIT_OK, child_command, child_environment, die_with_parent,
 )
 
 HEARTBEAT_SECONDS = float(os.environ.get("RLHF_RUN_HEARTBEAT_SECONDS", "5"))
@@ -50,14 +50,14 @@ def _stop(proc: subprocess.Popen) -> int:
 
 def supervise(*, run_id: int, claim_token: str, attempt: int) -> str:
     """Run the claimed run in a child process until it ends; returns a short outcome for the task result."""
-    from training.jobs import run_output_dir
+    from training.artifact_paths import run_log_path
     from training.models import TrainingRun
 
     run = TrainingRun.objects.get(pk=run_id)
-    log_path = run_output_dir(run) / "logs" / f"attempt-{attempt}.log"
+    log_path = run_log_path(run_id=run_id, attempt=attempt)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = child_environment(claim_token=claim_token)
-    command = distributed_runner.child_command(run_id=run_id, kind=run.kind)  # one process, or one per GPU
+    command = child_command(run_id=run_id, kind=run.kind)  # one process, or one per GPU
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent, cwd=str(Path(__file__).resolve().parent.parent),

@@ -16,8 +16,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from annotation.errors import InvalidInput, NotAllowed
 from training import selectors, services
 from training.forms import RewardRunForm
+from training.artifact_paths import artifact_dir
 from training.idempotency import idempotent_write, key_from_request
-from training.models import ModelArtifact, TrainingRun
+from training.models import TrainingRun
 
 HTMX_STOP_POLLING = 286
 CHART_KEYS = {  # metric series drawn on the run page, per kind
@@ -72,7 +73,7 @@ def _runs_page(request: HttpRequest, project, *, form, can_launch: bool, status:
         "project": project, "can_launch": can_launch, "form": form, "build_error": build_error,
         "runs": selectors.run_list_for_project(project=project)[:100],
         "artifacts": selectors.artifact_list_for_project(project=project)[:100],
-        "has_base_model": project.artifacts.filter(kind=ModelArtifact.Kind.BASE).exists(),
+        "has_base_model": selectors.project_has_base_model(project=project),
     }
     return render(request, "training/project_runs.html", context, status=status)
 
@@ -153,7 +154,7 @@ def artifact_download(request: HttpRequest, artifact_id: int) -> HttpResponse:
 
 def artifact_zip_response(artifact) -> HttpResponse:
     try:
-        folder = selectors.artifact_dir(artifact=artifact)
+        folder = artifact_dir(artifact=artifact)
     except InvalidInput:  # a stored path outside ARTIFACT_ROOT (/etc, ../.., a symlink out) is never served
         return HttpResponse("The artifact's path is not allowed.", status=403, content_type="text/plain")
     if not folder.is_dir():

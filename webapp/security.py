@@ -126,10 +126,6 @@ def login_throttle_wait(*, username: str, client: str, device: str | None = None
     return max(math.ceil(counts.get(keys["backoff"], 0) - _now()), 0)
 
 
-def login_is_throttled(*, username: str, client: str, device: str | None = None) -> bool:
-    return login_throttle_wait(username=username, client=client, device=device) > 0
-
-
 def _count(key: str, window: int) -> int:
     """One more failure in a fixed window that starts with the first failure (cache.add keeps it fixed)."""
     cache.add(key, 0, timeout=window)

@@ -87,7 +87,7 @@ class LabelerReliability(models.Model):
 
 
 class AILabeler(models.Model):
-    """A user account that is an AI labeler: which scorer ranks for it (see ``lab/ai_labelers.py``)."""
+    """A user account that is an AI labeler: which scorer ranks for it (see ``lab/ai_labelers/``)."""
 
     class Kind(models.TextChoices):
         UTILITY = "utility", "Rule-based scorer (registered utility)"

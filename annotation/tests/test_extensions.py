@@ -8,8 +8,8 @@ pytestmark = pytest.mark.django_db
 
 
 def test_lab_and_training_register_at_startup():
-    from lab.active import round_select
-    from lab.ai_labelers import ai_labeler_create, ai_labeler_run
+    from lab.active.services import round_select
+    from lab.ai_labelers.services import ai_labeler_create, ai_labeler_run
     from training.selectors import ranking_lock_by_snapshot
 
     services = extensions.model_services()

@@ -10,7 +10,7 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from lab.ai_labelers import ai_labeler_run
+from lab.ai_labelers.services import ai_labeler_run
 from annotation.errors import InvalidInput
 from annotation.hooks import hook_check, hook_load_for_operator, hook_names, hook_resolve, hooks_settings_check
 from annotation.models import Ranking

@@ -12,7 +12,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from lab.ai_labelers import ai_labeler_create, ai_labeler_run
+from lab.ai_labelers.services import ai_labeler_create, ai_labeler_run
 from lab.services import arena_create, arena_vote
 from lab.selectors import arena_pair_next_for_voter, arena_shown_order
 from annotation.errors import InvalidInput
@@ -206,7 +206,8 @@ def test_backfill_marks_ai_arena_and_gold_rankings(mix):
 
 
 def test_selection_says_when_it_cannot_act_and_shows_its_scores(make_user, make_project):
-    from lab.active import round_select, selection_notes
+    from lab.active.selectors import selection_notes
+    from lab.active.services import round_select
     from annotation.models import Round
     from annotation.tests.test_quality_services import rank_all
 

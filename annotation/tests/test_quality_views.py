@@ -3,13 +3,16 @@ import io
 import json
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from annotation.quality.metrics import shrunk_weight
 
 from annotation.models import PairwiseComparison, Prompt, Ranking
 from annotation.quality.models import GoldRanking, PromptReview, QualitySettings, RankingExclusion
+from annotation.quality.services import ranking_exclude
 from annotation.tests.test_quality_services import rank_all
 
 THIN = shrunk_weight(0.05, 9)  # 3 prompts × C(3,2) pairs of evidence
@@ -128,3 +131,45 @@ def test_quality_page_reads_a_fixed_number_of_queries_whatever_the_review_queue(
     for item in items:
         assert [s.position for s in item["samples"]] == [0, 1, 2]
         assert sorted(r["order"] for r in item["rankings"]) == ["A > B > C", "C > B > A"]
+
+
+def _quality_page_with_rows(make_user, make_project, *, slug: str, rows: int):
+    """A project whose quality page lists ``rows`` of everything: prompts in review (2 per row: 3 disagree, one
+    is settled by its excluded ranking), flagged responses, excluded rankings, AI labelers, selection records and reward models."""
+    from annotation.services import ranking_record
+    from lab.active.services import round_select
+    from lab.ai_labelers.services import ai_labeler_create
+    from training.models import ModelArtifact
+
+    alice, bob, res = make_user(f"alice-{slug}"), make_user(f"bob-{slug}"), make_user(f"res-{slug}")
+    project = make_project(slug=slug, k=3, overlap=2, prompts=3 * rows, labelers=[alice, bob], researchers=[res])
+    rankings = []
+    for prompt in project.prompts.order_by("id"):  # alice and bob disagree on every prompt: all go to review
+        ids = list(prompt.samples.order_by("position").values_list("id", flat=True))
+        rankings.append(ranking_record(prompt=prompt, labeler=alice, tiers=[[i] for i in ids], source="human",
+                                       flags={ids[0]: ["unsafe"]}))
+        ranking_record(prompt=prompt, labeler=bob, tiers=[[i] for i in ids[::-1]], source="human")
+    for n in range(rows):
+        ranking_exclude(project=project, ranking_id=rankings[n].pk, user=res, reason="test")
+        ai_labeler_create(project=project, name=f"rules{n}", kind="utility", spec="default")
+        round_select(round_=project.rounds.get(), strategy="random", seed=n, user=res)
+        ModelArtifact.objects.create(project=project, kind="reward", name=f"rm{n}", path=f"runs/{n}/model")
+    client = Client()
+    client.force_login(res)
+    return client
+
+
+def test_quality_page_reads_the_same_number_of_queries_whatever_its_rows(make_user, make_project):
+    counts = {}
+    for rows in (1, 4):
+        client = _quality_page_with_rows(make_user, make_project, slug=f"rows{rows}", rows=rows)
+        with CaptureQueriesContext(connection) as queries:
+            page = client.get(reverse("annotation:quality", args=[f"rows{rows}"]))
+        assert page.status_code == 200
+        html = page.content.decode()
+        assert len(page.context["review_items"]) == min(2 * rows, 10) and f"rules{rows - 1}" in html
+        assert len(page.context["excluded"]) == len(page.context["selections"]) == rows
+        assert len(page.context["reward_artifacts"]) == rows and len(page.context["flagged"]["items"]) == 3 * rows
+        counts[rows] = len(queries)
+    assert counts[1] == counts[4], counts  # no query per prompt, ranking, flag, labeler, selection or model
+    assert counts[4] <= QUALITY_PAGE_QUERIES

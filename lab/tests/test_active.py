@@ -4,7 +4,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from lab.active import label_ratio, pair_uncertainty, round_select
+from lab.active.compare import label_ratio, pair_uncertainty
+from lab.active.services import round_select
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Round
 from annotation.quality.models import PromptPriority, SelectionRecord

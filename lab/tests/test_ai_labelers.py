@@ -5,7 +5,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from lab.ai_labelers import ai_labeler_create, ai_labeler_run, llm_judge_scorer, reward_model_scorer
+from lab.ai_labelers.services import ai_labeler_create, ai_labeler_run
+from lab.scorers import llm_judge_scorer, reward_model_scorer
 from annotation.errors import InvalidInput
 from annotation.exporters import export_preferences
 from annotation.models import Ranking

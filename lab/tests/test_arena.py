@@ -158,6 +158,17 @@ def test_a_vote_is_a_ranking_with_one_pair_and_repeating_it_writes_nothing(arena
     assert arena_pair_next_for_voter(arena=arena, voter=labeler).pk != pair.pk
 
 
+@pytest.mark.parametrize("spent", [-1, 2**31, True, 1.5])
+def test_a_vote_with_a_bad_time_spent_writes_nothing(arena_setup, db_counts, spent):
+    labeler = arena_setup[2]
+    pair = arena_pair_next_for_voter(arena=make_arena(arena_setup), voter=labeler)
+    before = db_counts()
+    with pytest.raises(InvalidInput, match="time spent") as error:
+        _vote(pair, labeler, "left", time_spent_ms=spent)
+    assert error.value.location == "time_spent_ms" and db_counts() == before
+
+
+
 @pytest.mark.parametrize("choice", ["tie", "both_bad"])
 def test_tie_and_both_bad_are_one_tier_without_pairs(arena_setup, choice):
     labeler = arena_setup[2]

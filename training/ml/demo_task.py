@@ -46,7 +46,8 @@ def demo_prompt(noun: str) -> list[dict]:
     return [{"role": "user", "content": f"Continue the story about the {noun}."}]
 
 
-def _prompt_noun(prompt_messages: list[dict]) -> str | None:
+def prompt_noun(prompt_messages: list[dict]) -> str | None:
+    """The noun the last user message asks about (the topic), or None when it is not a demo prompt."""
     for message in reversed(prompt_messages):
         if message.get("role") == "user":
             match = _PROMPT_RE.search(str(message.get("content", "")))
@@ -85,11 +86,12 @@ def demo_utility(prompt_messages: list[dict], response_text: str) -> float:
     if clauses is None:
         return MALFORMED
     mood = sum(1.0 if adjective in BRIGHT else -1.0 for adjective, _, _ in clauses) / len(clauses)
-    topic = TOPIC_BONUS if _prompt_noun(prompt_messages) in {noun for _, noun, _ in clauses} else 0.0
+    topic = TOPIC_BONUS if prompt_noun(prompt_messages) in {noun for _, noun, _ in clauses} else 0.0
     return mood + topic
 
 
-def _demonstration(rng: random.Random, topic: str) -> str:
+def demonstration_text(rng: random.Random, topic: str) -> str:
+    """One SFT demonstration: 1-3 clauses, the first on ``topic`` with probability SFT_TOPIC_RATE."""
     clauses = []
     for i in range(rng.choice((1, 2, 2, 3))):
         noun = topic if i == 0 and rng.random() < SFT_TOPIC_RATE else rng.choice(NOUNS)
@@ -104,7 +106,7 @@ def make_demonstrations(n: int, *, seed: int = 0) -> list[tuple[list[dict], str]
     out = []
     for _ in range(n):
         topic = rng.choice(NOUNS)
-        out.append((demo_prompt(topic), _demonstration(rng, topic)))
+        out.append((demo_prompt(topic), demonstration_text(rng, topic)))
     return out
 
 

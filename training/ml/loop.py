@@ -14,7 +14,7 @@ over-optimisation when the reward model's score rose meanwhile, and a round whos
 simulated labelers by ``utility`` + Gaussian noise, ``preferences.simulated``; what the benches run) or
 ``training.loop.DatabaseSteps`` (the Django ``run_loop`` command: every step a run on database rows, the
 figures on each round's ``RoundReport``). Both take their settings from ``LoopConfig`` and their figures from
-``round_metrics``; the run kinds in ``training/policy_jobs.py`` use ``rm_score_trend`` and ``ptx_texts_from``.
+``round_metrics``; the run kinds in ``training/jobs/rl.py`` use ``rm_score_trend`` and ``ptx_texts_from``.
 No Django here.
 """
 from __future__ import annotations

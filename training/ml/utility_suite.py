@@ -9,7 +9,7 @@ No Django here.
 """
 from __future__ import annotations
 
-from training.ml.demo_task import BRIGHT, DARK, MALFORMED, _prompt_noun, parse_response
+from training.ml.demo_task import BRIGHT, DARK, MALFORMED, prompt_noun, parse_response
 
 
 def two_clauses(prompt_messages: list[dict], response_text: str) -> float:
@@ -48,7 +48,7 @@ def noun_first(prompt_messages: list[dict], response_text: str) -> float:
     if clauses is None:
         return MALFORMED
     nouns = [noun for _, noun, _ in clauses]
-    topic = _prompt_noun(prompt_messages)
+    topic = prompt_noun(prompt_messages)
     return 1.0 if nouns[0] == topic else 0.5 if topic in nouns else 0.0
 
 

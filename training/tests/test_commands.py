@@ -60,7 +60,7 @@ def test_train_policy_rejects_bad_input_and_writes_nothing(ranked, stored_model,
 def test_build_tiny_models_registers_loadable_base_models(ranked, artifact_root):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from training.selectors import artifact_dir
+    from training.artifact_paths import artifact_dir
 
     for _ in range(2):  # idempotent: the second build updates the same rows
         call_command("build_tiny_models", "--project", "ranked", "--hidden", "32", "--vocab-size", "300")

@@ -6,9 +6,9 @@ from django.core.management import call_command
 from django.db import connection
 
 from training import services, supervisor
-from training.distributed_runner import child_command
+from training.run_process import child_command
 from training.models import MetricPoint, ModelArtifact, TrainingRun
-from training.selectors import artifact_dir
+from training.artifact_paths import artifact_dir
 from training.tests.conftest import rank_all
 
 Status = TrainingRun.Status

@@ -20,8 +20,8 @@ from training.ml.trainers.sft import train_sft
 from training.ml.types import NullHooks
 from training.models import ModelArtifact
 from training.policy_data import policy_data_import
-from training.selectors import artifact_dir
-from training.tests.test_policy_jobs import _execute
+from training.artifact_paths import artifact_dir
+from training.tests.test_jobs import _execute
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # each test trains for ~8 s
 # DPO at learning rate 0.01, warmed up over 6 of 12 steps: the first steps stay near round 0, the last are junk

@@ -90,8 +90,8 @@ def test_finishing_other_runs_leaves_rounds_alone(generating, model_dir):
 
 
 def test_a_round_never_opens_without_samples(generating):
-    from training.jobs import JobFailed, config_parse
-    from training.policy_jobs import samples_write
+    from training.jobs.base import JobFailed, config_parse
+    from training.jobs.generate import samples_write
 
     _, _, _, run = generating
     rnd = Round.objects.get(pk=run.round_id)

@@ -9,7 +9,8 @@ from django.db import connection
 from annotation.models import PairwiseComparison
 from training import runner, services, supervisor
 from training.models import MetricPoint, ModelArtifact, TrainingRun
-from training.selectors import artifact_dir, snapshot_ranked_groups
+from training.artifact_paths import artifact_dir
+from training.selectors import snapshot_ranked_groups
 from training.tests.conftest import rank_all
 
 Status = TrainingRun.Status
@@ -111,7 +112,7 @@ def test_parent_maps_a_crashing_child_to_retry_then_failed(make_user, make_proje
     (model / "config.json").write_text('{"model_type": "llama"}')
     run = services.run_create(project=project, kind="reward", config={"base_model": str(model)})
     crash = "import sys; print('training...', flush=True); raise RuntimeError('CUDA error: an illegal memory access')"
-    monkeypatch.setattr("training.distributed_runner.child_command", lambda **kwargs: [sys.executable, "-c", crash])
+    monkeypatch.setattr("training.supervisor.child_command", lambda **kwargs: [sys.executable, "-c", crash])
     for attempt in (1, 2):
         claimed = services.run_claim(run_id=run.id, worker="test")
         outcome = supervisor.supervise(run_id=run.id, claim_token=claimed.claim_token, attempt=attempt)

@@ -73,7 +73,7 @@ def test_browser_refuses_a_reward_fn_naming_code(rl_project, imports, sent):
 
 def test_a_stored_run_naming_code_fails_in_the_worker_without_import(rl_project, imports):
     from training.ml.types import NullHooks
-    from training.policy_jobs import grpo_job
+    from training.jobs.rl import grpo_job
 
     project, _, policy = rl_project
     run = TrainingRun.objects.create(project=project, kind="grpo", base_artifact=policy, status="running",

@@ -9,7 +9,7 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from lab.ai_labelers import ai_labeler_create
+from lab.ai_labelers.services import ai_labeler_create
 from annotation.errors import InvalidInput
 from annotation.quality.models import AILabeler
 from training import services

@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 
 from annotation.errors import InvalidInput
 from training import selectors, services
+from training.artifact_paths import artifact_dir
 from training.models import ModelArtifact
 
 pytestmark = pytest.mark.django_db
@@ -41,7 +42,7 @@ def test_download_refuses_a_stored_path_outside_the_root(researcher_clients, sto
         assert response.status_code == 403 and not getattr(response, "streaming", False)
         assert b"root:" not in response.content
     with pytest.raises(InvalidInput, match="outside the artifact root"):
-        selectors.artifact_dir(artifact=artifact)
+        artifact_dir(artifact=artifact)
 
 
 def test_download_refuses_a_symlink_under_the_root_that_points_out(researcher_clients, artifact_root):

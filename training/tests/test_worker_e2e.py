@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from training import services
 from training.models import MetricPoint, ModelArtifact, TrainingRun
-from training.selectors import artifact_dir
+from training.artifact_paths import artifact_dir
 from training.tests.conftest import WorkerProcesses, rank_all
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

@@ -2,7 +2,7 @@
 [--tie-threshold T] [--max-prompts N]: add (or update) an AI labeler and let it rank its queue."""
 from django.core.management.base import BaseCommand, CommandError
 
-from lab.ai_labelers import ai_labeler_create, ai_labeler_run
+from lab.ai_labelers.services import ai_labeler_create, ai_labeler_run
 from annotation.errors import InvalidInput
 from annotation.models import Project
 from annotation.quality.models import AILabeler

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from lab.active import SimPrompt, compare_selection
+from lab.active.compare import SimPrompt, compare_selection
 from annotation.errors import InvalidInput
 from annotation.models import Project, Prompt
 from annotation.utility import load_utility
@@ -36,7 +36,7 @@ def demo_task_prompts(n: int, k: int, seed: int) -> list[SimPrompt]:
         noun = messages[0]["content"].split()[-1].rstrip(".")
         texts: list[str] = []
         while len(texts) < k:
-            text = demo_task._demonstration(rng, noun)
+            text = demo_task.demonstration_text(rng, noun)
             if text not in texts:
                 texts.append(text)
         out.append(SimPrompt(i, messages, texts, [demo_task.demo_utility(messages, t) for t in texts]))

@@ -2,7 +2,7 @@
 [--artifact ID] [--seed S]: order a round's queue by active selection and record the choice."""
 from django.core.management.base import BaseCommand, CommandError
 
-from lab.active import STRATEGIES, round_select
+from lab.active.services import STRATEGIES, round_select
 from annotation.errors import InvalidInput
 from annotation.models import Round
 

@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.errors import InvalidInput
 from annotation.models import Project
-from training.selectors import artifact_dir
+from training.artifact_paths import artifact_dir
 from training.services import base_models_build_tiny
 
 

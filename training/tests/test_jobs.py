@@ -13,7 +13,7 @@ from training.ml.demo_task import demo_utility, load_demonstrations
 from training.models import ModelArtifact, RoundReport, TrainingRun
 from training.policy_data import policy_data_import
 from training.rounds import round_start
-from training.selectors import artifact_dir
+from training.artifact_paths import artifact_dir
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 TINY = {"num_threads": 1, "eval_every": 10_000, "checkpoint_every": 10_000}

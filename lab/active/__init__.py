@@ -1,0 +1,1 @@
+"""Active selection: ``services`` (round_select), ``selectors`` (the strategies' scores), ``compare`` (measured)."""

@@ -1,0 +1,1 @@
+"""AI labelers (RLAIF): ``services`` (create, run), ``selectors`` (specs, scorers, idle reasons)."""

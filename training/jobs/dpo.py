@@ -1,0 +1,31 @@
+"""The DPO kind: DPO on the snapshot's ranked groups (every ranking's C(K,2) pairs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.health import health_watch_for
+from training.jobs.base import JobFailed, JobResult, config_parse, policy_result
+from training.ml.types import TrainHooks
+from training.models import TrainingRun
+from training.selectors import snapshot_ranked_groups
+
+
+def dpo_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResult:
+    """DPO on the snapshot's ranked groups; the reference is each sample's stored generation log-prob."""
+    from training.ml.trainers.dpo import train_dpo
+
+    config = config_parse(kind=run.kind, data=run.config)
+    groups = snapshot_ranked_groups(snapshot=run.snapshot)
+    if not groups:
+        raise JobFailed("The dataset snapshot holds no ranked prompts.")
+    missing = sum(lp is None for g in groups for lp in g.ref_logprobs)
+    hooks.log(f"snapshot {run.snapshot_id}: {len(groups)} prompts; "
+              f"{missing} responses without a stored reference log-prob")
+    try:  # every prompt trains: the loop's held-out figure is the reward model's accuracy
+        summary = train_dpo(config, groups, [], output_dir=output_dir, hooks=hooks, resume=True,
+                            health_watch=health_watch_for(run=run, config=config))
+    except ValueError as error:  # e.g. every group fully tied: bad data, not a crash
+        raise JobFailed(str(error)) from error
+    return policy_result(summary, run, hooks)
+
+
