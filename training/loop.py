@@ -19,7 +19,6 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 
 from django.db import transaction
@@ -161,7 +160,6 @@ def policy_bootstrap(*, project: Project, loop, in_process: bool = False, log=pr
 def policy_base_build(*, project: Project, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
                       vocab_size: int = 512) -> ModelArtifact:
     """A tokenizer trained on the project's pool prompts and demonstrations, and a tiny causal LM (BASE)."""
-    from training.ml.generation import prompt_ids  # noqa: F401  (torch and transformers are needed here)
     from training.ml.tiny_models import build_tiny_causal_lm, build_tokenizer
 
     texts = [m["content"] for msgs in project.pool_prompts.values_list("messages", flat=True) for m in msgs]
