@@ -65,23 +65,38 @@ class WorkerProcesses:
     def __init__(self, *, env: dict, log_dir, name: str) -> None:
         self.env, self.log_dir, self.name = env, log_dir, name
         self.started: list = []
+        self.groups: list[int] = []  # process groups of workers started behind a prefix
 
-    def start(self):
+    def start(self, *, env: dict | None = None, cwd=None, name: str | None = None, prefix: tuple = ()):
+        """One worker: ``env`` replaces the shared environment, ``cwd`` the repository as working directory,
+        ``name`` the node name's stem; ``prefix`` goes before the command (e.g. strace)."""
         import subprocess
         import sys
         import uuid
         from pathlib import Path
 
         log = open(self.log_dir / f"worker-{len(self.started)}.log", "wb")
-        cmd = [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", "gpu,default", "-c", "1", "--pool",
-               "solo", "-n", f"{self.name}-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
-               "--loglevel", "INFO"]
-        proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        cmd = [*prefix, sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", "gpu,default", "-c", "1",
+               "--pool", "solo", "-n", f"{name or self.name}-{uuid.uuid4().hex[:8]}@%h", "--without-gossip",
+               "--without-mingle", "--loglevel", "INFO"]
+        # Behind a prefix the worker is not our child: its own process group lets stop_all end it (and its
+        # training processes) by the group's id.
+        proc = subprocess.Popen(cmd, cwd=cwd or Path(__file__).resolve().parents[2], env=env or self.env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=bool(prefix))
         self.started.append(proc)
+        if prefix:
+            self.groups.append(proc.pid)
         return proc
 
     def stop_all(self) -> None:
+        import os
+        import signal
+
+        for group in self.groups:  # whatever is left of a worker behind a prefix, its training processes too
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for proc in self.started:
             if proc.poll() is None:
                 proc.kill()

@@ -1,0 +1,221 @@
+"""Two GPU machines, one artifact root: the shared-filesystem design of docs/training_runs.md, proved with two
+REAL Celery workers (``test_worker_e2e``'s fixtures) that share only the database, the broker and the artifact
+root. Each has its own HOME, HF_HOME, XDG_CACHE_HOME, TMPDIR and working directory (its "local disk") and runs
+under ``strace -f``, which records every file the worker and its training processes open, create, rename or
+delete. Which worker takes which run is controlled by starting them one after the other.
+
+Worker A starts a reward run and is SIGKILLed mid-run (a machine lost); worker B resumes it from the
+checkpoint A wrote and finishes it; A, restarted, then trains the same config uninterrupted. Asserted: B
+opened A's checkpoint files at their path under the shared root and holds no model file of its own; the
+attempts were recorded under different workers; the resumed model equals the uninterrupted one bit for bit,
+and so do the per-step losses; no process of either worker wrote outside the artifact root, its own scratch
+directories and /dev.
+"""
+import hashlib
+import os
+import re
+import shutil
+import signal
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.utils import timezone
+
+from training import services
+from training.models import MetricPoint, TrainingRun
+from training.artifact_paths import artifact_dir, run_output_dir
+from training.tests.conftest import WorkerProcesses
+from training.tests.test_worker_e2e import CONFIG, _alive, _child_pids, _wait, e2e_project, worker_env  # noqa: F401
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+Status = TrainingRun.Status
+REPO = Path(__file__).resolve().parents[2]
+RUN_CONFIG = {**CONFIG, "max_steps": 40}
+SCRATCH = ("home", "hf", "cache", "tmp", "cwd")  # what is local to one machine
+STRACE = ("strace", "-f", "--seccomp-bpf", "-qq", "-y", "-s", "4096", "-e",
+          "trace=open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,rmdir,link,linkat,"
+          "symlink,symlinkat,truncate")
+WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC")
+
+
+class Machine:
+    """One worker machine: its scratch directories, its environment and its strace log."""
+
+    def __init__(self, name: str, base: Path, shared_env: dict) -> None:
+        self.name, self.scratch = name, base / name
+        for sub in SCRATCH:
+            (self.scratch / sub).mkdir(parents=True)
+        self.env = {**shared_env, "HOME": str(self.scratch / "home"), "HF_HOME": str(self.scratch / "hf"),
+                    "XDG_CACHE_HOME": str(self.scratch / "cache"), "TMPDIR": str(self.scratch / "tmp"),
+                    "PYTHONDONTWRITEBYTECODE": "1",  # as the Dockerfile sets: no .pyc next to the code
+                    "PYTHONPATH": str(REPO)}  # the code, wherever the working directory is
+        self.traces: list[Path] = []
+
+    def start(self, workers: WorkerProcesses):
+        trace = self.scratch.parent / f"strace-{self.name}-{len(self.traces)}.txt"
+        self.traces.append(trace)
+        return workers.start(env=self.env, cwd=self.scratch / "cwd", name=self.name,
+                             prefix=(*STRACE, "-o", str(trace)))
+
+    def calls(self) -> list[tuple[int, str, str]]:
+        """(pid, syscall, the rest of the line) of every successful traced call."""
+        return [call for trace in self.traces for call in _strace_calls(trace.read_text(errors="replace"))]
+
+
+def _strace_calls(text: str):
+    pending: dict[str, str] = {}
+    for line in text.splitlines():
+        pid, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if rest.endswith("<unfinished ...>"):
+            pending[pid] = rest[: -len("<unfinished ...>")]
+            continue
+        resumed = re.match(r"<\.\.\. \w+ resumed>(.*)", rest)
+        if resumed:
+            rest = pending.pop(pid, "") + resumed.group(1)
+        call = re.match(r"(\w+)\((.*)\) += (-?\d+)", rest)
+        if call and not call.group(3).startswith("-"):
+            yield int(pid), call.group(1), rest
+
+
+def _paths_read(calls) -> set[str]:
+    """Files opened read-only (the path strace resolved for the returned descriptor)."""
+    out = set()
+    for _, name, rest in calls:
+        if name in ("open", "openat") and not any(f in rest for f in WRITE_FLAGS):
+            if match := re.search(r"= \d+<(.*)>$", rest):
+                out.add(match.group(1))
+    return out
+
+
+def _paths_written(calls) -> set[str]:
+    """Every path a traced call created, opened for writing, renamed (both ends), linked or removed."""
+    out = set()
+    for _, name, rest in calls:
+        if name in ("open", "openat"):
+            if any(f in rest for f in WRITE_FLAGS):
+                out.add(re.search(r"= \d+<(.*)>$", rest).group(1))
+            continue
+        # every string argument, made absolute with the directory descriptor before it when relative
+        for dirfd, path in re.findall(r'(?:((?:AT_FDCWD|\d+)<[^>]*>), )?"([^"]*)"', rest):
+            if not path.startswith("/"):  # strace -y names the directory of the descriptor, cwd included
+                assert dirfd, f"a relative path whose directory strace did not name: {rest}"
+                path = os.path.join(dirfd.split("<", 1)[1][:-1], path)
+            out.add(os.path.normpath(path))
+    return out
+
+
+def _wait_on(worker, run_id: int, until, timeout: float = 300.0) -> TrainingRun:
+    """``_wait`` that gives up as soon as the worker process has exited (its log is printed at teardown)."""
+    run = _wait(run_id, lambda r: until(r) or worker.poll() is not None, timeout=timeout)
+    assert until(run), f"the worker exited ({worker.poll()}) before the run got there: {run.status} step {run.step}"
+    return run
+
+
+def _worker_pid(run: TrainingRun) -> int:
+    """The worker process (under strace) that claimed the run: it records ``host:pid``."""
+    return int(run.worker.rsplit(":", 1)[1])
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tensors(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    (weights,) = model_dir.glob("*.safetensors")
+    return load_file(weights)
+
+
+def _losses(run: TrainingRun) -> list[float]:
+    return [p.values["loss"] for p in MetricPoint.objects.filter(run=run, split="train").order_by("step")]
+
+
+@pytest.fixture
+def machines(tmp_path, worker_env):
+    if shutil.which("strace") is None:
+        pytest.skip("needs strace to record what the workers write")
+    return Machine("machine-a", tmp_path / "machines", worker_env), Machine("machine-b", tmp_path / "machines", worker_env)
+
+
+def test_a_run_lost_on_one_machine_resumes_on_another_from_the_shared_root(e2e_project, machines, tmp_path, settings):
+    started = time.monotonic()
+    project, base = e2e_project
+    a, b = machines
+    root = Path(django_settings.ARTIFACT_ROOT).resolve()
+    workers = WorkerProcesses(env={}, log_dir=tmp_path, name="unused")
+    try:
+        # Machine A trains until a few checkpoints exist; then the machine is lost: its training process
+        # frozen where it stands, its worker SIGKILLed (the child dies with it).
+        worker = a.start(workers)
+        run = services.run_create(project=project, kind="reward", config=RUN_CONFIG, base_artifact=base)
+        run = _wait_on(worker, run.pk, lambda r: r.step >= 12)
+        (child_a,) = _child_pids(run)
+        os.kill(child_a, signal.SIGSTOP)
+        worker_a = _worker_pid(run)
+        os.kill(worker_a, signal.SIGKILL)
+        worker.wait(timeout=30)  # strace ends with its last tracee
+        assert not _alive(child_a) and not _alive(worker_a)
+        killed = TrainingRun.objects.get(pk=run.pk)
+        assert killed.status == Status.RUNNING and killed.attempts == 1 and killed.step < 40, killed.log_tail
+        checkpoints = run_output_dir(run_id=run.pk) / "checkpoints"
+        written_by_a = {p.name: {f.relative_to(p).as_posix(): _sha256(f) for f in p.rglob("*") if f.is_file()}
+                        for p in checkpoints.iterdir() if p.name.startswith("step-")}
+        last = max(written_by_a)
+        assert int(last.split("-")[1]) >= 5, written_by_a
+
+        # Machine B takes the re-queued run and finishes it.
+        later = timezone.now() + timedelta(seconds=settings.RUN_HEARTBEAT_STALE_SECONDS + 1)
+        assert services.runs_reconcile(now=later) == 1
+        worker = b.start(workers)
+        resumed = _wait_on(worker, run.pk, lambda r: r.is_terminal)
+        assert resumed.status == Status.SUCCEEDED, resumed.error + resumed.log_tail
+        assert resumed.attempts == 2 and resumed.step == resumed.total_steps == 40
+        assert f"resumed from {last} " in resumed.log_tail, resumed.log_tail
+        assert resumed.worker and resumed.worker != killed.worker  # host:pid of B, not of A
+        (_, child_b) = _child_pids(resumed)
+        os.kill(_worker_pid(resumed), signal.SIGTERM)  # warm shutdown (nothing running); strace exits with it
+        assert worker.wait(timeout=60) == 0
+
+        # Machine A, restarted, trains the same config without interruption: what one worker gives.
+        worker = a.start(workers)
+        whole = services.run_create(project=project, kind="reward", config=RUN_CONFIG, base_artifact=base)
+        whole = _wait_on(worker, whole.pk, lambda r: r.is_terminal)
+        assert whole.status == Status.SUCCEEDED and whole.attempts == 1, whole.error + whole.log_tail
+        assert "resumed" not in whole.log_tail
+        os.kill(_worker_pid(whole), signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        workers.stop_all()
+
+    # Same data, same weights, same per-step losses: the run did not notice it changed machines.
+    assert whole.snapshot.content_hash == resumed.snapshot.content_hash
+    trained, reference = _tensors(artifact_dir(artifact=resumed.artifact)), _tensors(artifact_dir(artifact=whole.artifact))
+    assert trained.keys() == reference.keys()
+    assert all(bool((trained[k] == reference[k]).all()) for k in trained)
+    assert not all(bool((trained[k] == _tensors(artifact_dir(artifact=base))[k]).all()) for k in trained
+                   if k in _tensors(artifact_dir(artifact=base)))  # and training changed them
+    assert _losses(resumed) == _losses(whole) and len(_losses(whole)) == 40
+
+    # B read the checkpoint A wrote, at its path under the shared root, from its training process.
+    calls_a, calls_b = a.calls(), b.calls()
+    assert child_a in {pid for pid, _, _ in calls_a} and child_b in {pid for pid, _, _ in calls_b}
+    read_by_b = _paths_read(pid_call for pid_call in calls_b if pid_call[0] == child_b)
+    resumed_from = {name for name in written_by_a[last] if name.endswith((".safetensors", "state.pt"))}
+    assert resumed_from == {"model/model.safetensors", "state.pt"}, written_by_a[last]
+    for name in resumed_from:  # the weights, optimizer, scheduler and RNG states A wrote (hashed after A died)
+        assert str(checkpoints.resolve() / last / name) in read_by_b, (name, sorted(read_by_b)[-20:])
+    assert not [p for p in b.scratch.rglob("*") if p.suffix in (".safetensors", ".pt", ".bin")]
+
+    # Nothing outside the artifact root, the machine's own scratch and /dev was written by either machine.
+    for machine, calls in ((a, calls_a), (b, calls_b)):
+        written = _paths_written(calls)
+        outside = sorted(p for p in written if not (Path(p).is_relative_to(root) or p.startswith("/dev/")
+                                                    or Path(p).is_relative_to(machine.scratch)))
+        assert not outside, (machine.name, outside)
+        assert any(Path(p).is_relative_to(root / "runs") for p in written)
+    print(f"two machines, one artifact root: {time.monotonic() - started:.1f} s")
