@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,7 +27,10 @@ def atomic_save_dir(target: Path, write) -> Path:
     """Call ``write(tmp_dir)`` then move tmp_dir to ``target`` in one rename (replacing any old target)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    # A plain mkdir, not mkdtemp (mode 0700): the directory gets the umask's mode like its parents, so the web
+    # and the workers of other machines can read it on a shared artifact root under another uid.
+    tmp = target.parent / f".tmp-{target.name}-{secrets.token_hex(4)}"
+    tmp.mkdir()
     try:
         write(tmp)
         _fsync_tree(tmp)

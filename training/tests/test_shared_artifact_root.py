@@ -8,7 +8,7 @@ Worker A starts a reward run and is SIGKILLed mid-run (a machine lost); worker B
 checkpoint A wrote and finishes it; A, restarted, then trains the same config uninterrupted. Asserted: B
 opened A's checkpoint files at their path under the shared root and holds no model file of its own; the
 attempts were recorded under different workers; the resumed model equals the uninterrupted one bit for bit,
-and so do the per-step losses; no process of either worker wrote outside the artifact root, its own scratch
+and so do the per-step losses; what B saved is readable beyond its owner (mode of a plain mkdir); no process of either worker wrote outside the artifact root, its own scratch
 directories and /dev.
 """
 import hashlib
@@ -200,6 +200,9 @@ def test_a_run_lost_on_one_machine_resumes_on_another_from_the_shared_root(e2e_p
     assert not all(bool((trained[k] == _tensors(artifact_dir(artifact=base))[k]).all()) for k in trained
                    if k in _tensors(artifact_dir(artifact=base)))  # and training changed them
     assert _losses(resumed) == _losses(whole) and len(_losses(whole)) == 40
+    # What B saved has the mode of the directories above it (not mkdtemp's 0700): another uid can read it.
+    for saved in (artifact_dir(artifact=resumed.artifact), *checkpoints.glob("step-*")):
+        assert saved.stat().st_mode == checkpoints.stat().st_mode, saved
 
     # B read the checkpoint A wrote, at its path under the shared root, from its training process.
     calls_a, calls_b = a.calls(), b.calls()

@@ -82,6 +82,15 @@ def test_atomic_save_dir_leaves_the_old_copy_when_writing_fails(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
 
 
+def test_atomic_save_dir_gives_the_directory_the_mode_of_a_plain_mkdir(tmp_path):
+    """Not mkdtemp's 0700: another uid (the web, a worker on another machine) reads what a worker saved."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    saved = atomic_save_dir(tmp_path / "saved", lambda tmp: (tmp / "a.txt").write_text("x"))
+    assert saved.stat().st_mode == plain.stat().st_mode
+    assert saved.stat().st_mode & 0o077  # readable beyond its owner under any usual umask (022, 002, 027)
+
+
 def test_mismatched_weights_are_refused(model_dir, tmp_path):
     model, optimizer, scheduler = _fresh(model_dir)
     path = checkpoint_save(root=tmp_path / "ck", step=1, model=model, optimizer=optimizer, scheduler=scheduler)
