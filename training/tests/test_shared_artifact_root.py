@@ -8,8 +8,10 @@ Worker A starts a reward run and is SIGKILLed mid-run (a machine lost); worker B
 checkpoint A wrote and finishes it; A, restarted, then trains the same config uninterrupted. Asserted: B
 opened A's checkpoint files at their path under the shared root and holds no model file of its own; the
 attempts were recorded under different workers; the resumed model equals the uninterrupted one bit for bit,
-and so do the per-step losses; what B saved is readable beyond its owner (mode of a plain mkdir); no process of either worker wrote outside the artifact root, its own scratch
-directories and /dev.
+and so do the per-step losses; what B saved is readable beyond its owner (the mode of a plain mkdir); no
+process of either worker wrote outside the artifact root, its own scratch directories and /dev.
+
+And why the root must be mounted at the same path everywhere: a run's config names its models by absolute path.
 """
 import hashlib
 import os
@@ -22,15 +24,16 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.management import call_command
 from django.utils import timezone
 
-from training import services
-from training.models import MetricPoint, TrainingRun
+from training import runner, services
+from training.models import MetricPoint, ModelArtifact, TrainingRun
+from training.run_process import EXIT_FAILED
 from training.artifact_paths import artifact_dir, run_output_dir
-from training.tests.conftest import WorkerProcesses
+from training.tests.conftest import WorkerProcesses, rank_all
 from training.tests.test_worker_e2e import CONFIG, _alive, _child_pids, _wait, e2e_project, worker_env  # noqa: F401
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 Status = TrainingRun.Status
 REPO = Path(__file__).resolve().parents[2]
 RUN_CONFIG = {**CONFIG, "max_steps": 40}
@@ -142,6 +145,8 @@ def machines(tmp_path, worker_env):
     return Machine("machine-a", tmp_path / "machines", worker_env), Machine("machine-b", tmp_path / "machines", worker_env)
 
 
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
 def test_a_run_lost_on_one_machine_resumes_on_another_from_the_shared_root(e2e_project, machines, tmp_path, settings):
     started = time.monotonic()
     project, base = e2e_project
@@ -222,3 +227,30 @@ def test_a_run_lost_on_one_machine_resumes_on_another_from_the_shared_root(e2e_p
         assert not outside, (machine.name, outside)
         assert any(Path(p).is_relative_to(root / "runs") for p in written)
     print(f"two machines, one artifact root: {time.monotonic() - started:.1f} s")
+
+
+@pytest.mark.django_db
+def test_a_run_names_its_models_by_absolute_path_so_every_machine_mounts_the_root_at_the_same_path(
+        make_user, make_project, tmp_path, settings):
+    """Artifact rows store their path relative to the root, but a run's config records the absolute path that
+    ``run_create`` resolved on the machine that launched it: a worker that mounts the root elsewhere fails the
+    run (docs/training_runs.md, "Several machines: one artifact root")."""
+    settings.ARTIFACT_ROOT = tmp_path / "mnt-a" / "artifacts"
+    labeler = make_user("lars")
+    project = make_project(slug="moved", k=4, prompts=4, labelers=[labeler])
+    rank_all(project, labeler)
+    call_command("build_tiny_models", "--project", "moved", "--hidden", "32", "--vocab-size", "300")
+    base = ModelArtifact.objects.get(project=project, name="tiny-reward-model")
+    assert not Path(base.path).is_absolute()
+    run = services.run_create(project=project, kind="reward", config={**CONFIG, "max_steps": 1}, base_artifact=base)
+    launched_at = str((tmp_path / "mnt-a" / "artifacts").resolve() / base.path)
+    assert run.config["base_model"] == launched_at
+
+    (tmp_path / "mnt-a").rename(tmp_path / "mnt-b")  # the worker's machine mounts the same storage elsewhere
+    settings.ARTIFACT_ROOT = tmp_path / "mnt-b" / "artifacts"
+    assert (artifact_dir(artifact=base) / "config.json").is_file()  # the row still resolves; the config does not
+    claimed = services.run_claim(run_id=run.pk, worker="machine-b")
+    assert runner.run_claimed(run_id=run.pk, claim_token=claimed.claim_token) == EXIT_FAILED
+    run.refresh_from_db()
+    assert run.status == Status.FAILED and run.attempts == 1, run.error
+    assert run.error.startswith("base_model: cannot be loaded") and launched_at in run.error, run.error
