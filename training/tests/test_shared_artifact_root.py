@@ -142,7 +142,7 @@ def _losses(run: TrainingRun) -> list[float]:
 def machines(tmp_path, worker_env):
     if shutil.which("strace") is None:
         pytest.skip("needs strace to record what the workers write")
-    return Machine("machine-a", tmp_path / "machines", worker_env), Machine("machine-b", tmp_path / "machines", worker_env)
+    return tuple(Machine(name, tmp_path / "machines", worker_env) for name in ("machine-a", "machine-b"))
 
 
 @pytest.mark.slow
@@ -199,11 +199,10 @@ def test_a_run_lost_on_one_machine_resumes_on_another_from_the_shared_root(e2e_p
 
     # Same data, same weights, same per-step losses: the run did not notice it changed machines.
     assert whole.snapshot.content_hash == resumed.snapshot.content_hash
-    trained, reference = _tensors(artifact_dir(artifact=resumed.artifact)), _tensors(artifact_dir(artifact=whole.artifact))
+    trained, reference, initial = (_tensors(artifact_dir(artifact=a)) for a in (resumed.artifact, whole.artifact, base))
     assert trained.keys() == reference.keys()
     assert all(bool((trained[k] == reference[k]).all()) for k in trained)
-    assert not all(bool((trained[k] == _tensors(artifact_dir(artifact=base))[k]).all()) for k in trained
-                   if k in _tensors(artifact_dir(artifact=base)))  # and training changed them
+    assert not all(bool((trained[k] == initial[k]).all()) for k in trained if k in initial)  # training changed them
     assert _losses(resumed) == _losses(whole) and len(_losses(whole)) == 40
     # What B saved has the mode of the directories above it (not mkdtemp's 0700): another uid can read it.
     for saved in (artifact_dir(artifact=resumed.artifact), *checkpoints.glob("step-*")):
