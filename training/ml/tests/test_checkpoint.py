@@ -1,5 +1,7 @@
 """Checkpoints round-trip model, optimizer, scheduler and RNG exactly; writes are atomic; old ones pruned."""
+import os
 import random
+import stat
 
 import pytest
 import torch
@@ -84,11 +86,14 @@ def test_atomic_save_dir_leaves_the_old_copy_when_writing_fails(tmp_path):
 
 def test_atomic_save_dir_gives_the_directory_the_mode_of_a_plain_mkdir(tmp_path):
     """Not mkdtemp's 0700: another uid (the web, a worker on another machine) reads what a worker saved."""
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    saved = atomic_save_dir(tmp_path / "saved", lambda tmp: (tmp / "a.txt").write_text("x"))
-    assert saved.stat().st_mode == plain.stat().st_mode
-    assert saved.stat().st_mode & 0o077  # readable beyond its owner under any usual umask (022, 002, 027)
+    previous = os.umask(0o022)  # the usual one, whatever this process was started with
+    try:
+        plain = tmp_path / "plain"
+        plain.mkdir()
+        saved = atomic_save_dir(tmp_path / "saved", lambda tmp: (tmp / "a.txt").write_text("x"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(saved.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o755
 
 
 def test_mismatched_weights_are_refused(model_dir, tmp_path):
