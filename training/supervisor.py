@@ -62,8 +62,8 @@ def supervise(*, run_id: int, claim_token: str, attempt: int) -> str:
         proc = subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent, cwd=str(Path(__file__).resolve().parent.parent),
         )
-    services.run_append_log(run_id=run_id, message=f"attempt {attempt}: training process {proc.pid} started",
-                            claim_token=claim_token)
+    services.run_append_log(run_id=run_id, claim_token=claim_token,  # which machine ran each attempt stays in the log
+                            message=f"attempt {attempt} on {run.worker or '?'}: training process {proc.pid} started")
     cancel_seen_at = None
     while True:
         try:

@@ -182,6 +182,8 @@ def test_a_run_lost_on_one_machine_resumes_on_another_from_the_shared_root(e2e_p
         assert resumed.attempts == 2 and resumed.step == resumed.total_steps == 40
         assert f"resumed from {last} " in resumed.log_tail, resumed.log_tail
         assert resumed.worker and resumed.worker != killed.worker  # host:pid of B, not of A
+        for attempt, worker_name in ((1, killed.worker), (2, resumed.worker)):  # both stay in the run's log
+            assert f"attempt {attempt} on {worker_name}: training process" in resumed.log_tail, resumed.log_tail
         (_, child_b) = _child_pids(resumed)
         os.kill(_worker_pid(resumed), signal.SIGTERM)  # warm shutdown (nothing running); strace exits with it
         assert worker.wait(timeout=60) == 0
