@@ -32,7 +32,8 @@ from training.models import MetricPoint, ModelArtifact, TrainingRun
 from training.run_process import EXIT_FAILED
 from training.artifact_paths import artifact_dir, run_output_dir
 from training.tests.conftest import WorkerProcesses, rank_all
-from training.tests.test_worker_e2e import CONFIG, _alive, _child_pids, _wait, e2e_project, worker_env  # noqa: F401
+from training.tests.test_worker_e2e import CONFIG, _alive, _child_pids, _wait
+from training.tests.test_worker_e2e import e2e_project, worker_env  # noqa: F401  (pytest fixtures, by name)
 
 Status = TrainingRun.Status
 REPO = Path(__file__).resolve().parents[2]
