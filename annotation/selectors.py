@@ -264,6 +264,19 @@ def ranking_last_for_labeler(*, project: Project, labeler) -> Ranking | None:
             .select_related("assignment", "prompt__round").order_by("-id").first())
 
 
+def rankings_recent_of_labeler(*, user, project: Project, limit: int = 10) -> list[Ranking]:
+    """The user's own latest rankings in the project (the project page's "recent" list), newest first."""
+    return list(ranking_list_for_user(user=user, project=project).filter(labeler=user).order_by("-id")[:limit])
+
+
+def label_page_items(*, assignment: Assignment, editing: Ranking | None) -> tuple[dict, dict]:
+    """What the labelling page shows for an assignment: its prompt's samples by id, and, when a ranking is being
+    corrected, that ranking's entries by sample id (empty otherwise)."""
+    samples = {sample.pk: sample for sample in assignment.prompt.samples.all()}
+    entries = {entry.sample_id: entry for entry in editing.entries.all()} if editing is not None else {}
+    return samples, entries
+
+
 def ranking_list_for_user(*, user, project: Project) -> QuerySet[Ranking]:
     """All rankings of the project for researchers and admins; a labeler's own rankings otherwise."""
     rankings = Ranking.objects.filter(prompt__project=project).select_related("prompt", "labeler")

@@ -53,7 +53,6 @@ def home(request: HttpRequest) -> HttpResponse:
 
 def _project_context(request: HttpRequest, project: Project, **extra) -> dict:
     can_manage = selectors.user_can_manage(user=request.user, project=project)
-    recent = selectors.ranking_list_for_user(user=request.user, project=project).filter(labeler=request.user)
     return {
         "project": project,
         "guidelines_html": render_markdown(project.guidelines),
@@ -61,7 +60,7 @@ def _project_context(request: HttpRequest, project: Project, **extra) -> dict:
         "mine": selectors.labeler_progress(project=project, labeler=request.user),
         "role": selectors.user_role(user=request.user, project=project),
         "can_manage": can_manage,
-        "recent_rankings": list(recent.order_by("-id")[:10]),
+        "recent_rankings": selectors.rankings_recent_of_labeler(user=request.user, project=project),
         "import_form": ImportForm() if can_manage else None,
         "export_form": ExportForm() if can_manage else None,
         **extra,
@@ -92,8 +91,7 @@ def _label_context(request: HttpRequest, project: Project, assignment: Assignmen
         **extra,
     }
     if assignment is not None:
-        entries = {e.sample_id: e for e in editing.entries.all()} if editing else {}
-        samples = {sample.pk: sample for sample in assignment.prompt.samples.all()}
+        samples, entries = selectors.label_page_items(assignment=assignment, editing=editing)
         responses = [
             {"id": sample_id, "letter": LETTERS[i % 26], "html": render_markdown(samples[sample_id].text),
              "excerpt": " ".join(samples[sample_id].text.split())[:90],

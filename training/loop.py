@@ -33,9 +33,9 @@ from training.models import ModelArtifact, TrainingRun
 from training.policy_data import pool_prompts_sample
 from training.rounds import round_report_record, round_start
 from training.artifact_paths import artifact_dir, base_models_dir
+from training.ml.config import OPTIMIZERS
 from training.selectors import policy_load
 
-OPTIMIZERS = ("dpo", "ppo", "grpo")
 
 
 @dataclass

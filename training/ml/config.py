@@ -293,3 +293,6 @@ def config_from_dict(kind: str, data: dict[str, Any]) -> TrainConfig:
     if kind not in CONFIG_CLASSES:
         raise ConfigError("kind", f"no config for run kind {kind!r} (known: {', '.join(sorted(CONFIG_CLASSES))})")
     return CONFIG_CLASSES[kind].from_dict(data)
+
+
+OPTIMIZERS = ("dpo", "ppo", "grpo")  # the run kinds that make the loop's policy r+1 from policy r

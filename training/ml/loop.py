@@ -30,13 +30,12 @@ from typing import Any, Callable, Protocol
 import torch
 
 from preferences.simulated import simulated_tiers
-from training.ml.config import DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig
+from training.ml.config import OPTIMIZERS, DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig
 from training.ml.generation import GeneratedSample, generate_samples, load_policy, mean_token_nll
 from training.ml.monitor import format_round, round_flags
 from training.ml.types import NullHooks, RankedGroup
 
 Utility = Callable[[list[dict], str], float]
-OPTIMIZERS = ("dpo", "ppo", "grpo")
 HELD_OUT_ROUND = 10_000  # round_prompts index of the health gate's held-out prompts
 
 

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from annotation.errors import InvalidInput
 from annotation.models import Project
-from training.loop import OPTIMIZERS, LoopFailed, LoopSettings, loop_run
+from training.loop import LoopFailed, LoopSettings, loop_run
+from training.ml.config import OPTIMIZERS
 from training.models import ModelArtifact
 
 
