@@ -203,9 +203,10 @@ def _policy_run(*, project, settings: LoopSettings, loop, policy, rm, rnd: Round
     """The run that makes policy r+1 from policy r: DPO on the round's rankings, or PPO/GRPO on its prompts
     against the round's reward model, with the pure loop's settings (``ppo_config``/``grpo_config``)."""
     if settings.optimizer == "dpo":
+        from training.ml.loop import dpo_settings
+
         common = {"seed": loop.seed, "num_threads": loop.num_threads, "eval_every": 10_000, "checkpoint_every": 10_000}
-        config = {**common, "epochs": loop.dpo_epochs, "batch_size": loop.dpo_batch_size, "beta": loop.dpo_beta,
-                  "learning_rate": loop.dpo_learning_rate, "lr_scheduler": "constant", **settings.policy_config}
+        config = {**common, **dpo_settings(loop), **settings.policy_config}
         return services.run_create(project=project, kind="dpo", config=config, base_artifact=policy,
                                    rounds=[rnd.number])
     config = rl_run_config(settings.optimizer, loop)

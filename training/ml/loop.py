@@ -34,6 +34,7 @@ from training.ml.types import NullHooks, RankedGroup
 
 Utility = Callable[[list[dict], str], float]
 OPTIMIZERS = ("dpo", "ppo", "grpo")
+DPO_REFERENCES = ("previous", "round0")  # the round's own policy (its stored log-probs), or round 0's policy
 HELD_OUT_ROUND = 10_000  # round_prompts index of the health gate's held-out prompts
 
 
@@ -58,6 +59,10 @@ class LoopConfig:
     dpo_learning_rate: float = 2e-4
     dpo_epochs: float = 2.0
     dpo_batch_size: int = 8
+    dpo_loss_type: str = "sigmoid"  # DPOConfig.loss_type: sigmoid (DPO) or ipo
+    dpo_label_smoothing: float = 0.0  # conservative DPO's ε
+    dpo_rpo_alpha: float = 0.0  # RPO: α × per-token NLL of the chosen reply
+    dpo_reference: str = "previous"  # DPO's reference: "previous" (the round's own policy) or "round0"
     train_reward_model: bool = True
     reward_steps: int = 60  # DPO's loop only reports the reward model's accuracy
     rl_reward_steps: int = 200  # PPO/GRPO optimise against it, so it trains longer
@@ -89,6 +94,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.dpo_reference not in DPO_REFERENCES:
+            raise ValueError(f"dpo_reference must be one of {', '.join(DPO_REFERENCES)}, got {self.dpo_reference!r}")
 
     @property
     def reward_model_steps(self) -> int:
@@ -148,13 +155,26 @@ def round_train_reward_model(groups: list[RankedGroup], *, base_model: str, outp
     return summary["model_dir"], float(summary["final_eval"].get("accuracy", float("nan")))
 
 
+def dpo_settings(config: LoopConfig) -> dict:
+    """The DPO run settings of one loop round (LoopConfig's ``dpo_*`` fields), shared with the Django loop."""
+    return {"epochs": config.dpo_epochs, "batch_size": config.dpo_batch_size, "learning_rate": config.dpo_learning_rate,
+            "beta": config.dpo_beta, "loss_type": config.dpo_loss_type, "label_smoothing": config.dpo_label_smoothing,
+            "rpo_alpha": config.dpo_rpo_alpha, "lr_scheduler": "constant"}
+
+
 def round_train_dpo(policy_dir: str, groups: list[RankedGroup], *, output_dir: Path, config: LoopConfig,
-                    hooks=None) -> dict:
-    """DPO from the round's policy on its groups; the summary's ``policy_dir`` is the next round's policy."""
+                    hooks=None, round0_dir: str | Path | None = None) -> dict:
+    """DPO from the round's policy on its groups; the summary's ``policy_dir`` is the next round's policy.
+    With ``config.dpo_reference == "round0"`` the reference is ``round0_dir``'s policy (scored once) instead of
+    the stored generation log-probs."""
+    reference = ""
+    if config.dpo_reference == "round0":
+        if round0_dir is None:
+            raise ValueError('dpo_reference "round0" needs round0_dir')
+        reference = str(round0_dir)
     dpo_config = DPOConfig(
-        base_model=policy_dir, seed=config.seed, epochs=config.dpo_epochs, batch_size=config.dpo_batch_size,
-        learning_rate=config.dpo_learning_rate, beta=config.dpo_beta, eval_every=10_000, checkpoint_every=10_000,
-        num_threads=config.num_threads, lr_scheduler="constant",
+        base_model=policy_dir, seed=config.seed, eval_every=10_000, checkpoint_every=10_000,
+        num_threads=config.num_threads, reference_model=reference, **dpo_settings(config),
     )
     from training.ml.trainers.dpo import train_dpo
 
@@ -291,7 +311,8 @@ def round_train_policy(policy_dir: str, prompts, groups, *, reward_model_dir: st
     """Policy r+1 from policy r with ``config.optimizer``; returns (summary, figures for the round's line)."""
     hooks = NullHooks()
     if config.optimizer == "dpo":
-        summary = round_train_dpo(policy_dir, groups, output_dir=workdir / f"dpo{r}", config=config, hooks=hooks)
+        summary = round_train_dpo(policy_dir, groups, output_dir=workdir / f"dpo{r}", config=config, hooks=hooks,
+                                  round0_dir=round0_dir(workdir))
         return summary, {"dpo_train_accuracy": hooks.steps[-1][1]["reward_accuracy"]}
     if reward_model_dir is None:
         raise ValueError(f"optimizer {config.optimizer!r} needs a reward model: set train_reward_model=True")
