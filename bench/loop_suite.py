@@ -7,7 +7,8 @@ outcomes during the loop, the loop verdict (``loop_verdict``) and wall time.
         --set dpo_rpo_alpha=1.0 --set dpo_reference=round0 --jsonl sweep.jsonl
 
 ``--set KEY=VALUE`` overrides a LoopConfig field for every run (repeatable); ``--jsonl`` appends one JSON line
-per run (the settings, every round's figures, z, verdict, wall time) for sweeps.
+per run (the settings, every round's figures, z, verdict, wall time) for sweeps; ``--summarise FILE …`` prints,
+per file, the figures of the selection rule in docs/loop.md (healthy final policies, wall time, minimum z).
 
 Set-aside utilities (``SET_ASIDE``) are marked "*" in the output. Target (issue 12): z > 4 in 3 rounds with a
 healthy final policy, for every utility but the collapse-winnable one (marked "c"), whose collapsed policies
@@ -82,6 +83,20 @@ def one(name: str, seed: int, optimizer: str, workdir: Path, rounds: int, overri
             f"{gates:14s} {'pass' if not problems else 'FAIL'} {seconds:6.0f}s")
 
 
+def summarise(paths: list[str]) -> None:
+    """One line per --jsonl file: runs, final policies healthy, max wall time, and the selection rule's score
+    (the minimum z over the non-collapse-winnable runs) with the utility and seed where it is reached."""
+    print(f"{'sweep file':28s} {'runs':>4s} {'healthy':>7s} {'max wall':>8s} {'min z':>6s}  at")
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            runs = [json.loads(line) for line in f if line.strip()]
+        scored = [r for r in runs if not r["collapse_winnable"]]
+        worst = min(scored, key=lambda r: r["z"]) if scored else None
+        healthy = sum(r["final_healthy"] for r in runs)
+        print(f"{Path(path).name:28s} {len(runs):4d} {healthy:4d}/{len(runs):<2d} {max(r['wall_s'] for r in runs):7.0f}s "
+              + (f"{worst['z']:+6.1f}  {worst['utility']} seed {worst['seed']}" if worst else "     -"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--utilities", nargs="+", default=list(SUITE), choices=list(SUITE))
@@ -91,7 +106,11 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a LoopConfig field for every run (repeatable)")
     parser.add_argument("--jsonl", help="append one JSON line per run to this file")
+    parser.add_argument("--summarise", nargs="+", metavar="JSONL", help="summarise --jsonl files and exit")
     args = parser.parse_args()
+    if args.summarise:
+        summarise(args.summarise)
+        return 0
     overrides = parse_overrides(args.set)
     if overrides:
         print("overrides: " + " ".join(f"{k}={v}" for k, v in overrides.items()), flush=True)
