@@ -2,7 +2,7 @@
 the reference round trip, the direction of the labelled pairs, DPO's first and last step, and how the
 log-probs of the best and worst tiers moved (likelihood displacement).
 
-    .venv/bin/python bench/dpo_diagnose.py --utility dark_mood --seed 0
+    .venv/bin/python bench/dpo_diagnose.py --utility dark_mood --seed 0 [--set dpo_beta=0.1 --set dpo_rpo_alpha=0]
 
 Per round it prints: the mean utility of the round's samples; the largest |stored − recomputed| log π(y|x)
 (the stored generation value against a fresh scoring pass of the same policy: DPO's reference must equal the
@@ -13,6 +13,7 @@ last step; and the mean change of log π(y|x) over DPO of the responses in each 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -58,8 +59,11 @@ def main() -> int:
     parser.add_argument("--utility", default="dark_mood", choices=list(SUITE))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a LoopConfig override")
     args = parser.parse_args()
-    config = LoopConfig(seed=args.seed)
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(LoopConfig)}
+    overrides = {key: kinds[key](value) for key, _, value in (item.partition("=") for item in args.set)}
+    config = LoopConfig(seed=args.seed, **overrides)
     torch.set_num_threads(config.num_threads)
     utility, pool = SUITE[args.utility], demo_task.make_prompt_pool()
     with tempfile.TemporaryDirectory() as tmp:
