@@ -32,7 +32,7 @@ def test_dpo_on_a_labelled_round_starts_at_zero_implicit_reward_with_pairs_point
 
     base = str(demo_task.build_demo_base(tmp_path / "base", seed=0))  # untrained: byte junk, the hardest round trip
     config = LoopConfig(prompts_per_round=8, k=4, max_new_tokens=16, label_noise=0.0, tie_threshold=0.0,
-                        dpo_epochs=1.0, num_threads=1)
+                        dpo_epochs=1.0, dpo_rpo_alpha=0.0, num_threads=1)  # no RPO term: plain DPO starts at log 2
     prompts = [demo_task.demo_prompt(noun) for noun in demo_task.NOUNS[:8]]
     samples = round_generate(base, prompts, config=config, round_index=0)
     groups = round_label(prompts, samples, utility=fewest_words, config=config, round_index=0)
