@@ -149,6 +149,7 @@ def test_a_reference_model_replaces_the_stored_log_probs(base_dir, tmp_path):
               hooks=hooks)
     assert hooks.steps[0][1]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert abs(hooks.steps[0][1]["margin"]) < 1e-5
+    assert any("stored values not used" in m for m in hooks.messages)
     stored = NullHooks()
     train_dpo(_config(base_dir, max_steps=1), wrong, [], output_dir=tmp_path / "b", hooks=stored)
     assert abs(stored.steps[0][1]["margin"]) > 1.0  # without it the stored (wrong) values are the reference

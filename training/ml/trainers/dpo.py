@@ -66,6 +66,8 @@ def fill_ref_logprobs(model, tokenizer, groups: list[RankedGroup], config: DPOCo
     """The reference log-prob of every response: under ``config.reference_model`` when set, else the stored
     value, or one computed now with ``model``."""
     if config.reference_model:
+        hooks.log(f"reference log-probs of {sum(len(g.responses) for g in groups)} responses from "
+                  f"{config.reference_model} (stored values not used)")
         with loading("reference_model", config.reference_model):
             return reference_logprobs(config.reference_model, groups, config)
     missing = [(g, i) for g in groups for i in range(len(g.responses))
