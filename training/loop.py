@@ -192,6 +192,9 @@ def _loop_config(settings: LoopSettings):
     if health:  # on the database the gate is the project's (HealthSettings), applied by every policy job
         raise InvalidInput(f"{health[0]!r}: set the project's health gate with python manage.py health_gate "
                            "--project SLUG --thresholds JSON", location="overrides")
+    if settings.overrides.get("dpo_reference", "previous") != "previous":  # DPO runs read the stored log-probs
+        raise InvalidInput("dpo_reference: the round-0 anchor runs in the in-memory loop only (training.ml.loop)",
+                           location="overrides")
     loop = LoopConfig(seed=settings.seed, rounds=settings.rounds, labelers=settings.labelers,
                       optimizer=settings.optimizer, **settings.overrides)  # optimizer: reward_model_steps
     if settings.prompts_per_round:
