@@ -73,7 +73,8 @@ def main() -> int:
         for r in range(args.rounds + 1):
             prompts = round_prompts(pool, config.prompts_per_round, seed=config.seed, round_index=r)
             model, tokenizer = load_policy(policy_dir)
-            samples = round_generate(policy_dir, prompts, config=config, round_index=r, model=model, tokenizer=tokenizer)
+            samples = round_generate(policy_dir, prompts, config=config, round_index=r, model=model,
+                                     tokenizer=tokenizer)
             flat_prompts = [m for m, group in zip(prompts, samples) for _ in group]
             texts = [s.text for group in samples for s in group]
             stored = [s.logprob for group in samples for s in group]
@@ -91,7 +92,8 @@ def main() -> int:
                                       round0_dir=round0_dir(work))
             first, last = hooks.steps[0], hooks.steps[-1]
             trained, _ = load_policy(summary["policy_dir"])
-            best, worst = tier_shift(groups, stored, sequence_logprobs(trained, tokenizer, flat_prompts, texts).tolist())
+            after = sequence_logprobs(trained, tokenizer, flat_prompts, texts).tolist()
+            best, worst = tier_shift(groups, stored, after)
             print(f"  pairs: chosen better {up}, worse {down}, equal {equal} (noise-free utility)")
             for step, m in (first, last):
                 print(f"  DPO step {step:3d}: loss {m['loss']:.4f}, accuracy {m['reward_accuracy']:.3f}, "

@@ -93,7 +93,8 @@ def summarise(paths: list[str]) -> None:
         scored = [r for r in runs if not r["collapse_winnable"]]
         worst = min(scored, key=lambda r: r["z"]) if scored else None
         healthy = sum(r["final_healthy"] for r in runs)
-        print(f"{Path(path).name:28s} {len(runs):4d} {healthy:4d}/{len(runs):<2d} {max(r['wall_s'] for r in runs):7.0f}s "
+        wall = max(r["wall_s"] for r in runs)
+        print(f"{Path(path).name:28s} {len(runs):4d} {healthy:4d}/{len(runs):<2d} {wall:7.0f}s "
               + (f"{worst['z']:+6.1f}  {worst['utility']} seed {worst['seed']}" if worst else "     -"))
 
 
