@@ -193,6 +193,9 @@ def _loop_config(settings: LoopSettings):
     if health:  # on the database the gate is the project's (HealthSettings), applied by every policy job
         raise InvalidInput(f"{health[0]!r}: set the project's health gate with python manage.py health_gate "
                            "--project SLUG --thresholds JSON", location="overrides")
+    if settings.overrides.get("dpo_reference", "previous") != "previous":  # DPO runs read the stored log-probs
+        raise InvalidInput("dpo_reference: the round-0 anchor runs in the in-memory loop only (training.ml.loop)",
+                           location="overrides")
     loop = LoopConfig(seed=settings.seed, rounds=settings.rounds, labelers=settings.labelers,
                       optimizer=settings.optimizer, **settings.overrides)  # optimizer: reward_model_steps
     if settings.prompts_per_round:
@@ -204,9 +207,10 @@ def policy_run_config(optimizer: str, loop) -> dict:
     """A policy run's config from ``LoopConfig`` (one source of truth with ``training.ml.loop``); the policy and
     reward model paths are filled from the chosen artifacts by ``run_create``."""
     if optimizer == "dpo":
+        from training.ml.loop import dpo_settings
+
         return {"seed": loop.seed, "num_threads": loop.num_threads, "eval_every": 10_000, "checkpoint_every": 10_000,
-                "epochs": loop.dpo_epochs, "batch_size": loop.dpo_batch_size, "beta": loop.dpo_beta,
-                "learning_rate": loop.dpo_learning_rate, "lr_scheduler": "constant"}
+                **dpo_settings(loop)}
     return rl_run_config(optimizer, loop)
 
 

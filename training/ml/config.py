@@ -203,12 +203,24 @@ class DPOConfig(PolicyTrainConfig):
     batch_size: int = setting(8, min=1, max=4096, help="prompts (ranked groups) per optimizer step")
     beta: float = setting(0.1, min=1e-4, max=100.0, help="β of DPO: higher keeps the policy nearer the reference")
     label_smoothing: float = setting(0.0, min=0.0, max=0.49, help="conservative DPO: assumed label-flip rate")
+    loss_type: str = setting("sigmoid", choices=("sigmoid", "ipo"),
+                             help="sigmoid: DPO (Rafailov et al. 2023); ipo: IPO's squared loss (Azar et al. 2023)")
+    rpo_alpha: float = setting(0.0, min=0.0, max=100.0,
+                               help="RPO: add α × NLL per token of the chosen reply (Pang et al. 2024); 0: off")
+    reference_model: str = setting(
+        "", help="model directory whose log-probs are the reference (e.g. round 0's policy); empty: the stored "
+                 "generation log-probs, else the starting policy's")
     margin_weighting: bool = setting(False, help="weigh each pair by its tier distance")
     use_ranking_weights: bool = setting(True, help="weigh each pair by its ranking's weight")
     adapter: str = setting("", help="LoRA adapter directory to start from (the previous policy's), or empty")
     share_prefix: bool = setting(
         True, help="encode a prompt once for its K responses (checked against the unshared log-probs first)"
     )
+
+    def _check(self) -> None:
+        super()._check()
+        if self.loss_type == "ipo" and self.label_smoothing:
+            raise ConfigError("label_smoothing", "is conservative DPO's (loss_type sigmoid); IPO has none")
 
 
 @dataclass

@@ -36,12 +36,14 @@ from training.ml.monitor import format_round, round_flags
 from training.ml.types import NullHooks, RankedGroup
 
 Utility = Callable[[list[dict], str], float]
+DPO_REFERENCES = ("previous", "round0")  # the round's own policy (its stored log-probs), or round 0's policy
 HELD_OUT_ROUND = 10_000  # round_prompts index of the health gate's held-out prompts
 
 
 @dataclass
 class LoopConfig:
-    """Defaults are the demo's, fixed before the 3-seed check in docs/loop.md."""
+    """Defaults are the demo's, fixed before the 3-seed check in docs/loop.md; DPO's β and RPO's α were then
+    picked by a rule written before the sweep, on the suite's tuning half (docs/loop.md, "The utility suite")."""
 
     seed: int = 0
     rounds: int = 3
@@ -56,10 +58,14 @@ class LoopConfig:
     tie_threshold: float = 0.05  # noisy scores closer than this tie
     sft_steps: int = 400
     sft_learning_rate: float = 3e-3
-    dpo_beta: float = 0.1
+    dpo_beta: float = 0.2  # with dpo_rpo_alpha 1.0: picked by the rule in docs/loop.md (tuning half, seeds 1-2)
     dpo_learning_rate: float = 2e-4
     dpo_epochs: float = 2.0
     dpo_batch_size: int = 8
+    dpo_loss_type: str = "sigmoid"  # DPOConfig.loss_type: sigmoid (DPO) or ipo
+    dpo_label_smoothing: float = 0.0  # conservative DPO's ε
+    dpo_rpo_alpha: float = 1.0  # RPO: α × per-token NLL of the chosen reply (0: plain DPO)
+    dpo_reference: str = "previous"  # DPO's reference: "previous" (the round's own policy) or "round0"
     train_reward_model: bool = True
     reward_steps: int = 60  # DPO's loop only reports the reward model's accuracy
     rl_reward_steps: int = 200  # PPO/GRPO optimise against it, so it trains longer
@@ -91,6 +97,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.dpo_reference not in DPO_REFERENCES:
+            raise ValueError(f"dpo_reference must be one of {', '.join(DPO_REFERENCES)}, got {self.dpo_reference!r}")
 
     @property
     def reward_model_steps(self) -> int:
@@ -150,13 +158,26 @@ def round_train_reward_model(groups: list[RankedGroup], *, base_model: str, outp
     return summary["model_dir"], float(summary["final_eval"].get("accuracy", float("nan")))
 
 
+def dpo_settings(config: LoopConfig) -> dict:
+    """The DPO run settings of one loop round (LoopConfig's ``dpo_*`` fields), shared with the Django loop."""
+    return {"epochs": config.dpo_epochs, "batch_size": config.dpo_batch_size, "learning_rate": config.dpo_learning_rate,
+            "beta": config.dpo_beta, "loss_type": config.dpo_loss_type, "label_smoothing": config.dpo_label_smoothing,
+            "rpo_alpha": config.dpo_rpo_alpha, "lr_scheduler": "constant"}
+
+
 def round_train_dpo(policy_dir: str, groups: list[RankedGroup], *, output_dir: Path, config: LoopConfig,
-                    hooks=None) -> dict:
-    """DPO from the round's policy on its groups; the summary's ``policy_dir`` is the next round's policy."""
+                    hooks=None, round0_dir: str | Path | None = None) -> dict:
+    """DPO from the round's policy on its groups; the summary's ``policy_dir`` is the next round's policy.
+    With ``config.dpo_reference == "round0"`` the reference is ``round0_dir``'s policy (scored once) instead of
+    the stored generation log-probs."""
+    reference = ""
+    if config.dpo_reference == "round0":
+        if round0_dir is None:
+            raise ValueError('dpo_reference "round0" needs round0_dir')
+        reference = str(round0_dir)
     dpo_config = DPOConfig(
-        base_model=policy_dir, seed=config.seed, epochs=config.dpo_epochs, batch_size=config.dpo_batch_size,
-        learning_rate=config.dpo_learning_rate, beta=config.dpo_beta, eval_every=10_000, checkpoint_every=10_000,
-        num_threads=config.num_threads, lr_scheduler="constant",
+        base_model=policy_dir, seed=config.seed, eval_every=10_000, checkpoint_every=10_000,
+        num_threads=config.num_threads, reference_model=reference, **dpo_settings(config),
     )
     from training.ml.trainers.dpo import train_dpo
 
@@ -275,7 +296,8 @@ def round_train_policy(policy_dir: str, prompts, groups, *, reward_model_dir: st
     """Policy r+1 from policy r with ``config.optimizer``; returns (summary, figures for the round's line)."""
     hooks = NullHooks()
     if config.optimizer == "dpo":
-        summary = round_train_dpo(policy_dir, groups, output_dir=workdir / f"dpo{r}", config=config, hooks=hooks)
+        summary = round_train_dpo(policy_dir, groups, output_dir=workdir / f"dpo{r}", config=config, hooks=hooks,
+                                  round0_dir=round0_dir(workdir))
         return summary, {"dpo_train_accuracy": hooks.steps[-1][1]["reward_accuracy"]}
     if reward_model_dir is None:
         raise ValueError(f"optimizer {config.optimizer!r} needs a reward model: set train_reward_model=True")
@@ -304,7 +326,7 @@ def safer_config(config: LoopConfig) -> LoopConfig:
 
     >>> c = safer_config(LoopConfig())
     >>> (c.dpo_learning_rate, c.dpo_beta, c.ppo_kl_coef, c.grpo_beta)
-    (0.0001, 0.2, 1.0, 1.0)
+    (0.0001, 0.4, 1.0, 1.0)
     """
     return replace(config, dpo_learning_rate=config.dpo_learning_rate / 2, dpo_beta=config.dpo_beta * 2,
                    ppo_learning_rate=config.ppo_learning_rate / 2, ppo_kl_coef=config.ppo_kl_coef * 2,

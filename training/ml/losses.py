@@ -106,23 +106,53 @@ def grpo_loss(
 
 
 # --- DPO. Sequence log-probabilities are (P,): one per pair side, summed over response tokens. ---
+def _dpo_sigmoid(h: torch.Tensor, *, beta: float, label_smoothing: float) -> torch.Tensor:
+    """DPO (Rafailov et al. 2023, eq. 7) on h = Δ_w − Δ_l; ε > 0: conservative DPO (Mitchell 2023)."""
+    return -(1.0 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)  # (P,)
+
+
+def _dpo_ipo(h: torch.Tensor, *, beta: float, label_smoothing: float) -> torch.Tensor:
+    """IPO (Azar et al. 2023, sampled loss with τ = β): (h − 1/(2β))², regressing the margin to a finite target."""
+    if label_smoothing:
+        raise ValueError("label_smoothing is defined for the sigmoid (DPO) loss only, not IPO")
+    return (h - 1.0 / (2.0 * beta)) ** 2  # (P,)
+
+
+DPO_LOSSES = {"sigmoid": _dpo_sigmoid, "ipo": _dpo_ipo}
+PER_TOKEN_MARGIN = {"sigmoid": False, "ipo": True}  # IPO's log-ratios are averaged per token (Azar et al.; TRL)
+
+
 def dpo_loss(
     policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-    *, beta: float, weights: torch.Tensor | None = None, label_smoothing: float = 0.0,
+    *, beta: float, weights: torch.Tensor | None = None, label_smoothing: float = 0.0, loss_type: str = "sigmoid",
+    rpo_alpha: float = 0.0, chosen_lengths: torch.Tensor | None = None, rejected_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DPO loss (Rafailov et al. 2023, eq. 7), averaged over pairs (Σ w·ℓ / Σ w with ``weights``):
+    """A DPO-family loss, averaged over pairs (Σ w·ℓ / Σ w with ``weights``), on Δ = log π(y|x) − log π_ref(y|x):
 
-    L = −log σ(β·[(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))]).
-    ``label_smoothing`` ε > 0 gives conservative DPO (Mitchell 2023): (1−ε)·L + ε·L with the labels flipped.
+    ``loss_type`` "sigmoid": L = −log σ(β·(Δ_w − Δ_l)) (Rafailov et al. 2023, eq. 7); ``label_smoothing``
+    ε > 0 gives conservative DPO (Mitchell 2023): (1−ε)·L + ε·L with the labels flipped.
+    ``loss_type`` "ipo": L = (Δ_w/|y_w| − Δ_l/|y_l| − 1/(2β))² (Azar et al. 2023; log-ratios averaged per token,
+    as the authors advised for TRL's implementation).
+    ``rpo_alpha`` α > 0 adds α · NLL of the chosen reply per token, −log π(y_w|x) / |y_w| (RPO: Pang et al. 2024,
+    "Iterative Reasoning Preference Optimization", L_DPO+NLL). ``chosen_lengths``/``rejected_lengths`` (P,) are
+    the replies' token counts (EOS included), needed by IPO and RPO.
     Returns (loss, chosen implicit rewards (P,), rejected implicit rewards (P,)), the rewards
     r̂ = β·(log π − log π_ref) of eq. 5, detached, for accuracy and margin metrics.
     """
-    chosen_rewards = beta * (policy_chosen - ref_chosen)  # (P,) eq. 5 without the log Z(x) that cancels
-    rejected_rewards = beta * (policy_rejected - ref_rejected)  # (P,)
-    logits = chosen_rewards - rejected_rewards  # (P,) β·[Δ_w − Δ_l]
-    per_pair = -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)  # eq. 7
+    chosen_delta = policy_chosen - ref_chosen  # (P,) Δ_w
+    rejected_delta = policy_rejected - ref_rejected  # (P,) Δ_l
+    needs_lengths = PER_TOKEN_MARGIN[loss_type] or rpo_alpha
+    if needs_lengths and (chosen_lengths is None or rejected_lengths is None):
+        raise ValueError(f"loss_type {loss_type!r} with rpo_alpha {rpo_alpha} needs the replies' token counts")
+    if PER_TOKEN_MARGIN[loss_type]:
+        h = chosen_delta / chosen_lengths.clamp(min=1) - rejected_delta / rejected_lengths.clamp(min=1)  # (P,)
+    else:
+        h = chosen_delta - rejected_delta  # (P,)
+    per_pair = DPO_LOSSES[loss_type](h, beta=beta, label_smoothing=label_smoothing)  # (P,)
+    if rpo_alpha:
+        per_pair = per_pair - rpo_alpha * policy_chosen / chosen_lengths.clamp(min=1)  # Pang et al. 2024: + α·NLL(y_w)
     if weights is None:
         loss = per_pair.mean()
     else:
         loss = (per_pair * weights).sum() / weights.sum().clamp(min=1e-12)
-    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+    return loss, (beta * chosen_delta).detach(), (beta * rejected_delta).detach()  # eq. 5 without log Z(x)

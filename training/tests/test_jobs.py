@@ -129,3 +129,8 @@ def test_run_loop_one_round_stores_the_per_round_report(story, capsys):
     assert "round 1 vs round 0: utility" in out.out and "KL to r0" in out.err + out.out
     kinds = list(TrainingRun.objects.filter(project=project).order_by("id").values_list("kind", flat=True))
     assert kinds == ["sft", "generate", "reward", "dpo", "generate"]
+    from training.ml.loop import LoopConfig
+
+    dpo = TrainingRun.objects.get(project=project, kind="dpo").config  # the loop's DPO settings reach the run
+    assert (dpo["beta"], dpo["rpo_alpha"], dpo["loss_type"]) == (LoopConfig().dpo_beta, LoopConfig().dpo_rpo_alpha,
+                                                                 LoopConfig().dpo_loss_type)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from training.ml import demo_task
-from training.ml.config import DPOConfig
+from training.ml.config import ConfigError, DPOConfig
 from training.ml.generation import load_policy, sequence_logprobs
 from training.ml.losses import dpo_loss
 from training.ml.trainers.dpo import train_dpo
@@ -38,6 +38,43 @@ def test_dpo_loss_gradient_raises_chosen_and_lowers_rejected():
     assert pc.grad.item() == pytest.approx(-0.5) and pr.grad.item() == pytest.approx(0.5)  # −β·σ(0) each way
 
 
+def test_ipo_loss_matches_the_hand_computed_value_on_per_token_log_ratios():
+    # Δ_w = 0.5 over 2 tokens, Δ_l = −0.5 over 4: h = 0.25 + 0.125 = 0.375; β = 0.5 → target 1: (0.375 − 1)² = 0.390625
+    loss, chosen, rejected = dpo_loss(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]),
+                                      torch.tensor([-1.5]), beta=0.5, loss_type="ipo",
+                                      chosen_lengths=torch.tensor([2.0]), rejected_lengths=torch.tensor([4.0]))
+    assert loss.item() == pytest.approx(0.390625, rel=1e-6)
+    assert chosen.item() == pytest.approx(0.25) and rejected.item() == pytest.approx(-0.25)  # β·Δ, as for DPO
+
+
+def test_ipo_pulls_the_margin_to_its_target_from_either_side():
+    ones = torch.tensor([1.0])
+    for h, sign in ((0.0, -1.0), (3.0, 1.0)):  # below the target 1/(2β) = 1 the chosen is pushed up, above it down
+        pc = torch.tensor([h], requires_grad=True)
+        loss, _, _ = dpo_loss(pc, torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=0.5, loss_type="ipo",
+                              chosen_lengths=ones, rejected_lengths=ones)
+        loss.backward()
+        assert pc.grad.item() == pytest.approx(sign * 2 * abs(h - 1.0))  # d/dh (h − 1)² = 2(h − 1)
+
+
+def test_rpo_adds_alpha_times_the_chosen_replys_per_token_nll():
+    # the DPO value of the first test, plus α · (−log π(y_w)) / |y_w| = 0.5 · 1 / 2
+    args = (torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.5]))
+    lengths = dict(chosen_lengths=torch.tensor([2.0]), rejected_lengths=torch.tensor([3.0]))
+    loss, _, _ = dpo_loss(*args, beta=0.1, rpo_alpha=0.5, **lengths)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-0.1)) + 0.25, rel=1e-6)
+    with pytest.raises(ValueError, match="token counts"):
+        dpo_loss(*args, beta=0.1, rpo_alpha=0.5)
+    with pytest.raises(ValueError, match="sigmoid"):
+        dpo_loss(*args, beta=0.1, loss_type="ipo", label_smoothing=0.1, **lengths)
+
+
+def test_dpo_config_refuses_label_smoothing_with_ipo():
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        DPOConfig.from_dict({"base_model": "m", "loss_type": "ipo", "label_smoothing": 0.1})
+    assert DPOConfig.from_dict({"base_model": "m", "loss_type": "ipo", "rpo_alpha": 1.0}).rpo_alpha == 1.0
+
+
 def _toy_groups(n: int, seed: int, with_ref: bool = False) -> list[RankedGroup]:
     """Two bright and two dark responses per prompt, ranked bright first (ties within each mood)."""
     rng = random.Random(seed)
@@ -59,8 +96,9 @@ def base_dir(tmp_path_factory):
 
 
 def _config(base_dir: str, **extra) -> DPOConfig:
-    return DPOConfig(base_model=base_dir, beta=0.5, learning_rate=3e-3, batch_size=8, max_steps=24, eval_every=24,
-                     checkpoint_every=8, lr_scheduler="constant", num_threads=1, **extra)
+    settings = dict(beta=0.5, learning_rate=3e-3, batch_size=8, max_steps=24, eval_every=24, checkpoint_every=8,
+                    lr_scheduler="constant", num_threads=1)
+    return DPOConfig(base_model=base_dir, **{**settings, **extra})
 
 
 @pytest.mark.slow
@@ -84,6 +122,37 @@ def test_train_dpo_raises_implicit_reward_accuracy_and_changes_params(base_dir, 
     delta = (sequence_logprobs(after, tokenizer, [g.messages] * 4, g.responses)
              - sequence_logprobs(before, tokenizer, [g.messages] * 4, g.responses))
     assert delta[:2].mean() > delta[2:].mean()  # bright responses gained likelihood relative to dark
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [{"loss_type": "ipo"}, {"rpo_alpha": 1.0}, {"label_smoothing": 0.1}],
+                         ids=["ipo", "rpo", "cdpo"])
+def test_train_dpo_lowers_each_loss_variant_on_a_toy_batch(base_dir, tmp_path, extra):
+    hooks = NullHooks()
+    summary = train_dpo(_config(base_dir, **extra), _toy_groups(48, seed=1), _toy_groups(16, seed=2),
+                        output_dir=tmp_path, hooks=hooks)
+    first, last = hooks.steps[0][1], hooks.steps[-1][1]
+    assert abs(first["chosen_reward"]) < 1e-5 and abs(first["rejected_reward"]) < 1e-5  # policy == reference
+    assert last["loss"] < first["loss"] - 0.1
+    assert hooks.evals[-1][1]["reward_accuracy"] > 0.8  # and the held-out prompts still order bright > dark
+    assert not summary["stopped"]
+
+
+@pytest.mark.slow
+def test_a_reference_model_replaces_the_stored_log_probs(base_dir, tmp_path):
+    """reference_model (the loop's round-0 anchor) scores every reference once: stored values, even wrong ones,
+    are ignored, so with the starting policy as the reference step 1 sits exactly at log 2."""
+    wrong = [RankedGroup(prompt_id=g.prompt_id, messages=g.messages, responses=g.responses, rankings=g.rankings,
+                         ref_logprobs=[0.0, 0.0, -50.0, -50.0]) for g in _toy_groups(16, seed=4)]
+    hooks = NullHooks()
+    train_dpo(_config(base_dir, max_steps=1, reference_model=base_dir), wrong, [], output_dir=tmp_path / "a",
+              hooks=hooks)
+    assert hooks.steps[0][1]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert abs(hooks.steps[0][1]["margin"]) < 1e-5
+    assert any("stored values not used" in m for m in hooks.messages)
+    stored = NullHooks()
+    train_dpo(_config(base_dir, max_steps=1), wrong, [], output_dir=tmp_path / "b", hooks=stored)
+    assert abs(stored.steps[0][1]["margin"]) > 1.0  # without it the stored (wrong) values are the reference
 
 
 class StopAfter(NullHooks):

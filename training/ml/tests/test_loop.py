@@ -22,6 +22,32 @@ def test_round_label_ranks_by_utility_and_keeps_generation_logprobs():
     assert len(group.pairs()) == 6
 
 
+@pytest.mark.slow
+def test_dpo_on_a_labelled_round_starts_at_zero_implicit_reward_with_pairs_pointing_up_the_utility(tmp_path):
+    """Issue 12 diagnosis, kept as a regression test: the reference DPO reads (each sample's stored generation
+    log-prob, scored on the decoded text) equals the training forward's log-prob of the same tokens, so at
+    step 1 every implicit reward is 0; and every pair round_label builds has chosen ≥ rejected in utility."""
+    from training.ml.loop import round_generate, round_train_dpo
+    from training.ml.utility_suite import fewest_words
+    from training.ml.types import NullHooks
+
+    base = str(demo_task.build_demo_base(tmp_path / "base", seed=0))  # untrained: byte junk, the hardest round trip
+    config = LoopConfig(prompts_per_round=8, k=4, max_new_tokens=16, label_noise=0.0, tie_threshold=0.0,
+                        dpo_epochs=1.0, dpo_rpo_alpha=0.0, num_threads=1)  # no RPO term: plain DPO starts at log 2
+    prompts = [demo_task.demo_prompt(noun) for noun in demo_task.NOUNS[:8]]
+    samples = round_generate(base, prompts, config=config, round_index=0)
+    groups = round_label(prompts, samples, utility=fewest_words, config=config, round_index=0)
+    assert sum(len(g.pairs()) for g in groups) >= 8
+    for messages, group in zip(prompts, groups):
+        for chosen, rejected, _, _ in group.pairs():
+            assert fewest_words(messages, group.responses[chosen]) > fewest_words(messages, group.responses[rejected])
+    hooks = NullHooks()
+    round_train_dpo(base, groups, output_dir=tmp_path / "dpo", config=config, hooks=hooks)
+    first = hooks.steps[0][1]
+    assert abs(first["chosen_reward"]) < 1e-5 and abs(first["rejected_reward"]) < 1e-5
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
 # 20-step policies rarely end with EOS yet: the smoke runs gate them with limits they can pass
 LAX_HEALTH = {"health_min_eos_rate": 0.0, "health_min_distinct_rate": 0.0, "health_max_nll_rise": 100.0,
               "health_prompts": 8}
@@ -47,6 +73,8 @@ def test_one_round_smoke_produces_finite_metrics(tmp_path):
 def test_loop_config_rejects_an_unknown_optimizer():
     with pytest.raises(ValueError, match="optimizer must be one of dpo, ppo, grpo"):
         LoopConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match="dpo_reference must be one of previous, round0"):
+        LoopConfig(dpo_reference="sft")
 
 
 def test_rm_score_trend_compares_the_last_quarter_of_steps_with_the_first():

@@ -7,7 +7,12 @@ response under the policy being trained and under the reference. Two savings ove
   of them (C(K,2) pairs per ranking), instead of two forwards per pair;
 * the reference is the policy that generated the samples, whose log π_ref(y|x) was stored with each
   sample (``RankedGroup.ref_logprobs``), so there is no reference forward pass. Missing values are
-  computed once, before the first update, with the starting policy, and the log says so.
+  computed once, before the first update, with the starting policy, and the log says so. With
+  ``config.reference_model`` (e.g. round 0's policy: a KL anchor that does not move with the rounds) every
+  reference log-prob is scored once with that model instead.
+
+The loss is ``losses.dpo_loss``: DPO, conservative DPO (``label_smoothing``), IPO (``loss_type``) and RPO's NLL
+term on the chosen reply (``rpo_alpha``).
 
 Reads top to bottom: load -> reference log-probs -> encode -> loop (step, eval, checkpoint, stop) -> save.
 The policy is ``config.base_model`` (a full model directory), optionally continuing the LoRA adapter
@@ -25,7 +30,7 @@ import torch
 
 from training.ml import distributed, losses, prefix_sharing
 from training.ml.checkpoint import checkpoint_save
-from training.ml.config import DPOConfig
+from training.ml.config import DPOConfig, loading
 from training.ml.generation import collate_scoring, encode_many, sequence_logprobs, token_logprobs
 from training.ml.health_watch import HealthWatch, InRunHealth
 from training.ml.trainers.sft import (
@@ -44,8 +49,28 @@ class DPOGroup:
     pairs: list[tuple[int, int, float]]  # (chosen, rejected, weight), indices into sequences
 
 
+def reference_logprobs(model_dir: str, groups: list[RankedGroup], config: DPOConfig) -> list[list[float]]:
+    """Every response's log-prob under ``config.reference_model`` (one scoring pass; e.g. round 0's policy)."""
+    from training.ml.generation import load_policy
+
+    model, tokenizer = load_policy(model_dir)
+    values = sequence_logprobs(model, tokenizer, [g.messages for g in groups for _ in g.responses],
+                               [r for g in groups for r in g.responses], max_length=config.max_length).tolist()
+    out, pos = [], 0
+    for g in groups:
+        out.append(values[pos: pos + len(g.responses)])
+        pos += len(g.responses)
+    return out
+
+
 def fill_ref_logprobs(model, tokenizer, groups: list[RankedGroup], config: DPOConfig, hooks: TrainHooks) -> list[list[float]]:
-    """The reference log-prob of every response: the stored value, or one computed now with ``model``."""
+    """The reference log-prob of every response: under ``config.reference_model`` when set, else the stored
+    value, or one computed now with ``model``."""
+    if config.reference_model:
+        hooks.log(f"reference log-probs of {sum(len(g.responses) for g in groups)} responses from "
+                  f"{config.reference_model} (stored values not used)")
+        with loading("reference_model", config.reference_model):
+            return reference_logprobs(config.reference_model, groups, config)
     missing = [(g, i) for g in groups for i in range(len(g.responses))
                if len(g.ref_logprobs) != len(g.responses) or g.ref_logprobs[i] is None]
     computed: dict[tuple[int, int], float] = {}
@@ -97,9 +122,11 @@ def dpo_batch(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, sha
         logp = token_logprobs(model, batch).sum(dim=1)  # (N,) log π(y|x) of each response
     ref_t = torch.tensor(ref, device=device)  # (N,) log π_ref(y|x), stored at generation
     c, r = torch.tensor(chosen, device=device), torch.tensor(rejected, device=device)  # (P,), (P,)
+    lengths = torch.tensor([len(response) for _, response in sequences], device=device, dtype=torch.float)  # (N,)
     loss, chosen_rewards, rejected_rewards = losses.dpo_loss(
         logp[c], logp[r], ref_t[c], ref_t[r], beta=config.beta, weights=torch.tensor(weights, device=device),
-        label_smoothing=config.label_smoothing,
+        label_smoothing=config.label_smoothing, loss_type=config.loss_type, rpo_alpha=config.rpo_alpha,
+        chosen_lengths=lengths[c], rejected_lengths=lengths[r],
     )
     return {
         "loss": loss,
