@@ -8,7 +8,7 @@ model -> DPO, PPO or GRPO.
 Checks the target for each seed with the default LoopConfig: round 3's mean utility beats round 0's by more
 than 4 standard errors (of the difference), and at round 3 ≥ 95% of samples end with EOS, ≥ 90% are
 distinct and the per-token NLL under round 0's policy rose by ≤ 0.3 nats; all within 5 minutes (DPO,
-issue 4) or 10 minutes (PPO/GRPO, issue 5) per seed, SFT included. Rounds the over-optimisation monitor
+issue 4) or 10 minutes (PPO/GRPO, issue 5) per seed, SFT included. Rounds the monitor (training.ml.monitor)
 flags are printed. Exits 1 if any seed misses.
 """
 from __future__ import annotations
@@ -69,8 +69,8 @@ def main() -> int:
                 log=lambda line: print(line, flush=True),
             )
             ok, text = check(history, time.perf_counter() - started, TIME_LIMIT_S[config.optimizer])
-        flagged = [m["round"] for m in history if m.get("over_optimised")]
-        print(f"seed {seed}: {'PASS' if ok else 'FAIL'}: {text}; over-optimisation flagged in rounds: "
+        flagged = [m["round"] for m in history if m.get("flags")]
+        print(f"seed {seed}: {'PASS' if ok else 'FAIL'}: {text}; monitor flagged rounds: "
               f"{flagged or 'none'}", flush=True)
         results.append(ok)
     print(f"{sum(results)}/{len(results)} seeds pass")

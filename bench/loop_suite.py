@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from training.ml import demo_task  # noqa: E402
-from training.ml.loop import LoopConfig, loop_verdict, run_loop  # noqa: E402
+from training.ml.loop import LoopConfig, run_loop  # noqa: E402
+from training.ml.monitor import loop_verdict  # noqa: E402
 from training.ml.utility_suite import COLLAPSE_WINNABLE, SET_ASIDE, SUITE  # noqa: E402
 
 

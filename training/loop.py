@@ -6,10 +6,12 @@ and supervises ``python -m training.runner RUN_ID`` exactly as the Celery task d
 ``in_process=True``, runs the child side in this process; tests use that). If a worker claimed the run
 first, it waits for the worker. Rows, metrics, checkpoints and artifacts are the same either way.
 
+The loop itself is ``training.ml.loop.loop_rounds`` (the same algorithm as the in-memory loop: round sequence,
+gate -> retry once with ``safer_config`` -> keep the previous policy, flags, round line) on ``DatabaseSteps``.
 Per round the figures of ``training.ml.loop.round_metrics`` (mean utility ± standard error, KL to round 0,
 health) plus the reward model's held-out accuracy and its mean score on this round's and the previous
-round's samples are stored on the round's ``RoundReport``; ``training.rounds.flags_update`` flags
-over-optimisation from them.
+round's samples, the policy run's id and the generating policy's health (and override) are stored on the
+round's ``RoundReport``; ``training.rounds.flags_update`` flags it (``training.ml.monitor``).
 """
 from __future__ import annotations
 
@@ -199,57 +201,18 @@ def _loop_config(settings: LoopSettings):
     return loop
 
 
-def _policy_run(*, project, settings: LoopSettings, loop, policy, rm, rnd: Round) -> TrainingRun:
-    """The run that makes policy r+1 from policy r: DPO on the round's rankings, or PPO/GRPO on its prompts
-    against the round's reward model, with the pure loop's settings (``ppo_config``/``grpo_config``)."""
-    if settings.optimizer == "dpo":
-        common = {"seed": loop.seed, "num_threads": loop.num_threads, "eval_every": 10_000, "checkpoint_every": 10_000}
-        config = {**common, "epochs": loop.dpo_epochs, "batch_size": loop.dpo_batch_size, "beta": loop.dpo_beta,
-                  "learning_rate": loop.dpo_learning_rate, "lr_scheduler": "constant", **settings.policy_config}
-        return services.run_create(project=project, kind="dpo", config=config, base_artifact=policy,
-                                   rounds=[rnd.number])
-    config = rl_run_config(settings.optimizer, loop)
-    config.update(settings.policy_config)
-    return services.run_create(project=project, kind=settings.optimizer, config=config, base_artifact=policy,
-                               reward_artifact=rm, round=rnd)
-
-
-def safer_policy_config(policy_config: dict) -> dict:
-    """``training.ml.loop.safer_config``'s rule on explicit policy-run settings: learning rate ÷2, β/kl_coef ×2."""
-    out = dict(policy_config)
-    for key, factor in (("learning_rate", 0.5), ("beta", 2.0), ("kl_coef", 2.0)):
-        if key in out:
-            out[key] = out[key] * factor
-    return out
-
-
-def policy_run_gated(*, project, settings: LoopSettings, loop, policy, rm, rnd: Round, log=print):
-    """The round's policy run, through the health gate (checked by every policy job before its artifact is
-    registered). A failure is retried once with ``safer_config``'s rule; if the retry fails too, returns
-    (None, outcome): the caller keeps the round's policy. Else (the succeeded run, outcome)."""
-    from training.ml.loop import SAFER_RULE, safer_config
-
-    trained = run_execute(run=_policy_run(project=project, settings=settings, loop=loop, policy=policy, rm=rm,
-                                          rnd=rnd), in_process=settings.in_process)
-    if trained.artifact.healthy is not False:
-        return trained, "passed"
-    first = "; ".join(trained.artifact.health.get("reasons") or [])
-    log(f"  round {rnd.number}: {trained.kind} run {trained.pk}'s policy failed the health gate ({first}); "
-        f"retrying once with {SAFER_RULE}")
-    safer = LoopSettings(**{**settings.__dict__, "policy_config": safer_policy_config(settings.policy_config)})
-    retry = run_execute(run=_policy_run(project=project, settings=safer, loop=safer_config(loop), policy=policy,
-                                        rm=rm, rnd=rnd), in_process=settings.in_process)
-    outcome = f"run {trained.pk} failed the health gate ({first}); retry run {retry.pk} with {SAFER_RULE}: "
-    if retry.artifact.healthy is not False:
-        return retry, outcome + "passed"
-    again = "; ".join(retry.artifact.health.get("reasons") or [])
-    log(f"  round {rnd.number}: the retry failed too ({again}); keeping policy {policy.name} (#{policy.pk})")
-    return None, outcome + f"failed again ({again}); kept policy #{policy.pk}"
+def policy_run_config(optimizer: str, loop) -> dict:
+    """A policy run's config from ``LoopConfig`` (one source of truth with ``training.ml.loop``); the policy and
+    reward model paths are filled from the chosen artifacts by ``run_create``."""
+    if optimizer == "dpo":
+        return {"seed": loop.seed, "num_threads": loop.num_threads, "eval_every": 10_000, "checkpoint_every": 10_000,
+                "epochs": loop.dpo_epochs, "batch_size": loop.dpo_batch_size, "beta": loop.dpo_beta,
+                "learning_rate": loop.dpo_learning_rate, "lr_scheduler": "constant"}
+    return rl_run_config(optimizer, loop)
 
 
 def rl_run_config(optimizer: str, loop) -> dict:
-    """A PPO/GRPO run's config from ``LoopConfig`` (one source of truth with ``training.ml.loop``); the policy
-    and reward model paths are filled from the chosen artifacts by ``run_create``."""
+    """A PPO/GRPO run's config from ``LoopConfig`` (``ppo_config``/``grpo_config``)."""
     from training.ml.loop import grpo_config, ppo_config
 
     config = (ppo_config if optimizer == "ppo" else grpo_config)("", loop).to_dict()
@@ -258,84 +221,124 @@ def rl_run_config(optimizer: str, loop) -> dict:
     return config
 
 
+def explicit_settings(explicit: dict, *, attempt: dict, loop: dict) -> dict:
+    """The operator's explicit policy-run settings (``--policy-config``) on one attempt of a round's policy run.
+    The gate's retry runs with ``safer_config``'s loop settings: an explicit setting that rule changed is
+    changed by the same factor as the loop's own value (a non-numeric one takes the attempt's value).
+
+    >>> explicit_settings({"learning_rate": 0.05, "epochs": 3}, attempt={"learning_rate": 1e-4, "epochs": 2},
+    ...                   loop={"learning_rate": 2e-4, "epochs": 2})
+    {'learning_rate': 0.025, 'epochs': 3}
+    """
+    def on_attempt(key, value):
+        if key not in attempt or attempt[key] == loop.get(key):
+            return value
+        numeric = all(isinstance(v, (int, float)) for v in (value, attempt[key], loop.get(key)))
+        return value * (attempt[key] / loop[key]) if numeric and loop[key] else attempt[key]
+
+    return {key: on_attempt(key, value) for key, value in explicit.items()}
+
+
+class DatabaseSteps:
+    """The loop's steps on database rows (``training.ml.loop.LoopSteps``): every run is created through the
+    services (``round_start``, ``run_create``) and executed by ``run_execute``; the gate's verdict is read from
+    each new policy's artifact (every policy job checks it); each round's figures go on its ``RoundReport``,
+    whose flags ``training.rounds.flags_update`` sets."""
+
+    def __init__(self, *, project: Project, settings: LoopSettings, loop, utility, policy: ModelArtifact | None,
+                 log=print, step=lambda label: None):
+        self.project, self.settings, self.loop, self.utility, self.log, self.step = (project, settings, loop, utility,
+                                                                                     log, step)
+        self.start_policy, self.labelled, self.rm, self.previous = policy, [], None, None
+
+    def bootstrap(self):
+        policy = self.start_policy or policy_bootstrap(project=self.project, loop=self.loop,
+                                                       in_process=self.settings.in_process, log=self.log)
+        self.round0_policy, self.round0 = policy, policy_load(policy)
+        return _trained(policy, name=f"policy {policy.name} (#{policy.pk})")
+
+    def generate(self, r: int, policy) -> Round:
+        loop = self.loop
+        prompts = pool_prompts_sample(project=self.project, n=loop.prompts_per_round, seed=loop.seed * 1000 + r)
+        sampling = {"temperature": loop.temperature, "top_p": loop.top_p, "max_new_tokens": loop.max_new_tokens,
+                    "seed": loop.seed * 1000 + r, "num_threads": loop.num_threads}
+        gen = run_execute(run=round_start(project=self.project, policy_artifact=policy.policy, prompts=prompts,
+                                          sampling=sampling), in_process=self.settings.in_process)
+        self.step(f"round {r}: generated")
+        return gen.round
+
+    def measure(self, r: int, rnd: Round, policy) -> dict:
+        self.generator = ModelArtifact.objects.get(pk=policy.policy.pk)  # as stored now: an override is on the row
+        loaded = None if self.generator.pk == self.round0_policy.pk else policy_load(self.generator)
+        return {"round_number": rnd.number,
+                **round_measure(rnd=rnd, utility=self.utility, round0=self.round0, rm_artifact=self.rm,
+                                previous=self.previous, policy=loaded),
+                "policy_health": {"healthy": self.generator.healthy,
+                                  "reasons": (self.generator.health or {}).get("reasons", []),
+                                  "overridden": self.generator.health_override_at is not None}}
+
+    def label(self, r: int, rnd: Round) -> dict:
+        loop = self.loop
+        figures = round_label_simulated(rnd=rnd, utility=self.utility, labelers=loop.labelers, noise=loop.label_noise,
+                                        tie_threshold=loop.tie_threshold, seed=loop.seed)
+        self.step(f"round {r}: labelled")
+        self.labelled.append(rnd.number)
+        return figures
+
+    def train_reward(self, r: int, rnd: Round):
+        loop = self.loop
+        self.rm = run_execute(run=services.run_create(
+            project=self.project, kind="reward", base_artifact=self.round0_policy, rounds=list(self.labelled),
+            config={"seed": loop.seed, "max_steps": loop.reward_model_steps, "learning_rate": loop.reward_learning_rate,
+                    "batch_size": 8, "eval_every": 10_000, "checkpoint_every": 10_000, "eval_fraction": 0.2,
+                    "num_threads": loop.num_threads}), in_process=self.settings.in_process).artifact
+        final_eval = self.rm.run.summary.get("final_eval") or {}
+        self.step(f"round {r}: reward model")
+        return self.rm, {"rm_accuracy": final_eval.get("accuracy"), "rm_eval_pairs": final_eval.get("pairs")}
+
+    def train_policy(self, r: int, rnd: Round, policy, reward_model, config, *, retry: bool):
+        """DPO on the round's rankings, or PPO/GRPO on its prompts against its reward model, with ``config``'s
+        settings (the retry: ``safer_config``'s) and the operator's explicit ones."""
+        optimizer = self.settings.optimizer
+        run_config = policy_run_config(optimizer, config)
+        run_config.update(explicit_settings(self.settings.policy_config, attempt=run_config,
+                                            loop=policy_run_config(optimizer, self.loop)))
+        if optimizer == "dpo":
+            run = services.run_create(project=self.project, kind="dpo", config=run_config, base_artifact=policy.policy,
+                                      rounds=[rnd.number])
+        else:
+            run = services.run_create(project=self.project, kind=optimizer, config=run_config,
+                                      base_artifact=policy.policy, reward_artifact=reward_model, round=rnd)
+        run = run_execute(run=run, in_process=self.settings.in_process)
+        if not retry:
+            self.step(f"round {r}: {optimizer}")
+        change = (run.summary or {}).get("rm_score_change")  # PPO/GRPO: the RM score trend during the run
+        return _trained(run.artifact, name=f"{run.kind} run {run.pk}'s policy", figures={"policy_run": run.pk},
+                        carried={} if change is None else {"rm_score_change": change})
+
+    def record(self, r: int, rnd: Round, figures: dict, previous: dict | None) -> dict:
+        report = round_report_record(round=rnd, metrics={k: v for k, v in figures.items() if k != "round"},
+                                     policy=self.generator)
+        self.previous = rnd
+        return {**figures, **report.metrics, "flags": [report.flag_reason] if report.flag_reason else []}
+
+
+def _trained(artifact: ModelArtifact, **fields):
+    from training.ml.loop import Trained
+
+    return Trained(artifact, {**(artifact.health or {}), "healthy": artifact.healthy}, **fields)
+
+
 def loop_run(*, project: Project, settings: LoopSettings, policy: ModelArtifact | None = None, log=print,
              step=lambda label: None) -> list[dict]:
-    """Rounds 0..settings.rounds; returns each round's figures (also stored on its RoundReport)."""
+    """Rounds 0..settings.rounds (``training.ml.loop.loop_rounds`` on ``DatabaseSteps``); returns each round's
+    figures (also stored on its RoundReport)."""
     from annotation.utility import load_utility
-    from training.ml.generation import load_policy
+    from training.ml.loop import loop_rounds
 
     if settings.optimizer not in OPTIMIZERS:
         raise InvalidInput(f"optimizer must be one of {', '.join(OPTIMIZERS)}", location="optimizer")
     utility, loop = load_utility(settings.utility), _loop_config(settings)
-    started = time.perf_counter()
-    policy = policy or policy_bootstrap(project=project, loop=loop, in_process=settings.in_process, log=log)
-    round0_policy = policy
-    round0 = policy_load(policy)
-    history, labelled, rm, previous, carried = [], [], None, None, {}
-    for r in range(settings.rounds + 1):
-        prompts = pool_prompts_sample(project=project, n=loop.prompts_per_round, seed=loop.seed * 1000 + r)
-        sampling = {"temperature": loop.temperature, "top_p": loop.top_p, "max_new_tokens": loop.max_new_tokens,
-                    "seed": loop.seed * 1000 + r, "num_threads": loop.num_threads}
-        gen = run_execute(run=round_start(project=project, policy_artifact=policy, prompts=prompts, sampling=sampling),
-                          in_process=settings.in_process)
-        step(f"round {r}: generated")
-        rnd = gen.round
-        figures = {"round": r, "round_number": rnd.number,
-                   **round_measure(rnd=rnd, utility=utility, round0=round0, rm_artifact=rm, previous=previous,
-                                   policy=None if policy.pk == round0_policy.pk else policy_load(policy)),
-                   **carried}
-        if history:  # the monitor's figures, as training.ml.loop prints them
-            figures["utility_change"] = figures["utility_mean"] - history[-1]["utility_mean"]
-        if r < settings.rounds:
-            figures.update(round_label_simulated(rnd=rnd, utility=utility, labelers=loop.labelers,
-                                                 noise=loop.label_noise, tie_threshold=loop.tie_threshold, seed=loop.seed))
-            step(f"round {r}: labelled")
-            labelled.append(rnd.number)
-            rm = run_execute(run=services.run_create(
-                project=project, kind="reward", base_artifact=round0_policy, rounds=list(labelled),
-                config={"seed": loop.seed, "max_steps": loop.reward_model_steps, "learning_rate": loop.reward_learning_rate,
-                        "batch_size": 8, "eval_every": 10_000, "checkpoint_every": 10_000, "eval_fraction": 0.2,
-                        "num_threads": loop.num_threads}), in_process=settings.in_process).artifact
-            figures["rm_accuracy"] = (rm.run.summary.get("final_eval") or {}).get("accuracy")
-            figures["rm_eval_pairs"] = (rm.run.summary.get("final_eval") or {}).get("pairs")
-            step(f"round {r}: reward model")
-            trained, figures["gate"] = policy_run_gated(project=project, settings=settings, loop=loop, policy=policy,
-                                                        rm=rm, rnd=rnd, log=log)
-            carried = {}
-            if trained is None:
-                figures["gate_failed"] = True
-            else:
-                figures["policy_run"] = trained.pk
-                change = (trained.summary or {}).get("rm_score_change")  # PPO/GRPO: RM score trend during the run
-                carried = {} if change is None else {"rm_score_change": change}
-                policy = trained.artifact
-            step(f"round {r}: {settings.optimizer}")
-        generator = ModelArtifact.objects.get(pk=gen.base_artifact_id)
-        figures["policy_health"] = {"healthy": generator.healthy, "reasons": (generator.health or {}).get("reasons", []),
-                                    "overridden": generator.health_override_at is not None}
-        report = round_report_record(round=rnd, metrics={k: v for k, v in figures.items() if k != "round"},
-                                     policy=generator)
-        figures.update(report.metrics, elapsed_s=time.perf_counter() - started, flag=report.flag_reason)
-        history.append(figures)
-        log(format_round_line(figures))
-        previous = rnd
-    return history
-
-
-def format_round_line(m: dict) -> str:
-    def fmt(key, spec, scale=1.0, none="  -  "):
-        value = m.get(key)
-        return none if value is None else format(value * scale, spec)
-
-    line = (f"[{m.get('elapsed_s', 0):6.1f}s] round {m['round']} (#{m['round_number']}): utility "
-            f"{m['utility_mean']:+.3f} ± {m['utility_se']:.3f} | RM acc {fmt('rm_accuracy', '.3f')} | KL to r0 "
-            f"{m['kl_to_round0']:.3f} | EOS {fmt('eos_rate', '.1f', 100)}% | distinct {100 * m['distinct_rate']:.1f}% "
-            f"| NLL@r0 {m['nll_round0']:.3f} | tokens {m['mean_tokens']:.1f}")
-    if "utility_change" in m and "rm_score_change" in m:
-        line += f" | RM score Δ {m['rm_score_change']:+.3f}, utility Δ {m['utility_change']:+.3f}"
-    healthy = (m.get("policy_health") or {}).get("healthy")
-    if healthy is not None:
-        line += f" | health {'ok' if healthy else 'FAILED'}"
-    if m.get("gate") and m["gate"] != "passed":
-        line += f"\n  GATE: {m['gate']}"
-    return line + (f"\n  FLAG: {m['flag']}" if m.get("flag") else "")
+    steps = DatabaseSteps(project=project, settings=settings, loop=loop, utility=utility, policy=policy, log=log,
+                          step=step)
+    return loop_rounds(steps, loop, log=log)

@@ -6,15 +6,13 @@ generation run on the ``gpu`` queue; the run writes the samples and opens the ro
 One round generates at a time per project. A generation run that ends without samples (cancelled, failed)
 leaves its round CLOSED and empty (``training.services``): a round never opens without samples.
 
-Over-optimisation: a policy whose reward-model score rose while the labelers' measure of it fell is
-flagged (``overoptimisation_verdict``, on the round's report and on the run that trained the policy). The
-round is also flagged when the labelers' utility fell by more than one standard error whatever the RM says
-(``utility_fall_verdict``), and for the health gate (``_health_reasons``). A policy that failed the gate
-(``training.health``) cannot start a round without a recorded override.
+The monitor's rules are ``training.ml.monitor``'s (one home with the in-memory loop): every recorded report is
+flagged (on the round, and on the run that trained its policy) for reward over-optimisation, the reward-model
+score rising while the labelers' measure of the policy fell, else for a fall of the labelers' utility by more
+than one standard error; the round also for the health gate (``_health_reasons``). A policy that failed the
+gate (``training.health``) cannot start a round without a recorded override.
 """
 from __future__ import annotations
-
-import math
 
 from django.db import transaction
 from django.db.models import Max
@@ -22,6 +20,7 @@ from django.db.models import Max
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import Project, Prompt, Round
 from annotation.selectors import user_can_manage
+from training.ml.monitor import gate_flag, monitor_flags
 from training.models import ModelArtifact, RoundReport, TrainingRun
 from training.policy_data import messages_parse
 
@@ -101,33 +100,6 @@ def prompts_validate(prompts: list) -> list[list[dict]]:
 
 
 # ----------------------------------------------------------------------------- figures and flags
-def overoptimisation_verdict(
-    *, rm_before: float | None, rm_after: float | None, utility_before: float | None, utility_after: float | None,
-    se_before: float | None = 0.0, se_after: float | None = 0.0,
-) -> str:
-    """Why this looks like reward over-optimisation, or "" when it does not.
-
-    Flagged when the reward-model score rose (after > before) while the labelers' utility fell by more than
-    one standard error of the difference, sqrt(se_before² + se_after²).
-
-    >>> overoptimisation_verdict(rm_before=0.1, rm_after=0.9, utility_before=0.5, utility_after=0.2,
-    ...                          se_before=0.05, se_after=0.05)[:27]
-    'reward-model score rose by '
-    >>> overoptimisation_verdict(rm_before=0.1, rm_after=0.9, utility_before=0.5, utility_after=0.45,
-    ...                          se_before=0.05, se_after=0.05)
-    ''
-    """
-    values = (rm_before, rm_after, utility_before, utility_after)
-    if any(v is None or not math.isfinite(v) for v in values):
-        return ""
-    noise = math.hypot(se_before or 0.0, se_after or 0.0)
-    rise, drop = rm_after - rm_before, utility_before - utility_after
-    if rise > 0 and drop > noise:
-        return (f"reward-model score rose by {rise:.3f} while the labelers' utility fell by {drop:.3f} "
-                f"(more than its standard error {noise:.3f})")
-    return ""
-
-
 def round_report_record(*, round: Round, metrics: dict, policy: ModelArtifact | None = None) -> RoundReport:
     """Merge ``metrics`` into the round's report (created if missing), then re-check the flags. Idempotent."""
     from training.services import json_safe
@@ -149,34 +121,31 @@ def _previous_report(report: RoundReport) -> RoundReport | None:
 
 
 def flags_update(*, report: RoundReport) -> None:
-    """Flag the round and the run that trained its policy when RM score and labelers' utility disagree.
+    """Flag the round and the run that trained its policy by the monitor's rules (``monitor_flags``).
 
-    RM evidence, either: the same reward model scored this round's and the previous round's samples
-    (``rm_score_mean`` vs ``rm_score_prev_round``); or the policy's PPO/GRPO run logged its mean RM score
-    per step: its summary's ``rm_score_change`` (``training.ml.loop.rm_score_trend``: last quarter of the
-    steps vs the first, the same test as ``over_optimisation_flag``), else first vs final step.
+    RM evidence (``training.ml.monitor.rm_score_rises``), either: the same reward model scored this round's and
+    the previous round's samples (``rm_score_mean`` vs ``rm_score_prev_round``); or the policy's run logged its
+    mean RM score per step (``_run_rm_score_change``).
     """
     previous = _previous_report(report)
-    m = report.metrics
-    if previous is None or "utility_mean" not in m:
-        _flags_write(report=report, run=None, reasons=_health_reasons(report=report))
+    if previous is None or "utility_mean" not in report.metrics:
+        _flags_write(report=report, run=None, reasons=[], health=_health_reasons(report=report))
         return
-    p = previous.metrics
-    utility = dict(utility_before=p.get("utility_mean"), utility_after=m.get("utility_mean"),
-                   se_before=p.get("utility_se"), se_after=m.get("utility_se"))
-    reasons = [overoptimisation_verdict(rm_before=m.get("rm_score_prev_round"), rm_after=m.get("rm_score_mean"),
-                                        **utility)]
     run = report.policy.run if report.policy is not None and report.policy.run_id else None
-    if run is not None:
-        summary = run.summary or {}
-        first, final = summary.get("first") or {}, summary.get("final") or {}
-        if summary.get("rm_score_change") is not None:  # PPO/GRPO: training.ml.loop.rm_score_trend (policy_jobs)
-            first, final = {"rm_score": 0.0}, {"rm_score": summary["rm_score_change"]}
-        reasons.append(overoptimisation_verdict(rm_before=first.get("rm_score"), rm_after=final.get("rm_score"),
-                                                **utility))
-    if not any(reasons):  # the labelers' utility fell, whatever the reward model says
-        reasons.append(utility_fall_verdict(**utility))
-    _flags_write(report=report, run=run, reasons=reasons, health=_health_reasons(report=report))
+    current = {**report.metrics, "rm_score_change": _run_rm_score_change(run)}
+    _flags_write(report=report, run=run, reasons=monitor_flags(previous.metrics, current),
+                 health=_health_reasons(report=report))
+
+
+def _run_rm_score_change(run: TrainingRun | None) -> float | None:
+    """How much the reward model's score rose during a policy run: its summary's ``rm_score_change`` (PPO/GRPO:
+    ``training.ml.loop.rm_score_trend``, last quarter of the steps vs the first), else final minus first step;
+    None when the run logged no RM score."""
+    summary = (run.summary or {}) if run is not None else {}
+    if summary.get("rm_score_change") is not None:
+        return summary["rm_score_change"]
+    first, final = (summary.get("first") or {}).get("rm_score"), (summary.get("final") or {}).get("rm_score")
+    return None if first is None or final is None else final - first
 
 
 def _flags_write(*, report: RoundReport, run, reasons: list[str], health: list[str] = ()) -> None:
@@ -190,19 +159,6 @@ def _flags_write(*, report: RoundReport, run, reasons: list[str], health: list[s
     report.overoptimised, report.flag_reason = bool(reason), reason
 
 
-def utility_fall_verdict(*, utility_before, utility_after, se_before=0.0, se_after=0.0) -> str:
-    """Why the labelers' utility counts as fallen (by more than one standard error of the difference), or "".
-
-    >>> utility_fall_verdict(utility_before=0.5, utility_after=0.3, se_before=0.05, se_after=0.05)
-    "labelers' utility fell by 0.200 (more than its standard error 0.071)"
-    """
-    if any(v is None or not math.isfinite(v) for v in (utility_before, utility_after)):
-        return ""
-    noise = math.hypot(se_before or 0.0, se_after or 0.0)
-    drop = utility_before - utility_after
-    return f"labelers' utility fell by {drop:.3f} (more than its standard error {noise:.3f})" if drop > noise else ""
-
-
 def _health_reasons(*, report: RoundReport) -> list[str]:
     """The health gate's part of the round's flag: its policy failed the gate (generating only by a recorded
     override), or the policy trained on it failed the gate twice (``metrics["gate_failed"]``, kept the old one)."""
@@ -213,6 +169,4 @@ def _health_reasons(*, report: RoundReport) -> list[str]:
                        + "; ".join((policy.health or {}).get("reasons") or []) + ")"
                        + (f", overridden by {policy.health_override_by}: {policy.health_override_reason}"
                           if policy.health_override_at else ""))
-    if report.metrics.get("gate_failed"):
-        reasons.append("the policy trained on this round failed the health gate: " + str(report.metrics.get("gate", "")))
-    return reasons
+    return [*reasons, *filter(None, [gate_flag(report.metrics)])]

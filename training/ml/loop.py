@@ -1,19 +1,21 @@
-"""The collect-train loop in memory: generate -> simulated labelling -> reward model -> DPO/PPO/GRPO -> next round.
+"""The collect-train loop, once: generate -> labelling -> reward model -> DPO/PPO/GRPO -> next round.
 
-Round 0's policy is the SFT policy. Round r samples K responses for M prompts from policy r; simulated
-labelers rank them by utility + Gaussian noise (``preferences.simulated``); a reward model is
-trained on all rankings so far. Then ``config.optimizer`` gives policy r+1 from policy r: DPO on the round's
-rankings (the stored generation log-probs are its reference), or PPO/GRPO on the round's prompts against
-that freshly trained reward model (PPO-ptx optional: γ × LM loss on the SFT demonstrations). Each round
-reports mean utility ± standard error, the reward model's held-out accuracy, KL(π_r ‖ π_0) on the round's
-prompts and health figures (share ending with EOS, share distinct, per-token NLL under π_0); after a PPO/GRPO
-round, the over-optimisation monitor compares the reward model's score trend during the policy run with the
-labelers' utility change and flags a round where the first rose while the second fell.
+Round 0's policy is the SFT policy. Round r samples K responses for M prompts from policy r; labelers rank
+them; a reward model is trained on all rankings so far. Then ``config.optimizer`` gives policy r+1 from policy
+r: DPO on the round's rankings (the stored generation log-probs are its reference), or PPO/GRPO on the round's
+prompts against that freshly trained reward model (PPO-ptx optional: γ × LM loss on the SFT demonstrations).
+Policy r+1 must pass the health gate; a failure is retried once with ``safer_config``, and if the retry fails
+too policy r is kept (``train_gated``). Each round reports mean utility ± standard error, the reward model's
+held-out accuracy, KL(π_r ‖ π_0) and health figures (share ending with EOS, share distinct, per-token NLL
+under π_0); the monitor (``training.ml.monitor``) flags a round whose labelers' utility fell, as reward
+over-optimisation when the reward model's score rose meanwhile, and a round whose trained policy was kept.
 
-The Django ``run_loop`` command (``training/loop.py``) does not call the per-round functions: it runs each
-round's generation, labelling and training as runs on database rows, and shares with this module only the
-settings (``LoopConfig``, ``ppo_config``/``grpo_config``) and the figures (``round_metrics``; the run kinds in
-``training/policy_jobs.py`` use ``rm_score_trend`` and ``ptx_texts_from``). No Django here.
+``loop_rounds`` is that algorithm, on a ``LoopSteps``: ``MemorySteps`` here (``run_loop``: directories,
+simulated labelers by ``utility`` + Gaussian noise, ``preferences.simulated``; what the benches run) or
+``training.loop.DatabaseSteps`` (the Django ``run_loop`` command: every step a run on database rows, the
+figures on each round's ``RoundReport``). Both take their settings from ``LoopConfig`` and their figures from
+``round_metrics``; the run kinds in ``training/policy_jobs.py`` use ``rm_score_trend`` and ``ptx_texts_from``.
+No Django here.
 """
 from __future__ import annotations
 
@@ -21,15 +23,16 @@ import math
 import random
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
 from preferences.simulated import simulated_tiers
 from training.ml.config import DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig
 from training.ml.generation import GeneratedSample, generate_samples, load_policy, mean_token_nll
+from training.ml.monitor import format_round, round_flags
 from training.ml.types import NullHooks, RankedGroup
 
 Utility = Callable[[list[dict], str], float]
@@ -226,24 +229,6 @@ def rm_score_trend(step_metrics: list[dict[str, float]], key: str = "rm_score") 
     return statistics.fmean(scores[-q:]) - statistics.fmean(scores[:q])
 
 
-def over_optimisation_flag(*, rm_score_change: float, utility_change: float, utility_se: float = 0.0) -> str | None:
-    """Reward over-optimisation: the reward model's score rose during the policy run while the labelers'
-    utility of the resulting policy's samples fell (by more than ``utility_se``, the standard error of the
-    change, when given). Returns the reason, or None when the round is not flagged (or a figure is missing).
-
-    >>> over_optimisation_flag(rm_score_change=0.8, utility_change=-0.2)
-    "reward-model score rose +0.800 during the policy run while the labelers' utility fell -0.200"
-    >>> over_optimisation_flag(rm_score_change=0.8, utility_change=0.1) is None
-    True
-    """
-    if not (math.isfinite(rm_score_change) and math.isfinite(utility_change)):
-        return None
-    if rm_score_change > 0 and utility_change < -abs(utility_se):
-        return (f"reward-model score rose {rm_score_change:+.3f} during the policy run while the labelers' "
-                f"utility fell {utility_change:+.3f}")
-    return None
-
-
 def round_metrics(prompts: list[list[dict]], samples: list[list[GeneratedSample]], *, utility: Utility,
                   round0, policy) -> dict[str, float]:
     """Utility (mean, standard error), KL to round 0, and health of one round's samples.
@@ -330,163 +315,187 @@ def safer_config(config: LoopConfig) -> LoopConfig:
 SAFER_RULE = "learning rate ÷2, KL anchor (β / kl_coef) ×2"
 
 
-def utility_fall_flag(*, before: float, after: float, se_before: float, se_after: float) -> str | None:
-    """The labelers' utility fell by more than one standard error of the difference (whatever the RM says).
+# ----------------------------------------------------------------------------- the loop, once
+@dataclass
+class Trained:
+    """A policy the loop may generate from. ``policy``: the steps' handle (a directory in memory, an artifact on
+    the database); ``health``: the gate's verdict and figures (None: not gated); ``name`` for the gate's
+    messages; ``figures`` go on the round it was trained on, ``carried`` on the round it generates."""
 
-    >>> utility_fall_flag(before=0.5, after=0.3, se_before=0.05, se_after=0.05)
-    "labelers' utility fell -0.200 (more than its standard error 0.071)"
+    policy: Any
+    health: dict | None = None
+    name: str = ""
+    figures: dict = field(default_factory=dict)
+    carried: dict = field(default_factory=dict)
+
+
+class LoopSteps(Protocol):
+    """Where the loop runs: in memory (``MemorySteps``) or on database rows (``training.loop.DatabaseSteps``).
+    ``rnd`` is the steps' handle of a round, ``reward_model`` of a reward model (None: none trained)."""
+
+    def bootstrap(self) -> Trained: ...  # round 0's policy
+
+    def generate(self, r: int, policy: Trained) -> Any: ...  # round r's K samples per prompt from ``policy``
+
+    def measure(self, r: int, rnd: Any, policy: Trained) -> dict: ...  # round_metrics, the generator's health
+
+    def label(self, r: int, rnd: Any) -> dict: ...  # rank the round's samples
+
+    def train_reward(self, r: int, rnd: Any) -> tuple[Any, dict]: ...  # a reward model on all rankings so far
+
+    def train_policy(self, r: int, rnd: Any, policy: Trained, reward_model: Any, config: LoopConfig, *,
+                     retry: bool) -> Trained: ...  # policy r+1 from policy r with ``config``, its health checked
+
+    def record(self, r: int, rnd: Any, figures: dict, previous: dict | None) -> dict: ...  # store; add "flags"
+
+
+def gate_figures(health: dict) -> dict:
+    """What a round keeps of each gate check (``gate_checks``; ``bench/health_margin.py`` reads them)."""
+    return {k: health.get(k) for k in ("healthy", "eos_rate", "distinct_rate", "nll_rise", "kl_to_round0", "examples")}
+
+
+def train_gated(steps: LoopSteps, r: int, rnd: Any, policy: Trained, reward_model: Any, config: LoopConfig,
+                log: Callable[[str], None]) -> tuple[Trained | None, dict]:
+    """Policy r+1 through the health gate: on failure retry once with ``safer_config``; if the retry fails too,
+    keep policy r. Returns (the next policy, None to keep policy r; the figures for round r)."""
+    trained = steps.train_policy(r, rnd, policy, reward_model, config, retry=False)
+    if trained.health is None:  # not gated
+        return trained, trained.figures
+    checks, first = [gate_figures(trained.health)], "; ".join(trained.health.get("reasons") or [])
+    if trained.health.get("healthy") is not False:
+        return trained, {**trained.figures, "gate": "passed", "gate_checks": checks}
+    log(f"  round {r}: {trained.name} failed the health gate ({first}); retrying once with {SAFER_RULE}")
+    retry = steps.train_policy(r, rnd, policy, reward_model, safer_config(config), retry=True)
+    health = retry.health or {}
+    checks.append(gate_figures(health))
+    outcome = f"{trained.name} failed ({first}), retried with {SAFER_RULE}: {retry.name} "
+    if health.get("healthy") is not False:
+        return retry, {**retry.figures, "gate": outcome + "passed", "gate_checks": checks}
+    log(f"  round {r}: the retry failed the health gate too; keeping round {r}'s policy for the next round")
+    again = "; ".join(health.get("reasons") or [])
+    return None, {**retry.figures, "gate": outcome + f"failed again ({again}); kept round {r}'s policy",
+                  "gate_failed": True, "gate_checks": checks}
+
+
+def loop_rounds(steps: LoopSteps, config: LoopConfig, *, log: Callable[[str], None] = print) -> list[dict]:
+    """The loop: round 0's policy, then for r = 0..config.rounds generate round r from the newest policy and
+    measure it; except after the last round, label it, train a reward model and (through ``train_gated``)
+    policy r+1; record the round (its flags: ``training.ml.monitor``) and print its line. Returns each round's
+    figures; a trained policy's ``carried`` figures (PPO/GRPO: ``rm_score_change``) go on the round it generates.
     """
-    se = math.hypot(se_before, se_after)
-    if math.isfinite(se) and after - before < -se:
-        return f"labelers' utility fell {after - before:+.3f} (more than its standard error {se:.3f})"
-    return None
+    started = time.perf_counter()
+    policy, history, carried = steps.bootstrap(), [], {}
+    for r in range(config.rounds + 1):
+        rnd = steps.generate(r, policy)
+        figures = {"round": r, **steps.measure(r, rnd, policy), **carried}
+        if history:  # the monitor compares each round with the one before
+            figures["utility_change"] = figures["utility_mean"] - history[-1]["utility_mean"]
+        if r < config.rounds:
+            figures.update(steps.label(r, rnd))
+            reward_model, reward_figures = steps.train_reward(r, rnd)
+            figures.update(reward_figures)
+            trained, gate = train_gated(steps, r, rnd, policy, reward_model, config, log)
+            figures.update(gate)
+            policy, carried = (policy, {}) if trained is None else (trained, trained.carried)
+        figures = steps.record(r, rnd, figures, history[-1] if history else None)
+        figures["elapsed_s"] = time.perf_counter() - started
+        history.append(figures)
+        log(format_round(figures))
+    return history
 
 
-def loop_verdict(history: list[dict]) -> list[str]:
-    """Why a finished loop failed (empty: it passed): the final policy is unhealthy, or the labelers' utility
-    did not rise by more than one standard error of the difference between round 0 and the last round."""
-    first, last = history[0], history[-1]
-    problems = []
-    health = last.get("policy_health") or {}
-    if health.get("healthy") is False:
-        problems.append("the final policy is unhealthy: " + "; ".join(health.get("reasons") or []))
-    se = math.hypot(first["utility_se"], last["utility_se"])
-    gain = last["utility_mean"] - first["utility_mean"]
-    if not gain > se:
-        problems.append(f"the utility did not rise: {gain:+.3f} (standard error {se:.3f})")
-    return problems
+# ----------------------------------------------------------------------------- the loop in memory
+@dataclass
+class MemoryRound:
+    prompts: list[list[dict]]
+    samples: list[list[GeneratedSample]]
+    policy: tuple  # (model, tokenizer) that drew the samples: the gate's reference for the policy trained on them
+    groups: list[RankedGroup] = field(default_factory=list)
 
 
-def _gate(policy_dir: str, *, round0, reference, prompts, config: LoopConfig, round0_nll: float | None) -> dict:
-    from training.ml.health import policy_health
+class MemorySteps:
+    """The loop's steps in memory (``run_loop``, the benches): policies and reward models are directories under
+    ``workdir``, simulated labelers rank by ``utility`` + noise, the gate checks every new policy in process."""
 
-    return policy_health(load_policy(policy_dir), round0, prompts, thresholds=health_thresholds(config),
-                         reference=reference, round0_nll=round0_nll)
+    def __init__(self, config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool: list[list[dict]],
+                 demonstrations, build_base: Callable[..., Path], log: Callable[[str], None]):
+        self.config, self.workdir, self.utility, self.prompt_pool = config, Path(workdir), utility, prompt_pool
+        self.demonstrations, self.build_base, self.log = demonstrations, build_base, log
+        self.started, self.groups, self.round0_nll = time.perf_counter(), [], None
 
+    def bootstrap(self) -> Trained:
+        """SFT on the demonstrations; round 0's policy, gated against itself (its NLL is the gate's baseline)."""
+        config = self.config
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        policy_dir = build_sft_policy(self.workdir, config=config, demonstrations=self.demonstrations,
+                                      build_base=self.build_base)
+        self.log(f"[{time.perf_counter() - self.started:6.1f}s] SFT policy: {policy_dir}")
+        self.round0 = load_policy(policy_dir)
+        self.ptx_texts = ptx_texts_from(self.demonstrations, self.round0[1]) if config.ppo_ptx_coef > 0 else None
+        self.held_out = round_prompts(self.prompt_pool, config.health_prompts, seed=config.seed,
+                                      round_index=HELD_OUT_ROUND)
+        health = self._gate(policy_dir, reference=None) if config.health_gate else None
+        self.round0_nll = (health or {}).get("nll_round0_baseline")
+        return Trained(policy_dir, health, name="the SFT policy")
 
-def _gate_figures(health: dict) -> dict:
-    return {k: health[k] for k in ("healthy", "eos_rate", "distinct_rate", "nll_rise", "kl_to_round0", "examples")}
+    def generate(self, r: int, policy: Trained) -> MemoryRound:
+        prompts = round_prompts(self.prompt_pool, self.config.prompts_per_round, seed=self.config.seed, round_index=r)
+        model = self.round0 if r == 0 else load_policy(policy.policy)
+        samples = round_generate(policy.policy, prompts, config=self.config, round_index=r, model=model[0],
+                                 tokenizer=model[1])
+        return MemoryRound(prompts, samples, model)
 
+    def measure(self, r: int, rnd: MemoryRound, policy: Trained) -> dict:
+        figures = round_metrics(rnd.prompts, rnd.samples, utility=self.utility, round0=self.round0, policy=rnd.policy)
+        if policy.health:
+            figures["policy_health"] = {k: policy.health[k] for k in ("healthy", "reasons", "eos_rate",
+                                                                        "distinct_rate", "nll_rise", "kl_to_round0")}
+        return figures
 
-def round_train_gated(policy_dir: str, prompts, groups, *, policy, round0, held_out, rm_dir, workdir: Path, r: int,
-                      config: LoopConfig, ptx_texts, round0_nll, log) -> tuple[str, dict, dict]:
-    """Train policy r+1 and put it through the health gate; on failure retry once with ``safer_config``; if
-    that fails too keep policy r. Returns (the next policy's dir, figures for round r's line, its health)."""
-    summary, carried = round_train_policy(policy_dir, prompts, groups, reward_model_dir=rm_dir, workdir=workdir, r=r,
-                                          config=config, ptx_texts=ptx_texts)
-    if not config.health_gate:
-        return summary["policy_dir"], carried, {}
-    gate = dict(round0=round0, reference=policy, prompts=held_out, config=config, round0_nll=round0_nll)
-    health = _gate(summary["policy_dir"], **gate)
-    checks = [_gate_figures(health)]
-    outcome = "passed"
-    if not health["healthy"]:
-        log(f"  round {r}: the {config.optimizer} policy failed the health gate ({'; '.join(health['reasons'])}); "
-            f"retrying once with {SAFER_RULE}")
-        summary, carried = round_train_policy(policy_dir, prompts, groups, reward_model_dir=rm_dir, workdir=workdir,
-                                              r=f"{r}-retry", config=safer_config(config), ptx_texts=ptx_texts)
-        first_reasons, health = health["reasons"], _gate(summary["policy_dir"], **gate)
-        checks.append(_gate_figures(health))
-        outcome = f"failed ({'; '.join(first_reasons)}), retried with {SAFER_RULE}: " + \
-            ("passed" if health["healthy"] else f"failed again ({'; '.join(health['reasons'])})")
-    carried = {**carried, "gate": outcome, "gate_checks": checks}
-    if not health["healthy"]:
-        log(f"  round {r}: the retry failed the health gate too; keeping round {r}'s policy for the next round")
-        return policy_dir, {**carried, "gate": outcome + f"; kept round {r}'s policy", "gate_failed": True}, {}
-    return summary["policy_dir"], carried, health
+    def label(self, r: int, rnd: MemoryRound) -> dict:
+        rnd.groups = round_label(rnd.prompts, rnd.samples, utility=self.utility, config=self.config, round_index=r)
+        self.groups.extend(rnd.groups)
+        return {}
+
+    def train_reward(self, r: int, rnd: MemoryRound) -> tuple[str | None, dict]:
+        if not self.config.train_reward_model:
+            return None, {}
+        rm_dir, accuracy = round_train_reward_model(self.groups, base_model=str(round0_dir(self.workdir)),
+                                                    output_dir=self.workdir / f"rm{r}", config=self.config)
+        return rm_dir, {"rm_accuracy": accuracy}
+
+    def train_policy(self, r: int, rnd: MemoryRound, policy: Trained, reward_model: str | None, config: LoopConfig,
+                     *, retry: bool) -> Trained:
+        tag = f"{r}-retry" if retry else r  # the run's directory: workdir / f"{optimizer}{tag}"
+        summary, figures = round_train_policy(policy.policy, rnd.prompts, rnd.groups, reward_model_dir=reward_model,
+                                              workdir=self.workdir, r=tag, config=config, ptx_texts=self.ptx_texts)
+        health = self._gate(summary["policy_dir"], reference=rnd.policy) if self.config.health_gate else None
+        mine = {k: v for k, v in figures.items() if k == "dpo_train_accuracy"}  # the rest: the next round's
+        return Trained(summary["policy_dir"], health, name=f"the {config.optimizer} policy ({config.optimizer}{tag})",
+                       figures=mine, carried={k: v for k, v in figures.items() if k not in mine})
+
+    def record(self, r: int, rnd: MemoryRound, figures: dict, previous: dict | None) -> dict:
+        return {**figures, "flags": round_flags(previous, figures)}
+
+    def _gate(self, policy_dir: str, *, reference) -> dict:
+        from training.ml.health import policy_health
+
+        return policy_health(load_policy(policy_dir), self.round0, self.held_out,
+                             thresholds=health_thresholds(self.config), reference=reference, round0_nll=self.round0_nll)
 
 
 def run_loop(config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool: list[list[dict]],
              demonstrations, build_base: Callable[..., Path], log: Callable[[str], None] = print) -> list[dict]:
-    """SFT, then rounds 0..config.rounds; returns one metrics dict per round (round 0 = SFT policy).
-
-    After a PPO/GRPO round, the next round's dict holds the reward model's score trend during the policy run
-    (``rm_score_change``), the utility change it caused (``utility_change``) and ``over_optimised`` (a reason
-    or None), which the round's line prints.
+    """SFT, then rounds 0..config.rounds in memory (``loop_rounds`` on ``MemorySteps``); returns one figures
+    dict per round (round 0 = SFT policy). After a PPO/GRPO round, the next round's dict holds the reward
+    model's score trend during the policy run (``rm_score_change``) and the utility change it caused
+    (``utility_change``), which the round's line prints; ``flags`` are the monitor's and the gate's.
     """
-    started = time.perf_counter()
-    workdir = Path(workdir)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    policy_dir = build_sft_policy(workdir, config=config, demonstrations=demonstrations, build_base=build_base)
-    log(f"[{time.perf_counter() - started:6.1f}s] SFT policy: {policy_dir}")
-    round0 = load_policy(policy_dir)
-    ptx_texts = ptx_texts_from(demonstrations, round0[1]) if config.ppo_ptx_coef > 0 else None
-    held_out = round_prompts(prompt_pool, config.health_prompts, seed=config.seed, round_index=HELD_OUT_ROUND)
-    health = _gate(policy_dir, round0=round0, reference=None, prompts=held_out, config=config, round0_nll=None) \
-        if config.health_gate else {}
-    round0_nll = health.get("nll_round0_baseline")
-    history, all_groups, carried = [], [], {}
-    for r in range(config.rounds + 1):
-        prompts = round_prompts(prompt_pool, config.prompts_per_round, seed=config.seed, round_index=r)
-        policy = round0 if r == 0 else load_policy(policy_dir)
-        samples = round_generate(policy_dir, prompts, config=config, round_index=r, model=policy[0],
-                                 tokenizer=policy[1])
-        metrics = {"round": r, **round_metrics(prompts, samples, utility=utility, round0=round0, policy=policy),
-                   **{k: v for k, v in carried.items() if k in ("rm_score_change", "policy_kl")}}
-        if health:
-            metrics["policy_health"] = {k: health[k] for k in ("healthy", "reasons", "eos_rate", "distinct_rate",
-                                                                 "nll_rise", "kl_to_round0")}
-        if r > 0:
-            previous = history[-1]
-            metrics["utility_change"] = metrics["utility_mean"] - previous["utility_mean"]
-            se = math.hypot(metrics["utility_se"], previous["utility_se"])
-            flags = [utility_fall_flag(before=previous["utility_mean"], after=metrics["utility_mean"],
-                                       se_before=previous["utility_se"], se_after=metrics["utility_se"])]
-            if "rm_score_change" in carried:
-                flags.append(over_optimisation_flag(rm_score_change=carried["rm_score_change"],
-                                                    utility_change=metrics["utility_change"], utility_se=se))
-                metrics["over_optimised"] = flags[-1]
-            metrics["flags"] = [f for f in flags if f]
-        if r < config.rounds:
-            groups = round_label(prompts, samples, utility=utility, config=config, round_index=r)
-            all_groups.extend(groups)
-            rm_dir = None
-            if config.train_reward_model:
-                rm_dir, metrics["rm_accuracy"] = round_train_reward_model(
-                    all_groups, base_model=str(round0_dir(workdir)), output_dir=workdir / f"rm{r}", config=config)
-            next_dir, carried, next_health = round_train_gated(
-                policy_dir, prompts, groups, policy=policy, round0=round0, held_out=held_out, rm_dir=rm_dir,
-                workdir=workdir, r=r, config=config, ptx_texts=ptx_texts, round0_nll=round0_nll, log=log)
-            metrics.update({k: v for k, v in carried.items()
-                            if k in ("dpo_train_accuracy", "gate", "gate_failed", "gate_checks")})
-            if carried.get("gate_failed"):
-                metrics.setdefault("flags", []).append("the policy trained on this round failed the health gate twice")
-                carried = {}
-            else:
-                health = next_health or health
-            policy_dir = next_dir
-        metrics["elapsed_s"] = time.perf_counter() - started
-        history.append(metrics)
-        log(format_round(metrics))
-    return history
+    steps = MemorySteps(config, Path(workdir), utility=utility, prompt_pool=prompt_pool,
+                        demonstrations=demonstrations, build_base=build_base, log=log)
+    return loop_rounds(steps, config, log=log)
 
 
 def round0_dir(workdir: Path) -> Path:
     return Path(workdir) / "sft" / "policy"
-
-
-def format_round(m: dict) -> str:
-    rm = f"{m['rm_accuracy']:.3f}" if "rm_accuracy" in m else "  -  "
-    return (f"[{m['elapsed_s']:6.1f}s] round {m['round']}: utility {m['utility_mean']:+.3f} ± {m['utility_se']:.3f}"
-            f" | RM acc {rm} | KL to r0 {m['kl_to_round0']:.3f} | EOS {100 * m['eos_rate']:.1f}%"
-            f" | distinct {100 * m['distinct_rate']:.1f}% | NLL@r0 {m['nll_round0']:.3f} | tokens {m['mean_tokens']:.1f}"
-            + format_monitor(m))
-
-
-def format_monitor(m: dict) -> str:
-    """The monitor's part of a round's line: RM score and utility changes, the gate's outcome, the flags."""
-    text = ""
-    if "rm_score_change" in m and "utility_change" in m:
-        text += f" | RM score Δ {m['rm_score_change']:+.3f}, utility Δ {m['utility_change']:+.3f}"
-    health = m.get("policy_health") or {}
-    if health:
-        text += f" | health {'ok' if health['healthy'] else 'FAILED'} (NLL rise {health['nll_rise']:+.2f})"
-    if m.get("gate") and m["gate"] != "passed":
-        text += f"\n  GATE: {m['gate']}"
-    if m.get("over_optimised"):
-        text += f"\n  OVER-OPTIMISATION: {m['over_optimised']}"
-    for flag in m.get("flags") or []:
-        if flag != m.get("over_optimised"):
-            text += f"\n  FLAG: {flag}"
-    return text

@@ -1,6 +1,7 @@
 """The Django loop's PPO/GRPO side: run settings from the pure loop's ``LoopConfig`` (one source of truth),
-rollouts on the round's prompts, and the over-optimisation monitor's RM score trend (the same test as
-``training.ml.loop.over_optimisation_flag``)."""
+rollouts on the round's prompts, the over-optimisation monitor's RM score trend (``training.ml.monitor``'s rule,
+as in memory), and the gate's retry on explicit run settings."""
+import doctest
 import json
 
 import pytest
@@ -9,8 +10,8 @@ from django.core.management.base import CommandError
 
 from annotation.errors import InvalidInput
 from training.health import health_settings_update
-from training.loop import LoopSettings, _loop_config, rl_run_config
-from training.ml.loop import LoopConfig, grpo_config, ppo_config, rm_score_trend
+from training.loop import LoopSettings, _loop_config, explicit_settings, policy_run_config, rl_run_config
+from training.ml.loop import LoopConfig, grpo_config, ppo_config, rm_score_trend, safer_config
 from training.models import ModelArtifact, RoundReport, TrainingRun
 from training.rounds import round_report_record, round_start
 
@@ -28,6 +29,22 @@ def test_rl_runs_take_the_pure_loops_tuned_settings(optimizer, build):
     assert _loop_config(LoopSettings(optimizer="dpo")).reward_model_steps == LoopConfig().reward_steps
     with pytest.raises(InvalidInput, match="--optimizer"):
         _loop_config(LoopSettings(optimizer="ppo", overrides={"optimizer": "dpo"}))
+
+
+@pytest.mark.parametrize("optimizer, anchor", [("dpo", "beta"), ("ppo", "kl_coef"), ("grpo", "beta")])
+def test_the_gates_retry_makes_explicit_run_settings_safer_by_the_same_rule(optimizer, anchor):
+    loop = _loop_config(LoopSettings(optimizer=optimizer))
+    first, retry = policy_run_config(optimizer, loop), policy_run_config(optimizer, safer_config(loop))
+    assert retry["learning_rate"] == first["learning_rate"] / 2 and retry[anchor] == first[anchor] * 2
+    explicit = {"learning_rate": 0.05, anchor: 0.3, "seed": 7}
+    assert explicit_settings(explicit, attempt=first, loop=first) == explicit  # the first attempt: as given
+    assert explicit_settings(explicit, attempt=retry, loop=first) == {"learning_rate": 0.025, anchor: 0.6, "seed": 7}
+
+
+def test_doctests():
+    from training import loop
+
+    assert doctest.testmod(loop).failed == 0
 
 
 def _rounds_with_trainer(project, policy, summary):

@@ -9,7 +9,7 @@ from annotation.errors import InvalidInput
 from annotation.models import Prompt, Round
 from training.models import Demonstration, ModelArtifact, PoolPrompt, RoundReport, TrainingRun
 from training.policy_data import policy_data_import
-from training.rounds import flags_update, overoptimisation_verdict, round_report_record, round_start
+from training.rounds import flags_update, round_report_record, round_start
 
 pytestmark = pytest.mark.django_db
 
@@ -120,19 +120,6 @@ def test_generation_and_policy_runs_are_validated_up_front(loop_project, sent):
     assert run.snapshot is None and run.config["base_model"] == str(policy.path)
     dpo = run_create(project=project, kind="dpo", config={}, base_artifact=policy)
     assert dpo.snapshot.num_pairs == 36 and dpo.round.number == 1
-
-
-@pytest.mark.parametrize("rm, utility, flagged", [
-    ((0.1, 0.9), (0.50, 0.20), True),    # RM up, labelers clearly down
-    ((0.1, 0.9), (0.50, 0.48), False),   # RM up, labelers within noise
-    ((0.9, 0.1), (0.50, 0.20), False),   # both down: bad, but not over-optimisation
-    ((0.1, 0.9), (0.20, 0.50), False),   # both up
-    ((None, 0.9), (0.50, 0.20), False),  # no RM evidence
-])
-def test_overoptimisation_verdict_on_constructed_numbers(rm, utility, flagged):
-    verdict = overoptimisation_verdict(rm_before=rm[0], rm_after=rm[1], utility_before=utility[0],
-                                       utility_after=utility[1], se_before=0.05, se_after=0.05)
-    assert bool(verdict) is flagged
 
 
 def test_round_reports_flag_the_round_and_the_run_that_trained_its_policy(loop_project, sent):

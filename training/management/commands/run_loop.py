@@ -76,9 +76,9 @@ class Command(BaseCommand):
         in_se = f"{gain / se:+.1f} standard errors" if se > 0 else "standard error 0"
         self.stdout.write(f"round {last['round']} vs round 0: utility {gain:+.3f} ({in_se}); "
                           f"wall time {time.perf_counter() - started:.0f}s")
-        flagged = [m["round"] for m in history if m.get("flag")]
+        flagged = [m["round"] for m in history if m.get("flags")]
         self.stdout.write(f"monitor flagged rounds {flagged}" if flagged else "no monitor flag")
-        from training.ml.loop import loop_verdict
+        from training.ml.monitor import loop_verdict
 
         problems = loop_verdict(history)  # exit status 1: final policy unhealthy, or the utility did not rise
         if problems:

@@ -5,7 +5,8 @@ import pytest
 
 from training.ml import demo_task
 from training.ml.generation import GeneratedSample
-from training.ml.loop import LoopConfig, over_optimisation_flag, rm_score_trend, round_label, run_loop
+from training.ml.loop import LoopConfig, Trained, loop_rounds, rm_score_trend, round_label, run_loop
+from training.ml.monitor import monitor_flags
 
 
 def test_round_label_ranks_by_utility_and_keeps_generation_logprobs():
@@ -55,16 +56,6 @@ def test_rm_score_trend_compares_the_last_quarter_of_steps_with_the_first():
     assert math.isnan(rm_score_trend([{"fn_score": 1.0}]))  # no reward model in the run
 
 
-def test_over_optimisation_flag_on_constructed_numbers():
-    reason = over_optimisation_flag(rm_score_change=1.2, utility_change=-0.3)
-    assert reason is not None and "+1.200" in reason and "-0.300" in reason
-    assert over_optimisation_flag(rm_score_change=1.2, utility_change=0.3) is None  # both rose: fine
-    assert over_optimisation_flag(rm_score_change=-0.5, utility_change=-0.3) is None  # the RM saw it too
-    assert over_optimisation_flag(rm_score_change=1.2, utility_change=-0.03, utility_se=0.05) is None  # noise
-    assert over_optimisation_flag(rm_score_change=1.2, utility_change=-0.3, utility_se=0.05) is not None
-    assert over_optimisation_flag(rm_score_change=float("nan"), utility_change=-0.3) is None
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer, extra", [("ppo", {"ppo_ptx_coef": 0.5}), ("grpo", {})])
 def test_one_round_rl_smoke_produces_finite_metrics_and_the_monitor(tmp_path, optimizer, extra):
@@ -82,14 +73,15 @@ def test_one_round_rl_smoke_produces_finite_metrics_and_the_monitor(tmp_path, op
     after = history[1]
     assert math.isfinite(after["rm_score_change"]) and math.isfinite(after["policy_kl"])
     assert after["utility_change"] == pytest.approx(after["utility_mean"] - history[0]["utility_mean"])
-    assert "over_optimised" in after
+    assert after["flags"] == monitor_flags(history[0], after)  # the monitor saw the run's RM trend
     assert (tmp_path / f"{optimizer}0" / "policy" / "config.json").exists()  # round 1 sampled from this policy
     assert any("round 1:" in line and "RM score Δ" in line for line in lines)
 
 
 @pytest.mark.slow
 def test_a_destructive_dpo_round_is_gated_retried_then_the_old_policy_kept_and_the_loop_fails(tmp_path):
-    from training.ml.loop import loop_verdict, safer_config
+    from training.ml.loop import safer_config
+    from training.ml.monitor import loop_verdict
 
     config = LoopConfig(rounds=1, prompts_per_round=8, k=4, sft_steps=100, reward_steps=2, dpo_epochs=1.0,
                         dpo_learning_rate=0.05, health_prompts=16)
@@ -105,3 +97,58 @@ def test_a_destructive_dpo_round_is_gated_retried_then_the_old_policy_kept_and_t
     assert any("retrying once" in line for line in lines) and any("GATE:" in line for line in lines)
     assert any("utility did not rise" in p for p in loop_verdict(history))
     assert safer_config(config).dpo_learning_rate == 0.025
+
+
+class ScriptedSteps:
+    """Steps whose policies pass or fail the gate as scripted, for the loop's algorithm alone (no models)."""
+
+    def __init__(self, verdicts):
+        self.verdicts, self.calls = list(verdicts), []  # one verdict (True = healthy) per policy run, in order
+
+    def bootstrap(self):
+        return Trained("p0", {"healthy": True}, name="p0")
+
+    def generate(self, r, policy):
+        self.calls.append(("generate", r, policy.policy))
+        return f"round{r}"
+
+    def measure(self, r, rnd, policy):
+        return {"utility_mean": [0.5, 0.2, 0.4][r], "utility_se": 0.05, "kl_to_round0": 0.0, "eos_rate": 1.0,
+                "distinct_rate": 1.0, "nll_round0": 1.7, "mean_tokens": 9.0}
+
+    def label(self, r, rnd):
+        return {"rankings": 4}
+
+    def train_reward(self, r, rnd):
+        return f"rm{r}", {"rm_accuracy": 0.7}
+
+    def train_policy(self, r, rnd, policy, reward_model, config, *, retry):
+        self.calls.append(("train", r, policy.policy, reward_model, config.dpo_learning_rate))
+        name = f"p{r + 1}" + ("-retry" if retry else "")
+        healthy = self.verdicts.pop(0)
+        return Trained(name, {"healthy": healthy, "reasons": [] if healthy else ["EOS 3%"]}, name=name,
+                       figures={"trained": name}, carried={"rm_score_change": 1.0})
+
+    def record(self, r, rnd, figures, previous):
+        return {**figures, "flags": monitor_flags(previous, figures)}
+
+
+def test_the_loop_retries_a_failed_policy_once_with_safer_settings_then_keeps_the_old_one():
+    config = LoopConfig(rounds=2)
+    steps = ScriptedSteps([False, False, False, True])  # round 0: both fail (kept); round 1: the retry passes
+    lines = []
+    history = loop_rounds(steps, config, log=lines.append)
+    lr, safer = config.dpo_learning_rate, config.dpo_learning_rate / 2
+    assert steps.calls == [("generate", 0, "p0"), ("train", 0, "p0", "rm0", lr), ("train", 0, "p0", "rm0", safer),
+                           ("generate", 1, "p0"), ("train", 1, "p0", "rm1", lr), ("train", 1, "p0", "rm1", safer),
+                           ("generate", 2, "p2-retry")]
+    first, second, last = history
+    assert first["gate_failed"] and first["gate"].endswith("failed again (EOS 3%); kept round 0's policy")
+    assert first["trained"] == "p1-retry" and len(first["gate_checks"]) == 2 and first["rankings"] == 4
+    assert "rm_score_change" not in second  # the kept policy was not trained on round 0
+    assert second["gate"] == ("p2 failed (EOS 3%), retried with learning rate ÷2, KL anchor (β / kl_coef) ×2: "
+                              "p2-retry passed") and "gate_failed" not in second
+    assert last["rm_score_change"] == 1.0 and "gate" not in last and "rm_accuracy" not in last  # the last round
+    assert second["utility_change"] == pytest.approx(-0.3) and second["flags"] and not last["flags"]
+    assert [line.split("s] ")[1][:7] for line in lines if "] round" in line] == ["round 0", "round 1", "round 2"]
+    assert sum("retrying once" in line for line in lines) == 2
