@@ -4,7 +4,9 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from lab.active.compare import label_ratio, pair_uncertainty
+import math
+
+from lab.active.compare import aggregate_seeds, label_ratio, label_saving, mean_se, pair_uncertainty, savings_summary
 from lab.active.services import round_select
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Round
@@ -26,6 +28,53 @@ def test_label_ratio():
     assert label_ratio(curves)["label_ratio"] == 0.5
     curves["uncertainty"] = [{"comparisons": 10, "accuracy": 0.5}, {"comparisons": 20, "accuracy": 0.6}]
     assert label_ratio(curves)["label_ratio"] is None
+
+
+def _run(random_acc: list[float], active_acc: list[float], per_round: int = 10) -> dict:
+    """One seed's compare_selection result built from accuracies per round (comparisons 10, 20, ...)."""
+    curves = {name: [{"round": i + 1, "comparisons": per_round * (i + 1), "accuracy": a} for i, a in enumerate(accs)]
+              for name, accs in (("random", random_acc), ("uncertainty", active_acc))}
+    return {"curves": curves, "held_out_prompts": 5, **label_ratio(curves)}
+
+
+def test_mean_se_by_hand():
+    assert mean_se([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1 / math.sqrt(3)))  # sd 1, n 3
+    assert mean_se([0.5]) == (0.5, 0.0)
+    with pytest.raises(ValueError):
+        mean_se([])
+
+
+def test_label_saving_counts_a_run_that_never_reached_the_target_as_zero():
+    assert label_saving(_run([0.5, 0.6, 0.7, 0.8], [0.5, 0.8, 0.8, 0.9])) == pytest.approx(0.5)  # 20 of 40
+    assert label_saving(_run([0.5, 0.6, 0.7, 0.8], [0.5, 0.6, 0.7, 0.79])) == 0.0
+    assert label_saving(_run([0.5, 0.6, 0.7, 0.8], [0.5, 0.6, 0.7, 0.8])) == 0.0  # reached with all 40
+
+
+def test_aggregate_seeds_means_standard_errors_and_labels_to_reach():
+    runs = [_run([0.5, 0.6, 0.7, 0.8], [0.5, 0.8, 0.8, 0.9]),    # reached at 20: saves 0.5, final gap +0.1
+            _run([0.6, 0.7, 0.7, 0.9], [0.6, 0.7, 0.9, 0.85]),   # reached at 30: saves 0.25, gap −0.05
+            _run([0.4, 0.6, 0.8, 0.8], [0.4, 0.5, 0.6, 0.7])]    # never: saves 0, gap −0.1
+    result = aggregate_seeds(runs)
+    second = result["curves"]["uncertainty"][1]
+    assert second["comparisons"] == 20 and second["accuracy"] == pytest.approx(2.0 / 3)
+    deviations = [0.8 - 2 / 3, 0.7 - 2 / 3, 0.5 - 2 / 3]  # round 2 of the three runs
+    assert second["se"] == pytest.approx(math.sqrt(sum(d * d for d in deviations) / 2 / 3))
+    assert result["target_accuracy"] == pytest.approx((0.8 + 0.9 + 0.8) / 3)
+    assert result["reached"] == 2 and result["n_runs"] == 3
+    assert result["labels_to_reach"] == 25  # mean over the runs that reached it: (20 + 30) / 2
+    assert result["random_comparisons"] == 40
+    assert result["saving"] == pytest.approx(0.25) and result["saving_se"] == pytest.approx(0.25 / math.sqrt(3))
+    assert result["final_gap"] == pytest.approx(-0.05 / 3)
+    assert result["wins"] is False  # 0.25 − 2·0.144 < 0: the seeds' spread covers zero
+
+
+def test_savings_summary_wins_only_when_the_spread_clears_zero():
+    steady = [_run([0.5, 0.6, 0.7, 0.8], [0.5, 0.8, 0.8, 0.9]), _run([0.5, 0.6, 0.7, 0.8], [0.5, 0.6, 0.85, 0.9]),
+              _run([0.5, 0.6, 0.7, 0.8], [0.5, 0.8, 0.8, 0.9])]  # savings 0.5, 0.25, 0.5
+    summary = savings_summary(steady)
+    assert summary["saving"] == pytest.approx(1.25 / 3) and summary["wins"] is True
+    assert savings_summary(steady[:1])["wins"] is False  # one run shows no spread
+    assert savings_summary([_run([0.5, 0.8], [0.5, 0.7])] * 3)["wins"] is False  # never reached: saving 0 ± 0
 
 
 def test_random_selection_is_recorded_and_orders_the_queue(make_user, make_project):
@@ -63,11 +112,21 @@ def test_disagreement_selection_puts_contested_prompts_first(make_user, make_pro
 
 
 @pytest.mark.slow
-def test_compare_selection_prints_both_curves_and_the_ratio():
+def test_compare_selection_over_seeds_and_utilities_prints_curves_and_the_saving():
     out = StringIO()
-    call_command("compare_selection", "--demo-task", "24", "--rounds", "2", "--batch", "6", "--steps", "6", stdout=out)
+    call_command("compare_selection", "--demo-task", "24", "--rounds", "2", "--batch", "6", "--steps", "6",
+                 "--seeds", "0", "1", "--utilities", "two_clauses", "demo_utility", stdout=out)
     text = out.getvalue()
-    assert "random      round 2: 12 prompts" in text and "uncertainty round 2: 12 prompts" in text
-    assert "held-out accuracy" in text and ("label ratio" in text or "did not reach" in text)
+    for name in ("two_clauses", "demo_utility"):
+        for seed in (0, 1):  # a progress line per round and per run
+            assert f"{name} seed {seed} uncertainty round 2: 12 prompts, 72 comparisons" in text
+            assert f"{name} seed {seed} done: random final" in text
+        assert f"== {name}: 2 seeds (0 1)" in text and f"{name} saving: active reached random's final" in text
+    lines = text.splitlines()
+    rows = [line.split() for line in lines[lines.index(next(l for l in lines if l.startswith("== summary"))) + 2:]]
+    assert [row[0] for row in rows] == ["two_clauses", "demo_utility", "all"]
+    assert rows[2][:2] == ["all", "runs"] and rows[2][2].endswith("/4")  # pooled: 2 utilities × 2 seeds
     with pytest.raises(CommandError, match="rounds of"):
         call_command("compare_selection", "--demo-task", "8", "--rounds", "3", "--batch", "6", stdout=StringIO())
+    with pytest.raises(CommandError, match="unknown utilities"):
+        call_command("compare_selection", "--demo-task", "8", "--utilities", "vibes", stdout=StringIO())
