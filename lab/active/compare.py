@@ -132,8 +132,9 @@ WIN_MARGIN_SE = 2.0  # active "wins" when its mean saving minus this many standa
 def mean_se(values: list[float]) -> tuple[float, float]:
     """Mean and standard error of the mean (sample standard deviation / √n; 0 for a single value).
 
-    >>> mean_se([1.0, 2.0, 3.0])
-    (2.0, 0.5773502691896258)
+    >>> mean, se = mean_se([1.0, 2.0, 3.0])
+    >>> mean, round(se, 4)  # sd 1, n 3: 1/√3
+    (2.0, 0.5774)
     """
     if not values:
         raise ValueError("mean_se of no values")
