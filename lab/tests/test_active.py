@@ -91,6 +91,16 @@ def test_random_selection_is_recorded_and_orders_the_queue(make_user, make_proje
     assert SelectionRecord.objects.count() == 2  # every choice is kept as a record
 
 
+def test_select_prompts_orders_at_random_by_default_and_says_what_each_strategy_saves(make_user, make_project):
+    from annotation.quality.strategy_evidence import STRATEGY_EVIDENCE
+
+    make_project(slug="cli", k=3, prompts=4, labelers=[make_user("lab")])
+    out = StringIO()
+    call_command("select_prompts", "--project", "cli", "--round", "1", stdout=out)
+    assert SelectionRecord.objects.get().strategy == "random"
+    assert f"random: {STRATEGY_EVIDENCE['random']}" in out.getvalue()
+
+
 def test_disagreement_selection_puts_contested_prompts_first(make_user, make_project):
     alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
     project = make_project(slug="dis", k=3, overlap=2, prompts=4, labelers=[alice, bob])
