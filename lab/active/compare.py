@@ -126,7 +126,7 @@ def label_ratio(curves: dict) -> dict:
             "label_ratio": round(reached / spent, 4) if reached is not None and spent else None}
 
 
-WIN_MARGIN_SE = 2.0  # active "wins" when its mean saving minus this many standard errors is still above zero
+WIN_MARGIN_SE = 2.0  # active "wins" when its mean paired saving minus this many standard errors is above zero
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -147,22 +147,41 @@ def mean_se(values: list[float]) -> tuple[float, float]:
 
 def label_saving(run: dict) -> float:
     """Fraction of random's labels active selection did not need to reach random's final accuracy in one run
-    (``label_ratio``'s figures); 0 when it never reached it, an upper bound: it needed at least all of them."""
+    (``label_ratio``'s figures); 0 when it never reached it, an upper bound: it needed at least all of them.
+    Never below 0, so a strategy no better than random still "saves" on average: the verdict uses
+    ``paired_saving``."""
     reached = run["active_comparisons_to_target"]
     return 1.0 - reached / run["random_comparisons"] if reached is not None and run["random_comparisons"] else 0.0
 
 
+def _labels_to_reach(points: list[dict], target: float) -> float:
+    return next(p["comparisons"] for p in points if p["accuracy"] >= target)
+
+
+def paired_saving(run: dict) -> float:
+    """(Labels random needed − labels active needed) to reach the lower of the two final accuracies, as a
+    fraction of random's total: both reach it, and swapping the strategies negates it, so a strategy no better
+    than random scores 0 on average and a worse one below 0."""
+    random_points, active_points = run["curves"]["random"], run["curves"]["uncertainty"]
+    target = min(random_points[-1]["accuracy"], active_points[-1]["accuracy"])
+    spent = random_points[-1]["comparisons"]
+    return (_labels_to_reach(random_points, target) - _labels_to_reach(active_points, target)) / spent
+
+
 def savings_summary(runs: list[dict]) -> dict:
-    """Saving and final-accuracy gap (active − random, paired by run), mean ± standard error over ``runs``,
-    and whether active wins: at least two runs and mean saving − WIN_MARGIN_SE standard errors > 0."""
+    """Over ``runs`` (mean ± standard error): ``label_saving`` (with how many runs reached random's final
+    accuracy and the labels they needed), ``paired_saving`` and the final-accuracy gap active − random; active
+    wins with at least two runs and mean paired saving − WIN_MARGIN_SE standard errors > 0."""
     saving, saving_se = mean_se([label_saving(run) for run in runs])
+    paired, paired_se = mean_se([paired_saving(run) for run in runs])
     gap, gap_se = mean_se([run["curves"]["uncertainty"][-1]["accuracy"] - run["curves"]["random"][-1]["accuracy"]
                            for run in runs])
     reached = [run["active_comparisons_to_target"] for run in runs if run["active_comparisons_to_target"] is not None]
     return {"n_runs": len(runs), "reached": len(reached), "labels_to_reach": fmean(reached) if reached else None,
             "random_comparisons": fmean(run["random_comparisons"] for run in runs),
-            "saving": saving, "saving_se": saving_se, "final_gap": gap, "final_gap_se": gap_se,
-            "wins": len(runs) >= 2 and saving - WIN_MARGIN_SE * saving_se > 0}  # one run shows no spread
+            "saving": saving, "saving_se": saving_se, "paired_saving": paired, "paired_saving_se": paired_se,
+            "final_gap": gap, "final_gap_se": gap_se,
+            "wins": len(runs) >= 2 and paired - WIN_MARGIN_SE * paired_se > 0}  # one run shows no spread
 
 
 def aggregate_seeds(runs: list[dict]) -> dict:

@@ -6,7 +6,9 @@ from django.core.management import CommandError, call_command
 
 import math
 
-from lab.active.compare import aggregate_seeds, label_ratio, label_saving, mean_se, pair_uncertainty, savings_summary
+from lab.active.compare import (
+    aggregate_seeds, label_ratio, label_saving, mean_se, pair_uncertainty, paired_saving, savings_summary,
+)
 from lab.active.services import round_select
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Round
@@ -65,14 +67,28 @@ def test_aggregate_seeds_means_standard_errors_and_labels_to_reach():
     assert result["random_comparisons"] == 40
     assert result["saving"] == pytest.approx(0.25) and result["saving_se"] == pytest.approx(0.25 / math.sqrt(3))
     assert result["final_gap"] == pytest.approx(-0.05 / 3)
-    assert result["wins"] is False  # 0.25 − 2·0.144 < 0: the seeds' spread covers zero
+    # paired: to the lower final accuracy, (random's labels − active's) / 40: (40−20), (40−30), (30−40)
+    assert result["paired_saving"] == pytest.approx(0.5 / 3)
+    assert result["paired_saving_se"] == pytest.approx(mean_se([0.5, 0.25, -0.25])[1])
+    assert result["wins"] is False  # 0.167 − 2·0.220 < 0: the seeds' spread covers zero
+
+
+def test_paired_saving_is_symmetric_where_label_saving_favours_whichever_is_called_active():
+    run, swapped = _run([0.6, 0.8, 0.7], [0.6, 0.7, 0.75]), _run([0.6, 0.7, 0.75], [0.6, 0.8, 0.7])
+    assert label_saving(run) == label_saving(swapped) == pytest.approx(1 / 3)  # both "save" a third
+    assert paired_saving(run) == paired_saving(swapped) == 0.0  # both reach 0.7 with 20 comparisons
+    worse = _run([0.4, 0.6, 0.8, 0.8], [0.4, 0.5, 0.6, 0.7])
+    better = _run([0.4, 0.5, 0.6, 0.7], [0.4, 0.6, 0.8, 0.8])
+    assert paired_saving(worse) == pytest.approx(-0.25) and paired_saving(better) == pytest.approx(0.25)
+    assert label_saving(worse) == 0.0  # never reached random's 0.8: no saving, but no loss shown either
 
 
 def test_savings_summary_wins_only_when_the_spread_clears_zero():
     steady = [_run([0.5, 0.6, 0.7, 0.8], [0.5, 0.8, 0.8, 0.9]), _run([0.5, 0.6, 0.7, 0.8], [0.5, 0.6, 0.85, 0.9]),
               _run([0.5, 0.6, 0.7, 0.8], [0.5, 0.8, 0.8, 0.9])]  # savings 0.5, 0.25, 0.5
     summary = savings_summary(steady)
-    assert summary["saving"] == pytest.approx(1.25 / 3) and summary["wins"] is True
+    assert summary["saving"] == pytest.approx(1.25 / 3)
+    assert summary["paired_saving"] == pytest.approx(1.25 / 3) and summary["wins"] is True  # 0.417 − 2·0.083 > 0
     assert savings_summary(steady[:1])["wins"] is False  # one run shows no spread
     assert savings_summary([_run([0.5, 0.8], [0.5, 0.7])] * 3)["wins"] is False  # never reached: saving 0 ± 0
 
