@@ -1,10 +1,11 @@
 """Active selection: recorded choices set queue order; the active-vs-random comparison prints both curves."""
+import math
+import re
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
-
-import math
 
 from lab.active.compare import (
     aggregate_seeds, label_ratio, label_saving, mean_se, pair_uncertainty, paired_saving, savings_summary,
@@ -156,3 +157,16 @@ def test_compare_selection_over_seeds_and_utilities_prints_curves_and_the_saving
         call_command("compare_selection", "--demo-task", "8", "--rounds", "3", "--batch", "6", stdout=StringIO())
     with pytest.raises(CommandError, match="unknown utilities"):
         call_command("compare_selection", "--demo-task", "8", "--utilities", "vibes", stdout=StringIO())
+
+
+def test_the_saving_shown_beside_the_choice_is_the_one_measured_in_the_docs():
+    from annotation.quality.strategy_evidence import STRATEGY_EVIDENCE, UNCERTAINTY_PAIRED_SAVING
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "quality.md").read_text()
+    section = doc[doc.index("## Active vs random, measured"):]
+    summary_rows = {tokens[0]: tokens for tokens in (line.split() for line in section.splitlines())
+                    if len(tokens) >= 12 and re.fullmatch(r"\d+/\d+", tokens[1])}  # utility, reached, …
+    assert len(UNCERTAINTY_PAIRED_SAVING) >= 2
+    for utility, (saving, se) in UNCERTAINTY_PAIRED_SAVING.items():
+        assert summary_rows[utility][6:9] == [saving, "±", se], utility  # the "paired (± se)" column
+    assert f"5 seeds × {len(UNCERTAINTY_PAIRED_SAVING)} utilities" in STRATEGY_EVIDENCE["uncertainty"]

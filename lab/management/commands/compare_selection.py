@@ -116,18 +116,19 @@ class Command(BaseCommand):
                 f"{s['saving_se']:.3f} (a run that never reached it counts 0, so never below 0); paired saving "
                 f"{s['paired_saving']:+.3f} ± {s['paired_saving_se']:.3f} (to the lower final accuracy); final "
                 f"accuracy active − random {s['final_gap']:+.4f} ± {s['final_gap_se']:.4f}; "
-                + ("active wins" if s["wins"] else f"active does not win (needs paired saving − {WIN_MARGIN_SE:g}·se > 0)"))
+                + ("active wins" if s["wins"]
+                   else f"active does not win (needs paired saving − {WIN_MARGIN_SE:g}·se > 0)"))
 
     def _print_summary(self, results: dict) -> None:
-        if len(results) < 2:
-            return
         w = self.stdout.write
-        w("== summary: per utility over its seeds, then every (utility, seed) run pooled")
+        pooled = ", then every (utility, seed) run pooled" if len(results) > 1 else ""
+        w(f"== summary: per utility over its seeds{pooled}")
         w(f"{'utility':<16} {'reached':>7} {'labels to reach':>15} {'saved (± se)':>15} {'paired (± se)':>15} "
           f"{'final gap (± se)':>17}  verdict")
         for name, r in results.items():
             self._summary_row(name, r)
-        self._summary_row("all runs", savings_summary([run for r in results.values() for run in r["runs"]]))
+        if len(results) > 1:
+            self._summary_row("all runs", savings_summary([run for r in results.values() for run in r["runs"]]))
 
     def _summary_row(self, name: str, s: dict) -> None:
         to_reach = f"{s['labels_to_reach']:.0f}/{s['random_comparisons']:.0f}" if s["labels_to_reach"] is not None \
