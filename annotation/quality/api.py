@@ -15,6 +15,7 @@ from annotation.hooks import hook_names
 from annotation.errors import InvalidInput
 from annotation.extensions import model_services
 from annotation.quality.models import AILabeler, SelectionRecord
+from annotation.quality.strategy_evidence import DEFAULT_STRATEGY, STRATEGY_EVIDENCE
 from annotation.quality.selectors import (
     ai_labeler_get, ai_labeler_list, prompt_get, quality_report, round_get, selection_list,
 )
@@ -69,7 +70,9 @@ class AILabelerRunSerializer(serializers.Serializer):
 
 class SelectionSerializer(serializers.Serializer):
     round = serializers.IntegerField(min_value=1)
-    strategy = serializers.ChoiceField(choices=SelectionRecord.Strategy.values)
+    strategy = serializers.ChoiceField(
+        choices=SelectionRecord.Strategy.values, required=False, default=DEFAULT_STRATEGY,
+        help_text="; ".join(f"{name}: {evidence}" for name, evidence in STRATEGY_EVIDENCE.items()))
     artifact_id = serializers.IntegerField(required=False, allow_null=True, default=None,
                                            help_text="Reward model artifact (uncertainty only).")
     seed = serializers.IntegerField(required=False, default=0)
@@ -216,7 +219,8 @@ def quality_selection(request: Request, slug: str) -> Response:
     project = manageable_project(request, slug)
     if request.method == "GET":
         records = selection_list(project=project, limit=100)
-        return Response({"selections": [_selection_row(record) for record in records]})
+        return Response({"selections": [_selection_row(record) for record in records],
+                         "default_strategy": DEFAULT_STRATEGY, "strategies": STRATEGY_EVIDENCE})
     data, error = validated(SelectionSerializer, request.data)
     if error:
         return error

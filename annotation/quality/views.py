@@ -24,6 +24,7 @@ from annotation.extensions import model_services, model_services_or_none
 from annotation.hooks import hook_names
 from annotation.limits import upload_lines
 from annotation.quality.models import AILabeler, SelectionRecord
+from annotation.quality.strategy_evidence import DEFAULT_STRATEGY, STRATEGY_EVIDENCE
 from annotation.quality.selectors import (
     ai_labeler_get, ai_labeler_list, consensus_rows, flagged_responses, prompt_get, quality_report, ranking_of_prompt_tiers,
     rankings_excluded, review_items, round_get, round_list, selection_list,
@@ -84,7 +85,9 @@ def _render_page(request: HttpRequest, project, status: int = 200) -> HttpRespon
         "review_items": review_items(project=project, queue=report["review_queue"], limit=REVIEW_SHOWN),
         "excluded": rankings_excluded(project=project, limit=50),
         "ai_labelers": ai_labeler_list(project=project),
-        "ai_kinds": AILabeler.Kind.choices, "strategies": SelectionRecord.Strategy.values,
+        "ai_kinds": AILabeler.Kind.choices,
+        "strategies": [(s, STRATEGY_EVIDENCE[s]) for s in SelectionRecord.Strategy.values],
+        "default_strategy": DEFAULT_STRATEGY,
         "utility_hooks": hook_names(kind="utility"),
         "rounds": round_list(project=project),
         "selections": _with_top_scores(selection_list(project=project, limit=20)),

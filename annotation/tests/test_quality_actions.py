@@ -7,6 +7,7 @@ from rest_framework.test import APIClient
 
 from annotation.models import PairwiseComparison, Prompt, Ranking
 from annotation.quality.models import AILabeler, PromptPriority, SelectionRecord
+from annotation.quality.strategy_evidence import STRATEGY_EVIDENCE
 
 UTILITY = "default"  # a registered utility hook (annotation.hooks)
 
@@ -83,6 +84,12 @@ def test_api_ai_labelers_and_selection(qa):
     chosen = api.post(base + "selections/", {"round": 1, "strategy": "disagreement"}, format="json")
     assert chosen.status_code == 200 and chosen.json()["strategy"] == "disagreement" and len(chosen.json()["order"]) == 3
     assert [row["strategy"] for row in api.get(base + "selections/").json()["selections"]] == ["disagreement"]
+    listed = api.get(base + "selections/").json()
+    assert listed["default_strategy"] == "random"
+    assert set(listed["strategies"]) == {"random", "uncertainty", "disagreement"}
+    assert listed["strategies"]["uncertainty"] == STRATEGY_EVIDENCE["uncertainty"]  # the measured saving, beside it
+    default = api.post(base + "selections/", {"round": 1}, format="json")
+    assert default.status_code == 200 and default.json()["strategy"] == "random"  # random unless a strategy is chosen
 
 
 def test_labelers_get_403_and_strangers_404(qa, make_user):

@@ -3,6 +3,7 @@ speed flags named as such, and the uncertainty strategy's reward model chosen fr
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils.html import escape
 
 from annotation.services import ranking_record
 
@@ -72,3 +73,16 @@ def test_a_form_post_to_the_export_api_with_a_csrf_cookie_is_refused_not_mispars
     assert "csrftoken" in c.cookies
     response = c.post(f"/api/projects/{project.slug}/export/", {"tiers": "[]"})
     assert response.status_code == 403 and b"CSRF" in response.content
+
+
+def test_each_strategy_shows_its_measured_saving_and_random_is_the_default(flagged):
+    from annotation.quality.strategy_evidence import STRATEGY_EVIDENCE
+
+    project, c, _ = flagged
+    page = c.get(reverse("annotation:quality", args=[project.slug])).content.decode()
+    select = page[page.index('<select name="strategy">'):]
+    select = select[:select.index("</select>")]
+    assert '<option value="random" selected>random — the default' in select
+    assert select.count(" selected") == 1
+    for name in ("uncertainty", "disagreement"):
+        assert f'<option value="{name}">{name} — {escape(STRATEGY_EVIDENCE[name])}</option>' in select

@@ -1,20 +1,20 @@
 """python manage.py compare_selection (--project SLUG | --demo-task N) [--rounds R] [--batch B] [--noise S]
-[--steps T] [--utility module:function] [--seed S]: active (uncertainty) vs random selection, measured.
+[--steps T] [--seeds S ...] [--suite | --utilities NAME ... | --utility module:function]: active (uncertainty)
+vs random selection, measured.
 
 Simulated labelers rank with the utility plus Gaussian noise; after each round a tiny reward model is trained
-from scratch; the command prints held-out accuracy per labelled comparison for both strategies and the
-ratio of labels active selection needed to reach random's final accuracy. Writes nothing to the database.
+from scratch. Per utility the command prints held-out accuracy per labelled comparison for both strategies
+(mean ± standard error over the seeds) and the measured saving: the labels active selection needed to reach
+random's final accuracy, and in how many seeds it reached it at all; then one summary line per utility.
+``--suite`` runs the 8 utilities of ``training.ml.utility_suite.SUITE``; ``--utilities`` takes their names and
+``demo_utility``. Writes nothing to the database.
 """
-import random
-import tempfile
-from pathlib import Path
-
 from django.core.management.base import BaseCommand, CommandError
 
-from lab.active.compare import SimPrompt, compare_selection
 from annotation.errors import InvalidInput
 from annotation.models import Project, Prompt
 from annotation.utility import load_utility
+from lab.active.compare import SimPrompt, WIN_MARGIN_SE, compare_selection_seeds, demo_task_prompts, savings_summary
 
 
 def project_prompts(project: Project, utility) -> list[SimPrompt]:
@@ -26,21 +26,12 @@ def project_prompts(project: Project, utility) -> list[SimPrompt]:
     return out
 
 
-def demo_task_prompts(n: int, k: int, seed: int) -> list[SimPrompt]:
-    """``n`` story prompts of the training demo task, each with ``k`` distinct demonstration-style replies."""
-    from training.ml import demo_task
+def named_utilities() -> dict:
+    """The names ``--utilities`` accepts: the suite's and the demo's own ``demo_utility``."""
+    from training.ml.demo_task import demo_utility
+    from training.ml.utility_suite import SUITE
 
-    rng, out = random.Random(seed), []
-    for i in range(n):
-        messages = demo_task.demo_prompt(rng.choice(demo_task.NOUNS))
-        noun = messages[0]["content"].split()[-1].rstrip(".")
-        texts: list[str] = []
-        while len(texts) < k:
-            text = demo_task.demonstration_text(rng, noun)
-            if text not in texts:
-                texts.append(text)
-        out.append(SimPrompt(i, messages, texts, [demo_task.demo_utility(messages, t) for t in texts]))
-    return out
+    return {"demo_utility": demo_utility, **SUITE}
 
 
 class Command(BaseCommand):
@@ -51,59 +42,98 @@ class Command(BaseCommand):
         source.add_argument("--project", help="Use this project's prompts and responses.")
         source.add_argument("--demo-task", type=int, metavar="N", help="Use N prompts of the training demo task.")
         parser.add_argument("--k", type=int, default=4, help="Responses per demo-task prompt.")
-        parser.add_argument("--utility", default=None, help="module:function (default: the project's demo utility).")
+        which = parser.add_mutually_exclusive_group()
+        which.add_argument("--utility", default=None, help="module:function (default: the project's demo utility).")
+        which.add_argument("--suite", action="store_true", help="Every utility of the suite (demo task only).")
+        which.add_argument("--utilities", nargs="+", metavar="NAME", help="Suite names or demo_utility (demo task).")
         parser.add_argument("--rounds", type=int, default=5)
         parser.add_argument("--batch", type=int, default=16, help="Prompts labelled per round.")
         parser.add_argument("--noise", type=float, default=0.3)
         parser.add_argument("--steps", type=int, default=40, help="Reward-model optimizer steps per training.")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S")
 
     def handle(self, *args, **options) -> None:
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
-        try:
-            prompts = self._prompts(options)
-            with tempfile.TemporaryDirectory() as tmp:
-                base = self._tiny_base(prompts, Path(tmp), seed=options["seed"])
-                result = compare_selection(
-                    prompts, base_model=str(base), rounds=options["rounds"], batch=options["batch"],
-                    noise=options["noise"], steps=options["steps"], seed=options["seed"], log=self.stdout.write,
+        summaries = {}
+        for name, prompts_for in self._sources(options).items():
+            try:
+                result = compare_selection_seeds(
+                    prompts_for, seeds=options["seeds"], rounds=options["rounds"], batch=options["batch"],
+                    noise=options["noise"], steps=options["steps"], log=lambda m, n=name: self.stdout.write(f"{n} {m}"),
                 )
-        except InvalidInput as exc:
-            raise CommandError(str(exc)) from exc
-        self._print(result)
+            except InvalidInput as exc:
+                raise CommandError(str(exc)) from exc
+            self._print(name, result, options["seeds"])
+            summaries[name] = result
+        self._print_summary(summaries)
 
-    def _prompts(self, options) -> list[SimPrompt]:
-        if options["demo_task"] is not None:
-            if options["demo_task"] < 4:
-                raise CommandError("--demo-task needs at least 4 prompts")
-            return demo_task_prompts(options["demo_task"], options["k"], options["seed"])
-        project = Project.objects.filter(slug=options["project"]).first()
-        if project is None:
-            raise CommandError(f"no project with slug {options['project']!r}")
-        utility = load_utility(options["utility"] or "annotation.utility:default_utility")
-        return project_prompts(project, utility)
+    def _sources(self, options) -> dict:
+        """{utility name: seed -> prompts} for the chosen prompts and utilities."""
+        if options["demo_task"] is None:
+            if options["suite"] or options["utilities"]:
+                raise CommandError("--suite and --utilities score demo-task replies; use --demo-task N")
+            project = Project.objects.filter(slug=options["project"]).first()
+            if project is None:
+                raise CommandError(f"no project with slug {options['project']!r}")
+            name = options["utility"] or "annotation.utility:default_utility"
+            prompts = project_prompts(project, load_utility(name))
+            return {name: lambda seed: prompts}
+        n, k = options["demo_task"], options["k"]
+        if n < 4:
+            raise CommandError("--demo-task needs at least 4 prompts")
+        named = named_utilities()
+        if options["suite"]:
+            chosen = {name: named[name] for name in named if name != "demo_utility"}
+        elif options["utilities"]:
+            unknown = [name for name in options["utilities"] if name not in named]
+            if unknown:
+                raise CommandError(f"unknown utilities {unknown}; expected names among {sorted(named)}")
+            chosen = {name: named[name] for name in options["utilities"]}
+        elif options["utility"]:
+            chosen = {options["utility"]: load_utility(options["utility"])}
+        else:
+            chosen = {"demo_utility": named["demo_utility"]}
+        return {name: (lambda seed, u=utility: demo_task_prompts(n, k, seed, u)) for name, utility in chosen.items()}
+
+    def _print(self, name: str, result: dict, seeds: list[int]) -> None:
+        w = self.stdout.write
+        w(f"== {name}: {len(seeds)} seeds ({' '.join(map(str, seeds))}), held out {result['held_out_prompts']} "
+          "prompts per seed (ranked by the noise-free utility); accuracy mean ± standard error over seeds")
+        w(f"{'round':>5} {'comparisons':>11}  {'random acc':>15}  {'active acc':>15}")
+        for r, a in zip(result["curves"]["random"], result["curves"]["uncertainty"]):
+            w(f"{r['round']:>5} {r['comparisons']:>5.0f}/{a['comparisons']:<5.0f}  {r['accuracy']:.4f} ± {r['se']:.4f}"
+              f"  {a['accuracy']:.4f} ± {a['se']:.4f}")
+        w(f"{name} saving: {self._saving_line(result)}")
 
     @staticmethod
-    def _tiny_base(prompts: list[SimPrompt], root: Path, *, seed: int) -> Path:
-        from training.ml.tiny_models import build_tiny_reward_model, build_tokenizer
+    def _saving_line(s: dict) -> str:
+        reached = (f"active reached random's final accuracy in {s['reached']}/{s['n_runs']} runs"
+                   + (f", with {s['labels_to_reach']:.0f} comparisons on average where it did"
+                      if s["labels_to_reach"] is not None else ""))
+        return (f"{reached} (random used {s['random_comparisons']:.0f}); labels saved {s['saving']:+.3f} ± "
+                f"{s['saving_se']:.3f} (a run that never reached it counts 0, so never below 0); paired saving "
+                f"{s['paired_saving']:+.3f} ± {s['paired_saving_se']:.3f} (to the lower final accuracy); final "
+                f"accuracy active − random {s['final_gap']:+.4f} ± {s['final_gap_se']:.4f}; "
+                + ("active wins" if s["wins"]
+                   else f"active does not win (needs paired saving − {WIN_MARGIN_SE:g}·se > 0)"))
 
-        texts = [m["content"] for p in prompts for m in p.messages] + [t for p in prompts for t in p.responses]
-        tokenizer = build_tokenizer(texts, root / "tokenizer", vocab_size=512)
-        return build_tiny_reward_model(root / "base", tokenizer, hidden=32, layers=1, heads=2, seed=seed)
+    def _print_summary(self, results: dict) -> None:
+        w = self.stdout.write
+        pooled = ", then every (utility, seed) run pooled" if len(results) > 1 else ""
+        w(f"== summary: per utility over its seeds{pooled}")
+        w(f"{'utility':<16} {'reached':>7} {'labels to reach':>15} {'saved (± se)':>15} {'paired (± se)':>15} "
+          f"{'final gap (± se)':>17}  verdict")
+        for name, r in results.items():
+            self._summary_row(name, r)
+        if len(results) > 1:
+            self._summary_row("all runs", savings_summary([run for r in results.values() for run in r["runs"]]))
 
-    def _print(self, result: dict) -> None:
-        self.stdout.write(f"held out: {result['held_out_prompts']} prompts, {result['held_out_pairs']} pairs "
-                          f"(ranked by the noise-free utility)")
-        self.stdout.write(f"{'round':>5} {'comparisons':>12} {'random acc':>11} {'active acc':>11}")
-        for r, a in zip(result["curves"]["random"], result["curves"]["uncertainty"]):
-            self.stdout.write(f"{r['round']:>5} {r['comparisons']:>5}/{a['comparisons']:<6} "
-                              f"{r['accuracy']:>11.4f} {a['accuracy']:>11.4f}")
-        if result["label_ratio"] is None:
-            self.stdout.write(f"active selection did not reach random's final accuracy {result['target_accuracy']}")
-        else:
-            self.stdout.write(
-                f"label ratio: active reached random's final accuracy {result['target_accuracy']} with "
-                f"{result['active_comparisons_to_target']} comparisons vs {result['random_comparisons']} "
-                f"({result['label_ratio']} of the labels)")
+    def _summary_row(self, name: str, s: dict) -> None:
+        to_reach = f"{s['labels_to_reach']:.0f}/{s['random_comparisons']:.0f}" if s["labels_to_reach"] is not None \
+            else f"–/{s['random_comparisons']:.0f}"
+        self.stdout.write(f"{name:<16} {s['reached']:>3}/{s['n_runs']:<3} {to_reach:>15} "
+                          f"{s['saving']:>+6.3f} ± {s['saving_se']:.3f} {s['paired_saving']:>+6.3f} ± "
+                          f"{s['paired_saving_se']:.3f} {s['final_gap']:>+7.4f} ± {s['final_gap_se']:.4f}"
+                          f"  {'active wins' if s['wins'] else 'no win'}")

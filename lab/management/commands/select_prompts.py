@@ -1,10 +1,12 @@
-"""python manage.py select_prompts --project SLUG --round N --strategy random|uncertainty|disagreement
-[--artifact ID] [--seed S]: order a round's queue by active selection and record the choice."""
+"""python manage.py select_prompts --project SLUG --round N [--strategy random|uncertainty|disagreement]
+[--artifact ID] [--seed S]: order a round's queue by active selection and record the choice (random by
+default; each strategy's help says what it is measured to save, ``annotation.quality.strategy_evidence``)."""
 from django.core.management.base import BaseCommand, CommandError
 
 from lab.active.services import STRATEGIES, round_select
 from annotation.errors import InvalidInput
 from annotation.models import Round
+from annotation.quality.strategy_evidence import DEFAULT_STRATEGY, STRATEGY_EVIDENCE
 
 
 class Command(BaseCommand):
@@ -13,7 +15,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--project", required=True)
         parser.add_argument("--round", type=int, required=True)
-        parser.add_argument("--strategy", required=True, choices=STRATEGIES)
+        parser.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES, help="; ".join(
+            f"{name}: {evidence}" for name, evidence in STRATEGY_EVIDENCE.items()).replace("%", "%%"))
         parser.add_argument("--artifact", type=int, default=None, help="Reward model artifact id (uncertainty).")
         parser.add_argument("--seed", type=int, default=0)
 
@@ -29,5 +32,6 @@ class Command(BaseCommand):
         top = ", ".join(f"{pk} ({record.scores[str(pk)]:.3f})" for pk in record.order[:5])
         self.stdout.write(f"selection {record.pk}: {record.strategy} ordered {len(record.order)} prompts of round "
                           f"{round_.number}; first: {top}")
+        self.stdout.write(f"{record.strategy}: {STRATEGY_EVIDENCE[record.strategy]}")
         for note in record.params.get("notes", []):
             self.stdout.write(f"note: {note}")
