@@ -32,6 +32,10 @@ from training.ml.loop import LoopConfig, run_loop  # noqa: E402
 from training.ml.monitor import loop_verdict  # noqa: E402
 from training.ml.utility_suite import COLLAPSE_WINNABLE, SET_ASIDE, SUITE  # noqa: E402
 
+# The suite is on the demo task: --task-checks gates with the demo task's grammar check too (opt-in: with its
+# fixed 90% floor it rejected policies about as grammatical as round 0 itself; docs/loop.md).
+TASK_CHECKS = {"demo_grammar": demo_task.demo_grammar_check}
+
 
 def parse_overrides(items: list[str]) -> dict:
     """``["dpo_beta=0.2", "dpo_reference=round0"]`` -> LoopConfig overrides, each value of its field's type."""
@@ -57,12 +61,12 @@ def _json_safe(value):
 
 
 def one(name: str, seed: int, optimizer: str, workdir: Path, rounds: int, overrides: dict | None = None,
-        jsonl: str | None = None) -> str:
+        jsonl: str | None = None, task_checks: bool = False) -> str:
     started = time.perf_counter()
     config = LoopConfig(seed=seed, optimizer=optimizer, rounds=rounds, **(overrides or {}))
     history = run_loop(config, workdir, utility=SUITE[name], prompt_pool=demo_task.make_prompt_pool(),
                        demonstrations=demo_task.load_demonstrations(), build_base=demo_task.build_demo_base,
-                       log=lambda line: None)
+                       log=lambda line: None, task_checks=TASK_CHECKS if task_checks else None)
     seconds = time.perf_counter() - started
     first, last = history[0], history[-1]
     z = (last["utility_mean"] - first["utility_mean"]) / math.hypot(first["utility_se"], last["utility_se"])
@@ -70,9 +74,12 @@ def one(name: str, seed: int, optimizer: str, workdir: Path, rounds: int, overri
     gates = ",".join("kept" if m.get("gate_failed") else "retried" if "retried" in (m.get("gate") or "") else "ok"
                      for m in history if m.get("gate"))
     problems = loop_verdict(history)
+    rates = (health.get("task_checks") or {}).values()  # the final policy's task-check pass rates (none: "-")
+    task = f"{100 * min(rates):6.1f}%" if rates else f"{'-':>7s}"
     mark = ("*" if name in SET_ASIDE else " ") + ("c" if name in COLLAPSE_WINNABLE else " ")
     if jsonl:
         record = {"utility": name, "seed": seed, "optimizer": optimizer, "overrides": overrides or {},
+                  "task_checks": sorted(TASK_CHECKS) if task_checks else [],
                   "set_aside": name in SET_ASIDE, "collapse_winnable": name in COLLAPSE_WINNABLE, "z": z,
                   "final_healthy": bool(health.get("healthy")), "gates": gates, "verdict": problems,
                   "wall_s": seconds, "history": history}
@@ -80,7 +87,7 @@ def one(name: str, seed: int, optimizer: str, workdir: Path, rounds: int, overri
             f.write(json.dumps(_json_safe(record)) + "\n")
     return (f"{name:16s}{mark} {seed:4d} {optimizer:5s} {first['utility_mean']:+7.3f} {last['utility_mean']:+7.3f} "
             f"{z:+6.1f} {100 * health.get('eos_rate', float('nan')):6.1f}% {100 * health.get('distinct_rate', float('nan')):6.1f}% "
-            f"{health.get('nll_rise', float('nan')):+6.2f}  {'healthy' if health.get('healthy') else 'UNHEALTHY':9s} "
+            f"{health.get('nll_rise', float('nan')):+6.2f} {task}  {'healthy' if health.get('healthy') else 'UNHEALTHY':9s} "
             f"{gates:14s} {'pass' if not problems else 'FAIL'} {seconds:6.0f}s")
 
 
@@ -108,22 +115,25 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a LoopConfig field for every run (repeatable)")
     parser.add_argument("--jsonl", help="append one JSON line per run to this file")
+    parser.add_argument("--task-checks", action="store_true",
+                        help="gate with the demo task's grammar check too (demo_grammar: >= 90%% of replies parse)")
     parser.add_argument("--summarise", nargs="+", metavar="JSONL", help="summarise --jsonl files and exit")
     args = parser.parse_args()
     if args.summarise:
         summarise(args.summarise)
         return 0
     overrides = parse_overrides(args.set)
+    print("gate task checks: " + (", ".join(TASK_CHECKS) if args.task_checks else "none"), flush=True)
     if overrides:
         print("overrides: " + " ".join(f"{k}={v}" for k, v in overrides.items()), flush=True)
     print(f"{'utility':18s} {'seed':>4s} {'opt':5s} {'u(r0)':>7s} {'u(last)':>7s} {'z':>6s} {'EOS':>7s} {'distinct':>7s} "
-          f"{'NLL rise':>6s}  {'final':9s} {'gates':14s} loop  wall", flush=True)
+          f"{'NLL rise':>6s} {'grammar':>7s}  {'final':9s} {'gates':14s} loop  wall", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.utilities:
             for seed in args.seeds:
                 for optimizer in args.optimizers:
                     print(one(name, seed, optimizer, Path(tmp) / f"{name}-{seed}-{optimizer}", args.rounds,
-                              overrides, args.jsonl), flush=True)
+                              overrides, args.jsonl, args.task_checks), flush=True)
     return 0
 
 

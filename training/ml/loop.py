@@ -25,7 +25,7 @@ import statistics
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 
@@ -372,7 +372,8 @@ class LoopSteps(Protocol):
 
 def gate_figures(health: dict) -> dict:
     """What a round keeps of each gate check (``gate_checks``; ``bench/health_margin.py`` reads them)."""
-    return {k: health.get(k) for k in ("healthy", "eos_rate", "distinct_rate", "nll_rise", "kl_to_round0", "examples")}
+    return {k: health.get(k) for k in ("healthy", "eos_rate", "distinct_rate", "nll_rise", "kl_to_round0", "task_checks",
+                                       "examples")}
 
 
 def train_gated(steps: LoopSteps, r: int, rnd: Any, policy: Trained, reward_model: Any, config: LoopConfig,
@@ -439,8 +440,10 @@ class MemorySteps:
     ``workdir``, simulated labelers rank by ``utility`` + noise, the gate checks every new policy in process."""
 
     def __init__(self, config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool: list[list[dict]],
-                 demonstrations, build_base: Callable[..., Path], log: Callable[[str], None]):
+                 demonstrations, build_base: Callable[..., Path], log: Callable[[str], None],
+                 task_checks: Mapping[str, Callable[[list[dict], str], bool]] | None = None):
         self.config, self.workdir, self.utility, self.prompt_pool = config, Path(workdir), utility, prompt_pool
+        self.task_checks = dict(task_checks or {})  # name -> check(prompt_messages, reply) -> bool, on every gate
         self.demonstrations, self.build_base, self.log = demonstrations, build_base, log
         self.started, self.groups, self.round0_nll = time.perf_counter(), [], None
 
@@ -470,8 +473,8 @@ class MemorySteps:
     def measure(self, r: int, rnd: MemoryRound, policy: Trained) -> dict:
         figures = round_metrics(rnd.prompts, rnd.samples, utility=self.utility, round0=self.round0, policy=rnd.policy)
         if policy.health:
-            figures["policy_health"] = {k: policy.health[k] for k in ("healthy", "reasons", "eos_rate",
-                                                                        "distinct_rate", "nll_rise", "kl_to_round0")}
+            figures["policy_health"] = {k: policy.health.get(k) for k in ("healthy", "reasons", "eos_rate", "distinct_rate",
+                                                                            "nll_rise", "kl_to_round0", "task_checks")}
         return figures
 
     def label(self, r: int, rnd: MemoryRound) -> dict:
@@ -503,18 +506,22 @@ class MemorySteps:
         from training.ml.health import policy_health
 
         return policy_health(load_policy(policy_dir), self.round0, self.held_out,
-                             thresholds=health_thresholds(self.config), reference=reference, round0_nll=self.round0_nll)
+                             thresholds=health_thresholds(self.config), reference=reference, round0_nll=self.round0_nll,
+                             task_checks=self.task_checks)
 
 
 def run_loop(config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool: list[list[dict]],
-             demonstrations, build_base: Callable[..., Path], log: Callable[[str], None] = print) -> list[dict]:
+             demonstrations, build_base: Callable[..., Path], log: Callable[[str], None] = print,
+             task_checks: Mapping[str, Callable[[list[dict], str], bool]] | None = None) -> list[dict]:
     """SFT, then rounds 0..config.rounds in memory (``loop_rounds`` on ``MemorySteps``); returns one figures
     dict per round (round 0 = SFT policy). After a PPO/GRPO round, the next round's dict holds the reward
     model's score trend during the policy run (``rm_score_change``) and the utility change it caused
     (``utility_change``), which the round's line prints; ``flags`` are the monitor's and the gate's.
+    ``task_checks`` (name -> check, as ``policy_health`` takes) go to every gate call: round 0's and each
+    policy's; a check passing under ``min_task_pass_rate`` of the replies fails the policy (as on the database).
     """
     steps = MemorySteps(config, Path(workdir), utility=utility, prompt_pool=prompt_pool,
-                        demonstrations=demonstrations, build_base=build_base, log=log)
+                        demonstrations=demonstrations, build_base=build_base, log=log, task_checks=task_checks)
     return loop_rounds(steps, config, log=log)
 
 

@@ -180,3 +180,32 @@ def test_the_loop_retries_a_failed_policy_once_with_safer_settings_then_keeps_th
     assert second["utility_change"] == pytest.approx(-0.3) and second["flags"] and not last["flags"]
     assert [line.split("s] ")[1][:7] for line in lines if "] round" in line] == ["round 0", "round 1", "round 2"]
     assert sum("retrying once" in line for line in lines) == 2
+
+
+@pytest.mark.slow
+def test_the_in_memory_gate_applies_task_checks_a_fluent_but_malformed_policy_fails_only_with_them(tmp_path):
+    """Issue 12: the in-memory gate ran no task check, so a policy fluent by NLL but off the task's grammar
+    passed. A 100-step SFT policy is one (measured: ~39% of its replies parse, every one ends with EOS, NLL rise
+    0 against itself); gated as round 0 through ``run_loop``, it fails with the demo grammar check only."""
+    config = LoopConfig(rounds=0, sft_steps=100, health_prompts=16, prompts_per_round=8, k=3)
+    kwargs = dict(utility=demo_task.demo_utility, prompt_pool=demo_task.make_prompt_pool(),
+                  demonstrations=demo_task.load_demonstrations()[:1000], build_base=demo_task.build_demo_base,
+                  log=lambda line: None)
+    checked = run_loop(config, tmp_path / "checked", task_checks={"demo_grammar": demo_task.demo_grammar_check},
+                       **kwargs)[0]["policy_health"]
+    plain = run_loop(config, tmp_path / "plain", **kwargs)[0]["policy_health"]
+    assert plain["healthy"] and plain["reasons"] == [] and plain["task_checks"] == {}
+    assert plain["eos_rate"] >= 0.95 and plain["distinct_rate"] >= 0.9 and abs(plain["nll_rise"]) < 1e-6  # fluent
+    rate = checked["task_checks"]["demo_grammar"]
+    assert rate < 0.90  # HealthThresholds.min_task_pass_rate, the gate's default (as on the database)
+    assert not checked["healthy"]
+    assert checked["reasons"] == [f"task check demo_grammar: {100 * rate:.1f}% of replies pass < 90%"]
+    for key in ("eos_rate", "distinct_rate", "nll_rise"):  # the same replies: only the task check differs
+        assert checked[key] == pytest.approx(plain[key])
+    assert any("final policy is unhealthy: task check demo_grammar" in p for p in loop_verdict_of(checked))
+
+
+def loop_verdict_of(health: dict) -> list[str]:
+    from training.ml.monitor import loop_verdict
+
+    return loop_verdict([{"round": 0, "utility_mean": 0.0, "utility_se": 0.1, "policy_health": health}])
