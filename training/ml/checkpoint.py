@@ -15,7 +15,7 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file
@@ -147,3 +147,16 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def checkpoint_resume(root: Path, *, model, optimizer, scheduler, log: Callable[[str], None], resume: bool = True,
+                      total: int | None = None) -> tuple[int, dict]:
+    """(first step to run, the checkpoint's ``extra``) from the newest checkpoint under ``root``, or (0, {}).
+    Every process of a data-parallel run calls it with the same files, before the model is wrapped."""
+    latest = checkpoint_latest(root) if resume else None
+    if latest is None:
+        return 0, {}
+    state = checkpoint_load(latest, model=model, optimizer=optimizer, scheduler=scheduler)
+    log(f"resumed from {latest.name} (step {state['step']}" + (f" of {total})" if total else ")"))
+    return state["step"], state["extra"]
+

@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 
 from training.ml import distributed, losses, prefix_sharing
-from training.ml.checkpoint import checkpoint_save
+from training.ml.checkpoint import checkpoint_resume, checkpoint_save
 from training.ml.config import DPOConfig, loading
 from training.ml.generation import collate_scoring, encode_many, sequence_logprobs, token_logprobs
 from training.ml.health_watch import HealthWatch, InRunHealth
 from training.ml.trainers.sft import (
-    batch_indices, load_trainable_policy, make_optimizer, policy_summary, resume_step, save_policy, total_steps_for,
+    batch_indices, load_trainable_policy, make_optimizer, policy_summary, save_policy, total_steps_for,
 )
 from training.ml.precision import autocast, enable_gradient_checkpointing, resolve_mixed_precision
 from training.ml.types import NullHooks, RankedGroup, TrainHooks
@@ -253,7 +253,8 @@ def train_dpo(
             checkpoint_save(root=checkpoints, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
                             keep=config.keep_checkpoints)
 
-    step, _ = resume_step(model, optimizer, scheduler, checkpoints, hooks, resume)  # every process, before DDP
+    step, _ = checkpoint_resume(checkpoints, model=model, optimizer=optimizer, scheduler=scheduler, log=hooks.log,
+                                resume=resume)
     health = InRunHealth.start(health_watch, config, output_dir, hooks, main=main, resume_step=step)
     trained = distributed.wrap(model, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]

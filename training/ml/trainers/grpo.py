@@ -22,7 +22,7 @@ import torch
 from transformers import get_scheduler
 
 from training.ml import distributed
-from training.ml.checkpoint import checkpoint_latest, checkpoint_load, checkpoint_save
+from training.ml.checkpoint import checkpoint_resume, checkpoint_save
 from training.ml.config import GRPOConfig
 from training.ml.health_watch import HealthWatch, InRunHealth
 from training.ml.losses import grpo_loss
@@ -158,11 +158,9 @@ def train_grpo(
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total * per_step),
                               num_training_steps=total * per_step)
-    out, step = Path(output_dir), 0
-    latest = checkpoint_latest(out / "checkpoints") if resume else None
-    if latest is not None:  # every process loads the same files before DDP wraps the model
-        step = checkpoint_load(latest, model=policy, optimizer=optimizer, scheduler=scheduler)["step"]
-        hooks.log(f"resumed from {latest.name} (step {step} of {total})")
+    out = Path(output_dir)
+    step, _ = checkpoint_resume(out / "checkpoints", model=policy, optimizer=optimizer, scheduler=scheduler,
+                                log=hooks.log, resume=resume, total=total)
     trained = distributed.wrap(policy, accelerator)
     health = InRunHealth.start(health_watch, config, out, hooks, main=main, resume_step=step)
 

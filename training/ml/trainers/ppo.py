@@ -18,7 +18,7 @@ import torch.nn as nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
 from training.ml import distributed
-from training.ml.checkpoint import checkpoint_latest, checkpoint_load, checkpoint_save
+from training.ml.checkpoint import checkpoint_resume, checkpoint_save
 from training.ml.config import PPOConfig, loading
 from training.ml.health_watch import HealthWatch, InRunHealth
 from training.ml.losses import ppo_policy_loss, ppo_value_loss
@@ -275,13 +275,12 @@ def train_ppo(
                               num_training_steps=total * per_step)
     kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon) if config.adaptive_kl
               else FixedKLController(config.kl_coef))
-    out, start = Path(output_dir), 0
-    latest = checkpoint_latest(out / "checkpoints") if resume else None
-    if latest is not None:
-        state = checkpoint_load(latest, model=models.policy, optimizer=optimizer, scheduler=scheduler)
-        start, kl_ctl.value = state["step"], float(state["extra"]["kl_coef"])
-        models.load_value_state(state["extra"]["value"])
-        hooks.log(f"resumed from {latest.name} (step {start} of {total})")
+    out = Path(output_dir)
+    start, extra = checkpoint_resume(out / "checkpoints", model=models.policy, optimizer=optimizer,
+                                     scheduler=scheduler, log=hooks.log, resume=resume, total=total)
+    if extra:
+        kl_ctl.value = float(extra["kl_coef"])
+        models.load_value_state(extra["value"])
     health = InRunHealth.start(health_watch, config, out, hooks, resume_step=start)
 
     def save_checkpoint(step: int) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from accelerate import Accelerator
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
 from training.ml import distributed, losses, prefix_sharing
-from training.ml.checkpoint import atomic_save_dir, checkpoint_latest, checkpoint_load, checkpoint_save
+from training.ml.checkpoint import atomic_save_dir, checkpoint_resume, checkpoint_save
 from training.ml.collators import RankedGroupCollator
 from training.ml.config import RewardConfig, loading
 from training.ml.data import EncodedGroup, encode_groups
@@ -214,19 +213,16 @@ def train_reward_model(
     collate = RankedGroupCollator(pad_token_id=tokenizer.pad_token_id, share_prefix=sharing)
     checkpoints = output_dir / "checkpoints"
 
+
     def save_checkpoint(at_step: int) -> None:
         if main:
-            checkpoint_save(
-                root=checkpoints, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
-                keep=config.keep_checkpoints,
-            )
+            checkpoint_save(root=checkpoints, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
+                            keep=config.keep_checkpoints)
 
-    step, last_saved = 0, -1
-    latest = checkpoint_latest(checkpoints) if resume else None
-    if latest is not None:  # every process loads the same files before DDP wraps the model
-        step = last_saved = checkpoint_load(latest, model=model, optimizer=optimizer, scheduler=scheduler)["step"]
-        hooks.log(f"resumed from {latest.name} (step {step} of {total})")
-    else:
+    step, _ = checkpoint_resume(checkpoints, model=model, optimizer=optimizer, scheduler=scheduler, log=hooks.log,
+                                resume=resume, total=total)  # every process loads the same files before DDP
+    last_saved = step if step else -1
+    if not step:
         torch.manual_seed(config.seed + accelerator.process_index)  # dropout and anything else random in the loop
     trained = accelerator.prepare_model(model) if accelerator.num_processes > 1 else model  # (DDP) forward/backward
 

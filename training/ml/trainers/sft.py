@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from training.ml import distributed
-from training.ml.checkpoint import atomic_save_dir, checkpoint_latest, checkpoint_load, checkpoint_save
+from training.ml.checkpoint import atomic_save_dir, checkpoint_resume, checkpoint_save
 from training.ml.config import SFTConfig, TrainConfig, loading
 from training.ml.generation import collate_scoring, encode_many, token_logprobs
 from training.ml.health_watch import HealthWatch, InRunHealth
@@ -80,16 +80,6 @@ def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[i
     order = list(range(n_items))
     random.Random(seed * 100_003 + epoch).shuffle(order)
     return order[position * batch_size: (position + 1) * batch_size]
-
-
-def resume_step(model, optimizer, scheduler, checkpoints: Path, hooks: TrainHooks, resume: bool) -> tuple[int, dict]:
-    """(first step to run, saved extra) from the newest checkpoint, or (0, {})."""
-    latest = checkpoint_latest(checkpoints) if resume else None
-    if latest is None:
-        return 0, {}
-    state = checkpoint_load(latest, model=model, optimizer=optimizer, scheduler=scheduler)
-    hooks.log(f"resumed from {latest.name} (step {state['step']})")
-    return state["step"], state["extra"]
 
 
 def save_policy(model, tokenizer, target: Path) -> Path:
@@ -195,7 +185,8 @@ def train_sft(
             checkpoint_save(root=checkpoints, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
                             keep=config.keep_checkpoints)
 
-    start, _ = resume_step(model, optimizer, scheduler, checkpoints, hooks, resume)  # every process, before DDP
+    start, _ = checkpoint_resume(checkpoints, model=model, optimizer=optimizer, scheduler=scheduler, log=hooks.log,
+                                 resume=resume)
     health = InRunHealth.start(health_watch, config, output_dir, hooks, main=main, resume_step=start)
     trained = distributed.wrap(model, accelerator)
     pad_id = tokenizer.pad_token_id
