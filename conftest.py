@@ -62,7 +62,8 @@ def browser_page():
     """A page in headless Debian Chromium driven by Playwright's sync API (10 s default timeout)."""
     import os
 
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api  # a dev requirement: missing, the test fails rather than skips
+
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
