@@ -56,7 +56,7 @@ class LoopConfig:
     labelers: int = 1  # rankings per prompt
     label_noise: float = 0.25  # std of the Gaussian noise added to the utility
     tie_threshold: float = 0.05  # noisy scores closer than this tie
-    sft_steps: int = 400
+    sft_steps: int = 1200  # round 0 copies the prompt's noun as its demos do (docs/loop.md, "Round 0 ignored its prompt")
     sft_learning_rate: float = 3e-3
     dpo_beta: float = 0.2  # with dpo_rpo_alpha 1.0: picked by the rule in docs/loop.md (tuning half, seeds 1-2)
     dpo_learning_rate: float = 2e-4

@@ -102,10 +102,18 @@ def build_tiny_causal_lm(
     heads: int = 4,
     max_positions: int = 256,
     seed: int = 0,
+    initializer_range: float | None = None,
 ) -> Path:
-    """Save a randomly initialised Llama-style causal LM (and the tokenizer) into ``out_dir``; return it."""
+    """Save a randomly initialised Llama-style causal LM (and the tokenizer) into ``out_dir``; return it.
+
+    The weights are drawn with std ``initializer_range``, by default ``hidden ** -0.5`` (0.125 at width 64).
+    Llama's own 0.02 is sized for widths in the thousands; at width 64 it leaves attention nearly uniform for
+    hundreds of steps, and the demo's SFT policy never learnt to use its prompt (docs/loop.md, "Round 0 ignored
+    its prompt").
+    """
     torch.manual_seed(seed)
-    config = _tiny_config(tokenizer, hidden=hidden, layers=layers, heads=heads, max_positions=max_positions)
+    config = _tiny_config(tokenizer, hidden=hidden, layers=layers, heads=heads, max_positions=max_positions,
+                          initializer_range=hidden ** -0.5 if initializer_range is None else initializer_range)
     model = AutoModelForCausalLM.from_config(config)
     return _save(model, tokenizer, out_dir)
 
