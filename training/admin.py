@@ -1,6 +1,9 @@
 """Django admin for runs, snapshots, metrics and artifacts (read-mostly: runs change through services)."""
+from django import forms
 from django.contrib import admin
 
+from annotation.errors import InvalidInput
+from training.health import health_thresholds_validate, task_checks_resolve
 from training.models import DatasetSnapshot, HealthSettings, MetricPoint, ModelArtifact, TrainingRun
 
 
@@ -38,7 +41,31 @@ class ModelArtifactAdmin(admin.ModelAdmin):
     raw_id_fields = ["project", "parent", "run", "snapshot"]
 
 
+class HealthSettingsForm(forms.ModelForm):
+    """The admin's edits pass the service's validation (``training.health``): a bad threshold is refused, not
+    stored for the next policy job to fail on."""
+
+    class Meta:
+        model = HealthSettings
+        fields = ["project", "thresholds", "task_checks"]
+
+    def clean_thresholds(self):
+        return self._valid(health_thresholds_validate, self.cleaned_data.get("thresholds"))
+
+    def clean_task_checks(self):
+        return self._valid(task_checks_resolve, self.cleaned_data.get("task_checks"))
+
+    @staticmethod
+    def _valid(validate, value):
+        try:
+            validate(value)
+        except InvalidInput as error:
+            raise forms.ValidationError(error.message) from error
+        return value
+
+
 @admin.register(HealthSettings)
 class HealthSettingsAdmin(admin.ModelAdmin):
+    form = HealthSettingsForm
     list_display = ["project", "thresholds", "task_checks", "updated_at"]
     raw_id_fields = ["project"]

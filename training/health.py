@@ -9,6 +9,7 @@ thresholds and task checks (``HealthSettings``; names resolved by ``task_checks_
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.db import transaction
 from django.utils import timezone
@@ -17,6 +18,9 @@ from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import Project
 from annotation.selectors import user_can_manage
 from training.models import HealthSettings, ModelArtifact, TrainingRun
+
+if TYPE_CHECKING:
+    from training.ml.health import HealthThresholds
 
 HELD_OUT_SEED = 777_001  # the gate's prompt sample: not a round's seed (rounds use seed·1000 + r)
 
@@ -42,18 +46,27 @@ def health_settings_get(*, project: Project) -> tuple:
     return HealthThresholds.from_dict(row.thresholds), list(row.task_checks)
 
 
+def health_thresholds_validate(thresholds) -> HealthThresholds:
+    """The ``HealthThresholds`` a stored settings dict gives, or ``InvalidInput`` (location ``thresholds``) saying
+    which value is wrong: unknown keys, rates outside 0…1, a ``task_check_z`` that is not a number of standard
+    errors between 0 and ``MAX_TASK_CHECK_Z`` (strings, NaN, infinities and booleans are refused)."""
+    from training.ml.health import HealthThresholds
+
+    if not isinstance(thresholds, dict):
+        raise InvalidInput("health thresholds must be an object of HealthThresholds fields", location="thresholds")
+    try:
+        return HealthThresholds.from_dict(thresholds)
+    except (TypeError, ValueError) as error:
+        raise InvalidInput(str(error), location="thresholds") from error
+
+
 @transaction.atomic
 def health_settings_update(*, project: Project, thresholds: dict, task_checks: list[str] | None = None,
                            user=None) -> HealthSettings:
     """Store a project's gate thresholds (``HealthThresholds`` fields) and task checks; validated first."""
-    from training.ml.health import HealthThresholds
-
     if user is not None and not user_can_manage(user=user, project=project):
         raise NotAllowed("Only researchers and admins of this project can change its health gate.")
-    try:
-        HealthThresholds.from_dict(thresholds)
-    except (TypeError, ValueError) as error:
-        raise InvalidInput(str(error), location="thresholds") from error
+    health_thresholds_validate(thresholds)
     task_checks_resolve(list(task_checks or []))
     row, _ = HealthSettings.objects.select_for_update().get_or_create(project=project)
     row.thresholds, row.task_checks = dict(thresholds), list(task_checks or [])

@@ -1,7 +1,8 @@
 """The health gate during a policy run: every ``health_every`` steps, and the last healthy policy kept.
 
 The rule is the after-run gate's (``health.policy_health`` with the caller's thresholds, round 0, reference and
-task checks) on fewer prompts (``health_prompts``, default 8, against the gate's 32). A trainer makes one
+task checks, each compared with round 0's own pass rate on the same prompts, measured once per run with round
+0's other figures) on fewer prompts (``health_prompts``, default 8, against the gate's 32). A trainer makes one
 ``InRunHealth`` when it starts and calls ``at_step`` after each optimizer step; what it returns goes into that
 step's metrics (``health_eos_rate``, ``health_distinct_rate``, ``health_nll_rise``, ``health_kl_to_round0``,
 ``health_kl_to_reference``, ``health_task_<name>``, ``healthy`` 1/0), so it reaches the run's curves through
@@ -113,7 +114,7 @@ class InRunHealth:
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 if w.round0 is not None and self.baseline is None:
-                    self.baseline = round0_baseline(round0, w.prompts, t)
+                    self.baseline = round0_baseline(round0, w.prompts, t, w.task_checks)  # incl. its task-check rates
                 return policy_health((model, tokenizer), round0, w.prompts, thresholds=t, reference=w.reference,
                                      task_checks=w.task_checks, baseline=self.baseline)
         finally:

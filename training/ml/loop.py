@@ -373,7 +373,7 @@ class LoopSteps(Protocol):
 def gate_figures(health: dict) -> dict:
     """What a round keeps of each gate check (``gate_checks``; ``bench/health_margin.py`` reads them)."""
     return {k: health.get(k) for k in ("healthy", "eos_rate", "distinct_rate", "nll_rise", "kl_to_round0", "task_checks",
-                                       "examples")}
+                                       "task_checks_round0", "examples")}
 
 
 def train_gated(steps: LoopSteps, r: int, rnd: Any, policy: Trained, reward_model: Any, config: LoopConfig,
@@ -445,7 +445,7 @@ class MemorySteps:
         self.config, self.workdir, self.utility, self.prompt_pool = config, Path(workdir), utility, prompt_pool
         self.task_checks = dict(task_checks or {})  # name -> check(prompt_messages, reply) -> bool, on every gate
         self.demonstrations, self.build_base, self.log = demonstrations, build_base, log
-        self.started, self.groups, self.round0_nll = time.perf_counter(), [], None
+        self.started, self.groups, self.round0_figures = time.perf_counter(), [], None
 
     def bootstrap(self) -> Trained:
         """SFT on the demonstrations; round 0's policy, gated against itself (its NLL is the gate's baseline)."""
@@ -459,9 +459,15 @@ class MemorySteps:
         self.ptx_texts = ptx_texts_from(self.demonstrations, self.round0[1]) if config.ppo_ptx_coef > 0 else None
         self.held_out = round_prompts(self.prompt_pool, config.health_prompts, seed=config.seed,
                                       round_index=HELD_OUT_ROUND)
-        health = self._gate(policy_dir, reference=None) if config.health_gate else None
-        self.round0_nll = (health or {}).get("nll_round0_baseline")
-        return Trained(policy_dir, health, name="the SFT policy")
+        health = None
+        if config.health_gate:  # round 0 sampled once: its NLL and task-check rates serve every later gate
+            from training.ml.health import round0_baseline
+
+            baseline = round0_baseline(self.round0, self.held_out, health_thresholds(config), self.task_checks)
+            health = self._gate(self.round0, reference=None, baseline=baseline)  # gated against itself
+            self.round0_figures = {k: baseline[k] for k in ("nll_round0_baseline", "task_checks_round0",
+                                                            "replies_round0")}  # not its EOS/distinct rates:
+        return Trained(policy_dir, health, name="the SFT policy")  # later policies meet those floors as set
 
     def generate(self, r: int, policy: Trained) -> MemoryRound:
         prompts = round_prompts(self.prompt_pool, self.config.prompts_per_round, seed=self.config.seed, round_index=r)
@@ -474,7 +480,8 @@ class MemorySteps:
         figures = round_metrics(rnd.prompts, rnd.samples, utility=self.utility, round0=self.round0, policy=rnd.policy)
         if policy.health:
             figures["policy_health"] = {k: policy.health.get(k) for k in ("healthy", "reasons", "eos_rate", "distinct_rate",
-                                                                            "nll_rise", "kl_to_round0", "task_checks")}
+                                                                            "nll_rise", "kl_to_round0", "task_checks",
+                                                                            "task_checks_round0")}
         return figures
 
     def label(self, r: int, rnd: MemoryRound) -> dict:
@@ -494,7 +501,8 @@ class MemorySteps:
         tag = f"{r}-retry" if retry else r  # the run's directory: workdir / f"{optimizer}{tag}"
         summary, figures = round_train_policy(policy.policy, rnd.prompts, rnd.groups, reward_model_dir=reward_model,
                                               workdir=self.workdir, r=tag, config=config, ptx_texts=self.ptx_texts)
-        health = self._gate(summary["policy_dir"], reference=rnd.policy) if self.config.health_gate else None
+        health = (self._gate(load_policy(summary["policy_dir"]), reference=rnd.policy, baseline=self.round0_figures)
+                  if self.config.health_gate else None)
         mine = {k: v for k, v in figures.items() if k == "dpo_train_accuracy"}  # the rest: the next round's
         return Trained(summary["policy_dir"], health, name=f"the {config.optimizer} policy ({config.optimizer}{tag})",
                        figures=mine, carried={k: v for k, v in figures.items() if k not in mine})
@@ -502,12 +510,11 @@ class MemorySteps:
     def record(self, r: int, rnd: MemoryRound, figures: dict, previous: dict | None) -> dict:
         return {**figures, "flags": round_flags(previous, figures)}
 
-    def _gate(self, policy_dir: str, *, reference) -> dict:
+    def _gate(self, policy: tuple, *, reference, baseline: dict) -> dict:
         from training.ml.health import policy_health
 
-        return policy_health(load_policy(policy_dir), self.round0, self.held_out,
-                             thresholds=health_thresholds(self.config), reference=reference, round0_nll=self.round0_nll,
-                             task_checks=self.task_checks)
+        return policy_health(policy, self.round0, self.held_out, thresholds=health_thresholds(self.config),
+                             reference=reference, baseline=baseline, task_checks=self.task_checks)
 
 
 def run_loop(config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool: list[list[dict]],
@@ -518,7 +525,9 @@ def run_loop(config: LoopConfig, workdir: Path, *, utility: Utility, prompt_pool
     model's score trend during the policy run (``rm_score_change``) and the utility change it caused
     (``utility_change``), which the round's line prints; ``flags`` are the monitor's and the gate's.
     ``task_checks`` (name -> check, as ``policy_health`` takes) go to every gate call: round 0's and each
-    policy's; a check passing under ``min_task_pass_rate`` of the replies fails the policy (as on the database).
+    policy's; a check fails a policy when its pass rate is under ``min_task_pass_rate`` and under round 0's rate
+    on the same prompts by more than ``task_check_z`` standard errors (``health.task_check_reason``, as on the
+    database); round 0's own gate compares it with nothing, so the floor alone applies there.
     """
     steps = MemorySteps(config, Path(workdir), utility=utility, prompt_pool=prompt_pool,
                         demonstrations=demonstrations, build_base=build_base, log=log, task_checks=task_checks)

@@ -10,7 +10,7 @@ from django.core.management.base import CommandError
 from annotation.errors import InvalidInput
 from annotation.models import Round
 from training.health import health_settings_get, health_settings_update, task_checks_resolve
-from training.models import ModelArtifact, RoundReport, TrainingRun
+from training.models import HealthSettings, ModelArtifact, RoundReport, TrainingRun
 from training.rounds import round_report_record, round_start
 
 pytestmark = pytest.mark.django_db
@@ -155,3 +155,103 @@ def test_run_loop_points_gate_settings_to_the_projects_health_gate(ranked):
     with pytest.raises(InvalidInput, match="in-memory loop only"):  # not silently ignored by the DPO runs
         _loop_config(LoopSettings(overrides={"dpo_reference": "round0"}))
     assert _loop_config(LoopSettings(overrides={"dpo_rpo_alpha": 0.5})).dpo_rpo_alpha == 0.5
+
+
+# ----------------------------------------------------------------------------- task checks relative to round 0
+BAD_Z = ["3", "abc", float("nan"), float("inf"), -1, -0.001, 10.001, 1e9, True, None, [3], {"z": 3}]
+
+
+def test_task_check_z_is_a_project_setting_and_a_bad_one_is_refused_with_nothing_written(ranked, make_project):
+    project = ranked[0]
+    assert health_settings_get(project=project)[0].task_check_z == 3.0  # the default
+    health_settings_update(project=project, thresholds={"task_check_z": 2.0, "min_task_pass_rate": 0.8},
+                           task_checks=["demo_grammar"])
+    row = HealthSettings.objects.get(project=project)
+    stored = (row.thresholds, row.task_checks, row.updated_at)
+    assert health_settings_get(project=project)[0].task_check_z == 2.0
+    fresh = make_project(slug="fresh", prompts=0)
+    for bad in BAD_Z:
+        for target in (project, fresh):
+            with pytest.raises(InvalidInput, match="task_check_z must be a number of standard errors between 0 and 10") \
+                    as error:
+                health_settings_update(project=target, thresholds={"task_check_z": bad}, task_checks=[])
+            assert error.value.location == "thresholds"
+    row.refresh_from_db()
+    assert (row.thresholds, row.task_checks, row.updated_at) == stored  # nothing written
+    assert not HealthSettings.objects.filter(project=fresh).exists()
+    for text in ('{"task_check_z": NaN}', '{"task_check_z": "3"}', '{"task_check_z": -2}', '{"task_check_z": 1e400}'):
+        with pytest.raises(CommandError, match="task_check_z must be a number"):
+            call_command("health_gate", "--project", project.slug, "--thresholds", text)
+    row.refresh_from_db()
+    assert (row.thresholds, row.task_checks, row.updated_at) == stored
+
+
+def test_the_admin_form_validates_thresholds_as_the_service_does(ranked):
+    from training.admin import HealthSettingsForm
+
+    project = ranked[0]
+    form = HealthSettingsForm(data={"project": project.pk, "thresholds": '{"task_check_z": NaN}', "task_checks": "[]"})
+    assert not form.is_valid() and "task_check_z must be a number" in form.errors["thresholds"][0]
+    form = HealthSettingsForm(data={"project": project.pk, "thresholds": "{}", "task_checks": '["nope"]'})
+    assert not form.is_valid() and "not a registered task_check hook" in form.errors["task_checks"][0]
+    form = HealthSettingsForm(data={"project": project.pk, "thresholds": '{"task_check_z": 2.5}',
+                                    "task_checks": '["demo_grammar"]'})
+    assert form.is_valid(), form.errors
+    assert not HealthSettings.objects.filter(project=project).exists()  # is_valid writes nothing
+
+
+@pytest.fixture
+def untrained_round0(ranked, artifact_root):
+    """(project, round 0 as a registered policy, a copy of its weights as a new policy's directory): the demo's
+    untrained tiny LM, whose replies hardly ever parse; the demo's prompts as the held-out pool."""
+    import shutil
+
+    from training.ml import demo_task
+    from training.policy_data import policy_data_import
+
+    project = ranked[0]
+    policy_data_import(project=project, lines=[json.dumps({"messages": demo_task.demo_prompt(n)})
+                                               for n in demo_task.NOUNS])
+    base = demo_task.build_demo_base(artifact_root / "r0", seed=0, hidden=32)
+    round0 = ModelArtifact.objects.create(project=project, kind="policy", name="round0", path=str(base))
+    policy_dir = artifact_root / "policy"
+    shutil.copytree(base, policy_dir)
+    health_settings_update(project=project, thresholds={"prompts": 8}, task_checks=["demo_grammar"])
+    return project, round0, policy_dir
+
+
+def test_the_django_gate_compares_each_task_check_with_round_0s_own_rate(untrained_round0):
+    """The policy parses as often as round 0 (the same weights): below the 90% floor, yet it passes, with round
+    0's rate in its figures and log line; with no round 0 in its lineage the floor alone applies."""
+    from training.health import policy_health_check
+
+    project, round0, policy_dir = untrained_round0
+    lines = []
+    run = TrainingRun.objects.create(project=project, kind="dpo", base_artifact=round0)
+    health = policy_health_check(run=run, policy_dir=policy_dir, log=lines.append)
+    rate = health["task_checks"]["demo_grammar"]
+    assert rate < 0.9 and health["task_checks_round0"] == {"demo_grammar": rate} and health["replies_round0"] == 32
+    assert health["healthy"], health["reasons"]
+    assert f"task checks demo_grammar {100 * rate:.1f}% (round 0 {100 * rate:.1f}%)" in lines[0]
+    orphan = TrainingRun.objects.create(project=project, kind="sft")  # no policy in its lineage: its own round 0
+    alone = policy_health_check(run=orphan, policy_dir=policy_dir, log=lines.append)
+    assert alone["task_checks_round0"] == {} and not alone["healthy"]
+    assert alone["reasons"] == [f"task check demo_grammar: {100 * rate:.1f}% of replies pass < 90%"]
+
+
+def test_the_pages_show_each_task_checks_rate_beside_round_0s(unhealthy, client):
+    _, researcher, _, policy = unhealthy
+    policy.healthy, policy.health = True, {"healthy": True, "reasons": [], "eos_rate": 1.0, "distinct_rate": 1.0,
+                                           "nll_rise": 0.1, "task_checks": {"demo_grammar": 0.88},
+                                           "task_checks_round0": {"demo_grammar": 0.93}}
+    policy.save()
+    client.force_login(researcher)
+    page = client.get(f"/training/artifacts/{policy.pk}/").content.decode()
+    assert "task checks demo_grammar 88.0% (round 0 93.0%)" in page
+    policy.healthy = False
+    policy.health = {**policy.health, "healthy": False, "task_checks_round0": {},
+                     "reasons": ["task check demo_grammar: 88.0% of replies pass < 90%"]}
+    policy.save()
+    page = client.get(f"/training/artifacts/{policy.pk}/").content.decode()
+    assert "unhealthy: task check demo_grammar: 88.0% of replies pass &lt; 90% (task checks demo_grammar 88.0% " \
+           "(round 0 —))" in page

@@ -134,3 +134,26 @@ def test_every_policy_trainer_reports_the_checks_figures_as_step_metrics(kind, r
     assert checked == summary["health_watch"]["checked_steps"] == [2]  # step 3 is the final: the gate's
     assert {"health_eos_rate", "health_nll_rise", "health_kl_to_round0"} <= set(dict(hooks.steps)[2])
     assert summary["health_watch"]["kept_step"] == 2 and kept_record(tmp_path)["step"] == 2  # 1e-4: still healthy
+
+
+def test_the_in_run_check_compares_task_checks_with_round_0_measured_once(round0, tmp_path):
+    """The same rule as the gate: a policy parsing as often as round 0 passes under a floor it misses; round 0's
+    rate is measured at the first check and kept for the run; without round 0 the floor alone applies."""
+    import copy
+
+    _, round0_policy = round0
+    checks = {"grammar": demo_task.demo_grammar_check}
+    twin = (copy.deepcopy(round0_policy[0]), round0_policy[1])
+    t = HealthThresholds(prompts=8, min_task_pass_rate=1.0)
+    watch = HealthWatch(prompts=PROMPTS, thresholds=t, round0=round0_policy, task_checks=checks)
+    check = InRunHealth(watch, every=1, prompts=8, output_dir=tmp_path / "a", hooks=NullHooks())
+    metrics = check.at_step(1, 10, *twin)
+    rate = check.baseline["task_checks_round0"]["grammar"]
+    assert rate < 1.0 and metrics["health_task_grammar"] == rate and metrics["healthy"] == 1.0
+    first = check.baseline
+    check.at_step(2, 10, *twin)
+    assert check.baseline is first  # measured once per run
+    alone = InRunHealth(HealthWatch(prompts=PROMPTS, thresholds=t, task_checks=checks), every=1, prompts=8,
+                        output_dir=tmp_path / "b", hooks=NullHooks())
+    assert alone.at_step(1, 10, *twin)["healthy"] == 0.0
+    assert alone.last_failed["reasons"] == [f"task check grammar: {100 * rate:.1f}% of replies pass < 100%"]
