@@ -197,7 +197,7 @@ def arena_generate(*, arena: Arena, log=print) -> Arena:
     """Generate one response per prompt from each checkpoint (in this process; tiny models run on a CPU),
     then write them with ``arena_responses_write``. Torch is imported here only."""
     from training.ml.generation import generate_samples, load_policy
-    from training.artifact_paths import artifact_dir
+    from training.artifact_paths import artifact_base_model, artifact_dir
 
     if arena.status != Arena.Status.GENERATING:
         return arena
@@ -205,7 +205,7 @@ def arena_generate(*, arena: Arena, log=print) -> Arena:
     params, texts = arena.sampling_params, []
     for artifact in (arena.model_a, arena.model_b):
         path = artifact_dir(artifact=artifact)
-        base, adapter = (artifact.base_model, path) if artifact.is_adapter else (path, None)
+        base, adapter = (artifact_base_model(artifact=artifact), path) if artifact.is_adapter else (path, None)
         log(f"generating {len(prompts)} responses from {artifact.name} (#{artifact.pk})")
         model, tokenizer = load_policy(base, adapter)
         groups = generate_samples(

@@ -8,6 +8,13 @@
 An artifact's row stores its directory relative to the root (``artifact_path_stored``); every read or write
 of an artifact's files resolves it back through ``artifact_path_contained``, which refuses anything outside
 the root.
+
+A run's config and an adapter's ``base_model`` name models by path. A model inside the root is stored as
+``$RLHF_ARTIFACT_ROOT/`` + its stored form (``model_path_stored``), which each worker resolves against its own
+root when the run starts (``model_path_resolved``, through ``artifact_path_contained``): machines may mount
+the shared root at different paths (docs/training_runs.md, "Several machines: one artifact root"). The prefix
+keeps the stored form apart from a hub id (``org/model``) and from a path relative to the working directory.
+Anything else (a directory under an operator's model root, a hub id) is kept as given.
 """
 from __future__ import annotations
 
@@ -38,6 +45,46 @@ def artifact_path_contained(path: str | Path, *, location: str = "path") -> Path
 def artifact_path_stored(path: str | Path) -> str:
     """What an artifact's row stores: its directory relative to ARTIFACT_ROOT (refused outside it)."""
     return str(artifact_path_contained(path).relative_to(artifact_root()))
+
+
+ROOT_PREFIX = "$RLHF_ARTIFACT_ROOT/"  # a model path in a run config: relative to the worker's artifact root
+
+
+def model_path_stored(value: str) -> str:
+    """A model setting as a run config (or an adapter's ``base_model``) stores it: an absolute path inside
+    ARTIFACT_ROOT (symlinks followed) becomes ``$RLHF_ARTIFACT_ROOT/<artifact_path_stored>``; anything else
+    (empty, a hub id, a directory outside the root, an already stored form) is returned unchanged."""
+    if not isinstance(value, str) or not value or value.startswith(ROOT_PREFIX) or "\x00" in value:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        return value
+    resolved, root = path.resolve(), artifact_root()
+    if resolved == root or not resolved.is_relative_to(root):
+        return value
+    return ROOT_PREFIX + artifact_path_stored(resolved)
+
+
+def model_path_resolved(value: str, *, location: str = "path") -> str:
+    """A stored model setting as this machine loads it: ``$RLHF_ARTIFACT_ROOT/<relative>`` resolved against this
+    machine's ARTIFACT_ROOT with every symlink followed; InvalidInput for ``..``, an absolute or empty remainder,
+    or a result outside the root (``artifact_path_contained``). Anything else is returned unchanged (an absolute
+    path stored before issue #14 loads as before where it exists)."""
+    if not isinstance(value, str) or not value.startswith(ROOT_PREFIX):
+        return value
+    relative = value[len(ROOT_PREFIX):]
+    refused = InvalidInput("The model's path lies outside the artifact root.", location=location)
+    if not relative or "\x00" in relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise refused
+    try:
+        return str(artifact_path_contained(relative, location=location))
+    except InvalidInput:  # a symlink that leads out of the root
+        raise refused from None
+
+
+def artifact_base_model(*, artifact) -> str:
+    """The base model an adapter artifact was trained on, as this machine loads it (``model_path_resolved``)."""
+    return model_path_resolved(artifact.base_model, location="base_model")
 
 
 def artifact_dir(*, artifact) -> Path:

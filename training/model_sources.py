@@ -9,6 +9,13 @@ DPO/generation ``adapter``, PPO/GRPO ``reward_model``, the LLM judge's directory
 - The operator at the command line (``user=None``) may name any local directory, as documented.
 - A hub id (``gpt2``, ``org/model``) is accepted only when the operator turned the hub on
   (``RLHF_ALLOW_MODEL_HUB``); otherwise workers run with the Hugging Face libraries offline and it is refused.
+
+A run's config stores a model inside ARTIFACT_ROOT in its root-relative form (``model_fields_stored``;
+``training.artifact_paths.model_path_stored``) and each worker resolves it against its own root when the run
+starts (``model_fields_resolved``), checking again there what the rules above checked at creation: the path
+resolved on the worker stays inside the artifact root, and for a run a user launched an absolute path still lies
+under a model root (or inside the artifact root) once every symlink is followed. Model roots are the operator's,
+per machine: their directories stay absolute in the config.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from pathlib import Path
 from django.conf import settings
 
 from annotation.errors import InvalidInput
-from training.artifact_paths import artifact_root
+from training.artifact_paths import artifact_root, model_path_resolved, model_path_stored
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 MODEL_FIELDS = ("base_model", "adapter", "reward_model")  # config settings that name a model
@@ -127,3 +134,37 @@ def typed_model_fields_check(config: dict) -> dict:
         if isinstance(config.get(name), str) and config[name]:  # other types: the config parser says why
             config[name] = typed_model_dir(config[name], location=f"config.{name}")
     return config
+
+
+def model_fields_stored(config: dict) -> dict:
+    """The config with every model setting inside ARTIFACT_ROOT in its stored, root-relative form."""
+    return {**config, **{name: model_path_stored(config[name]) for name in MODEL_FIELDS
+                         if isinstance(config.get(name), str)}}
+
+
+def model_fields_resolved(config: dict, *, user_launched: bool) -> dict:
+    """The config with every model setting as this machine loads it: a stored form resolved against this
+    machine's ARTIFACT_ROOT (InvalidInput when it leads outside: ``..``, a symlink out). For a run a user
+    launched, an absolute path must still resolve (symlinks followed, no ``..``) inside the artifact root or
+    under a model root; the operator's (``user_launched=False``) may name any directory, as at creation."""
+    config = dict(config)
+    for name in MODEL_FIELDS:
+        value = config.get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        config[name] = value = model_path_resolved(value, location=f"config.{name}")
+        if user_launched and (_looks_like_path(value) or Path(value).is_absolute()):
+            _user_model_path_check(value, location=f"config.{name}")
+    return config
+
+
+def _user_model_path_check(value: str, *, location: str) -> None:
+    """A user's run names an absolute directory only inside the artifact root or under a model root."""
+    refused = InvalidInput(f"{value[:300]} lies outside this machine's artifact root and model roots "
+                           "(RLHF_MODEL_ROOTS).", location=location)
+    if "\x00" in value or ".." in Path(value).parts or not Path(value).is_absolute():
+        raise refused
+    resolved, root = Path(os.path.realpath(value)), artifact_root()
+    inside_root = resolved != root and resolved.is_relative_to(root)
+    if not inside_root and not any(resolved.is_relative_to(r) and resolved != r for r in model_roots()):
+        raise refused

@@ -23,7 +23,7 @@ from annotation.provenance import AI_SOURCES
 from annotation.models import Membership
 from annotation.selectors import project_get_for_user, project_list_for_user, user_can_manage
 from training.disclosure import text_redact, value_redact
-from training.artifact_paths import artifact_dir
+from training.artifact_paths import artifact_base_model, artifact_dir
 from training.accuracy import accuracy_of_summary, accuracy_with_interval
 from training.ml.types import RankedGroup
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
@@ -356,5 +356,5 @@ def policy_load(artifact: ModelArtifact):
     from training.ml.generation import load_policy
 
     if artifact.is_adapter:
-        return load_policy(artifact.base_model, artifact_dir(artifact=artifact))
+        return load_policy(artifact_base_model(artifact=artifact), artifact_dir(artifact=artifact))
     return load_policy(artifact_dir(artifact=artifact))

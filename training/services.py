@@ -25,10 +25,22 @@ from django.utils import timezone
 from annotation.errors import InvalidInput, NotAllowed
 from annotation.models import PairwiseComparison, Project, Ranking, Round
 from annotation.provenance import HUMAN_ONLY, SourceSelection
-from training.artifact_paths import artifact_dir, artifact_path_contained, artifact_path_stored, base_models_dir
+from training.artifact_paths import (
+    artifact_base_model,
+    artifact_dir,
+    artifact_path_contained,
+    artifact_path_stored,
+    base_models_dir,
+    model_path_stored,
+)
 from training.jobs import job_for_kind
 from training.jobs.base import config_parse
-from training.model_sources import model_source_check, typed_model_fields_check
+from training.model_sources import (
+    model_fields_resolved,
+    model_fields_stored,
+    model_source_check,
+    typed_model_fields_check,
+)
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -72,7 +84,10 @@ def run_create(
         config = typed_model_fields_check(config)
     config = _config_with_artifacts(project=project, kind=kind, config=config, spec=spec,
                                     base_artifact=base_artifact, reward_artifact=reward_artifact)
-    config_obj = config_parse(kind=kind, data=config)
+    # stored: models inside ARTIFACT_ROOT relative to it (every worker resolves them against its own root);
+    # checked: the same config resolved here, as a worker will resolve it (containment checked on the result)
+    stored = config_parse(kind=kind, data=model_fields_stored(config)).to_dict()
+    config_obj = config_parse(kind=kind, data=model_fields_resolved(stored, user_launched=user is not None))
     model_source_check(getattr(config_obj, spec.base_model_field, ""), location=f"config.{spec.base_model_field}")
     if getattr(config_obj, "adapter", ""):  # a DPO/generation adapter that does not exist is refused now
         model_source_check(config_obj.adapter, location="config.adapter")
@@ -85,7 +100,7 @@ def run_create(
         if round is None and snapshot is not None:
             round = project.rounds.filter(number__in=snapshot.filters.get("rounds") or []).order_by("-number").first()
         run = TrainingRun.objects.create(
-            project=project, kind=kind, config=config_obj.to_dict(), snapshot=snapshot, base_artifact=base_artifact,
+            project=project, kind=kind, config=stored, snapshot=snapshot, base_artifact=base_artifact,
             round=round, launched_by=user, max_attempts=settings.RUN_MAX_ATTEMPTS,
             queued_at=timezone.now(), dispatches=1,
         )
@@ -94,7 +109,8 @@ def run_create(
 
 
 def _config_with_artifacts(*, project: Project, kind: str, config: dict, spec, base_artifact, reward_artifact) -> dict:
-    """The config with the paths of the chosen registered models filled in."""
+    """The config with the paths of the chosen registered models filled in (as resolved here; ``run_create``
+    stores them relative to the artifact root)."""
     from training.ml.config import CONFIG_CLASSES
 
     config = dict(config)
@@ -107,7 +123,7 @@ def _config_with_artifacts(*, project: Project, kind: str, config: dict, spec, b
             if "adapter" not in fields:
                 raise InvalidInput(f"A {kind} run cannot start from a LoRA adapter; choose a full model.",
                                    location="base_artifact")
-            config["adapter"], path = path, base_artifact.base_model
+            config["adapter"], path = path, artifact_base_model(artifact=base_artifact)
         config[spec.base_model_field] = path
     if reward_artifact is not None:
         if reward_artifact.project_id != project.id or reward_artifact.kind != ModelArtifact.Kind.REWARD:
@@ -444,7 +460,7 @@ def artifact_register(
                 return existing
         return ModelArtifact.objects.create(
             project=project, kind=kind, name=name[:200], path=stored, is_adapter=is_adapter,
-            base_model=base_model[:500], parent=parent, run=run, snapshot=snapshot,
+            base_model=model_path_stored(base_model)[:500], parent=parent, run=run, snapshot=snapshot,
             rounds=list(rounds or []), metrics=json_safe(metrics or {}), size_bytes=size,
             healthy=(health or {}).get("healthy"), health=json_safe(health or {}),
         )

@@ -27,7 +27,7 @@ from lab.active.selectors import (
 )
 from lab.ai_labelers.selectors import reward_artifact_get
 from lab.scorers import reward_model_scorer
-from training.artifact_paths import artifact_dir
+from training.artifact_paths import artifact_base_model, artifact_dir
 
 STRATEGIES = tuple(SelectionRecord.Strategy.values)  # ("random", "uncertainty", "disagreement")
 
@@ -55,7 +55,7 @@ def round_select(*, round_: Round, strategy: str, artifact_id: int | None = None
             raise InvalidInput("uncertainty needs a reward model artifact id", location="artifact")
         artifact = reward_artifact_get(project=round_.project, spec=str(artifact_id))
         scorer = reward_model_scorer(artifact_dir(artifact=artifact),
-                                     base_model=artifact.base_model if artifact.is_adapter else "")
+                                     base_model=artifact_base_model(artifact=artifact) if artifact.is_adapter else "")
         scores = uncertainty_scores(prompts=prompts, scorer=scorer)
         params["artifact"] = artifact.pk
     order = sorted(scores, key=lambda pk: (-scores[pk], pk))

@@ -9,7 +9,7 @@ from annotation.hooks import hook_check
 from annotation.models import Project, Prompt, Ranking, Round
 from annotation.quality.models import AILabeler
 from lab.scorers import Scorer, llm_judge_scorer, reward_model_scorer, utility_scorer
-from training.artifact_paths import artifact_dir
+from training.artifact_paths import artifact_base_model, artifact_dir
 from training.model_sources import typed_model_dir
 from training.models import ModelArtifact
 
@@ -60,7 +60,7 @@ def ai_labeler_scorer(*, labeler: AILabeler) -> Scorer:
     if labeler.kind == AILabeler.Kind.REWARD_MODEL:
         artifact = reward_artifact_get(project=labeler.project, spec=labeler.spec)
         return reward_model_scorer(artifact_dir(artifact=artifact),
-                                   base_model=artifact.base_model if artifact.is_adapter else "")
+                                   base_model=artifact_base_model(artifact=artifact) if artifact.is_adapter else "")
     return llm_judge_scorer(judge_model_dir(project=labeler.project, spec=labeler.spec))
 
 

@@ -16,6 +16,7 @@ from annotation.errors import InvalidInput
 from training.health import policy_gate
 from training.ml.config import ConfigError, TrainConfig, config_from_dict
 from training.ml.types import TrainHooks
+from training.model_sources import model_fields_resolved
 from training.models import ModelArtifact, TrainingRun
 
 
@@ -53,6 +54,14 @@ def config_parse(*, kind: str, data: dict) -> TrainConfig:
         return config_from_dict(kind, data)
     except ConfigError as error:
         raise InvalidInput(error.message, location=f"config.{error.field}") from error
+
+
+def run_config(run: TrainingRun) -> TrainConfig:
+    """The run's config as this worker trains it: every model setting stored relative to the artifact root
+    resolved against this worker's root, with the containment rules checked again on the resolved paths
+    (``training.model_sources.model_fields_resolved``). InvalidInput (the run fails, no retry) otherwise."""
+    return config_parse(kind=run.kind, data=model_fields_resolved(run.config,
+                                                                  user_launched=run.launched_by_id is not None))
 
 
 def _adapter_base(model_dir: Path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.health import health_watch_for
-from training.jobs.base import JobFailed, JobResult, config_parse, policy_result
+from training.jobs.base import JobFailed, JobResult, policy_result, run_config
 from training.ml.types import TrainHooks
 from training.models import TrainingRun
 from training.selectors import snapshot_ranked_groups
@@ -14,7 +14,7 @@ def dpo_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResult:
     """DPO on the snapshot's ranked groups; the reference is each sample's stored generation log-prob."""
     from training.ml.trainers.dpo import train_dpo
 
-    config = config_parse(kind=run.kind, data=run.config)
+    config = run_config(run)
     groups = snapshot_ranked_groups(snapshot=run.snapshot)
     if not groups:
         raise JobFailed("The dataset snapshot holds no ranked prompts.")

@@ -12,7 +12,7 @@ from django.db import transaction
 
 from annotation.errors import InvalidInput
 from annotation.models import Project, Round, Sample
-from training.jobs.base import JobFailed, JobResult, config_parse
+from training.jobs.base import JobFailed, JobResult, run_config
 from training.ml.types import TrainHooks
 from training.models import RoundReport, TrainingRun
 
@@ -39,7 +39,7 @@ def generate_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobRe
     the round's sampling parameters and status OPEN. A retried run whose round is already open re-uses it."""
     from training.ml.generation import generate_samples, load_policy
 
-    config = config_parse(kind=run.kind, data=run.config)
+    config = run_config(run)
     rnd = run.round
     if rnd is None:
         raise JobFailed("The generation run has no round to fill.")
@@ -88,7 +88,7 @@ def samples_write(*, run: TrainingRun, rnd: Round, prompts, samples, config, hea
         locked.prompts.filter(pk__in=drop).delete()
         Sample.objects.bulk_create(rows, batch_size=2000)
         locked.status = Round.Status.OPEN
-        locked.sampling_params = {**locked.sampling_params, **_sampling(config)}
+        locked.sampling_params = {**locked.sampling_params, **_sampling(config, stored=run.config)}
         locked.save(update_fields=["status", "sampling_params"])
         report, _ = RoundReport.objects.get_or_create(round=locked, defaults={"policy": run.base_artifact})
         report.metrics = {**report.metrics, **health}
@@ -102,8 +102,11 @@ def samples_usable(group, k: int) -> bool:
     return len({s.text for s in group}) >= k and not any("\x00" in s.text for s in group)
 
 
-def _sampling(config) -> dict:
-    keys = ("k", "temperature", "top_p", "max_new_tokens", "seed", "base_model", "adapter")
-    return {key: getattr(config, key) for key in keys}
+def _sampling(config, *, stored: dict) -> dict:
+    """The round's sampling parameters; the models as the run's config stores them (root-relative inside the
+    artifact root), not as this worker resolved them."""
+    keys = ("k", "temperature", "top_p", "max_new_tokens", "seed")
+    return {**{key: getattr(config, key) for key in keys},
+            **{key: stored.get(key, getattr(config, key)) for key in ("base_model", "adapter")}}
 
 

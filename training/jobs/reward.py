@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.jobs.base import JobFailed, JobResult, config_parse
+from training.jobs.base import JobFailed, JobResult, run_config
 from training.ml.types import TrainHooks
 from training.models import ModelArtifact, TrainingRun
 from training.selectors import snapshot_ranked_groups
@@ -14,7 +14,7 @@ def reward_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResu
     from training.ml.data import split_by_prompt
     from training.ml.trainers.reward import train_reward_model
 
-    config = config_parse(kind=run.kind, data=run.config)
+    config = run_config(run)
     groups = snapshot_ranked_groups(snapshot=run.snapshot)
     if not groups:
         raise JobFailed("The dataset snapshot holds no ranked prompts.")

@@ -9,7 +9,7 @@ from annotation.errors import InvalidInput
 from annotation.hooks import hook_check, hook_names, hook_resolve
 from annotation.models import Project
 from training.health import health_watch_for
-from training.jobs.base import JobFailed, JobResult, config_parse, policy_result
+from training.jobs.base import JobFailed, JobResult, policy_result, run_config
 from training.ml.types import TrainHooks
 from training.model_sources import model_source_check
 from training.models import TrainingRun
@@ -51,7 +51,7 @@ def rm_score_change(run: TrainingRun) -> float | None:
 
 
 def _rl_job(train, run: TrainingRun, output_dir: Path, hooks: TrainHooks, **extra) -> JobResult:
-    config = config_parse(kind=run.kind, data=run.config)
+    config = run_config(run)
     prompts = rl_prompts(run)
     where = f"round {run.round.number}'s" if run.round_id is not None else "pool"
     hooks.log(f"{run.kind.upper()} on {len(prompts)} {where} prompts; reward: "
@@ -79,7 +79,7 @@ def ppo_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResult:
 
     ptx = None
     if run.config.get("ptx_coef"):  # the same PPO-ptx texts as training.ml.loop: chat-rendered prompt + response
-        tokenizer = AutoTokenizer.from_pretrained(run.config["base_model"])
+        tokenizer = AutoTokenizer.from_pretrained(run_config(run).base_model)
         ptx = ptx_texts_from(demonstrations_all(project=run.project), tokenizer)
     return _rl_job(train_ppo, run, output_dir, hooks, ptx_texts=ptx)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from annotation.errors import InvalidInput
 from annotation.models import Project
 from training.health import health_watch_for
-from training.jobs.base import JobFailed, JobResult, config_parse, policy_result
+from training.jobs.base import JobFailed, JobResult, policy_result, run_config
 from training.ml.types import TrainHooks
 from training.models import DatasetSnapshot, TrainingRun
 from training.policy_data import demonstrations_all
@@ -43,7 +43,7 @@ def sft_check(*, project: Project, config, snapshot, round) -> None:
 def sft_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResult:
     from training.ml.trainers.sft import train_sft
 
-    config = config_parse(kind=run.kind, data=run.config)
+    config = run_config(run)
     examples = sft_examples(project=run.project, snapshot=run.snapshot)
     if not examples:
         raise JobFailed("No demonstrations and no top-ranked responses to fine-tune on.")

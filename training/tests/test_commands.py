@@ -38,7 +38,8 @@ def test_train_policy_queues_a_dpo_run_from_a_registered_policy(
     with django_capture_on_commit_callbacks(execute=True):
         call_command("train_policy", "--project", "ranked", "--kind", "dpo", "--policy", str(policy.pk))
     run = TrainingRun.objects.get()
-    assert run.kind == "dpo" and run.config["base_model"] == str(stored_model) and run.base_artifact == policy
+    assert run.kind == "dpo" and run.config["base_model"] == "$RLHF_ARTIFACT_ROOT/base/fixture/model"
+    assert run.base_artifact == policy
     assert run.snapshot.num_pairs == 36 and sent == [run.pk] and "36 pairs" in capsys.readouterr().out
 
 

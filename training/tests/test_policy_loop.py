@@ -117,7 +117,8 @@ def test_generation_and_policy_runs_are_validated_up_front(loop_project, sent):
     assert error.value.location == "config.reward_fn"
     run = run_create(project=project, kind="grpo", config={"reward_fn": "demo"},
                      base_artifact=policy)
-    assert run.snapshot is None and run.config["base_model"] == str(policy.path)
+    # stored relative to the artifact root (the row here names it by absolute path, as rows before issue #14 did)
+    assert run.snapshot is None and run.config["base_model"] == "$RLHF_ARTIFACT_ROOT/base/fixture/model"
     dpo = run_create(project=project, kind="dpo", config={}, base_artifact=policy)
     assert dpo.snapshot.num_pairs == 36 and dpo.round.number == 1
 

@@ -11,7 +11,11 @@ attempts were recorded under different workers; the resumed model equals the uni
 and so do the per-step losses; what B saved is readable beyond its owner (the mode of a plain mkdir); no
 process of either worker wrote outside the artifact root, its own scratch directories and /dev.
 
-And why the root must be mounted at the same path everywhere: a run's config names its models by absolute path.
+And why the root need not be mounted at the same path everywhere (issue #14): a run's config names the models
+inside the root relative to it (``$RLHF_ARTIFACT_ROOT/…``), and each worker resolves them against its own root.
+A run started under one root resumes on a worker whose root is a copy of that tree at another path; a run
+created under one root runs after the tree moved. What the workers resolve is still held to the root: a stored
+path with ``..``, a symlink out of the root or a user's directory swapped for a symlink out fails the run.
 """
 import hashlib
 import os
@@ -27,10 +31,13 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.utils import timezone
 
+from annotation.errors import InvalidInput
 from training import runner, services
+from training.artifact_paths import ROOT_PREFIX, artifact_dir, run_output_dir
+from training.jobs.base import run_config
 from training.models import MetricPoint, ModelArtifact, TrainingRun
-from training.run_process import EXIT_FAILED
-from training.artifact_paths import artifact_dir, run_output_dir
+from training.run_process import EXIT_FAILED, EXIT_OK
+from training.selectors import run_disclosed
 from training.tests.conftest import WorkerProcesses, rank_all
 from training.tests.test_worker_e2e import CONFIG, _alive, _child_pids, _wait
 from training.tests.test_worker_e2e import e2e_project, worker_env  # noqa: F401  (pytest fixtures, by name)
@@ -231,28 +238,194 @@ def test_a_run_lost_on_one_machine_resumes_on_another_from_the_shared_root(e2e_p
     print(f"two machines, one artifact root: {time.monotonic() - started:.1f} s")
 
 
-@pytest.mark.django_db
-def test_a_run_names_its_models_by_absolute_path_so_every_machine_mounts_the_root_at_the_same_path(
-        make_user, make_project, tmp_path, settings):
-    """Artifact rows store their path relative to the root, but a run's config records the absolute path that
-    ``run_create`` resolved on the machine that launched it: a worker that mounts the root elsewhere fails the
-    run (docs/training_runs.md, "Several machines: one artifact root")."""
-    settings.ARTIFACT_ROOT = tmp_path / "mnt-a" / "artifacts"
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_run_started_under_one_root_resumes_on_a_worker_whose_root_is_a_copy_at_another_path(
+        make_user, make_project, worker_env, tmp_path, settings):
+    """Machine A's worker has its artifact root at mnt-a/…, machine B's at mnt-b/… (its own RLHF_VAR_DIR, under
+    which the test settings put ARTIFACT_ROOT). A trains to a checkpoint and is lost; the tree is copied to
+    mnt-b and mnt-a removed; B resumes the run from A's checkpoint at its own path and finishes it."""
+    roots = {name: tmp_path / name / "var" / "test-artifacts" for name in ("mnt-a", "mnt-b")}
+    settings.ARTIFACT_ROOT = roots["mnt-a"]
     labeler = make_user("lars")
-    project = make_project(slug="moved", k=4, prompts=4, labelers=[labeler])
+    project = make_project(slug="copied", k=4, prompts=16, labelers=[labeler])
+    rank_all(project, labeler)
+    call_command("build_tiny_models", "--project", "copied", "--hidden", "32", "--vocab-size", "300")
+    base = ModelArtifact.objects.get(project=project, name="tiny-reward-model")
+    workers = WorkerProcesses(env={}, log_dir=tmp_path, name="unused")
+    try:
+        worker = workers.start(env={**worker_env, "RLHF_VAR_DIR": str(tmp_path / "mnt-a" / "var")}, name="machine-a")
+        run = services.run_create(project=project, kind="reward", config=RUN_CONFIG, base_artifact=base)
+        assert run.config["base_model"] == f"{ROOT_PREFIX}base/copied/tiny-reward-model"
+        run = _wait_on(worker, run.pk, lambda r: r.step >= 7)  # a checkpoint at step 5 exists
+        (child_a,) = _child_pids(run)
+        os.kill(child_a, signal.SIGSTOP)
+        worker.kill()  # machine A is lost (its training process dies with its worker)
+        worker.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _alive(child_a) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child_a)
+        killed = TrainingRun.objects.get(pk=run.pk)
+        assert killed.status == Status.RUNNING and killed.step < 40, killed.log_tail
+        last = max(p.name for p in (run_output_dir(run_id=run.pk) / "checkpoints").glob("step-*"))
+
+        # The storage is copied to machine B's mount point; nothing is left at A's.
+        shutil.copytree(tmp_path / "mnt-a", tmp_path / "mnt-b", symlinks=True)
+        shutil.rmtree(tmp_path / "mnt-a")
+        settings.ARTIFACT_ROOT = roots["mnt-b"]
+        later = timezone.now() + timedelta(seconds=settings.RUN_HEARTBEAT_STALE_SECONDS + 1)
+        assert services.runs_reconcile(now=later) == 1
+        worker = workers.start(env={**worker_env, "RLHF_VAR_DIR": str(tmp_path / "mnt-b" / "var")}, name="machine-b")
+        resumed = _wait_on(worker, run.pk, lambda r: r.is_terminal)
+    finally:
+        workers.stop_all()
+    assert resumed.status == Status.SUCCEEDED, resumed.error + resumed.log_tail
+    assert resumed.attempts == 2 and resumed.step == resumed.total_steps == 40
+    assert f"resumed from {last} " in resumed.log_tail, resumed.log_tail
+    assert resumed.config["base_model"] == f"{ROOT_PREFIX}base/copied/tiny-reward-model"  # stored form, unchanged
+    saved = artifact_dir(artifact=resumed.artifact)
+    assert saved.is_relative_to(roots["mnt-b"].resolve()) and (saved / "config.json").is_file()
+    assert not (tmp_path / "mnt-a").exists()
+
+
+@pytest.mark.django_db
+def test_a_run_created_under_one_root_runs_after_the_tree_moved_to_another(
+        make_user, make_project, tmp_path, settings):
+    """The run is created (by a researcher, through the service) with the root at mnt-a; the storage is then
+    mounted at mnt-b (the directory moved, ARTIFACT_ROOT changed) and the run trains there. Its config, on the
+    run page and in the API, shows the stored form to researchers and admins alike."""
+    settings.ARTIFACT_ROOT = tmp_path / "mnt-a" / "artifacts"
+    researcher, labeler, admin = make_user("rita"), make_user("lars"), make_user("ada", is_superuser=True)
+    project = make_project(slug="moved", k=4, prompts=4, labelers=[labeler], researchers=[researcher])
     rank_all(project, labeler)
     call_command("build_tiny_models", "--project", "moved", "--hidden", "32", "--vocab-size", "300")
     base = ModelArtifact.objects.get(project=project, name="tiny-reward-model")
     assert not Path(base.path).is_absolute()
-    run = services.run_create(project=project, kind="reward", config={**CONFIG, "max_steps": 1}, base_artifact=base)
-    launched_at = str((tmp_path / "mnt-a" / "artifacts").resolve() / base.path)
-    assert run.config["base_model"] == launched_at
+    run = services.run_create(project=project, kind="reward", config={**CONFIG, "max_steps": 1}, base_artifact=base,
+                              user=researcher)
+    stored = ROOT_PREFIX + base.path
+    assert run.config["base_model"] == stored == "$RLHF_ARTIFACT_ROOT/base/moved/tiny-reward-model"
+    for viewer in (researcher, admin):
+        assert run_disclosed(run=run, user=viewer)["config"]["base_model"] == stored
 
     (tmp_path / "mnt-a").rename(tmp_path / "mnt-b")  # the worker's machine mounts the same storage elsewhere
     settings.ARTIFACT_ROOT = tmp_path / "mnt-b" / "artifacts"
-    assert (artifact_dir(artifact=base) / "config.json").is_file()  # the row still resolves; the config does not
+    assert run_config(run).base_model == str((tmp_path / "mnt-b" / "artifacts").resolve() / base.path)
     claimed = services.run_claim(run_id=run.pk, worker="machine-b")
-    assert runner.run_claimed(run_id=run.pk, claim_token=claimed.claim_token) == EXIT_FAILED
+    assert runner.run_claimed(run_id=run.pk, claim_token=claimed.claim_token) == EXIT_OK
     run.refresh_from_db()
-    assert run.status == Status.FAILED and run.attempts == 1, run.error
-    assert run.error.startswith("base_model: cannot be loaded") and launched_at in run.error, run.error
+    assert run.status == Status.SUCCEEDED and run.attempts == 1, run.error + run.log_tail
+    assert run.config["base_model"] == stored
+    assert artifact_dir(artifact=run.artifact).is_relative_to((tmp_path / "mnt-b").resolve())
+
+
+# ----------------------------------------------------------------------------- containment at run time
+def _claim_and_run(run: TrainingRun, config: dict) -> TrainingRun:
+    """Run ``run`` with ``config`` as its stored config (a row written by hand, or by an older version)."""
+    TrainingRun.objects.filter(pk=run.pk).update(config=config)
+    claimed = services.run_claim(run_id=run.pk, worker="machine-b")
+    code = runner.run_claimed(run_id=run.pk, claim_token=claimed.claim_token)
+    run.refresh_from_db()
+    run.exit_code = code
+    return run
+
+
+@pytest.fixture
+def outside_model(tmp_path):
+    """A model directory outside the artifact root and every model root."""
+    path = tmp_path / "elsewhere" / "model"
+    path.mkdir(parents=True)
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    return path
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("stored", ["../elsewhere/model", "base/../../elsewhere/model", "base/fixture/../../..",
+                                    "/etc", "", "escape", "base/fixture/escape-inside"])
+def test_a_stored_path_that_leads_out_of_the_root_fails_the_run_before_anything_is_loaded(
+        ranked, stored_model, outside_model, artifact_root, sent, stored):
+    (artifact_root / "escape").symlink_to(outside_model)  # a symlink under the root that points out of it
+    (stored_model.parent / "escape-inside").symlink_to(artifact_root / "escape")
+    project, researcher, _ = ranked
+    run = services.run_create(project=project, kind="reward", config={"base_model": str(stored_model)})
+    assert run.config["base_model"] == f"{ROOT_PREFIX}base/fixture/model"
+    config = {**run.config, "base_model": ROOT_PREFIX + stored}
+    with pytest.raises(InvalidInput) as error:  # the operator at the command line: refused up front
+        services.run_create(project=project, kind="reward", config=config)
+    assert error.value.location == "config.base_model"
+    run = _claim_and_run(run, config)  # a row that names it anyway: the worker refuses it
+    assert run.exit_code == EXIT_FAILED and run.status == Status.FAILED and run.attempts == 1
+    assert run.error == "config.base_model: The model's path lies outside the artifact root.", run.error
+
+
+@pytest.mark.django_db
+def test_a_user_cannot_type_the_stored_form(ranked, stored_model, sent):
+    project, researcher, _ = ranked
+    for value in (f"{ROOT_PREFIX}base/fixture/model", f"{ROOT_PREFIX}../elsewhere/model"):
+        with pytest.raises(InvalidInput, match="^config.base_model: Not an allowed model directory"):
+            services.run_create(project=project, kind="reward", config={"base_model": value}, user=researcher)
+    assert not TrainingRun.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_users_model_directory_swapped_for_a_symlink_out_fails_the_run(
+        ranked, outside_model, artifact_root, tmp_path, settings, sent):
+    settings.RLHF_MODEL_ROOTS = [str(tmp_path / "models")]
+    shared = tmp_path / "models" / "shared"
+    shared.mkdir(parents=True)
+    (shared / "config.json").write_text('{"model_type": "llama"}')
+    project, researcher, _ = ranked
+    run = services.run_create(project=project, kind="reward", config={"base_model": str(shared)}, user=researcher)
+    assert run.config["base_model"] == str(shared.resolve())  # a model root's directory stays absolute
+    shutil.rmtree(shared)
+    shared.symlink_to(outside_model)  # after creation, before the worker loads it
+    run = _claim_and_run(run, run.config)
+    assert run.exit_code == EXIT_FAILED and run.status == Status.FAILED
+    assert run.error.startswith("config.base_model: ") and "outside this machine's artifact root and model roots" \
+        in run.error, run.error
+
+
+@pytest.mark.django_db
+def test_a_config_stored_with_absolute_paths_inside_the_root_still_resolves(ranked, stored_model, sent):
+    """Rows written before issue #14 name their models by absolute path: where that path exists it loads as
+    before, for the operator's runs and for a user's (whose path lies inside the root)."""
+    project, researcher, _ = ranked
+    base = ModelArtifact.objects.create(project=project, kind="base", name="b", path="base/fixture/model")
+    for user in (None, researcher):
+        run = services.run_create(project=project, kind="reward", config={}, base_artifact=base, user=user)
+        assert run.config["base_model"] == f"{ROOT_PREFIX}base/fixture/model"
+        TrainingRun.objects.filter(pk=run.pk).update(config={**run.config, "base_model": str(stored_model)})
+        run.refresh_from_db()
+        assert run_config(run).base_model == str(stored_model)
+
+
+@pytest.mark.django_db
+def test_an_adapters_base_model_is_stored_relative_to_the_root_and_a_run_from_it_too(
+        ranked, stored_model, artifact_root, tmp_path, settings, sent):
+    """A LoRA adapter's artifact records its base model (from the adapter_config.json its worker wrote, an
+    absolute path on that worker) in the stored form; a DPO run from the adapter names both that way, and so
+    does one from an adapter row written before issue #14 (absolute base model inside the root)."""
+    from training.artifact_paths import artifact_base_model
+
+    project, _, _ = ranked
+    adapter_dir = artifact_root / "runs" / "7" / "policy"
+    adapter_dir.mkdir(parents=True)
+    (adapter_dir / "adapter_config.json").write_text(f'{{"base_model_name_or_path": "{stored_model}"}}')
+    adapter = services.artifact_register(project=project, kind="policy", name="lora", path=adapter_dir,
+                                         is_adapter=True, base_model=str(stored_model))
+    assert adapter.base_model == f"{ROOT_PREFIX}base/fixture/model"
+    assert artifact_base_model(artifact=adapter) == str(stored_model.resolve())
+    legacy = ModelArtifact.objects.create(project=project, kind="policy", name="old", path="runs/7/policy",
+                                          is_adapter=True, base_model=str(stored_model))
+    for artifact in (adapter, legacy):
+        run = services.run_create(project=project, kind="dpo", config={}, base_artifact=artifact)
+        assert (run.config["base_model"], run.config["adapter"]) == (f"{ROOT_PREFIX}base/fixture/model",
+                                                                     f"{ROOT_PREFIX}runs/7/policy")
+
+    (tmp_path / "artifacts").rename(tmp_path / "moved")  # the same storage, another mount point
+    settings.ARTIFACT_ROOT = tmp_path / "moved"
+    assert artifact_base_model(artifact=adapter) == str((tmp_path / "moved" / "base" / "fixture" / "model").resolve())
+    resolved = run_config(run)
+    assert (resolved.base_model, resolved.adapter) == (str((tmp_path / "moved").resolve() / "base/fixture/model"),
+                                                       str((tmp_path / "moved").resolve() / "runs/7/policy"))
