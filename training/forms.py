@@ -155,7 +155,9 @@ class PolicyRunForm(SourceChoiceForm):
     rounds = forms.CharField(required=False, max_length=200,
                              help_text="DPO: rounds to train on (empty: all). SFT: rounds whose top-ranked responses join the demonstrations.")
     config = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}), initial="{}",
-                             help_text='Trainer settings as JSON, e.g. {"beta": 0.1, "epochs": 2}.')
+                             help_text='Trainer settings as JSON, e.g. {"beta": 0.1, "epochs": 2}. DPO early '
+                                       'stopping on held-out preference accuracy: {"eval_fraction": 0.1, '
+                                       '"early_stopping_patience": 3} (docs/loop.md).')
 
     def __init__(self, *args, project, **kwargs) -> None:
         super().__init__(*args, **kwargs)

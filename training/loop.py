@@ -196,8 +196,11 @@ def _loop_config(settings: LoopSettings):
     if settings.overrides.get("dpo_reference", "previous") != "previous":  # DPO runs read the stored log-probs
         raise InvalidInput("dpo_reference: the round-0 anchor runs in the in-memory loop only (training.ml.loop)",
                            location="overrides")
-    loop = LoopConfig(seed=settings.seed, rounds=settings.rounds, labelers=settings.labelers,
-                      optimizer=settings.optimizer, **settings.overrides)  # optimizer: reward_model_steps
+    try:
+        loop = LoopConfig(seed=settings.seed, rounds=settings.rounds, labelers=settings.labelers,
+                          optimizer=settings.optimizer, **settings.overrides)  # optimizer: reward_model_steps
+    except ValueError as error:  # a cross-setting rule of LoopConfig (e.g. early stopping without held-out prompts)
+        raise InvalidInput(str(error), location="overrides") from error
     if settings.prompts_per_round:
         loop.prompts_per_round = settings.prompts_per_round
     return loop
@@ -315,8 +318,11 @@ class DatabaseSteps:
         run = run_execute(run=run, in_process=self.settings.in_process)
         if not retry:
             self.step(f"round {r}: {optimizer}")
-        change = (run.summary or {}).get("rm_score_change")  # PPO/GRPO: the RM score trend during the run
-        return _trained(run.artifact, name=f"{run.kind} run {run.pk}'s policy", figures={"policy_run": run.pk},
+        summary = run.summary or {}
+        change = summary.get("rm_score_change")  # PPO/GRPO: the RM score trend during the run
+        early = {f"dpo_{k}": summary[k] for k in ("best_step", "best_eval_accuracy", "stopped_early") if k in summary}
+        return _trained(run.artifact, name=f"{run.kind} run {run.pk}'s policy",
+                        figures={"policy_run": run.pk, **early},  # DPO's early stopping, when it is on
                         carried={} if change is None else {"rm_score_change": change})
 
     def record(self, r: int, rnd: Round, figures: dict, previous: dict | None) -> dict:

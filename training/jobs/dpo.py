@@ -21,7 +21,7 @@ def dpo_job(run: TrainingRun, output_dir: Path, hooks: TrainHooks) -> JobResult:
     missing = sum(lp is None for g in groups for lp in g.ref_logprobs)
     hooks.log(f"snapshot {run.snapshot_id}: {len(groups)} prompts; "
               f"{missing} responses without a stored reference log-prob")
-    try:  # every prompt trains: the loop's held-out figure is the reward model's accuracy
+    try:  # the held-out prompts, if any, are the config's eval_fraction of the snapshot's (split by prompt)
         summary = train_dpo(config, groups, [], output_dir=output_dir, hooks=hooks, resume=True,
                             health_watch=health_watch_for(run=run, config=config))
     except ValueError as error:  # e.g. every group fully tied: bad data, not a crash

@@ -216,11 +216,22 @@ class DPOConfig(PolicyTrainConfig):
     share_prefix: bool = setting(
         True, help="encode a prompt once for its K responses (checked against the unshared log-probs first)"
     )
+    eval_fraction: float = setting(
+        0.0, min=0.0, max=0.9, help="share of prompts held out (split by prompt) for the held-out DPO loss and "
+                                    "implicit-reward accuracy every eval_every steps (0: every prompt trains)")
+    early_stopping_patience: int = setting(
+        0, min=0, max=10_000, help="stop after this many held-out evaluations in a row fail to beat the best "
+                                   "accuracy; the policy saved is the best one (0: off; needs eval_fraction > 0)")
+    early_stopping_min_delta: float = setting(
+        0.0, min=0.0, max=1.0, help="a held-out accuracy must beat the best by more than this to count as better")
 
     def _check(self) -> None:
         super()._check()
         if self.loss_type == "ipo" and self.label_smoothing:
             raise ConfigError("label_smoothing", "is conservative DPO's (loss_type sigmoid); IPO has none")
+        if self.early_stopping_patience and not self.eval_fraction:
+            raise ConfigError("early_stopping_patience", "needs held-out prompts: set eval_fraction > 0 "
+                                                         "(e.g. 0.1)")
 
 
 @dataclass

@@ -66,6 +66,12 @@ class LoopConfig:
     dpo_label_smoothing: float = 0.0  # conservative DPO's ε
     dpo_rpo_alpha: float = 1.0  # RPO: α × per-token NLL of the chosen reply (0: plain DPO)
     dpo_reference: str = "previous"  # DPO's reference: "previous" (the round's own policy) or "round0"
+    # Early stopping on held-out implicit-reward accuracy (DPOConfig.early_stopping_patience; 0: off, the default):
+    # the round's DPO holds out dpo_eval_fraction of its prompts, scores them every dpo_eval_every steps, stops after
+    # that many evaluations in a row without a better accuracy and keeps the best step's policy.
+    dpo_early_stopping_patience: int = 0
+    dpo_eval_fraction: float = 0.0  # DPOConfig.eval_fraction: share of the round's prompts held out (0: none)
+    dpo_eval_every: int = 4  # DPOConfig.eval_every, when prompts are held out
     train_reward_model: bool = True
     reward_steps: int = 60  # DPO's loop only reports the reward model's accuracy
     rl_reward_steps: int = 200  # PPO/GRPO optimise against it, so it trains longer
@@ -99,6 +105,8 @@ class LoopConfig:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.dpo_reference not in DPO_REFERENCES:
             raise ValueError(f"dpo_reference must be one of {', '.join(DPO_REFERENCES)}, got {self.dpo_reference!r}")
+        if self.dpo_early_stopping_patience and not self.dpo_eval_fraction:
+            raise ValueError("dpo_early_stopping_patience needs held-out prompts: set dpo_eval_fraction > 0 (e.g. 0.2)")
 
     @property
     def reward_model_steps(self) -> int:
@@ -159,10 +167,13 @@ def round_train_reward_model(groups: list[RankedGroup], *, base_model: str, outp
 
 
 def dpo_settings(config: LoopConfig) -> dict:
-    """The DPO run settings of one loop round (LoopConfig's ``dpo_*`` fields), shared with the Django loop."""
+    """The DPO run settings of one loop round (LoopConfig's ``dpo_*`` fields), shared with the Django loop.
+    ``eval_every`` only when prompts are held out (the callers' own value stands otherwise)."""
+    held_out = {"eval_every": config.dpo_eval_every} if config.dpo_eval_fraction else {}
     return {"epochs": config.dpo_epochs, "batch_size": config.dpo_batch_size, "learning_rate": config.dpo_learning_rate,
             "beta": config.dpo_beta, "loss_type": config.dpo_loss_type, "label_smoothing": config.dpo_label_smoothing,
-            "rpo_alpha": config.dpo_rpo_alpha, "lr_scheduler": "constant"}
+            "rpo_alpha": config.dpo_rpo_alpha, "lr_scheduler": "constant", "eval_fraction": config.dpo_eval_fraction,
+            "early_stopping_patience": config.dpo_early_stopping_patience, **held_out}
 
 
 def round_train_dpo(policy_dir: str, groups: list[RankedGroup], *, output_dir: Path, config: LoopConfig,
@@ -175,10 +186,10 @@ def round_train_dpo(policy_dir: str, groups: list[RankedGroup], *, output_dir: P
         if round0_dir is None:
             raise ValueError('dpo_reference "round0" needs round0_dir')
         reference = str(round0_dir)
-    dpo_config = DPOConfig(
-        base_model=policy_dir, seed=config.seed, eval_every=10_000, checkpoint_every=10_000,
-        num_threads=config.num_threads, reference_model=reference, **dpo_settings(config),
-    )
+    dpo_config = DPOConfig(**{
+        "base_model": policy_dir, "seed": config.seed, "eval_every": 10_000, "checkpoint_every": 10_000,
+        "num_threads": config.num_threads, "reference_model": reference, **dpo_settings(config),
+    })
     from training.ml.trainers.dpo import train_dpo
 
     return train_dpo(dpo_config, groups, [], output_dir=output_dir, hooks=hooks or NullHooks(), resume=False)
@@ -298,7 +309,8 @@ def round_train_policy(policy_dir: str, prompts, groups, *, reward_model_dir: st
     if config.optimizer == "dpo":
         summary = round_train_dpo(policy_dir, groups, output_dir=workdir / f"dpo{r}", config=config, hooks=hooks,
                                   round0_dir=round0_dir(workdir))
-        return summary, {"dpo_train_accuracy": hooks.steps[-1][1]["reward_accuracy"]}
+        early = {f"dpo_{k}": summary[k] for k in ("best_step", "best_eval_accuracy", "stopped_early") if k in summary}
+        return summary, {"dpo_train_accuracy": hooks.steps[-1][1]["reward_accuracy"], **early}
     if reward_model_dir is None:
         raise ValueError(f"optimizer {config.optimizer!r} needs a reward model: set train_reward_model=True")
     if config.optimizer == "ppo":
@@ -503,7 +515,7 @@ class MemorySteps:
                                               workdir=self.workdir, r=tag, config=config, ptx_texts=self.ptx_texts)
         health = (self._gate(load_policy(summary["policy_dir"]), reference=rnd.policy, baseline=self.round0_figures)
                   if self.config.health_gate else None)
-        mine = {k: v for k, v in figures.items() if k == "dpo_train_accuracy"}  # the rest: the next round's
+        mine = {k: v for k, v in figures.items() if k.startswith("dpo_")}  # the rest: the next round's
         return Trained(summary["policy_dir"], health, name=f"the {config.optimizer} policy ({config.optimizer}{tag})",
                        figures=mine, carried={k: v for k, v in figures.items() if k not in mine})
 

@@ -157,6 +157,21 @@ def test_run_loop_points_gate_settings_to_the_projects_health_gate(ranked):
     assert _loop_config(LoopSettings(overrides={"dpo_rpo_alpha": 0.5})).dpo_rpo_alpha == 0.5
 
 
+def test_run_loop_passes_dpo_early_stopping_to_its_dpo_runs(ranked):
+    from training.loop import LoopSettings, _loop_config, policy_run_config
+    from training.ml.config import DPOConfig
+
+    with pytest.raises(InvalidInput, match="set dpo_eval_fraction > 0"):
+        _loop_config(LoopSettings(overrides={"dpo_early_stopping_patience": 2}))
+    loop = _loop_config(LoopSettings(overrides={"dpo_early_stopping_patience": 2, "dpo_eval_fraction": 0.2}))
+    config = policy_run_config("dpo", loop)
+    assert (config["early_stopping_patience"], config["eval_fraction"], config["eval_every"]) == (2, 0.2,
+                                                                                                 loop.dpo_eval_every)
+    DPOConfig.from_dict({"base_model": "m", **config})
+    plain = policy_run_config("dpo", _loop_config(LoopSettings()))  # off by default, nothing held out
+    assert (plain["early_stopping_patience"], plain["eval_fraction"], plain["eval_every"]) == (0, 0.0, 10_000)
+
+
 # ----------------------------------------------------------------------------- task checks relative to round 0
 BAD_Z = ["3", "abc", float("nan"), float("inf"), -1, -0.001, 10.001, 1e9, True, None, [3], {"z": 3}]
 

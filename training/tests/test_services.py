@@ -58,6 +58,42 @@ def test_bad_config_rejected_and_nothing_written(ranked, model_dir, sent, config
     assert _counts() == before and sent == []
 
 
+@pytest.mark.parametrize("config, location, says", [
+    ({"early_stopping_patience": -1, "eval_fraction": 0.2}, "config.early_stopping_patience", "must be >= 0"),
+    ({"early_stopping_patience": "3", "eval_fraction": 0.2}, "config.early_stopping_patience", "must be int"),
+    ({"early_stopping_patience": 3}, "config.early_stopping_patience", "set eval_fraction > 0"),
+    ({"eval_fraction": 1.0}, "config.eval_fraction", "must be <= 0.9"),
+    ({"eval_fraction": "0.2"}, "config.eval_fraction", "must be float"),
+])
+def test_dpo_early_stopping_settings_are_checked_at_launch(ranked, model_dir, sent, config, location, says):
+    """DPO's early stopping (issue 12) is checked like every DPOConfig setting: by the one service that the
+    browser form and the API both call, before anything is written."""
+    project, researcher, _ = ranked
+    before = _counts()
+    with pytest.raises(InvalidInput, match=says) as error:
+        services.run_create(project=project, kind="dpo", config={"base_model": str(model_dir), **config},
+                            user=researcher)
+    assert error.value.location == location and _counts() == before and sent == []
+    run = services.run_create(project=project, kind="dpo", user=researcher, config={
+        "base_model": str(model_dir), "eval_fraction": 0.2, "early_stopping_patience": 3})
+    assert (run.config["eval_fraction"], run.config["early_stopping_patience"],
+            run.config["early_stopping_min_delta"]) == (0.2, 3, 0.0)
+
+
+def test_the_browser_dpo_form_shows_a_bad_early_stopping_setting(ranked, stored_model, sent, client):
+    from django.urls import reverse
+
+    project, researcher, _ = ranked
+    policy = ModelArtifact.objects.create(project=project, kind="policy", name="p0", path=str(stored_model))
+    client.force_login(researcher)
+    page = client.get(reverse("training:project_lineage", args=[project.slug])).content.decode()
+    assert "early_stopping_patience" in page  # the config field's help names the settings
+    answer = client.post(reverse("training:policy_run", args=[project.slug]), {
+        "kind": "dpo", "policy": policy.pk, "config": '{"early_stopping_patience": 3}'})
+    assert answer.status_code == 400 and TrainingRun.objects.count() == 0
+    assert "config.early_stopping_patience: needs held-out prompts: set eval_fraction &gt; 0" in answer.content.decode()
+
+
 def test_missing_model_directory_and_unknown_kind_rejected(ranked, tmp_path, sent, settings):
     project, researcher, _ = ranked
     settings.RLHF_MODEL_ROOTS = [str(tmp_path)]

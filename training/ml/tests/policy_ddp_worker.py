@@ -1,8 +1,9 @@
 """One process of the 2-process DPO and GRPO tests (``test_distributed_policy.py``); run under ``accelerate launch``.
 
-    python -m training.ml.tests.policy_ddp_worker sft|dpo|grpo BASE_MODEL OUT_DIR
+    python -m training.ml.tests.policy_ddp_worker sft|dpo|dpo_es|grpo BASE_MODEL OUT_DIR
 
-Every process trains (a) straight through and (b) stopped after step 4, then resumed, and writes what the
+Every process trains (a) straight through and (b) stopped after step 4 (``dpo_es``, DPO with early stopping: 8),
+then resumed, and writes what the
 test checks: its final trainable parameters (``params-<run>-rank<R>.pt``), which files it wrote
 (``writes-rank<R>.txt``: checkpoints and policies), and, on the main process, the metrics the hooks received.
 """
@@ -60,6 +61,14 @@ def dpo_config(base_model: str) -> DPOConfig:
                      checkpoint_every=3, lr_scheduler="linear", num_threads=1)
 
 
+def dpo_early_stopping_config(base_model: str) -> DPOConfig:
+    """30% of the 21 prompts held out (6), 5 per step; a learning rate that tops held-out accuracy by step 6, so
+    that early stopping (patience 2, every 2 steps) ends the run at step 10 of 14."""
+    return DPOConfig(base_model=base_model, beta=0.5, learning_rate=3e-2, batch_size=5, max_steps=14, eval_every=2,
+                     checkpoint_every=3, lr_scheduler="constant", num_threads=1, eval_fraction=0.3,
+                     early_stopping_patience=2)
+
+
 def grpo_config(base_model: str) -> GRPOConfig:
     """3 prompts × 4 samples a step (2 + 1 prompts per process), minibatches of 4 rows over 2 iterations."""
     return GRPOConfig(base_model=base_model, max_steps=6, batch_size=3, samples_per_prompt=4, max_new_tokens=6,
@@ -76,6 +85,9 @@ def run(kind: str, base_model: str, output_dir: Path, hooks) -> dict:
     if kind == "sft":
         return sft.train_sft(sft_config(base_model), demo_task.make_demonstrations(40, seed=3), output_dir=output_dir,
                              hooks=hooks)
+    if kind == "dpo_es":
+        return dpo.train_dpo(dpo_early_stopping_config(base_model), dpo_groups(), [], output_dir=output_dir,
+                             hooks=hooks)
     if kind == "dpo":
         groups = dpo_groups()
         return dpo.train_dpo(dpo_config(base_model), groups[:21], dpo_groups(6, seed=2), output_dir=output_dir,
@@ -87,7 +99,7 @@ def run(kind: str, base_model: str, output_dir: Path, hooks) -> dict:
 def instrument(kind: str, out: Path) -> dict:
     """Record every checkpoint/policy write of this process, and keep the policy to dump its weights."""
     seen: dict = {}
-    module = {"sft": sft, "dpo": dpo, "grpo": grpo}[kind]
+    module = {"sft": sft, "dpo": dpo, "dpo_es": dpo, "grpo": grpo}[kind]
 
     def note(line: str) -> None:
         with open(out / f"writes-rank{RANK}.txt", "a") as handle:
@@ -100,7 +112,7 @@ def instrument(kind: str, out: Path) -> dict:
         return real_checkpoint_save(**kwargs)
 
     module.checkpoint_save = checkpoint_save
-    if kind in ("sft", "dpo"):
+    if kind in ("sft", "dpo", "dpo_es"):
         real_load, real_save = module.load_trainable_policy, module.save_policy
 
         def load_trainable_policy(config, adapter=""):
@@ -136,7 +148,8 @@ def instrument(kind: str, out: Path) -> dict:
 def main(kind: str, base_model: str, out: Path) -> None:
     seen = instrument(kind, out)
     results = {}
-    for name, hooks_list in (("straight", [NullHooks()]), ("resumed", [StopAfter(4), NullHooks()])):
+    stop_after = 8 if kind == "dpo_es" else 4
+    for name, hooks_list in (("straight", [NullHooks()]), ("resumed", [StopAfter(stop_after), NullHooks()])):
         for hooks in hooks_list:
             summary = run(kind, base_model, out / name, hooks)
         params = {k: v.detach().clone() for k, v in seen["model"].named_parameters() if v.requires_grad}

@@ -20,7 +20,7 @@ def bases(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp_policy")
     tokenizer = build_tokenizer(worker.TEXTS, root / "tok", vocab_size=300)
     demo = str(demo_task.build_demo_base(root / "dpo", seed=0))
-    return {"dpo": demo, "sft": demo,
+    return {"dpo": demo, "sft": demo, "dpo_es": demo,
             "grpo": str(build_tiny_causal_lm(root / "grpo", tokenizer, hidden=32, layers=1, heads=2))}
 
 
@@ -139,5 +139,35 @@ def test_two_process_sft_trains_the_one_process_model(tmp_path, bases, monkeypat
     assert losses == pytest.approx([m["loss"] for _, m in hooks.steps], rel=1e-4)  # the whole step's token mean
     assert losses[-1] < losses[0]
     assert straight["summary"]["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-4)
+    for name, value in single.items():
+        torch.testing.assert_close(rank0[name], value, atol=2e-4, rtol=1e-3, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_process_dpo_early_stopping_takes_one_decision_and_keeps_the_best(tmp_path, bases, monkeypatch):
+    """Early stopping under DDP: every process stops at the same step, holds the best step's weights, and only
+    the main one writes; a stop signal after the best step resumes to the same end; as on one process."""
+    result = _launch("dpo_es", bases["dpo_es"], tmp_path)
+    straight, resumed = result["straight"], result["resumed"]
+    summary = straight["summary"]
+    assert summary["processes"] == 2 and summary["stopped_early"]
+    assert summary["steps"] == summary["best_step"] + 2 * 2 < 14 and summary["best_step"] < 8
+    rank0, rank1 = _params(tmp_path, "straight", 0), _params(tmp_path, "straight", 1)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert not (tmp_path / "writes-rank1.txt").exists()
+    writes = (tmp_path / "writes-rank0.txt").read_text().splitlines()
+    assert writes == ["checkpoint straight 3", "checkpoint straight 6", "checkpoint straight 9", "policy straight",
+                      "checkpoint resumed 3", "checkpoint resumed 6", "checkpoint resumed 8",
+                      "checkpoint resumed 9", "policy resumed"]
+    again = resumed["summary"]
+    assert (again["best_step"], again["steps"], again["best_eval_accuracy"]) == (
+        summary["best_step"], summary["steps"], summary["best_eval_accuracy"])
+    for rank in (0, 1):
+        assert all(torch.equal(_params(tmp_path, "resumed", rank)[k], rank0[k]) for k in rank0)
+    one, hooks, single = _single_run("dpo_es", bases["dpo_es"], tmp_path / "one", monkeypatch)
+    assert (one["processes"], one["best_step"], one["steps"]) == (1, summary["best_step"], summary["steps"])
+    assert [m["reward_accuracy"] for _, m in hooks.evals] == pytest.approx(
+        [m["reward_accuracy"] for _, m in straight["evals"][0]])
     for name, value in single.items():
         torch.testing.assert_close(rank0[name], value, atol=2e-4, rtol=1e-3, msg=name)

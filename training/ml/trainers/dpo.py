@@ -14,7 +14,15 @@ response under the policy being trained and under the reference. Two savings ove
 The loss is ``losses.dpo_loss``: DPO, conservative DPO (``label_smoothing``), IPO (``loss_type``) and RPO's NLL
 term on the chosen reply (``rpo_alpha``).
 
-Reads top to bottom: load -> reference log-probs -> encode -> loop (step, eval, checkpoint, stop) -> save.
+Held-out prompts: the ``eval`` groups the caller gives, plus ``config.eval_fraction`` of the training PROMPTS
+(``data.split_by_prompt``: no prompt on both sides), scored every ``eval_every`` steps (held-out DPO loss and
+implicit-reward accuracy, with the same reference log-probs as training). Early stopping
+(``config.early_stopping_patience`` > 0, ``EarlyStopping``): keep the weights of the best held-out accuracy,
+stop when ``patience`` evaluations in a row fail to beat it by more than ``early_stopping_min_delta``, and save
+the best policy, not the last; its state (best weights included) travels in every checkpoint.
+
+Reads top to bottom: load -> split -> reference log-probs -> encode -> loop (step, eval, early stop, checkpoint,
+stop) -> best weights -> save.
 The policy is ``config.base_model`` (a full model directory), optionally continuing the LoRA adapter
 ``config.adapter`` or adding a new one (``lora_r > 0``). Several devices: under ``accelerate launch`` each
 process takes every W-th prompt of a step and the gradients are all-reduced (DDP), as in the reward trainer
@@ -30,7 +38,8 @@ import torch
 
 from training.ml import distributed, losses, prefix_sharing
 from training.ml.checkpoint import checkpoint_resume, checkpoint_save
-from training.ml.config import DPOConfig, loading
+from training.ml.config import ConfigError, DPOConfig, loading
+from training.ml.data import split_by_prompt
 from training.ml.generation import collate_scoring, encode_many, sequence_logprobs, token_logprobs
 from training.ml.health_watch import HealthWatch, InRunHealth
 from training.ml.trainers.sft import (
@@ -47,6 +56,7 @@ class DPOGroup:
     sequences: list[tuple[list[int], list[int]]]  # K (prompt ids, response ids + EOS)
     ref_logprobs: list[float]  # K: log π_ref(y_i | x)
     pairs: list[tuple[int, int, float]]  # (chosen, rejected, weight), indices into sequences
+    prompt_id: int | None = None  # the RankedGroup's
 
 
 def reference_logprobs(model_dir: str, groups: list[RankedGroup], config: DPOConfig) -> list[list[float]]:
@@ -96,7 +106,7 @@ def encode_dpo_groups(tokenizer, groups: list[RankedGroup], refs: list[list[floa
         if pairs:
             sequences = encode_many(tokenizer, [group.messages] * len(group.responses), group.responses,
                                     config.max_length)
-            out.append(DPOGroup(sequences=sequences, ref_logprobs=ref, pairs=pairs))
+            out.append(DPOGroup(sequences=sequences, ref_logprobs=ref, pairs=pairs, prompt_id=group.prompt_id))
     return out
 
 
@@ -199,6 +209,81 @@ def _train_step(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, a
     return {**means, "loss": global_loss, "pairs": int(total_pairs), "grad_norm": float(grad_norm)}
 
 
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of the parameters training changes (all of a full model; a LoRA adapter's own), by name."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``trainable_state``'s tensors back into ``model`` in place (the DDP wrapper shares them)."""
+    params = dict(model.named_parameters())
+    missing = sorted(set(state) - set(params))
+    if missing:
+        raise RuntimeError(f"kept weights do not match the model: {missing[:5]}")
+    for name, value in state.items():
+        params[name].copy_(value)
+
+
+@dataclass
+class EarlyStopping:
+    """Early stopping on held-out implicit-reward accuracy (``config.early_stopping_patience`` > 0).
+
+    Each evaluation either beats the best accuracy by more than ``min_delta`` (it becomes the best: its step,
+    figures and a CPU copy of the trainable weights are kept, the count of bad evaluations goes back to 0) or
+    adds one bad evaluation; a tie keeps the earlier step (fewer steps from the reference). ``exhausted`` once
+    ``patience`` evaluations in a row were bad. ``state()`` goes in each checkpoint's ``extra`` (tensors and
+    numbers only: ``torch.load(weights_only=True)`` reads it), so a resumed run continues the same count.
+
+    >>> stopper = EarlyStopping(patience=2, min_delta=0.0)
+    >>> [stopper.update(step, {"reward_accuracy": a, "loss": 0.5}, None) for step, a in ((2, 0.6), (4, 0.6), (6, 0.7))]
+    [True, False, True]
+    >>> stopper.update(8, {"reward_accuracy": 0.65, "loss": 0.5}, None), stopper.exhausted, stopper.best_step
+    (False, False, 6)
+    >>> stopper.update(10, {"reward_accuracy": 0.7, "loss": 0.4}, None), stopper.exhausted, stopper.best_step
+    (False, True, 6)
+    """
+
+    patience: int
+    min_delta: float
+    best_step: int | None = None
+    best_accuracy: float | None = None
+    best_loss: float | None = None
+    bad_evals: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def start(cls, config: DPOConfig, state: dict | None) -> "EarlyStopping | None":
+        """None when off; else fresh, or continued from a checkpoint's ``state()``."""
+        if not config.early_stopping_patience:
+            return None
+        stopper = cls(patience=config.early_stopping_patience, min_delta=config.early_stopping_min_delta)
+        if state:
+            stopper.best_step, stopper.best_accuracy = state["best_step"], state["best_accuracy"]
+            stopper.best_loss, stopper.bad_evals = state["best_loss"], int(state["bad_evals"])
+            stopper.best_weights = state["best_weights"]
+        return stopper
+
+    def update(self, step: int, figures: dict[str, float], model) -> bool:
+        """Record the evaluation at ``step``; True when it is the new best (its weights are then kept)."""
+        accuracy = float(figures["reward_accuracy"])
+        if self.best_accuracy is None or accuracy > self.best_accuracy + self.min_delta:
+            self.best_step, self.best_accuracy, self.best_loss = step, accuracy, float(figures["loss"])
+            self.bad_evals = 0
+            self.best_weights = trainable_state(model) if model is not None else None
+            return True
+        self.bad_evals += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.bad_evals >= self.patience
+
+    def state(self) -> dict:
+        return {"best_step": self.best_step, "best_accuracy": self.best_accuracy, "best_loss": self.best_loss,
+                "bad_evals": self.bad_evals, "best_weights": self.best_weights}
+
+
 def use_prefix_sharing(model, config: DPOConfig, groups: list[DPOGroup], pad_id: int, hooks: TrainHooks) -> bool:
     """config.share_prefix, if the policy gives the unshared log-probs with it on a few groups (else log why not)."""
     if not config.share_prefix:
@@ -222,10 +307,17 @@ def train_dpo(
     calling again with resume=True continues from there. Under ``accelerate launch`` every process calls
     this with the same arguments; each takes every W-th prompt of a step, only the main one calls ``hooks``
     and writes files, and all of them return the same summary. ``health_watch``: the in-run health check
-    every ``config.health_every`` steps (``training.ml.health_watch``; main process only).
+    every ``config.health_every`` steps (``training.ml.health_watch``; main process only). ``eval``: held-out
+    groups, to which ``config.eval_fraction`` of the training prompts are added; with early stopping on, the
+    summary adds ``stopped_early``, ``best_step``, ``best_eval_accuracy`` and ``best_eval_loss`` (``final_eval``
+    stays the last evaluation's figures) and the policy saved is the best step's.
     """
     config.validate()
     output_dir = Path(output_dir)
+    held_out = list(eval)
+    if config.eval_fraction > 0:  # a share of the PROMPTS: every group of a held-out prompt leaves training
+        train, split = split_by_prompt(train, config.eval_fraction, config.seed)
+        held_out += split
     accelerator = distributed.make_accelerator()  # one process: plain device placement; several: DDP over NCCL (CUDA) or gloo (CPU)
     main = accelerator.is_main_process
     hooks = hooks if main else NullHooks()  # cancel is asked of the main process only, then shared
@@ -237,24 +329,41 @@ def train_dpo(
     enable_gradient_checkpointing(model, config.gradient_checkpointing)
     pad_id = tokenizer.pad_token_id
     train_data = encode_dpo_groups(tokenizer, train, fill_ref_logprobs(model, tokenizer, train, config, hooks), config)
-    eval_data = encode_dpo_groups(tokenizer, eval, fill_ref_logprobs(model, tokenizer, eval, config, hooks), config)
+    eval_data = encode_dpo_groups(tokenizer, held_out, fill_ref_logprobs(model, tokenizer, held_out, config, hooks),
+                                  config)
     if not train_data:
         raise ValueError("no training pairs: every training group is empty or fully tied")
+    if config.early_stopping_patience and not eval_data:
+        raise ConfigError("eval_fraction", f"{config.eval_fraction} holds out no prompt with a pair of "
+                                           f"{len({g.prompt_id for g in train + held_out})} prompts: early stopping "
+                                           "needs held-out pairs (raise it, or give more prompts)")
     num_pairs = sum(len(g.pairs) for g in train_data)
     hooks.log(f"DPO on {len(train_data)} prompts, {num_pairs} pairs; held out: {len(eval_data)} prompts"
+              + (f" (eval_fraction {config.eval_fraction}, split by prompt)" if config.eval_fraction else "")
+              + (f"; early stopping: patience {config.early_stopping_patience} evaluations every "
+                 f"{config.eval_every} steps, min_delta {config.early_stopping_min_delta}"
+                 if config.early_stopping_patience else "")
               + (f"; {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""))
     share = use_prefix_sharing(model, config, train_data, pad_id, hooks)
     total = total_steps_for(config, len(train_data))  # a step is batch_size prompts over all processes
     optimizer, scheduler = make_optimizer(model, config, total)
     checkpoints = output_dir / "checkpoints"
 
-    def save_checkpoint(at_step: int) -> None:
-        if main:
-            checkpoint_save(root=checkpoints, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
-                            keep=config.keep_checkpoints)
+    stopper: EarlyStopping | None = None
 
-    step, _ = checkpoint_resume(checkpoints, model=model, optimizer=optimizer, scheduler=scheduler, log=hooks.log,
-                                resume=resume)
+    def save_checkpoint(at_step: int) -> None:
+        if main:  # early stopping's state (best weights included) is written with the checkpoint, atomically
+            checkpoint_save(root=checkpoints, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
+                            keep=config.keep_checkpoints,
+                            extra={"early_stopping": stopper.state()} if stopper else None)
+
+    step, extra = checkpoint_resume(checkpoints, model=model, optimizer=optimizer, scheduler=scheduler,
+                                    log=hooks.log, resume=resume)
+    stopper = EarlyStopping.start(config, extra.get("early_stopping"))
+    if stopper and stopper.best_step is not None:
+        hooks.log(f"early stopping resumed: best held-out accuracy {stopper.best_accuracy:.4f} at step "
+                  f"{stopper.best_step}, {stopper.bad_evals} of {stopper.patience} evaluations without a better one")
+    stopped_early = False
     health = InRunHealth.start(health_watch, config, output_dir, hooks, main=main, resume_step=step)
     trained = distributed.wrap(model, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -277,8 +386,20 @@ def train_dpo(
         if eval_data and (step % config.eval_every == 0 or step == total):
             last_eval = evaluate(model, eval_data, config, pad_id, accelerator, precision, share)
             hooks.on_eval(step, last_eval)
+            if stopper is not None:
+                stopper.update(step, last_eval, model)
+                # the figures are the same on every process; the decision is shared all the same
+                if distributed.any_process(stopper.exhausted, accelerator) and step < total:
+                    stopped_early = True
+                    break
         if step % config.checkpoint_every == 0 and step < total:
             save_checkpoint(step)
+    if stopper is not None and stopper.best_weights is not None:
+        load_trainable_state(model, stopper.best_weights)  # the policy saved is the best held-out one
+        hooks.log((f"early stopping at step {step} of {total}: {stopper.bad_evals} held-out evaluations in a row "
+                   f"did not beat" if stopped_early else f"early stopping did not stop the run ({step} steps); best")
+                  + f" held-out accuracy {stopper.best_accuracy:.4f} (step {stopper.best_step}, loss "
+                  f"{stopper.best_loss:.4f}); the policy saved is step {stopper.best_step}'s")
     policy_dir = output_dir / "policy"
     if main:
         save_policy(model.eval(), tokenizer, policy_dir)
@@ -287,6 +408,8 @@ def train_dpo(
     return {
         "stopped": False, "steps": step, "total_steps": total, "num_pairs": num_pairs, "num_prompts": len(train_data),
         "eval_prompts": len(eval_data), "final_eval": last_eval, "prefix_sharing": share,
+        **({"stopped_early": stopped_early, "best_step": stopper.best_step,
+            "best_eval_accuracy": stopper.best_accuracy, "best_eval_loss": stopper.best_loss} if stopper else {}),
         "train_seconds": round(train_seconds, 3),
         "pairs_per_second": round(pairs_seen / train_seconds, 2) if train_seconds else None,
         "processes": accelerator.num_processes, **policy_summary(model, config, policy_dir), **health.summary(),
