@@ -88,11 +88,16 @@ def project_runs(request: Request, slug: str) -> Response:
         reward = selectors.artifact_of_project(project=project, artifact_id=data["reward_artifact"])
         if reward is None:
             return _error("No such model in this project.", location="reward_artifact")
+    reference = None
+    if data.get("reference_artifact") is not None:
+        reference = selectors.artifact_of_project(project=project, artifact_id=data["reference_artifact"])
+        if reference is None:
+            return _error("No such model in this project.", location="reference_artifact")
     return _idempotent_run_response(
         request, scope=f"run_create:project {project.pk}", arguments=data,
         write=lambda: services.run_create(project=project, kind=data["kind"], config=data["config"], user=request.user,
                                           base_artifact=base, rounds=data.get("rounds"), reward_artifact=reward,
-                                          sources=data["selection"]),
+                                          reference_artifact=reference, sources=data["selection"]),
     )
 
 

@@ -150,6 +150,11 @@ class PolicyRunForm(SourceChoiceForm):
     policy = forms.ModelChoiceField(queryset=ModelArtifact.objects.none(), help_text="Starting policy (or base).")
     reward_artifact = forms.ModelChoiceField(queryset=ModelArtifact.objects.none(), required=False,
                                              label="Reward model", help_text="PPO/GRPO.")
+    reference_artifact = forms.ModelChoiceField(
+        queryset=ModelArtifact.objects.none(), required=False, label="DPO reference policy",
+        empty_label="— the stored generation log-probs —",
+        help_text="DPO: a policy of this project whose log-probs are the reference (e.g. round 0's: a KL anchor "
+                  "that does not move with the rounds); empty: each sample's stored log-prob.")
     reward_fn = forms.ChoiceField(required=False, label="Reward function", choices=(),
                                   help_text="PPO/GRPO: a rule-based reward the operator registered (by name).")
     rounds = forms.CharField(required=False, max_length=200,
@@ -167,6 +172,7 @@ class PolicyRunForm(SourceChoiceForm):
         self.fields["policy"].queryset = policies.exclude(kind=ModelArtifact.Kind.BASE,
                                                           name__in=selectors.REWARD_BASE_NAMES)
         self.fields["reward_artifact"].queryset = artifacts.filter(kind=ModelArtifact.Kind.REWARD)
+        self.fields["reference_artifact"].queryset = artifacts.filter(kind=ModelArtifact.Kind.POLICY, is_adapter=False)
         self.fields["reward_fn"].choices = [("", "— none —")] + [(n, n) for n in hook_names(kind="reward_fn")]
         self.fields["policy"].initial = selectors.policy_default(project=project)
         self.fields["reward_artifact"].initial = self.fields["reward_artifact"].queryset.first()

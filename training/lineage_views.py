@@ -94,7 +94,7 @@ def policy_run(request: HttpRequest, slug: str) -> HttpResponse:
                 arguments=data, write=lambda: services.run_create(
                     project=project, kind=data["kind"], config=data["config"], user=request.user,
                     base_artifact=data["policy"], reward_artifact=data.get("reward_artifact"), rounds=data["rounds"],
-                    sources=data["selection"]),
+                    reference_artifact=data.get("reference_artifact"), sources=data["selection"]),
             )
         except NotAllowed as error:
             raise PermissionDenied(str(error)) from error

@@ -193,13 +193,11 @@ def _loop_config(settings: LoopSettings):
     if health:  # on the database the gate is the project's (HealthSettings), applied by every policy job
         raise InvalidInput(f"{health[0]!r}: set the project's health gate with python manage.py health_gate "
                            "--project SLUG --thresholds JSON", location="overrides")
-    if settings.overrides.get("dpo_reference", "previous") != "previous":  # DPO runs read the stored log-probs
-        raise InvalidInput("dpo_reference: the round-0 anchor runs in the in-memory loop only (training.ml.loop)",
-                           location="overrides")
     try:
         loop = LoopConfig(seed=settings.seed, rounds=settings.rounds, labelers=settings.labelers,
                           optimizer=settings.optimizer, **settings.overrides)  # optimizer: reward_model_steps
-    except ValueError as error:  # a cross-setting rule of LoopConfig (e.g. early stopping without held-out prompts)
+    except ValueError as error:  # a bad value (dpo_reference "latest") or a cross-setting rule (early stopping
+        # without held-out prompts)
         raise InvalidInput(str(error), location="overrides") from error
     if settings.prompts_per_round:
         loop.prompts_per_round = settings.prompts_per_round
@@ -309,9 +307,9 @@ class DatabaseSteps:
         run_config = policy_run_config(optimizer, config)
         run_config.update(explicit_settings(self.settings.policy_config, attempt=run_config,
                                             loop=policy_run_config(optimizer, self.loop)))
-        if optimizer == "dpo":
+        if optimizer == "dpo":  # the reference: the stored log-probs, or round 0's policy (``dpo_reference``)
             run = services.run_create(project=self.project, kind="dpo", config=run_config, base_artifact=policy.policy,
-                                      rounds=[rnd.number])
+                                      rounds=[rnd.number], reference_artifact=self.dpo_reference(policy.policy, config))
         else:
             run = services.run_create(project=self.project, kind=optimizer, config=run_config,
                                       base_artifact=policy.policy, reward_artifact=reward_model, round=rnd)
@@ -324,6 +322,21 @@ class DatabaseSteps:
         return _trained(run.artifact, name=f"{run.kind} run {run.pk}'s policy",
                         figures={"policy_run": run.pk, **early},  # DPO's early stopping, when it is on
                         carried={} if change is None else {"rm_score_change": change})
+
+    @staticmethod
+    def dpo_reference(policy: ModelArtifact, config) -> ModelArtifact | None:
+        """DPO's reference policy: None (the stored generation log-probs of the round's policy), or with
+        ``dpo_reference="round0"`` round 0's policy: the oldest policy of ``policy``'s lineage, as the health
+        gate finds round 0 (``training.health.round0_artifact``)."""
+        if config.dpo_reference != "round0":
+            return None
+        from training.health import round0_artifact
+
+        round0 = round0_artifact(start=policy)
+        if round0 is None:
+            raise InvalidInput(f'dpo_reference "round0": {policy.name} (#{policy.pk}) has no policy in its lineage',
+                               location="overrides")
+        return round0
 
     def record(self, r: int, rnd: Round, figures: dict, previous: dict | None) -> dict:
         report = round_report_record(round=rnd, metrics={k: v for k, v in figures.items() if k != "round"},

@@ -1,5 +1,5 @@
 """Where a run's models may come from: the rules for every setting that names a model (``base_model``, the
-DPO/generation ``adapter``, PPO/GRPO ``reward_model``, the LLM judge's directory).
+DPO/generation ``adapter``, PPO/GRPO ``reward_model``, DPO's ``reference_model``, the LLM judge's directory).
 
 - Users (browser, API) choose models as artifacts of their own project; the service fills the paths in. A
   directory they type is accepted only under an operator's model root (setting ``RLHF_MODEL_ROOTS``): it is
@@ -30,7 +30,7 @@ from annotation.errors import InvalidInput
 from training.artifact_paths import artifact_root, model_path_resolved, model_path_stored
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-MODEL_FIELDS = ("base_model", "adapter", "reward_model")  # config settings that name a model
+MODEL_FIELDS = ("base_model", "adapter", "reward_model", "reference_model")  # config settings that name a model
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Avg, QuerySet
+from django.db.models import Avg, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
@@ -23,7 +23,7 @@ from annotation.provenance import AI_SOURCES
 from annotation.models import Membership
 from annotation.selectors import project_get_for_user, project_list_for_user, user_can_manage
 from training.disclosure import text_redact, value_redact
-from training.artifact_paths import artifact_base_model, artifact_dir
+from training.artifact_paths import ROOT_PREFIX, artifact_base_model, artifact_dir, artifact_root
 from training.accuracy import accuracy_of_summary, accuracy_with_interval
 from training.ml.types import RankedGroup
 from training.models import DatasetSnapshot, MetricPoint, ModelArtifact, TrainingRun
@@ -93,6 +93,29 @@ def artifact_list_for_project(*, project: Project) -> QuerySet[ModelArtifact]:
 def artifact_of_project(*, project: Project, artifact_id: int) -> ModelArtifact | None:
     """The project's model with this id; None when it has none (another project's model included)."""
     return ModelArtifact.objects.filter(pk=artifact_id, project=project).first()
+
+
+def run_reference(*, run: TrainingRun, user=None) -> dict | None:
+    """Which reference a DPO run scores against (None for other kinds): ``{"source": "stored"}`` (the stored
+    generation log-probs, the default), ``{"source": "artifact", "artifact": id, "name": …}`` (a policy of the
+    project, the loop's round-0 anchor included: its config's ``reference_model`` is that artifact's stored
+    path) or ``{"source": "directory", "path": …}`` (a directory under a model root; absolute paths redacted
+    unless ``user`` is an admin)."""
+    if run.kind != TrainingRun.Kind.DPO:
+        return None
+    value = (run.config or {}).get("reference_model") or ""
+    if not value:
+        return {"source": "stored", "artifact": None, "name": "", "path": ""}
+    artifact = None
+    if isinstance(value, str) and value.startswith(ROOT_PREFIX):
+        relative = value[len(ROOT_PREFIX):]  # an artifact's row stores its path relative to the root (or absolute)
+        artifact = (ModelArtifact.objects.filter(Q(path=relative) | Q(path=str(artifact_root() / relative)),
+                                                 project_id=run.project_id, kind=ModelArtifact.Kind.POLICY)
+                    .order_by("id").first())
+    if artifact is not None:
+        return {"source": "artifact", "artifact": artifact.pk, "name": artifact.name, "path": value}
+    shown = value if user_sees_server_details(user=user) else text_redact(value)
+    return {"source": "directory", "artifact": None, "name": "", "path": shown}
 
 
 def project_has_base_model(*, project: Project) -> bool:

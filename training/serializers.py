@@ -1,5 +1,6 @@
-"""API shapes of runs and artifacts. Only kind/config/base_artifact/rounds are writable: the project comes
-from the URL and the launcher from the session (mass assignment of anything else is rejected)."""
+"""API shapes of runs and artifacts. Only the launch fields (kind, config, the chosen artifacts, rounds, sources)
+are writable: the project comes from the URL and the launcher from the session (mass assignment of anything else
+is rejected)."""
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -30,6 +31,10 @@ class RunCreateSerializer(serializers.Serializer):
     rounds = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, allow_null=True)
     reward_artifact = serializers.IntegerField(required=False, allow_null=True,
                                                help_text="PPO/GRPO: a reward-model ModelArtifact id of this project.")
+    reference_artifact = serializers.IntegerField(
+        required=False, allow_null=True,
+        help_text="DPO: a policy ModelArtifact id of this project whose log-probs are the reference (scored once), "
+                  "instead of the stored generation log-probs (the default).")
     sources = serializers.ChoiceField(choices=list(CHOICES), default=DEFAULT_CHOICE,
                                       help_text="Which rankings the snapshot takes: human (default), ai, both, "
                                                 "weighted, arena.")
@@ -84,13 +89,22 @@ class RunSerializer(serializers.ModelSerializer):
     snapshot = SnapshotSerializer(read_only=True)
     artifact = serializers.SerializerMethodField()
     held_out_accuracy = serializers.SerializerMethodField()
+    reference = serializers.SerializerMethodField(
+        help_text="DPO: the reference it scores against: {source: stored|artifact|directory, artifact, name, path}; "
+                  "null for other kinds.")
 
     class Meta:
         model = TrainingRun
         fields = ["id", "project", "kind", "status", "config", "snapshot", "base_artifact", "round", "launched_by", "attempts",
                   "max_attempts", "cancel_requested", "step", "total_steps", "summary", "error", "created_at",
-                  "started_at", "finished_at", "artifact", "overoptimised", "flag_reason", "held_out_accuracy"]
+                  "started_at", "finished_at", "artifact", "overoptimised", "flag_reason", "held_out_accuracy",
+                  "reference"]
         read_only_fields = fields
+
+    def get_reference(self, run) -> dict | None:
+        from training.selectors import run_reference
+
+        return run_reference(run=run, user=self.context.get("user"))
 
     def get_artifact(self, run) -> int | None:
         artifact = getattr(run, "artifact", None)

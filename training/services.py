@@ -63,6 +63,7 @@ def run_create(
     sources: SourceSelection = HUMAN_ONLY,
     round: Round | None = None,
     reward_artifact: ModelArtifact | None = None,
+    reference_artifact: ModelArtifact | None = None,
 ) -> TrainingRun:
     """Validate the config, record an immutable dataset snapshot, create the run and queue it on commit.
 
@@ -71,7 +72,9 @@ def run_create(
     the operator at the command line, who may name any local model directory; a user's typed model settings
     must lie under the operator's model roots: ``training.model_sources``). ``base_artifact`` that is a LoRA
     adapter fills ``adapter`` and its base model; ``reward_artifact`` fills ``reward_model`` (PPO/GRPO);
-    ``round`` is the round a generation run fills. Kinds without rankings (generate, PPO, GRPO; SFT unless
+    ``reference_artifact`` (a full policy of this project) fills DPO's ``reference_model``: its log-probs, scored
+    once, are the reference instead of the stored generation log-probs; ``round`` is the round a generation run
+    fills. Kinds without rankings (generate, PPO, GRPO; SFT unless
     ``rounds`` are given) take no snapshot.
     ``sources`` chooses which rankings the snapshot takes (default human only; ``annotation/provenance.py``).
     """
@@ -83,14 +86,16 @@ def run_create(
     if user is not None:  # what a user typed names no server path outside the operator's model roots
         config = typed_model_fields_check(config)
     config = _config_with_artifacts(project=project, kind=kind, config=config, spec=spec,
-                                    base_artifact=base_artifact, reward_artifact=reward_artifact)
+                                    base_artifact=base_artifact, reward_artifact=reward_artifact,
+                                    reference_artifact=reference_artifact)
     # stored: models inside ARTIFACT_ROOT relative to it (every worker resolves them against its own root);
     # checked: the same config resolved here, as a worker will resolve it (containment checked on the result)
     stored = config_parse(kind=kind, data=model_fields_stored(config)).to_dict()
     config_obj = config_parse(kind=kind, data=model_fields_resolved(stored, user_launched=user is not None))
     model_source_check(getattr(config_obj, spec.base_model_field, ""), location=f"config.{spec.base_model_field}")
-    if getattr(config_obj, "adapter", ""):  # a DPO/generation adapter that does not exist is refused now
-        model_source_check(config_obj.adapter, location="config.adapter")
+    for name in ("adapter", "reference_model"):  # a DPO/generation adapter or reference that does not exist: now
+        if getattr(config_obj, name, ""):
+            model_source_check(getattr(config_obj, name), location=f"config.{name}")
     with transaction.atomic():
         snapshot = None
         if spec.snapshot == "pairs" or (spec.snapshot == "optional" and rounds):
@@ -108,7 +113,8 @@ def run_create(
     return run
 
 
-def _config_with_artifacts(*, project: Project, kind: str, config: dict, spec, base_artifact, reward_artifact) -> dict:
+def _config_with_artifacts(*, project: Project, kind: str, config: dict, spec, base_artifact, reward_artifact,
+                           reference_artifact=None) -> dict:
     """The config with the paths of the chosen registered models filled in (as resolved here; ``run_create``
     stores them relative to the artifact root)."""
     from training.ml.config import CONFIG_CLASSES
@@ -131,6 +137,18 @@ def _config_with_artifacts(*, project: Project, kind: str, config: dict, spec, b
         if "reward_model" not in fields:
             raise InvalidInput(f"A {kind} run takes no reward model.", location="reward_artifact")
         config["reward_model"] = str(artifact_dir(artifact=reward_artifact))
+    if reference_artifact is not None:
+        if reference_artifact.project_id != project.id or reference_artifact.kind != ModelArtifact.Kind.POLICY:
+            raise InvalidInput("Choose a policy of this project as the reference.", location="reference_artifact")
+        if "reference_model" not in fields:
+            raise InvalidInput(f"A {kind} run takes no reference policy.", location="reference_artifact")
+        if reference_artifact.is_adapter:
+            raise InvalidInput("A LoRA adapter cannot be the reference; choose a full policy.",
+                               location="reference_artifact")
+        if config.get("reference_model"):
+            raise InvalidInput("Give the reference as a policy of the project or in the config, not both.",
+                               location="reference_artifact")
+        config["reference_model"] = str(artifact_dir(artifact=reference_artifact))
     return config
 
 

@@ -104,6 +104,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "can_launch": selectors.user_can_launch(user=request.user, project=run.project),
         "artifact": getattr(run, "artifact", None), "chart_keys": _chart_keys(run),
         "shown": selectors.run_disclosed(run=run, user=request.user),
+        "reference": selectors.run_reference(run=run, user=request.user),
     }
     if request.htmx:
         status = HTMX_STOP_POLLING if run.is_terminal else 200

@@ -30,9 +30,10 @@ class GeneratedSample:
     token_ids: tuple[int, ...] = ()  # the sampled response tokens, EOS included when it ended (KL is measured on these)
 
 
-def load_policy(model_dir: str | Path, adapter_dir: str | Path | None = None):
-    """(model, tokenizer) in eval mode; a LoRA adapter is merged for speed."""
-    with loading("base_model"):
+def load_policy(model_dir: str | Path, adapter_dir: str | Path | None = None, *, setting: str = "base_model"):
+    """(model, tokenizer) in eval mode; a LoRA adapter is merged for speed. ``setting``: the config setting a
+    load error is reported as (``ConfigError``), e.g. DPO's ``reference_model``."""
+    with loading(setting):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir)
     if adapter_dir:

@@ -152,8 +152,9 @@ def test_run_loop_points_gate_settings_to_the_projects_health_gate(ranked):
 
     with pytest.raises(InvalidInput, match="health_gate --project"):
         _loop_config(LoopSettings(overrides={"health_max_nll_rise": 2.0}))
-    with pytest.raises(InvalidInput, match="in-memory loop only"):  # not silently ignored by the DPO runs
-        _loop_config(LoopSettings(overrides={"dpo_reference": "round0"}))
+    assert _loop_config(LoopSettings(overrides={"dpo_reference": "round0"})).dpo_reference == "round0"  # issue 12
+    with pytest.raises(InvalidInput, match="dpo_reference must be one of"):
+        _loop_config(LoopSettings(overrides={"dpo_reference": "latest"}))
     assert _loop_config(LoopSettings(overrides={"dpo_rpo_alpha": 0.5})).dpo_rpo_alpha == 0.5
 
 

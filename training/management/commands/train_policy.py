@@ -1,5 +1,6 @@
 """python manage.py train_policy --project SLUG --kind sft|dpo|ppo|grpo --policy ARTIFACT_ID
-                                 [--reward ARTIFACT_ID] [--config FILE.json] [--rounds 1,2] [--wait | --in-process]
+                                 [--reward ARTIFACT_ID] [--reference ARTIFACT_ID] [--config FILE.json]
+                                 [--rounds 1,2] [--wait | --in-process]
 
 Launches the same policy run as the lineage page's "Train a policy" form and the API
 (``training.services.run_create``): SFT on demonstrations (or the top-ranked responses of --rounds), DPO on
@@ -28,6 +29,8 @@ class Command(BaseCommand):
         parser.add_argument("--kind", required=True, choices=POLICY_KINDS)
         parser.add_argument("--policy", type=int, help="id of the policy (or base) artifact to start from")
         parser.add_argument("--reward", type=int, help="id of the reward-model artifact (PPO, GRPO)")
+        parser.add_argument("--reference", type=int, help="DPO: id of the policy artifact whose log-probs are the "
+                                                          "reference (default: the stored generation log-probs)")
         parser.add_argument("--config", help="JSON file of the kind's config settings")
         parser.add_argument("--rounds", help="comma-separated round numbers to train on (default: all)")
         add_source_arguments(parser)
@@ -41,11 +44,12 @@ class Command(BaseCommand):
             raise CommandError(f"No project {options['project']!r}.")
         policy = _artifact(project, options["policy"], "--policy")
         reward = _artifact(project, options["reward"], "--reward")
+        reference = _artifact(project, options["reference"], "--reference")
         rounds = [int(r) for r in options["rounds"].split(",")] if options["rounds"] else None
         worker_require(options)
         try:
             run = run_create(project=project, kind=options["kind"], config=read_config(options["config"]),
-                             base_artifact=policy, reward_artifact=reward, rounds=rounds,
+                             base_artifact=policy, reward_artifact=reward, reference_artifact=reference, rounds=rounds,
                              sources=source_selection_from(options))
         except InvalidInput as error:
             raise CommandError(str(error)) from error

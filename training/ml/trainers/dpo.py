@@ -63,7 +63,7 @@ def reference_logprobs(model_dir: str, groups: list[RankedGroup], config: DPOCon
     """Every response's log-prob under ``config.reference_model`` (one scoring pass; e.g. round 0's policy)."""
     from training.ml.generation import load_policy
 
-    model, tokenizer = load_policy(model_dir)
+    model, tokenizer = load_policy(model_dir, setting="reference_model")
     values = sequence_logprobs(model, tokenizer, [g.messages for g in groups for _ in g.responses],
                                [r for g in groups for r in g.responses], max_length=config.max_length).tolist()
     out, pos = [], 0
