@@ -34,8 +34,8 @@ def child_environment(*, claim_token: str) -> dict[str, str]:
     return {**os.environ, **offline_environment(), "RLHF_CLAIM_TOKEN": claim_token, "PYTHONUNBUFFERED": "1"}
 
 
-# Kinds whose trainer shards its batches over processes and writes only from the main one (PPO: one process).
-DATA_PARALLEL_KINDS = frozenset({"reward", "sft", "dpo", "grpo"})
+# Kinds whose trainer shards its batches over processes and writes only from the main one (generation: one process).
+DATA_PARALLEL_KINDS = frozenset({"reward", "sft", "dpo", "ppo", "grpo"})
 
 
 def child_command(*, run_id: int, kind: str) -> list[str]:

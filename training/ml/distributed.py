@@ -188,6 +188,13 @@ def sum_over_processes(values: list[float], accelerator) -> list[float]:
     return accelerator.reduce(local, reduction="sum").tolist()
 
 
+def tensor_sum(tensor: torch.Tensor, accelerator) -> torch.Tensor:
+    """A tensor summed over all processes (a new tensor; the tensor itself on one process)."""
+    if accelerator.num_processes == 1:
+        return tensor
+    return accelerator.reduce(tensor.contiguous(), reduction="sum")
+
+
 def threads_per_process(configured: int, processes: int) -> int:
     """torch CPU threads for one of ``processes`` processes sharing this machine (``configured`` wins if set)."""
     return configured or max(1, (os.cpu_count() or 1) // processes)

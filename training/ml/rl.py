@@ -29,12 +29,26 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+    total: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """(x - mean) / std over the masked positions; padding positions come back as 0.
 
     With ``shift_mean=False`` the mean is added back (only the scale changes), as is usual for rewards.
+    ``total`` (data parallelism: the sum of a tensor over the processes that hold the rest of the batch) makes
+    the mean and the variance those of the whole batch, as one process holding all of it computes them; a
+    process that holds none of the batch passes an all-zero ``mask``.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    if total is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        sums = total(torch.stack([(x * mask).sum(), mask.sum()]))  # (2,) Σx, n over all processes
+        n = sums[1]
+        mean = sums[0] / n.clamp(min=1.0)
+        var = total(((x - mean) ** 2 * mask).sum()) / n.clamp(min=1.0)
+        if n > 1:
+            var = var * n / (n - 1)  # Bessel, as masked_var
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -29,10 +29,10 @@ def test_several_devices_launch_one_process_each_for_reward_runs(monkeypatch):
 def test_kinds_without_a_data_parallel_trainer_stay_on_one_process(monkeypatch):
     monkeypatch.setenv("RLHF_NUM_PROCESSES", "3")
     monkeypatch.setenv("RLHF_NUM_MACHINES", "2")  # not even across machines
-    assert child_command(run_id=5, kind="ppo") == [sys.executable, "-m", "training.runner", "5"]
+    assert child_command(run_id=5, kind="generate") == [sys.executable, "-m", "training.runner", "5"]
 
 
-@pytest.mark.parametrize("kind", ["sft", "dpo", "grpo"])
+@pytest.mark.parametrize("kind", ["sft", "dpo", "ppo", "grpo"])
 def test_policy_kinds_launch_on_every_device_of_every_machine(monkeypatch, kind):
     monkeypatch.setenv("RLHF_NUM_PROCESSES", "2")
     monkeypatch.setenv("RLHF_NUM_MACHINES", "3")

@@ -1,11 +1,14 @@
-"""One process of the 2-process DPO and GRPO tests (``test_distributed_policy.py``); run under ``accelerate launch``.
+"""One process of the 2-process SFT, DPO, GRPO and PPO tests (``test_distributed_policy.py``); run under
+``accelerate launch``.
 
-    python -m training.ml.tests.policy_ddp_worker sft|dpo|dpo_es|grpo BASE_MODEL OUT_DIR
+    python -m training.ml.tests.policy_ddp_worker sft|dpo|dpo_es|grpo|ppo|ppo_critic BASE_MODEL OUT_DIR
 
-Every process trains (a) straight through and (b) stopped after step 4 (``dpo_es``, DPO with early stopping: 8),
-then resumed, and writes what the
-test checks: its final trainable parameters (``params-<run>-rank<R>.pt``), which files it wrote
-(``writes-rank<R>.txt``: checkpoints and policies), and, on the main process, the metrics the hooks received.
+Every process trains (a) straight through and (b) stopped after step 4 (``dpo_es``, DPO with early stopping: 8;
+its own hooks ask; the trainer asks only the main process's), then resumed, and writes what the test checks: its
+final trainable parameters (``params-<run>-rank<R>.pt``), which files it wrote (``writes-rank<R>.txt``:
+checkpoints and policies), what its trainer returned and how many steps its own hooks saw
+(``ranks-rank<R>.json``), and, on the main process, the metrics the hooks received (``result.json``). PPO takes
+the tiny reward model ``rm`` beside BASE_MODEL (scores and, for ``ppo_critic``, the critic).
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ from pathlib import Path
 import torch
 
 from training.ml import demo_task
-from training.ml.config import DPOConfig, GRPOConfig, SFTConfig
-from training.ml.trainers import dpo, grpo, sft
+from training.ml.config import DPOConfig, GRPOConfig, PPOConfig, SFTConfig
+from training.ml.trainers import dpo, grpo, ppo, sft
 from training.ml.types import NullHooks, RankedGroup
 
 RANK = int(os.environ.get("RANK", "0"))
@@ -75,6 +78,18 @@ def grpo_config(base_model: str) -> GRPOConfig:
                       mini_batch_size=4, num_iterations=2, learning_rate=3e-2, checkpoint_every=3, seed=0, num_threads=1)
 
 
+def ppo_config(base_model: str, value_model: str = "head") -> PPOConfig:
+    """3 prompts × 4 samples a step (2 + 1 prompts per process), minibatches of 3 rows (some hold no row of one
+    process) over 2 epochs; whitened advantages, adaptive β, PPO-ptx."""
+    return PPOConfig(base_model=base_model, max_steps=6, batch_size=3, samples_per_prompt=4, max_new_tokens=6,
+                     mini_batch_size=3, ppo_epochs=2, learning_rate=1e-2, kl_coef=0.05, adaptive_kl=True,
+                     kl_target=0.01, kl_horizon=10, ptx_coef=0.5, ptx_batch_size=2, value_model=value_model, checkpoint_every=3, seed=0,
+                     num_threads=1)
+
+
+PTX_TEXTS = TEXTS[:3]
+
+
 def sft_config(base_model: str) -> SFTConfig:
     """36 training examples (4 held out), 7 per step: 4 + 3 per process, and at step 6 one (the other pads)."""
     return SFTConfig(base_model=base_model, max_steps=6, learning_rate=3e-3, batch_size=7, eval_every=3,
@@ -92,6 +107,10 @@ def run(kind: str, base_model: str, output_dir: Path, hooks) -> dict:
         groups = dpo_groups()
         return dpo.train_dpo(dpo_config(base_model), groups[:21], dpo_groups(6, seed=2), output_dir=output_dir,
                              hooks=hooks)
+    if kind in ("ppo", "ppo_critic"):
+        config = ppo_config(base_model, "reward_model" if kind == "ppo_critic" else "head")
+        return ppo.train_ppo(config, PROMPTS, policy_dir=base_model, output_dir=str(output_dir), reward_fn=vowel_share,
+                             reward_model_dir=str(Path(base_model).parent / "rm"), hooks=hooks, ptx_texts=PTX_TEXTS)
     return grpo.train_grpo(grpo_config(base_model), PROMPTS, policy_dir=base_model, output_dir=str(output_dir),
                            reward_fn=vowel_share, hooks=hooks)
 
@@ -99,7 +118,7 @@ def run(kind: str, base_model: str, output_dir: Path, hooks) -> dict:
 def instrument(kind: str, out: Path) -> dict:
     """Record every checkpoint/policy write of this process, and keep the policy to dump its weights."""
     seen: dict = {}
-    module = {"sft": sft, "dpo": dpo, "dpo_es": dpo, "grpo": grpo}[kind]
+    module = {"sft": sft, "dpo": dpo, "dpo_es": dpo, "grpo": grpo, "ppo": ppo, "ppo_critic": ppo}[kind]
 
     def note(line: str) -> None:
         with open(out / f"writes-rank{RANK}.txt", "a") as handle:
@@ -125,36 +144,56 @@ def instrument(kind: str, out: Path) -> dict:
             return real_save(model, tokenizer, target)
 
         module.load_trainable_policy, module.save_policy = load_trainable_policy, save_policy
-    else:
+        return seen
+
+    def watch_saves(policy) -> None:
+        real_save = policy.save_pretrained
+
+        def save_pretrained(target, **kwargs):
+            if Path(target).name == "policy":  # not a checkpoint's model/
+                note(f"policy {Path(target).parent.name}")
+            return real_save(target, **kwargs)
+
+        policy.save_pretrained = save_pretrained
+
+    if kind == "grpo":
         real_load = grpo.load_rl_policy
 
         def load_rl_policy(policy_dir, config, device):
             policy, reference, tokenizer = real_load(policy_dir, config, device)
             seen["model"] = policy
-            real_save = policy.save_pretrained
-
-            def save_pretrained(target, **kwargs):
-                if Path(target).name == "policy":  # not a checkpoint's model/
-                    note(f"policy {Path(target).parent.name}")
-                return real_save(target, **kwargs)
-
-            policy.save_pretrained = save_pretrained
+            watch_saves(policy)
             return policy, reference, tokenizer
 
         grpo.load_rl_policy = load_rl_policy
+        return seen
+    real_load_models = ppo.load_ppo_models
+
+    def load_ppo_models(policy_dir, config, reward_model_dir, device="cpu"):
+        models = real_load_models(policy_dir, config, reward_model_dir, device)
+        value = models.value_head if models.value_head is not None else models.critic
+        seen["model"] = torch.nn.ModuleDict({"policy": models.policy, "value": value})  # both trained modules
+        watch_saves(models.policy)
+        return models
+
+    ppo.load_ppo_models = load_ppo_models
     return seen
 
 
 def main(kind: str, base_model: str, out: Path) -> None:
     seen = instrument(kind, out)
-    results = {}
+    results, ranks = {}, {}
     stop_after = 8 if kind == "dpo_es" else 4
     for name, hooks_list in (("straight", [NullHooks()]), ("resumed", [StopAfter(stop_after), NullHooks()])):
+        summaries = []
         for hooks in hooks_list:
             summary = run(kind, base_model, out / name, hooks)
+            summaries.append(summary)
         params = {k: v.detach().clone() for k, v in seen["model"].named_parameters() if v.requires_grad}
         torch.save(params, out / f"params-{name}-rank{RANK}.pt")
+        ranks[name] = {"summaries": summaries, "hook_steps": [len(h.steps) for h in hooks_list]}
         results[name] = {"summary": summary, "steps": [h.steps for h in hooks_list], "evals": [h.evals for h in hooks_list]}
+    (out / f"ranks-rank{RANK}.json").write_text(json.dumps(ranks))
     if RANK == 0:
         (out / "result.json").write_text(json.dumps(results))
 

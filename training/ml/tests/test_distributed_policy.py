@@ -1,4 +1,4 @@
-"""SFT, DPO and GRPO data-parallel: 2 processes (gloo on CPU, accelerate launch) train the one-process model."""
+"""SFT, DPO, GRPO and PPO data-parallel: 2 processes (gloo on CPU, accelerate launch) train the one-process model."""
 import json
 import os
 import subprocess
@@ -9,7 +9,7 @@ import torch
 
 from training.ml import demo_task, distributed
 from training.ml.tests import policy_ddp_worker as worker
-from training.ml.tiny_models import build_tiny_causal_lm, build_tokenizer
+from training.ml.tiny_models import build_tiny_causal_lm, build_tiny_reward_model, build_tokenizer
 from training.ml.types import NullHooks
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -20,8 +20,9 @@ def bases(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp_policy")
     tokenizer = build_tokenizer(worker.TEXTS, root / "tok", vocab_size=300)
     demo = str(demo_task.build_demo_base(root / "dpo", seed=0))
-    return {"dpo": demo, "sft": demo, "dpo_es": demo,
-            "grpo": str(build_tiny_causal_lm(root / "grpo", tokenizer, hidden=32, layers=1, heads=2))}
+    rl = str(build_tiny_causal_lm(root / "grpo", tokenizer, hidden=32, layers=1, heads=2))
+    build_tiny_reward_model(root / "rm", tokenizer, hidden=32, layers=1, heads=2)  # PPO's scorer and critic
+    return {"dpo": demo, "sft": demo, "dpo_es": demo, "grpo": rl, "ppo": rl}
 
 
 def _launch(kind: str, base: str, out: Path) -> dict:
@@ -38,11 +39,12 @@ def _params(out: Path, name: str, rank: int) -> dict:
 
 def _single_run(kind: str, base: str, out: Path, monkeypatch):
     """The same training on one process (this one), keeping the trained parameters."""
-    from training.ml.trainers import dpo, grpo, sft
+    from training.ml.trainers import dpo, grpo, ppo, sft
 
     for module, name in ((dpo, "checkpoint_save"), (dpo, "load_trainable_policy"), (dpo, "save_policy"),
                          (sft, "checkpoint_save"), (sft, "load_trainable_policy"), (sft, "save_policy"),
-                         (grpo, "checkpoint_save"), (grpo, "load_rl_policy")):
+                         (grpo, "checkpoint_save"), (grpo, "load_rl_policy"),
+                         (ppo, "checkpoint_save"), (ppo, "load_ppo_models")):
         monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
     out.mkdir()
     seen = worker.instrument(kind, out)
@@ -66,6 +68,14 @@ def _check_common(out: Path, result: dict, initial_changed) -> dict:
     for rank in (0, 1):
         again = _params(out, "resumed", rank)
         assert all(torch.equal(again[k], rank0[k]) for k in rank0)  # bitwise, as on one process
+    # Progress is reported once: only the main process's hooks see the steps; the stop that only the main
+    # process's hooks ask for (rank 1's trainer ignores its own) stops rank 1 at the same step.
+    ranks = [json.loads((out / f"ranks-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["straight"]["hook_steps"] == [6] and ranks[0]["resumed"]["hook_steps"] == [4, 2]
+    assert ranks[1]["straight"]["hook_steps"] == [0] and ranks[1]["resumed"]["hook_steps"] == [0, 0]
+    for rank in ranks:
+        first, second = rank["resumed"]["summaries"]
+        assert (first["stopped"], first["steps"], second["stopped"], second["steps"]) == (True, 4, False, 6)
     return rank0
 
 
@@ -169,5 +179,46 @@ def test_two_process_dpo_early_stopping_takes_one_decision_and_keeps_the_best(tm
     assert (one["processes"], one["best_step"], one["steps"]) == (1, summary["best_step"], summary["steps"])
     assert [m["reward_accuracy"] for _, m in hooks.evals] == pytest.approx(
         [m["reward_accuracy"] for _, m in straight["evals"][0]])
+    for name, value in single.items():
+        torch.testing.assert_close(rank0[name], value, atol=2e-4, rtol=1e-3, msg=name)
+
+
+def _ppo_value_module_changed(initial_policy):
+    def changed(params) -> bool:
+        policy = {k.removeprefix("policy."): v for k, v in params.items() if k.startswith("policy.")}
+        assert policy.keys() == {k for k, v in initial_policy.items() if v.requires_grad}
+        assert any(k.startswith("value.") for k in params)  # the value head (or critic) is trained and kept too
+        return any(not torch.equal(initial_policy[k], v) for k, v in policy.items())
+    return changed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["ppo", "ppo_critic"])
+def test_two_process_ppo_trains_the_one_process_model(tmp_path, bases, monkeypatch, kind):
+    """Rollouts seeded per prompt, GAE and whitening over the whole batch, the same β, DDP over the policy and
+    its value head (or the critic initialised from the reward model), PPO-ptx: the one-process run."""
+    result = _launch(kind, bases["ppo"], tmp_path)
+    straight = result["straight"]
+    assert straight["summary"]["processes"] == 2 and straight["summary"]["steps"] == 6
+
+    from transformers import AutoModelForCausalLM
+
+    initial = dict(AutoModelForCausalLM.from_pretrained(bases["ppo"]).named_parameters())
+    rank0 = _check_common(tmp_path, result, _ppo_value_module_changed(initial))
+    rank1_final = json.loads((tmp_path / "ranks-rank1.json").read_text())["straight"]["summaries"][0]["final"]
+    assert rank1_final == straight["summary"]["final"]  # the whole batch's figures on every process
+
+    summary, hooks, single = _single_run(kind, bases["ppo"], tmp_path / "one", monkeypatch)
+    assert summary["processes"] == 1
+    steps = [m for _, m in straight["steps"][0]]
+    one = [m for _, m in hooks.steps]
+    # The same samples (seeded per prompt), so the same rewards and lengths; the same losses and KL over the
+    # whole batch; β adapted from the whole batch's KL.
+    assert [m["fn_score"] for m in steps] == pytest.approx([m["fn_score"] for m in one], abs=1e-6)
+    assert [m["response_length"] for m in steps] == pytest.approx([m["response_length"] for m in one])
+    for key in ("reward", "rm_score", "kl", "kl_coef", "policy_loss", "value_loss", "entropy", "ptx_loss"):
+        assert [m[key] for m in steps] == pytest.approx([m[key] for m in one], rel=1e-3, abs=1e-5), key
+    assert len({m["kl_coef"] for m in one}) > 1  # β did adapt
     for name, value in single.items():
         torch.testing.assert_close(rank0[name], value, atol=2e-4, rtol=1e-3, msg=name)

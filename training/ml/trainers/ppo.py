@@ -5,6 +5,16 @@ per-token reward −β·KL(π‖π_ref) plus the score on the last token → GAE
 clipped policy + value losses over minibatches (plus γ × LM loss on ptx texts) → adapt β.
 The critic is a linear value head on the policy's last hidden state, or a separate model initialised from
 the reward model (same tokenizer required). No Django here; progress goes through ``hooks``.
+
+Several devices: under ``accelerate launch`` each process samples, scores and evaluates (values, reference
+log-probs, GAE) its share of a step's prompts (every W-th; a prompt's samples are seeded by (seed, step, prompt
+position), so they are what one process would draw). Advantage whitening takes its mean and variance over the
+whole step's batch (sums all-reduced), the KL controller sees the whole batch's KL, every process walks the same
+global minibatches, and the policy with its value head or critic runs as one module under DDP
+(``PolicyValue``) whose loss each process scales by its share of the minibatch's tokens, so the averaged
+gradient is the one-process gradient (``training.ml.distributed``). The PPO-ptx term is computed on the same
+texts by every process and left unscaled (the average of equal gradients is that gradient). Only the main
+process reports, checkpoints and saves.
 """
 from __future__ import annotations
 
@@ -24,8 +34,8 @@ from training.ml.health_watch import HealthWatch, InRunHealth
 from training.ml.losses import ppo_policy_loss, ppo_value_loss
 from training.ml.precision import autocast, enable_gradient_checkpointing, resolve_mixed_precision
 from training.ml.rl import (
-    AdaptiveKLController, FixedKLController, clip_fraction, entropy_from_logits, gae_advantages,
-    kl_penalised_rewards, masked_mean, masked_whiten,
+    AdaptiveKLController, FixedKLController, entropy_from_logits, gae_advantages, kl_penalised_rewards,
+    masked_whiten,
 )
 from training.ml.rollout import (
     RewardFn, RewardScorer, Rollout, batched_logprobs, reward_fn_unresolved, position_ids_for, prompt_batch,
@@ -85,6 +95,22 @@ def policy_and_values(models: PPOModels, rollout: Rollout, temperature: float) -
         return logits, models.value_head(hidden)
     critic_hidden = _trunk_hidden(models.critic, rollout)  # (B, T, H_critic)
     return logits, models.critic.score(critic_hidden).squeeze(-1).float()
+
+
+class PolicyValue(nn.Module):
+    """The trained modules of PPO as one module: its forward gives the policy's logits, the values and, with
+    ``ptx_texts``, the PPO-ptx loss, so DDP (which syncs the gradients of what runs through one forward)
+    covers the policy and the value head or critic at once. On one process it is used as it is."""
+
+    def __init__(self, models: PPOModels) -> None:
+        super().__init__()
+        self.policy, self.value_head, self.critic = models.policy, models.value_head, models.critic
+        self.models = models  # a plain dataclass: its modules are registered once, above
+
+    def forward(self, rollout: Rollout, temperature: float, ptx_texts: list[str] | None = None, max_length: int = 0):
+        logits, values = policy_and_values(self.models, rollout, temperature)  # (b, T, V), (b, T)
+        lm = ptx_loss(self.policy, self.models.tokenizer, ptx_texts, max_length) if ptx_texts else None
+        return logits, values, lm
 
 
 def load_rl_policy(policy_dir: str, config, device) -> tuple[nn.Module, nn.Module | None, object]:
@@ -155,56 +181,81 @@ def ptx_loss(policy, tokenizer, texts: list[str], max_length: int) -> torch.Tens
 
 
 @torch.no_grad()
-def _prepare(models: PPOModels, config: PPOConfig, prompts: list[list[dict]], scorer: RewardScorer,
-             kl_coef: float) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
-    """Sample, score, and compute everything the PPO epochs need: old log-probs, values, advantages."""
+def _prepare(models: PPOModels, config: PPOConfig, prompts: list[list[dict]], scorer: RewardScorer, kl_coef: float,
+             seeds: list[int], accelerator, real: bool) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
+    """Sample, score, and compute everything the PPO epochs need on this process's prompts: old log-probs,
+    values, advantages (whitened over the whole step's batch). Returns (rollout, tensors, summed figures);
+    a padding process (``real`` false) adds nothing to the whitening statistics or the figures."""
     rollout = sample_rollout(
         models.policy, models.tokenizer, prompts, samples_per_prompt=config.samples_per_prompt,
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, with_logprobs=False,
+        seeds=seeds,
     )
-    mask = rollout.response_mask  # (B, T)
-    score, parts = scorer.score(prompts, rollout)  # (B,)
+    mask = rollout.response_mask  # (b, T)
+    score, parts = scorer.score(prompts, rollout)  # (b,)
     score = score - config.missing_eos_penalty * (~rollout.ended).float()
     logits, old_values = policy_and_values(models, rollout, config.temperature)
-    old_logp = token_logprobs(logits, rollout.response_ids) * mask  # (B, T)
+    old_logp = token_logprobs(logits, rollout.response_ids) * mask  # (b, T)
     ref_logp = reference_logprobs(models.policy, models.reference, rollout, config.temperature) * mask
     rewards, kl = kl_penalised_rewards(score, old_logp, ref_logp, mask, kl_coef=kl_coef, estimator=config.kl_estimator)
     advantages, returns = gae_advantages(rewards, old_values * mask, mask, gamma=config.gamma, lam=config.lam)
     if config.whiten_advantages:
-        advantages = masked_whiten(advantages, mask)
+        if accelerator.num_processes == 1:
+            advantages = masked_whiten(advantages, mask)
+        else:  # the mean and variance of the whole step's batch
+            advantages = masked_whiten(advantages, mask if real else torch.zeros_like(mask),
+                                       total=lambda t: distributed.tensor_sum(t, accelerator))
     tensors = {"old_logp": old_logp, "old_values": old_values * mask, "advantages": advantages, "returns": returns}
-    stats = {
-        "reward": score.mean().item(),
-        "kl": kl.sum(1).mean().item(),  # per sequence, nats
-        "entropy": masked_mean(entropy_from_logits(logits), mask).item(),
-        "response_length": mask.sum(1).mean().item(),
-        "eos_rate": rollout.ended.float().mean().item(),
-        **{name: value.mean().item() for name, value in parts.items()},
+    w = 1.0 if real else 0.0
+    sums = {
+        "reward": w * score.sum().item(), "rows": w * score.numel(),
+        "kl": w * kl.sum().item(),  # per sequence, nats, once divided by rows
+        "entropy": w * (entropy_from_logits(logits) * mask).sum().item(), "tokens": w * mask.sum().item(),
+        "eos_rate": w * rollout.ended.float().sum().item(),
+        **{name: w * value.sum().item() for name, value in parts.items()},
     }
-    return rollout, tensors, stats
+    return rollout, tensors, sums
 
 
-def _minibatch_step(models, config, rollout, tensors, ptx_texts, optimizer, scheduler) -> dict[str, float]:
+ROLLOUT_FIGURES = ("reward", "rows", "kl", "entropy", "tokens", "eos_rate")  # _prepare's sums besides the parts
+MINIBATCH_FIGURES = ("policy_loss", "value_loss", "clipped", "approx_kl", "tokens")
+
+
+def _minibatch_step(trained, config: PPOConfig, rollout: Rollout, tensors, ptx_texts, optimizer, scheduler,
+                    accelerator, share: float) -> tuple[dict[str, float], float | None]:
+    """One optimizer step on this process's rows of one minibatch.
+
+    ``share`` is this process's count of the minibatch's response tokens (0: it holds none of its rows and runs
+    row 0 with its loss × 0); the policy and value losses (token means) are scaled by W·share/Σshare, so DDP's
+    average of the gradients is the gradient of the whole minibatch. Returns (token sums of the figures
+    ``MINIBATCH_FIGURES``, the ptx loss or None).
+    """
     mask = rollout.response_mask
-    logits, values = policy_and_values(models, rollout, config.temperature)
+    ptx = ptx_texts if ptx_texts and config.ptx_coef > 0 else None
+    logits, values, lm = trained(rollout, config.temperature, ptx, config.max_length)
     logp = token_logprobs(logits, rollout.response_ids)
     policy_loss, ratio = ppo_policy_loss(logp, tensors["old_logp"], tensors["advantages"], mask, clip_eps=config.clip_eps)
     value_loss = ppo_value_loss(values, tensors["old_values"], tensors["returns"], mask, clip_eps=config.value_clip)
     loss = policy_loss + config.vf_coef * value_loss
-    stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
-             "clip_fraction": clip_fraction(ratio, mask, config.clip_eps).item(),
-             "approx_kl": masked_mean(0.5 * (logp.detach() - tensors["old_logp"]) ** 2, mask).item()}
-    if ptx_texts and config.ptx_coef > 0:
-        lm = ptx_loss(models.policy, models.tokenizer, ptx_texts, config.max_length)
-        loss = loss + config.ptx_coef * lm  # PPO-ptx, Ouyang et al. 2022 eq. 2
-        stats["ptx_loss"] = lm.item()
+    if accelerator.num_processes > 1:
+        loss = loss * distributed.global_mean_scales(accelerator, pair_weight=share, responses=0)[0]
+    if lm is not None:
+        loss = loss + config.ptx_coef * lm  # PPO-ptx, Ouyang et al. 2022 eq. 2 (the same texts on every process)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # DDP averages the gradients over processes here
     if config.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(models.trainable(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for p in trained.parameters() if p.requires_grad], config.grad_clip)
     optimizer.step()
     scheduler.step()
-    return stats
+    with torch.no_grad():
+        real = mask if share else torch.zeros_like(mask)  # a process without rows adds nothing to the figures
+        tokens = real.sum().item()
+        figures = {
+            "policy_loss": policy_loss.item() * tokens, "value_loss": value_loss.item() * tokens,
+            "clipped": (((ratio - 1.0).abs() > config.clip_eps).float() * real).sum().item(),
+            "approx_kl": (0.5 * (logp.detach() - tensors["old_logp"]) ** 2 * real).sum().item(), "tokens": tokens,
+        }
+    return figures, (lm.item() if lm is not None else None)
 
 
 def _ptx_slice(ptx_texts: list[str] | None, config: PPOConfig, update: int) -> list[str]:
@@ -214,22 +265,53 @@ def _ptx_slice(ptx_texts: list[str] | None, config: PPOConfig, update: int) -> l
     return [ptx_texts[(start + i) % len(ptx_texts)] for i in range(min(config.ptx_batch_size, len(ptx_texts)))]
 
 
-def ppo_step(models, config, prompts, scorer, kl_ctl, optimizer, scheduler, ptx_texts, step) -> dict[str, float]:
-    """One PPO iteration on one batch of prompts; returns its metrics."""
-    rollout, tensors, stats = _prepare(models, config, prompts, scorer, kl_ctl.value)
-    n = len(rollout.texts)
+def ppo_step(models: PPOModels, trained, config: PPOConfig, prompts, scorer, kl_ctl, optimizer, scheduler, ptx_texts,
+             step: int, accelerator) -> dict[str, float]:
+    """One PPO iteration on one batch of prompts (this process's share of them); returns the step's metrics,
+    those of the whole batch on every process."""
+    G, world = config.samples_per_prompt, accelerator.num_processes
+    mine, padding = distributed.shard(range(len(prompts)), rank=accelerator.process_index, world=world)
+    rollout, tensors, sums = _prepare(models, config, [prompts[i] for i in mine], scorer, kl_ctl.value,
+                                      sample_seeds(config.seed, step, mine), accelerator, real=not padding)
+    n = len(prompts) * G  # sequences of the whole step
     mb = config.mini_batch_size or n
+    mask = rollout.response_mask
+    # Global row p·G + g (prompt position p in the step) -> this process's row; none on a padding process.
+    local_of = {} if padding else {p * G + g: j * G + g for j, p in enumerate(mine) for g in range(G)}
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     updates: list[dict[str, float]] = []
+    ptx_losses: list[float] = []
     for _ in range(config.ppo_epochs):
-        for rows in torch.randperm(n, generator=generator).split(mb):
-            part = {k: v[rows] for k, v in tensors.items()}
+        for rows in torch.randperm(n, generator=generator).split(mb):  # the same minibatches on every process
+            local = [local_of[r] for r in rows.tolist() if r in local_of]
+            index = torch.tensor(local or [0])
+            part = {k: v[index.to(v.device)] for k, v in tensors.items()}
+            share = mask[index.to(mask.device)].sum().item() if local else 0.0
             ptx = _ptx_slice(ptx_texts, config, step * 1000 + len(updates))
-            updates.append(_minibatch_step(models, config, rollout.select(rows), part, ptx, optimizer, scheduler))
-    for key in updates[0]:
-        stats[key] = sum(u[key] for u in updates) / len(updates)
+            figures, lm = _minibatch_step(trained, config, rollout.select(index), part, ptx, optimizer, scheduler,
+                                          accelerator, share)
+            updates.append(figures)
+            if lm is not None:
+                ptx_losses.append(lm)
+    flat = [float(sums[k]) for k in sorted(sums)] + [u[k] for u in updates for k in MINIBATCH_FIGURES]
+    if world > 1:
+        flat = distributed.sum_over_processes(flat, accelerator)  # the whole step's figures, on every process
+    head, k = len(sums), len(MINIBATCH_FIGURES)
+    sums = dict(zip(sorted(sums), flat[:head]))
+    per_update = [dict(zip(MINIBATCH_FIGURES, flat[head + i * k : head + (i + 1) * k])) for i in range(len(updates))]
+    rows, tokens = max(sums["rows"], 1.0), max(sums["tokens"], 1.0)
+    stats = {
+        "reward": sums["reward"] / rows, "kl": sums["kl"] / rows, "entropy": sums["entropy"] / tokens,
+        "response_length": sums["tokens"] / rows, "eos_rate": sums["eos_rate"] / rows,
+        **{name: sums[name] / rows for name in sums if name not in ROLLOUT_FIGURES},  # the scorer's parts
+    }
+    for key, name in (("policy_loss", "policy_loss"), ("value_loss", "value_loss"), ("clipped", "clip_fraction"),
+                      ("approx_kl", "approx_kl")):  # each minibatch's token mean, averaged over minibatches
+        stats[name] = sum(u[key] / max(u["tokens"], 1.0) for u in per_update) / len(per_update)
+    if ptx_losses:
+        stats["ptx_loss"] = sum(ptx_losses) / len(ptx_losses)
     stats["kl_coef"] = kl_ctl.value
-    kl_ctl.update(stats["kl"], n)
+    kl_ctl.update(stats["kl"], n)  # the whole batch's KL: the same β on every process
     return stats
 
 
@@ -256,9 +338,11 @@ def train_ppo(
     if config.ptx_coef > 0 and not ptx_texts:
         raise ValueError("ptx_coef > 0 needs ptx_texts (the text for PPO-ptx's language-modelling loss)")
     config.validate()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # one process, one device
+    accelerator = distributed.make_accelerator()  # one process: plain placement; several: DDP, NCCL (CUDA) or gloo
+    main = accelerator.is_main_process
+    hooks = hooks if main else NullHooks()
+    torch.set_num_threads(distributed.threads_per_process(config.num_threads, accelerator.num_processes))
+    device = accelerator.device
     precision = resolve_mixed_precision(config.mixed_precision, device)
     torch.manual_seed(config.seed)
     reward_model_dir = reward_model_dir or config.reward_model or None
@@ -281,24 +365,29 @@ def train_ppo(
     if extra:
         kl_ctl.value = float(extra["kl_coef"])
         models.load_value_state(extra["value"])
-    health = InRunHealth.start(health_watch, config, out, hooks, resume_step=start)
+    trained = distributed.wrap(PolicyValue(models), accelerator)  # after the resume: DDP starts from main's weights
+    health = InRunHealth.start(health_watch, config, out, hooks, main=main, resume_step=start)
 
     def save_checkpoint(step: int) -> None:
-        checkpoint_save(root=out / "checkpoints", step=step, model=models.policy, optimizer=optimizer,
-                        scheduler=scheduler, extra={"kl_coef": kl_ctl.value, "value": models.value_state()},
-                        keep=config.keep_checkpoints)
+        if main:
+            checkpoint_save(root=out / "checkpoints", step=step, model=models.policy, optimizer=optimizer,
+                            scheduler=scheduler, extra={"kl_coef": kl_ctl.value, "value": models.value_state()},
+                            keep=config.keep_checkpoints)
 
     def one_step(batch: list[list[dict]], step: int) -> dict[str, float]:
         with autocast(precision, device):  # bf16 forward passes; losses are computed in fp32 (.float() on logits)
-            metrics = ppo_step(models, config, batch, scorer, kl_ctl, optimizer, scheduler, ptx_texts, step)
+            metrics = ppo_step(models, trained, config, batch, scorer, kl_ctl, optimizer, scheduler, ptx_texts, step,
+                               accelerator)
         return {**metrics, **health.at_step(step + 1, total, models.policy, models.tokenizer)}
 
     history, step, stopped = rl_steps(prompts, config, start=start, total=total, step_fn=one_step, hooks=hooks,
-                                      save_checkpoint=save_checkpoint)
-    if not stopped:
+                                      save_checkpoint=save_checkpoint, accelerator=accelerator)
+    if not stopped and main:
         models.policy.save_pretrained(out / "policy")
         models.tokenizer.save_pretrained(out / "policy")
-    return {**run_summary(history, step, total, stopped, out), **health.summary()}
+    accelerator.wait_for_everyone()  # no process returns before the policy is on disk
+    return {**run_summary(history, step, total, stopped, out), "processes": accelerator.num_processes,
+            **health.summary()}
 
 
 def rl_steps(prompts, config, *, start: int, total: int, step_fn, hooks: TrainHooks, save_checkpoint, accelerator=None):
