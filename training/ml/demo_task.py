@@ -144,13 +144,15 @@ def tokenizer_texts() -> list[str]:
     return [words, *prompts, *(response for _, response in make_demonstrations(500, seed=1))]
 
 
-def build_demo_base(out_dir: str | Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4) -> Path:
-    """Build the demo's tokenizer and a randomly initialised tiny causal LM in ``out_dir``; return it."""
+def build_demo_base(out_dir: str | Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
+                    initializer_range: float | None = None) -> Path:
+    """Build the demo's tokenizer and a randomly initialised tiny causal LM in ``out_dir``; return it.
+    ``initializer_range``: the weights' std (default ``hidden ** -0.5``, see ``tiny_models.build_tiny_causal_lm``)."""
     from training.ml.tiny_models import build_tiny_causal_lm, build_tokenizer
 
     tokenizer = build_tokenizer(tokenizer_texts(), Path(out_dir) / "tokenizer", vocab_size=512)
     return build_tiny_causal_lm(Path(out_dir) / "base", tokenizer, hidden=hidden, layers=layers, heads=heads,
-                                max_positions=128, seed=seed)
+                                max_positions=128, seed=seed, initializer_range=initializer_range)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ def junk_policy(round0_dir, out, *, steps=60, seed=0):
 
 
 def round0_and_junk(root):
-    """(round 0's policy dir, junk policy dir): SFT 100 steps on 1,000 demonstrations, then the junk SFT."""
-    base = demo_task.build_demo_base(root / "base", seed=0)
+    """(round 0's policy dir, junk policy dir): SFT 100 steps on 1,000 demonstrations, then the junk SFT.
+
+    The base keeps Llama's std 0.02 of the tiny models before issue 12's fix: the junk the issue saw, whose
+    byte-junk replies re-tokenise differently from their sampled tokens in over a quarter of the samples."""
+    base = demo_task.build_demo_base(root / "base", seed=0, initializer_range=0.02)
     round0_dir = _sft(base, demo_task.load_demonstrations()[:1000], 100, root / "sft")
     return round0_dir, junk_policy(round0_dir, root / "junk")

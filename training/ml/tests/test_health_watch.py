@@ -76,7 +76,8 @@ def test_a_destructive_run_ends_in_junk_and_the_last_healthy_policy_is_kept(roun
     kept = watch["kept_step"]
     assert kept is not None and checks[kept]["healthy"] == 1.0  # the last check that passed ...
     assert all(m["healthy"] == 0.0 for step, m in checks.items() if step > kept)  # ... and none after it
-    assert watch["last_failed"]["step"] == 10 and "NLL under round 0 rose" in watch["last_failed"]["reasons"][0]
+    reasons = watch["last_failed"]["reasons"]
+    assert watch["last_failed"]["step"] == 10 and any("NLL under round 0 rose" in r for r in reasons), reasons
 
     final = policy_health(load_policy(summary["policy_dir"]), round0_policy, PROMPTS, thresholds=THRESHOLDS)
     assert not final["healthy"] and final["nll_rise"] > 1.0  # the run ended in junk
