@@ -6,10 +6,14 @@ log-prob of one fixed reply (mean over the 16 replies "the happy <noun> waited."
 prompts, in nats). Measured figures: docs/loop.md ("GRPO and PPO, 3 seeds on all 8 utilities").
 
     TRANSFORMERS_VERBOSITY=error .venv/bin/python bench/sft_prompt_use.py --steps 400 1200 2400 --seeds 0 1
+    # the diagnosis: Llama's std 0.02 against the tiny models' hidden ** -0.5, demonstrations that always copy
+    TRANSFORMERS_VERBOSITY=error .venv/bin/python bench/sft_prompt_use.py --steps 400 --init-std 0.02 0.125 --topic-rate 1.0
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import random
 import sys
 import tempfile
 import time
@@ -42,25 +46,38 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, nargs="+", default=[400])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--init-std", type=float, nargs="+", default=[None],
+                        help="the base model's initializer_range (default: the tiny models' hidden ** -0.5)")
+    parser.add_argument("--topic-rate", type=float, default=None,
+                        help="demonstrations drawn afresh (4,000, seed 0) with this share of topic-first replies "
+                             "instead of the stored ones (whose rate is demo_task.SFT_TOPIC_RATE)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    demonstrations = demo_task.load_demonstrations()
+    if args.topic_rate is None:
+        demonstrations = demo_task.load_demonstrations()
+    else:
+        rng = random.Random(0)
+        demonstrations = [(demo_task.demo_prompt(topic), demo_task.demonstration_text(rng, topic, args.topic_rate))
+                          for topic in (rng.choice(demo_task.NOUNS) for _ in range(4000))]
     topic_first = sum(first_noun_is_topic(m, r) for m, r in demonstrations)
     print(f"demonstrations: first noun is the prompt's in {topic_first}/{len(demonstrations)} = "
           f"{topic_first / len(demonstrations):.3f} (chance {1 / len(demo_task.NOUNS):.4f})", flush=True)
     prompts = [demo_task.demo_prompt(noun) for noun in demo_task.NOUNS for _ in range(8)]
     with tempfile.TemporaryDirectory() as tmp:
-        for steps in args.steps:
-            for seed in args.seeds:
-                started = time.perf_counter()
-                policy_dir = build_sft_policy(Path(tmp) / f"{steps}-{seed}", config=LoopConfig(seed=seed, sft_steps=steps),
-                                              demonstrations=demonstrations, build_base=demo_task.build_demo_base)
-                sft_seconds = time.perf_counter() - started
-                samples = generate_samples(policy_dir, prompts, k=4, seed=7)
-                hits = sum(first_noun_is_topic(p, s.text) for p, group in zip(prompts, samples) for s in group)
-                print(f"sft_steps {steps:5d} seed {seed}: first noun is the prompt's in {hits}/{4 * len(prompts)} = "
-                      f"{hits / (4 * len(prompts)):.3f}; prompt moves a reply's log-prob by "
-                      f"{prompt_effect_nats(policy_dir):.4f} nats; SFT {sft_seconds:.0f} s", flush=True)
+        for init_std, steps, seed in ((i, st, se) for i in args.init_std for st in args.steps for se in args.seeds):
+            started = time.perf_counter()
+            build_base = functools.partial(demo_task.build_demo_base, initializer_range=init_std)
+            policy_dir = build_sft_policy(Path(tmp) / f"{init_std}-{steps}-{seed}",
+                                          config=LoopConfig(seed=seed, sft_steps=steps),
+                                          demonstrations=demonstrations, build_base=build_base)
+            sft_seconds = time.perf_counter() - started
+            samples = generate_samples(policy_dir, prompts, k=4, seed=7)
+            hits = sum(first_noun_is_topic(p, s.text) for p, group in zip(prompts, samples) for s in group)
+            init = "hidden^-0.5" if init_std is None else f"{init_std:g}"
+            print(f"init std {init} sft_steps {steps:5d} seed {seed}: first noun is the prompt's in "
+                  f"{hits}/{4 * len(prompts)} = "
+                  f"{hits / (4 * len(prompts)):.3f}; prompt moves a reply's log-prob by "
+                  f"{prompt_effect_nats(policy_dir):.4f} nats; SFT {sft_seconds:.0f} s", flush=True)
     return 0
 
 

@@ -90,11 +90,11 @@ def demo_utility(prompt_messages: list[dict], response_text: str) -> float:
     return mood + topic
 
 
-def demonstration_text(rng: random.Random, topic: str) -> str:
-    """One SFT demonstration: 1-3 clauses, the first on ``topic`` with probability SFT_TOPIC_RATE."""
+def demonstration_text(rng: random.Random, topic: str, topic_rate: float = SFT_TOPIC_RATE) -> str:
+    """One SFT demonstration: 1-3 clauses, the first on ``topic`` with probability ``topic_rate``."""
     clauses = []
     for i in range(rng.choice((1, 2, 2, 3))):
-        noun = topic if i == 0 and rng.random() < SFT_TOPIC_RATE else rng.choice(NOUNS)
+        noun = topic if i == 0 and rng.random() < topic_rate else rng.choice(NOUNS)
         adjective = rng.choice(BRIGHT + DARK)  # bright and dark equally likely: the SFT policy is mood-neutral
         clauses.append(f"the {adjective} {noun} {rng.choice(VERBS)}")
     return " and ".join(clauses) + "."

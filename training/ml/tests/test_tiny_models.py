@@ -1,4 +1,5 @@
 """Tiny local models load back with the Auto* classes, and the tokenizer speaks the chat template."""
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -55,3 +56,18 @@ def test_synthetic_groups_rank_by_the_good_word():
         for chosen, rejected, _, _ in group.pairs():
             assert counts[chosen] > counts[rejected]
     assert synthetic_groups(20, 4, seed=1) == groups
+
+
+def test_a_tiny_causal_lm_is_initialised_at_its_width_scale(tmp_path):
+    """std hidden ** -0.5 (0.125 at width 64), not Llama's 0.02, which left round 0's attention uniform: the
+    demo's SFT policy ignored its prompt (docs/loop.md, "Round 0 ignored its prompt")."""
+    tokenizer = build_tokenizer(["the cat sat on the mat"] * 10, tmp_path / "tok", vocab_size=300)
+    for hidden, expected in ((64, 0.125), (16, 0.25)):
+        model = AutoModelForCausalLM.from_pretrained(
+            build_tiny_causal_lm(tmp_path / f"lm{hidden}", tokenizer, hidden=hidden, layers=1, heads=2))
+        assert model.config.initializer_range == pytest.approx(expected)
+        weight = model.model.layers[0].self_attn.q_proj.weight
+        assert weight.std().item() == pytest.approx(expected, rel=0.1)
+    kept = AutoModelForCausalLM.from_pretrained(
+        build_tiny_causal_lm(tmp_path / "lm-old", tokenizer, hidden=64, layers=1, heads=2, initializer_range=0.02))
+    assert kept.model.layers[0].self_attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
