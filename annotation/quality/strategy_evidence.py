@@ -16,6 +16,7 @@ UNCERTAINTY_PAIRED_SAVING: dict[str, tuple[str, str]] = {
     "demo_utility": ("-0.080", "0.150"), "two_clauses": ("+0.080", "0.080"), "says_glowed": ("+0.000", "0.110"),
     "noun_first": ("-0.120", "0.120"), "dark_mood": ("+0.080", "0.102"), "distinct_verbs": ("-0.080", "0.233"),
     "fewest_words": ("+0.000", "0.000"), "no_dark_words": ("-0.040", "0.075"),
+    "bright_and_long": ("+0.120", "0.162"),
 }
 
 
