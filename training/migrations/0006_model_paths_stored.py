@@ -52,38 +52,42 @@ def path_absolute(value, root: str):
     return os.path.join(root, relative)
 
 
+def _update_in_batches(model, rows, field: str, new_value) -> None:
+    """Set ``field`` to ``new_value(row)`` on every row where that returns a value (None: leave the row), saved
+    ``BATCH_SIZE`` rows at a time."""
+    changed = []
+    for row in rows.iterator(chunk_size=BATCH_SIZE):
+        value = new_value(row)
+        if value is not None:
+            setattr(row, field, value)
+            changed.append(row)
+        if len(changed) >= BATCH_SIZE:
+            model.objects.bulk_update(changed, [field])
+            changed = []
+    if changed:
+        model.objects.bulk_update(changed, [field])
+
+
 def _rewrite(apps, convert) -> None:
     root = _root()
     TrainingRun = apps.get_model("training", "TrainingRun")
     ModelArtifact = apps.get_model("training", "ModelArtifact")
 
-    changed = []
-    for run in TrainingRun.objects.only("pk", "config").order_by("pk").iterator(chunk_size=BATCH_SIZE):
+    def run_config(run):
         config = run.config
         if not isinstance(config, dict):
-            continue
+            return None
         updated = {**config, **{name: convert(config[name], root) for name in MODEL_FIELDS if name in config}}
-        if updated != config:
-            run.config = updated
-            changed.append(run)
-        if len(changed) >= BATCH_SIZE:
-            TrainingRun.objects.bulk_update(changed, ["config"])
-            changed = []
-    if changed:
-        TrainingRun.objects.bulk_update(changed, ["config"])
+        return updated if updated != config else None
 
-    changed = []
-    artifacts = ModelArtifact.objects.exclude(base_model="").only("pk", "base_model").order_by("pk")
-    for artifact in artifacts.iterator(chunk_size=BATCH_SIZE):
+    def artifact_base_model(artifact):
         value = convert(artifact.base_model, root)
-        if value != artifact.base_model and len(value) <= BASE_MODEL_MAX_LENGTH:  # never a truncated path
-            artifact.base_model = value
-            changed.append(artifact)
-        if len(changed) >= BATCH_SIZE:
-            ModelArtifact.objects.bulk_update(changed, ["base_model"])
-            changed = []
-    if changed:
-        ModelArtifact.objects.bulk_update(changed, ["base_model"])
+        changed = value != artifact.base_model and len(value) <= BASE_MODEL_MAX_LENGTH  # never a truncated path
+        return value if changed else None
+
+    _update_in_batches(TrainingRun, TrainingRun.objects.only("pk", "config").order_by("pk"), "config", run_config)
+    _update_in_batches(ModelArtifact, ModelArtifact.objects.exclude(base_model="").only("pk", "base_model")
+                       .order_by("pk"), "base_model", artifact_base_model)
 
 
 def forward(apps, schema_editor) -> None:
