@@ -21,7 +21,9 @@ Measurements, each in a child process (its own peak RSS, bounded by ``--timeout`
   is checked in the database;
 - ``plan``: EXPLAIN (ANALYZE, BUFFERS) of the candidate queries a fetch runs (captured from
   ``assignment_next_for_labeler`` in a rolled-back transaction);
-- ``export``: all pairs as JSONL (``export_preferences``, format pairs) to /dev/null: pairs/s, time to the
+- ``export``: all pairs as JSONL (``export_preferences``, format pairs) to /dev/null, as the app exports (the
+  database side read ahead in its own thread) and inline in one transaction (the reference), in one process:
+  pairs/s of each and their ratio, time to the
   first chunk, peak RSS and RSS along the way;
 - ``quality``: ``quality_report`` (what the quality page shows);
 - ``snapshot``: ``training.services.snapshot_create`` of all rankings (rolled back afterwards).
@@ -286,30 +288,44 @@ def _rss_mb() -> float:
 
 
 def measure_export(args) -> dict:
+    """All pairs as JSONL, twice in this process: as the app exports (``read_ahead``: the database side in a
+    thread of its own, a couple of chunks ahead) and the same export inside the caller's transaction
+    (``inline``: one connection, reading and encoding one after the other, the export before read-ahead). The
+    read-ahead export runs first, so any warming of the caches favours the reference."""
+    from django.db import transaction
+
     from annotation.exporters import export_preferences
     from annotation.models import Project
 
     project = Project.objects.get(slug="load")
-    rss = [round(_rss_mb())]
-    started = time.perf_counter()
-    first = None
-    size = lines = 0
-    next_sample = 100 << 20
-    with open(os.devnull, "wb") as sink:
-        for chunk in export_preferences(project=project, fmt="pairs", file_format="jsonl"):
-            if first is None:
-                first = time.perf_counter() - started
-            sink.write(chunk)
-            size += len(chunk)
-            lines += chunk.count(b"\n")
-            if size >= next_sample:
-                rss.append(round(_rss_mb()))
-                next_sample += 500 << 20
-    elapsed = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"pairs": lines, "seconds": elapsed, "pairs_per_s": lines / elapsed,
-            "pairs_per_cpu_s": lines / (usage.ru_utime + usage.ru_stime), "first_chunk_s": first,
-            "mb": size / 2**20, "rss_mb_along": rss, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+    def one(label: str) -> dict:
+        rss = [round(_rss_mb())]
+        cpu = time.process_time()  # every thread of this process, the reader's included
+        started = time.perf_counter()
+        first = None
+        size = lines = 0
+        next_sample = 100 << 20
+        with open(os.devnull, "wb") as sink:
+            for chunk in export_preferences(project=project, fmt="pairs", file_format="jsonl"):
+                if first is None:
+                    first = time.perf_counter() - started
+                sink.write(chunk)
+                size += len(chunk)
+                lines += chunk.count(b"\n")
+                if size >= next_sample:
+                    rss.append(round(_rss_mb()))
+                    next_sample += 500 << 20
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        return {"pairs": lines, "seconds": elapsed, "pairs_per_s": lines / elapsed, "pairs_per_cpu_s": lines / cpu,
+                "first_chunk_s": first, "mb": size / 2**20, "rss_mb_along": rss, "load_after": os.getloadavg()[0]}
+
+    ahead = one("read ahead")
+    with transaction.atomic():
+        inline = one("inline")
+    return {"read_ahead": ahead, "inline": inline, "ratio": ahead["pairs_per_s"] / inline["pairs_per_s"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def measure_quality(args) -> dict:
@@ -423,10 +439,14 @@ def table(fill_info: dict | None, results: dict, args: argparse.Namespace) -> st
                   f"{'candidate query execution (ms)':34s} {', '.join(f'{t:.2f}' for t in r['candidate_ms'])}"]
     r = results.get("export")
     if r and "error" not in r:
-        lines += [f"{'export pairs (jsonl)':34s} {r['pairs']} pairs in {r['seconds']:.1f} s = "
-                  f"{r['pairs_per_s']:,.0f} pairs/s, first chunk {f(r['first_chunk_s'], '{:.2f}')} s",
-                  f"{'export client CPU':34s} {r['pairs_per_cpu_s']:,.0f} pairs per CPU-second of the exporting process",
-                  f"{'export memory (MB)':34s} peak RSS {r['peak_rss_mb']:.0f}, along the way {r['rss_mb_along']}"]
+        for label, key in (("read ahead", "read_ahead"), ("inline, reference", "inline")):
+            e = r[key]
+            lines += [f"{'export pairs (jsonl, ' + label + ')':34s} {e['pairs']} pairs in {e['seconds']:.1f} s = "
+                      f"{e['pairs_per_s']:,.0f} pairs/s, first chunk {f(e['first_chunk_s'], '{:.2f}')} s, "
+                      f"{e['pairs_per_cpu_s']:,.0f} pairs per CPU-second of the exporting process, "
+                      f"RSS along the way {e['rss_mb_along']} MB, load average after {e['load_after']:.1f}"]
+        lines += [f"{'export read ahead / inline':34s} {r['ratio']:.2f}x pairs/s wall",
+                  f"{'export memory (MB)':34s} peak RSS {r['peak_rss_mb']:.0f} (both exports)"]
     r = results.get("quality")
     if r and "error" not in r:
         lines.append(f"{'quality report (s)':34s} {r['seconds']:.1f}   peak RSS {r['peak_rss_mb']:.0f} MB")

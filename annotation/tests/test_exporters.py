@@ -2,11 +2,13 @@
 import inspect
 import io
 import json
+import threading
 
 import pyarrow.parquet as pq
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection, transaction
 
 from annotation import exporters
 from annotation.errors import InvalidInput
@@ -39,6 +41,17 @@ def rank(prompt: Prompt, *, tiers_by_position: list[list[int]], labeler=None, fl
 @pytest.fixture
 def ranked(make_project, make_user):
     """K=3 project: round 1 has two prompts ranked by alice (one with a tie), round 2 one prompt ranked by bob."""
+    return build_ranked(make_project, make_user)
+
+
+@pytest.fixture
+def ranked_committed(make_project, make_user):
+    """``ranked``, written in one transaction (each ranking must be complete when a transaction commits)."""
+    with transaction.atomic():
+        return build_ranked(make_project, make_user)
+
+
+def build_ranked(make_project, make_user):
     alice, bob = make_user("alice"), make_user("bob")
     project = make_project(slug="demo", k=3, prompts=2, labelers=[alice, bob])
     first, second = project.prompts.order_by("id")
@@ -173,3 +186,106 @@ def test_export_command_writes_files_and_stdout(ranked, tmp_path, capfdbinary):
     with pytest.raises(CommandError, match="no round 7"):
         call_command("export_preferences", "--project", "demo", "--format", "pairs", "--round", "7")
     assert Round.objects.filter(project=ranked).count() == 2
+
+
+# ------------------------------------------------------------------ read-ahead: the database side in its own thread
+READER = "export-read-ahead"
+
+
+def _reader_alive() -> bool:
+    return any(t.name == READER for t in threading.enumerate())
+
+
+def _connections_to_this_database() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        return cursor.fetchone()[0]
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Many chunks from a small project: 2 pairs and 1 ranking per database chunk, 1 chunk read ahead."""
+    monkeypatch.setattr(exporters, "EXPORT_CHUNK_PAIRS", 2)
+    monkeypatch.setattr(exporters, "CHUNK_ROWS", 1)
+    monkeypatch.setattr(exporters, "READ_AHEAD_CHUNKS", 1)
+
+
+@pytest.fixture
+def reader_threads(monkeypatch):
+    """The names of the threads that read each database chunk."""
+    names = []
+    for name in ("_with_texts", "_with_entries"):
+        real = getattr(exporters, name)
+
+        def spy(chunk, real=real):
+            names.append(threading.current_thread().name)
+            return real(chunk)
+        monkeypatch.setattr(exporters, name, spy)
+    return names
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the read-ahead thread runs on PostgreSQL only")
+@pytest.mark.django_db(transaction=True)  # committed rows: the reader's own connection must see them
+@pytest.mark.parametrize("fmt", exporters.FORMATS)
+@pytest.mark.parametrize("file_format", exporters.FILE_FORMATS)
+def test_read_ahead_export_is_byte_for_byte_the_in_transaction_export(ranked_committed, small_chunks, reader_threads, fmt,
+                                                                       file_format):
+    ahead = b"".join(export_preferences(project=ranked_committed, fmt=fmt, file_format=file_format))
+    read_by_reader = list(reader_threads)
+    reader_threads.clear()
+    with transaction.atomic():  # a caller's transaction: read here, on the caller's connection
+        inline = b"".join(export_preferences(project=ranked_committed, fmt=fmt, file_format=file_format))
+    assert ahead == inline and ahead
+    assert len(read_by_reader) >= 2 and set(read_by_reader) == {READER}  # several chunks, all read by the reader
+    assert set(reader_threads) == {threading.current_thread().name}
+    assert not _reader_alive()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the read-ahead thread runs on PostgreSQL only")
+@pytest.mark.django_db(transaction=True)
+def test_an_error_while_reading_ahead_reaches_the_consumer_and_the_reader_ends(ranked_committed, small_chunks, monkeypatch):
+    real = exporters._with_texts
+    calls = []
+
+    def fails_second_time(chunk):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the database went away")
+        return real(chunk)
+    monkeypatch.setattr(exporters, "_with_texts", fails_second_time)
+    before = _connections_to_this_database()
+    chunks = export_preferences(project=ranked_committed, fmt="pairs", file_format="jsonl")
+    with pytest.raises(RuntimeError, match="the database went away"):
+        b"".join(chunks)
+    assert not _reader_alive() and _connections_to_this_database() == before
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the read-ahead thread runs on PostgreSQL only")
+@pytest.mark.django_db(transaction=True)
+def test_a_client_that_goes_away_stops_the_reader_and_frees_its_connection(ranked_committed, small_chunks, monkeypatch):
+    monkeypatch.setattr(exporters, "YIELD_BYTES", 1)  # one piece per pair
+    before = _connections_to_this_database()
+    chunks = export_preferences(project=ranked_committed, fmt="pairs", file_format="jsonl")
+    assert json.loads(next(chunks))["tier_distance"] >= 1
+    assert _reader_alive()  # reading ahead, blocked on the full hand-over queue
+    chunks.close()  # what the WSGI server does when the download is cancelled
+    assert not _reader_alive() and _connections_to_this_database() == before
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("pairs_per_chunk", [1, 3, 10_000])
+def test_pairs_come_in_ranking_order_each_rankings_pairs_together(ranked, monkeypatch, pairs_per_chunk):
+    """A corrected ranking keeps its place: rows follow the ranking ids, not the pair ids, and a chunk boundary
+    never splits a ranking or changes the order."""
+    monkeypatch.setattr(exporters, "EXPORT_CHUNK_PAIRS", pairs_per_chunk)
+    first = Ranking.objects.order_by("id").first()
+    pairs = list(PairwiseComparison.objects.filter(ranking=first).order_by("id").values(
+        "prompt_id", "chosen_id", "rejected_id", "margin"))
+    PairwiseComparison.objects.filter(ranking=first).delete()  # written again: now the newest pair ids
+    PairwiseComparison.objects.bulk_create([PairwiseComparison(ranking=first, **p) for p in pairs])
+    rows = read(ranked, "pairs")
+    expected = list(PairwiseComparison.objects.order_by("ranking_id", "id").values_list("ranking_id", "id"))
+    assert [(r["ranking_id"], r["chosen_id"], r["rejected_id"]) for r in rows] == [
+        (ranking_id, *PairwiseComparison.objects.filter(pk=pk).values_list("chosen_id", "rejected_id").get())
+        for ranking_id, pk in expected]
+    assert rows[0]["ranking_id"] == first.pk and len(rows) == len(expected) == 8
