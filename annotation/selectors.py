@@ -7,6 +7,7 @@ Anything a user may not see raises Http404, so its existence is never revealed.
 from datetime import datetime
 
 from django.core.exceptions import PermissionDenied
+from django.db import connection
 from django.db.models import (
     Case, Count, Exists, F, FloatField, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When,
 )
@@ -139,14 +140,11 @@ def _lease_filtered(prompts: QuerySet[Prompt], *, project: Project, labeler, now
     return prompts.exclude(Exists(held_by_labeler)).exclude(Exists(ranked_by_labeler))
 
 
-_LEASE_INDEXED_ROUNDS = 1  # open rounds read by index range one by one (each costs planning time); later ones together
-
-
 def _lease_window_sql(*, project: Project, labeler, now: datetime, gold: bool | None, is_ai: bool, window: int,
                       exclude_ids: list[int]) -> RawSQL:
-    """The ids of the first ``window`` candidates, as a subquery: per open round (in number order) a few
-    branches, each an index range read in id order that stops after ``window`` rows (index
-    ``prompt_lease_idx`` on round, is_gold, slots_taken, id, migration 0010):
+    """The ids of the first ``window`` candidates, as a subquery: per open round a few branches, each an index
+    range read in id order that stops after ``window`` rows (index ``prompt_lease_idx`` on round, is_gold,
+    slots_taken, id, migration 0010):
 
     - the round's prioritised prompts (active selection), by score (they come first in their round);
     - its unprioritised non-gold prompts with ``slots_taken = s``, one branch per s < overlap (full prompts
@@ -155,32 +153,34 @@ def _lease_window_sql(*, project: Project, labeler, now: datetime, gold: bool | 
       prompts with active leases are in it);
     - its unprioritised gold prompts (no overlap limit).
 
-    An AI labeler (no overlap) reads the round's unprioritised prompts in id order instead. The union holds
-    at most branches × window rows; the outer query sorts them in serving order and keeps ``window``.
+    An AI labeler (no overlap) reads the round's unprioritised prompts in id order instead. On PostgreSQL the
+    branches run for every open round (a LATERAL join over the project's open rounds): the work grows with
+    the number of open rounds times ``window``, never with the number of prompts. SQLite has no LATERAL: the
+    first open round is read by index range and any later ones by a scan and sort (a small, single-machine
+    store). The union holds at most rounds × branches × window rows; the outer query sorts them in serving
+    order (round number, prioritised first, score, id) and keeps ``window``.
     """
-    open_rounds = Round.objects.filter(project=project, status=Round.Status.OPEN).order_by("number").values("pk")
+    lateral = connection.vendor == "postgresql"
+    open_rounds = Round.objects.filter(project=project, status=Round.Status.OPEN).order_by("number")
     base = Prompt.objects.filter(project=project)
     if exclude_ids:
         base = base.exclude(pk__in=exclude_ids)
     base = _lease_filtered(base, project=project, labeler=labeler, now=now, gold=gold, is_ai=is_ai)
-    # The first open rounds one by one (an equality on round_id: an index range); any further ones together,
-    # scanned and sorted, and only when they exist (the EXISTS is a one-time filter: a project keeps one or
-    # two rounds open). No query beforehand: the rounds are subqueries of the statement.
+    if lateral:  # the round of the LATERAL join's current row
+        in_round = base.filter(round_id=RawSQL('"lease_round"."id"', ())).annotate(ord=RawSQL('"lease_round"."number"', ()))
+    else:  # the first open round (a subquery of the statement: no query beforehand); -1 sorts before any number
+        in_round = base.filter(round_id=Subquery(open_rounds.values("pk")[:1])).annotate(ord=Value(-1))
     unprioritised = ~Exists(PromptPriority.objects.filter(prompt=OuterRef("pk")))
-    branches: list[QuerySet] = []
-    for i in range(_LEASE_INDEXED_ROUNDS):
-        # ord: below any round number, in round order (the later rounds' branch sorts by their number)
-        in_round = base.filter(round_id=Subquery(open_rounds[i:i + 1]))
-        in_round = in_round.annotate(ord=Value(i - _LEASE_INDEXED_ROUNDS - 1))
-        branches.append(in_round.filter(priority__isnull=False).annotate(grp=Value(0), score=-F("priority__score"))
-                        .order_by("score", "id"))
-        plain = in_round.filter(unprioritised).annotate(grp=Value(1), score=Value(0.0, output_field=FloatField()))
-        # Ordered by the index's own key: with round_id a parameter, only prompt_lease_idx gives this order, so
-        # the planner cannot walk the primary key through the (clustered, low-id) full prompts instead.
-        by_key = ("round_id", "is_gold", "slots_taken", "id")
-        if is_ai:
-            branches.append(plain.order_by("round_id", "id"))
-            continue
+    branches: list[QuerySet] = [
+        in_round.filter(priority__isnull=False).annotate(grp=Value(0), score=-F("priority__score"))
+        .order_by("score", "id")]
+    plain = in_round.filter(unprioritised).annotate(grp=Value(1), score=Value(0.0, output_field=FloatField()))
+    # Ordered by the index's own key: with round_id fixed, only prompt_lease_idx gives this order, so the planner
+    # cannot walk the primary key through the (clustered, low-id) full prompts instead.
+    by_key = ("round_id", "is_gold", "slots_taken", "id")
+    if is_ai:
+        branches.append(plain.order_by("round_id", "id"))
+    else:
         if gold is not True:
             for taken in range(project.overlap):
                 branches.append(plain.filter(is_gold=False, slots_taken=taken).order_by(*by_key))
@@ -188,18 +188,24 @@ def _lease_window_sql(*, project: Project, labeler, now: datetime, gold: bool | 
                                          lease_expires_min__lte=now).order_by("id"))
         if gold is not False:
             branches.append(plain.filter(is_gold=True).order_by(*by_key))
-    later = open_rounds[_LEASE_INDEXED_ROUNDS:]
-    branches.append(
-        base.filter(Exists(later), round_id__in=later)
-        .annotate(ord=F("round__number"), grp=Case(When(priority__isnull=False, then=Value(0)), default=Value(1)),
-                  score=Coalesce(-F("priority__score"), Value(0.0, output_field=FloatField())))
-        .order_by("ord", "grp", "score", "id"))
+    if not lateral:  # SQLite: the later open rounds together, scanned and sorted, only when there are any
+        later = open_rounds.values("pk")[1:]
+        branches.append(
+            base.filter(Exists(later), round_id__in=later)
+            .annotate(ord=F("round__number"), grp=Case(When(priority__isnull=False, then=Value(0)), default=Value(1)),
+                      score=Coalesce(-F("priority__score"), Value(0.0, output_field=FloatField())))
+            .order_by("ord", "grp", "score", "id"))
     parts, params = [], []
     for i, branch in enumerate(branches):
         sql, branch_params = branch.values("id", "ord", "grp", "score")[:window].query.sql_with_params()
         parts.append(f"SELECT * FROM ({sql}) AS lease_branch_{i}")
         params.extend(branch_params)
     union = " UNION ALL ".join(parts)
+    if lateral:
+        rounds_sql, rounds_params = open_rounds.values("id", "number").query.sql_with_params()
+        union = (f"SELECT lease_branch.* FROM ({rounds_sql}) AS lease_round CROSS JOIN LATERAL ({union}) "
+                 f"AS lease_branch")
+        params = [*rounds_params, *params]
     return RawSQL(f"SELECT id FROM ({union}) AS lease_window ORDER BY ord, grp, score, id LIMIT {int(window)}",
                   tuple(params))
 
