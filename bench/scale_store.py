@@ -21,6 +21,8 @@ Measurements, each in a child process (its own peak RSS, bounded by ``--timeout`
   is checked in the database;
 - ``plan``: EXPLAIN (ANALYZE, BUFFERS) of the candidate queries a fetch runs (captured from
   ``assignment_next_for_labeler`` in a rolled-back transaction);
+- ``rounds``: a fetch in-process with one open round, then with a second open round of ``--second-round``
+  fresh prompts (added in a transaction that is rolled back), and the candidate query's plan then;
 - ``export``: all pairs as JSONL (``export_preferences``, format pairs) to /dev/null, as the app exports (the
   database side read ahead in its own thread) and inline in one transaction (the reference), in one process:
   pairs/s of each and their ratio, time to the
@@ -47,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
-STEPS = ("load", "plan", "export", "quality", "snapshot")
+STEPS = ("load", "plan", "rounds", "export", "quality", "snapshot")
 COPY_ROWS = 20_000  # rows per COPY write
 
 
@@ -63,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--think", type=float, default=0.0, help="median think time (s); 0: back to back")
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--second-round", type=int, default=300_000,
+                        help="prompts of the second open round that the 'rounds' measurement adds (rolled back)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement before it is cut")
     parser.add_argument("--skip-fill", action="store_true", help="measure the database as it is")
     parser.add_argument("--skip-validate", action="store_true", help="do not check the invariants after COPY")
@@ -282,6 +286,52 @@ def measure_plan(args) -> dict:
     return {"queries": len(ctx.captured_queries), "fetch_ms": fetch_ms, "candidate_ms": times, "plans": plans}
 
 
+def measure_rounds(args) -> dict:
+    """A fetch while a second round is open: ``--second-round`` fresh prompts (copies of the last ones of
+    round 1, no slot taken) in a new open round, inside a transaction that is rolled back. Serving order is
+    round first, so the fetch still leases from round 1; the second round must not cost it anything."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    from annotation.models import Project, Prompt, Round
+    from annotation.services import assignment_next_for_labeler
+
+    project = Project.objects.get(slug="load")
+    user = get_user_model().objects.get(username="load0")
+
+    def fetch_ms() -> tuple[float, list[str]]:
+        sid = transaction.savepoint()
+        started = time.perf_counter()
+        with CaptureQueriesContext(connection) as ctx:
+            assignment_next_for_labeler(project=project, labeler=user)
+        elapsed = (time.perf_counter() - started) * 1000
+        transaction.savepoint_rollback(sid)
+        return elapsed, [q["sql"] for q in ctx.captured_queries if "SKIP LOCKED" in q["sql"]]
+
+    with transaction.atomic():
+        one = [fetch_ms()[0] for _ in range(3)]
+        first = Round.objects.filter(project=project).order_by("number").first()
+        second = Round.objects.create(project=project, number=first.number + 1, status=Round.Status.OPEN)
+        columns = [f.column for f in Prompt._meta.concrete_fields if f.column not in ("id", "round_id")]
+        with connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO annotation_prompt ({', '.join(columns)}, round_id) SELECT "
+                           f"{', '.join(columns)}, %s FROM annotation_prompt WHERE round_id = %s ORDER BY id DESC "
+                           f"LIMIT %s", [second.pk, first.pk, args.second_round])
+            cursor.execute("UPDATE annotation_prompt SET slots_taken = 0, lease_expires_min = NULL "
+                           "WHERE round_id = %s", [second.pk])
+            cursor.execute("ANALYZE annotation_prompt")
+        timed = [fetch_ms() for _ in range(3)]
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + timed[-1][1][0])
+            plan = [row[0] for row in cursor.fetchall()]
+        transaction.set_rollback(True)
+    def figure(label):
+        return float(next(line for line in plan if line.startswith(label)).split(":")[1].split()[0])
+    return {"second_round": args.second_round, "one_round_ms": one, "two_rounds_ms": [t for t, _ in timed],
+            "planning_ms": figure("Planning Time"), "execution_ms": figure("Execution Time")}
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -404,7 +454,7 @@ def measure_load(args) -> dict:
             "acked": len(log["acked"]), "problems": problems + over}
 
 
-MEASURES = {"load": measure_load, "plan": measure_plan, "export": measure_export, "quality": measure_quality,
+MEASURES = {"load": measure_load, "plan": measure_plan, "rounds": measure_rounds, "export": measure_export, "quality": measure_quality,
             "snapshot": measure_snapshot}
 
 
@@ -437,6 +487,12 @@ def table(fill_info: dict | None, results: dict, args: argparse.Namespace) -> st
     if r and "error" not in r:
         lines += [f"{'fetch in-process (ms, queries)':34s} {r['fetch_ms']:.1f}  ({r['queries']} queries)",
                   f"{'candidate query execution (ms)':34s} {', '.join(f'{t:.2f}' for t in r['candidate_ms'])}"]
+    r = results.get("rounds")
+    if r and "error" not in r:
+        lines += [f"{'fetch, one open round (ms)':34s} {', '.join(f'{t:.1f}' for t in r['one_round_ms'])}",
+                  f"{'fetch, 2nd open round (ms)':34s} {', '.join(f'{t:.1f}' for t in r['two_rounds_ms'])}   "
+                  f"({r['second_round']} fresh prompts; candidate query {r['execution_ms']:.1f} ms execution, "
+                  f"{r['planning_ms']:.1f} ms planning)"]
     r = results.get("export")
     if r and "error" not in r:
         for label, key in (("read ahead", "read_ahead"), ("inline, reference", "inline")):
