@@ -18,26 +18,23 @@ timings only (simulated and AI rankings have none worth comparing).
 """
 from __future__ import annotations
 
-import datetime
 import random
 from collections import Counter
 
-import numpy as np
-from django.contrib.auth import get_user_model
-from django.db import connection
 from django.db.models import Exists, OuterRef, Prefetch, Subquery
 
 from annotation import provenance
 from annotation.errors import InvalidInput
 from annotation.models import Assignment, Project, Prompt, Ranking, RankingEntry, Round, Sample
 from annotation.quality.models import (
-    AILabeler, GoldRanking, LabelerReliability, PromptReview, QualitySettings, RankingExclusion, SelectionRecord,
+    AILabeler, GoldRanking, LabelerReliability, PromptReview, QualitySettings, SelectionRecord,
 )
 from annotation.quality.array_figures import agreement_summaries, ranking_pairs
 from annotation.quality.array_figures import review_queue as array_review_queue
 from annotation.quality.array_figures import timeline as array_timeline
 from annotation.quality.array_labelers import labeler_rows_weighted as array_labeler_rows
-from annotation.quality.arrays import RankingTable, prompts_of
+from annotation.quality.arrays import prompts_of
+from annotation.quality.ranking_table import ranking_table
 from annotation.quality.figures import (
     HUMAN_SOURCES, RankingRecord, prompt_consensus, records_by_prompt,
 )
@@ -116,108 +113,6 @@ def ranking_records(*, project, round_number: int | None = None, include_exclude
         records[ranking_id].tiers[sample_id] = tier
         records[ranking_id].shown[sample_id] = shown_position
     return list(records.values())
-
-
-EPOCH = datetime.date(1970, 1, 1)
-RANKING_COLUMNS = ("ranking_id", "prompt_id", "round_number", "labeler_id", "time_spent_ms", "day", "source")
-ENTRY_COLUMNS = ("entry_ranking", "entry_sample", "entry_tier", "entry_shown")
-
-
-def ranking_table(*, project, round_number: int | None = None, use_copy: bool | None = None) -> RankingTable:
-    """``ranking_records`` as numpy columns (``annotation.quality.arrays.RankingTable``): the same rankings
-    (arena votes and excluded rankings left out) and entries. On PostgreSQL two binary COPYs (``use_copy``,
-    default there), elsewhere ORM tuples. A source outside ``Ranking.Source`` reads as "(unknown)"."""
-    sources = (*Ranking.Source.values, "(unknown)")
-    if use_copy is None:
-        use_copy = connection.vendor == "postgresql"
-    load = _columns_by_copy if use_copy else _columns_by_orm
-    rankings, entries = load(project=project, round_number=round_number, sources=sources)
-    order = np.argsort(rankings[0], kind="stable")
-    columns = {name: values[order] for name, values in zip(RANKING_COLUMNS, rankings)}
-    ranking, sample, tier, shown = entries
-    row = np.searchsorted(columns["ranking_id"], ranking)
-    by_row = np.lexsort((shown, tier, row))  # RankingEntry's ordering: ranking, tier, shown position
-    labelers = np.unique(columns["labeler_id"][columns["labeler_id"] != 0]).tolist()
-    usernames = dict(get_user_model().objects.filter(pk__in=labelers).values_list("pk", "username"))
-    return RankingTable(**columns, entry_row=row[by_row], entry_sample=sample[by_row], entry_tier=tier[by_row],
-                        entry_shown=shown[by_row], sources=sources, usernames=usernames)
-
-
-def _columns_by_orm(*, project, round_number, sources) -> tuple[list, list]:
-    rankings = Ranking.objects.filter(prompt__project=project, exclusion__isnull=True).exclude(
-        source__in=provenance.ARENA_SOURCES)
-    if round_number is not None:
-        rankings = rankings.filter(prompt__round__number=round_number)
-    code = {name: i for i, name in enumerate(sources[:-1])}
-    rows = [(pk, prompt, number, labeler or 0, ms, (at.date() - EPOCH).days, code.get(source, len(sources) - 1))
-            for pk, prompt, number, labeler, ms, at, source in rankings.values_list(
-                "id", "prompt_id", "prompt__round__number", "labeler_id", "time_spent_ms", "created_at", "source")]
-    entries = RankingEntry.objects.filter(ranking__in=rankings).values_list("ranking_id", "sample_id", "tier",
-                                                                            "shown_position")
-    return [np.array(c, np.int64) for c in _columns(rows, len(RANKING_COLUMNS))], \
-        [np.array(c, np.int64) for c in _columns(list(entries), len(ENTRY_COLUMNS))]
-
-
-def _columns(rows: list[tuple], n: int) -> list:
-    return list(zip(*rows)) if rows else [()] * n
-
-
-def _columns_by_copy(*, project, round_number, sources) -> tuple[list, list]:
-    known = ", ".join(f"'{name}'" for name in sources[:-1])  # constants of the model, not input
-    arena = ", ".join(f"'{name}'" for name in provenance.ARENA_SOURCES)
-    where = [f"p.project_id = {int(project.pk)}", f"r.source NOT IN ({arena})",
-             f"NOT EXISTS (SELECT 1 FROM {RankingExclusion._meta.db_table} x WHERE x.ranking_id = r.id)"]
-    if round_number is not None:
-        where.append(f"rd.number = {int(round_number)}")
-    scope = (f"FROM {Ranking._meta.db_table} r JOIN {Prompt._meta.db_table} p ON p.id = r.prompt_id "
-             f"JOIN {Round._meta.db_table} rd ON rd.id = p.round_id WHERE {' AND '.join(where)}")
-    with connection.cursor() as cursor:
-        rankings = copy_columns(cursor.cursor, (
-            "SELECT r.id, r.prompt_id, rd.number, COALESCE(r.labeler_id, 0), r.time_spent_ms, "
-            "(r.created_at AT TIME ZONE 'UTC')::date - DATE '1970-01-01', "
-            f"COALESCE(array_position(ARRAY[{known}]::text[], r.source::text), {len(sources)}) - 1 {scope}"),
-            len(RANKING_COLUMNS))
-        entries = copy_columns(cursor.cursor, (
-            f"SELECT e.ranking_id, e.sample_id, e.tier, e.shown_position FROM {RankingEntry._meta.db_table} e "
-            f"WHERE e.ranking_id IN (SELECT r.id {scope})"), len(ENTRY_COLUMNS))
-    return rankings, entries
-
-
-COPY_HEADER = b"PGCOPY\n\xff\r\n\x00"
-
-
-def copy_columns(cursor, query: str, n_columns: int, *, chunk_rows: int = 1 << 20) -> list[np.ndarray]:
-    """The int8 columns of ``query`` (every column NOT NULL, cast to bigint here) as numpy arrays, through
-    ``COPY … TO STDOUT (FORMAT BINARY)``: each row is then a fixed 2 + 12·n bytes, parsed a million rows at
-    a time without a Python object per value."""
-    fields = [("n", ">i2")] + [item for i in range(n_columns) for item in ((f"l{i}", ">i4"), (f"c{i}", ">i8"))]
-    row = np.dtype(fields)
-    parts, buffer, header = [], bytearray(), None
-    with cursor.copy(f"COPY ({_named(query, n_columns)}) TO STDOUT (FORMAT BINARY)") as copy:
-        for block in copy:
-            buffer += block
-            if header is None and len(buffer) >= 19:
-                if bytes(buffer[:11]) != COPY_HEADER:
-                    raise ValueError("not a binary COPY stream")
-                header = 19 + int.from_bytes(buffer[15:19], "big")
-            if header is not None and len(buffer) >= header + chunk_rows * row.itemsize:
-                parts.append(_rows(buffer, header, row, chunk_rows, n_columns))
-                del buffer[header:header + chunk_rows * row.itemsize]
-    body = len(buffer) - (header or 19) - 2  # the stream ends with a field count of -1
-    parts.append(_rows(buffer, header or 19, row, body // row.itemsize, n_columns))
-    return [np.concatenate([part[i] for part in parts]) for i in range(n_columns)]
-
-
-def _named(query: str, n_columns: int) -> str:
-    return f"SELECT {', '.join(f'q.c{i}::int8' for i in range(n_columns))} FROM ({query}) AS q(" \
-           f"{', '.join(f'c{i}' for i in range(n_columns))})"
-
-
-def _rows(buffer: bytearray, start: int, row: np.dtype, count: int, n_columns: int) -> list[np.ndarray]:
-    rows = np.frombuffer(buffer, row, count, offset=start)
-    if count and (rows["n"] != n_columns).any() or any((rows[f"l{i}"] != 8).any() for i in range(n_columns)):
-        raise ValueError("COPY row with a NULL or a column that is not bigint")
-    return [rows[f"c{i}"].astype(np.int64) for i in range(n_columns)]
 
 
 def gold_maps(*, project) -> dict[int, dict[int, int]]:

@@ -21,9 +21,9 @@ from annotation.quality.figures import (
 )
 from annotation.quality.selectors import (
     AI_SOURCES, gold_maps, quality_report, quality_settings_get, quality_sources, quality_warnings, ranking_records,
-    ranking_table,
 )
 from annotation.quality.models import PromptReview
+from annotation.quality.ranking_table import ranking_table
 from annotation.quality.services import gold_set, prompt_review, quality_settings_update, ranking_exclude
 from annotation.services import ranking_record
 
@@ -149,13 +149,13 @@ def test_report_over_arrays_is_the_reference_report(seed, make_user, make_projec
                                                                                             sources="both"))
 
 
-def test_copy_and_orm_read_the_same_table(make_user, make_project, on_postgresql):
+def test_arrays_and_orm_read_the_same_table(make_user, make_project, on_postgresql):
     project = _random_project(13, make_user, make_project)
-    by_copy, by_orm = ranking_table(project=project, use_copy=True), ranking_table(project=project, use_copy=False)
+    by_arrays, by_orm = ranking_table(project=project, use_arrays=True), ranking_table(project=project, use_arrays=False)
     for name in ("ranking_id", "prompt_id", "round_number", "labeler_id", "source", "time_spent_ms", "day",
                  "entry_row", "entry_sample", "entry_tier", "entry_shown"):
-        assert np.array_equal(getattr(by_copy, name), getattr(by_orm, name)), name
-    assert len(by_copy) == len(ranking_records(project=project)) and by_copy.usernames == by_orm.usernames
+        assert np.array_equal(getattr(by_arrays, name), getattr(by_orm, name)), name
+    assert len(by_arrays) == len(ranking_records(project=project)) and by_arrays.usernames == by_orm.usernames
 
 
 def test_fsums_is_math_fsum_per_group():
