@@ -16,7 +16,7 @@ from datetime import date, timedelta
 import numpy as np
 
 from annotation.quality import metrics as quality
-from annotation.quality.arrays import MISSING, Block, Prompts, RankingTable, chunks, fsums, means
+from annotation.quality.arrays import MISSING, Block, Prompts, RankingTable, chunks, fsums, means, round4
 
 EPOCH = date(1970, 1, 1)
 
@@ -39,11 +39,13 @@ def ranking_pairs(prompts: Prompts) -> RankingPairs:
         for sl in chunks(block):
             rel, both = block.rel[sl], block.both[sl]
             ri, rj, common = rel[:, i], rel[:, j], both[:, i] & both[:, j]  # (P, pairs, q)
-            n0 = common.sum(-1)
-            agree = (common & (ri == rj)).sum(-1)
+            n0 = np.count_nonzero(common, axis=-1)
+            agree = np.count_nonzero(common & (ri == rj), axis=-1)
             product = ri * rj
-            concordant, discordant = (common & (product > 0)).sum(-1), (common & (product < 0)).sum(-1)
-            ties_a, ties_b = (common & (ri == 0)).sum(-1), (common & (rj == 0)).sum(-1)
+            concordant = np.count_nonzero(common & (product > 0), axis=-1)
+            discordant = np.count_nonzero(common & (product < 0), axis=-1)
+            ties_a = np.count_nonzero(common & (ri == 0), axis=-1)
+            ties_b = np.count_nonzero(common & (rj == 0), axis=-1)
             denominator = np.sqrt(((n0 - ties_a) * (n0 - ties_b)).astype(np.float64))
             with np.errstate(divide="ignore", invalid="ignore"):
                 agreement = np.where(n0 > 0, agree / n0, np.nan)
@@ -70,8 +72,8 @@ class AlphaUnits:
 def _mid_rank_codes(tiers: np.ndarray) -> np.ndarray:
     """2 · mid-rank − 2 of every ranked sample (``metrics.mid_ranks``), from tiers (..., u)."""
     ranked = tiers != MISSING
-    below = ((tiers[..., None, :] < tiers[..., :, None]) & ranked[..., None, :]).sum(-1)
-    level = ((tiers[..., None, :] == tiers[..., :, None]) & ranked[..., None, :]).sum(-1)
+    below = np.count_nonzero((tiers[..., None, :] < tiers[..., :, None]) & ranked[..., None, :], axis=-1)
+    level = np.count_nonzero((tiers[..., None, :] == tiers[..., :, None]) & ranked[..., None, :], axis=-1)
     return 2 * below + level - 1
 
 
@@ -89,7 +91,7 @@ def alpha_units(table: RankingTable, prompts: Prompts, members: np.ndarray) -> A
                 continue
             parts.append(_block_units(table, block, number, keep, members, width))
     if not parts:
-        return AlphaUnits(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 1), np.int64),
+        return AlphaUnits(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 1), np.int32),
                           np.zeros((0, 3), np.int64))
     return AlphaUnits(*(np.concatenate(column) for column in zip(*parts)))
 
@@ -102,8 +104,10 @@ def _block_units(table, block: Block, number: int, keep: np.ndarray, members: np
     other, this = (tf[:, None, :], sf[:, None, :]), (tf[:, :, None], sf[:, :, None])  # (P, 1, u), (P, u, 1)
     before = (other[0] < this[0]) | ((other[0] == this[0]) & (other[1] < this[1]))
     place = (before & (other[0] != MISSING)).sum(-1)  # the sample's place in the first ranking's order
-    codes = np.where(inside[:, :, None] & (tiers != MISSING), _mid_rank_codes(tiers), -1)  # (P, m, u)
-    counts = (codes[..., None] == np.arange(width)).sum(1)  # (P, u, V)
+    coded = inside[:, :, None] & (tiers != MISSING)  # (P, m, u): a member ranking's value for the sample
+    at_p, _, at_s = np.nonzero(coded)
+    counts = np.bincount((at_p * u + at_s) * width + _mid_rank_codes(tiers)[coded],
+                         minlength=P * u * width).astype(np.int32).reshape(P, u, width)  # (P, u, V)
     unit = (tf != MISSING) & (counts.sum(-1) >= 2)  # a unit coded once carries nothing
     p, s = np.nonzero(unit)
     order = block.rows[keep][p, first[p]] * (1 << 20) + place[p, s]
@@ -124,7 +128,7 @@ def coincidences(units: AlphaUnits, pick: np.ndarray, blocks: list[Block], membe
     the reference's insertion order. The reference adds 1/(m_u − 1) once per value pair; where every m_u − 1
     is a power of two those sums are exact, so counts of value pairs give them; a key that also gets
     increments such as 1/3 is summed one increment at a time in unit order, as the reference does."""
-    counts, order = units.counts[pick], units.order[pick]
+    counts, order = (units.counts, units.order) if pick.all() else (units.counts[pick], units.order[pick])
     size = counts.sum(1)
     width = counts.shape[1]
     matrix, ordered_total = np.zeros((width, width)), np.zeros((width, width))
@@ -241,9 +245,10 @@ def review_queue(table, prompts: Prompts, pairs: RankingPairs, members, *, thres
     with np.errstate(divide="ignore", invalid="ignore"):
         raw = sums / present
     skip = np.isin(prompts.ids, sorted(reviewed | gold))
-    queue = []
-    for p in np.flatnonzero((rankings >= 2) & (present > 0) & ~skip & (raw < threshold + 1e-4)):
-        agreement = round(float(sums[p]) / int(present[p]), 4)
-        if agreement < threshold:
-            queue.append({"prompt_id": int(prompts.ids[p]), "rankings": int(rankings[p]), "agreement": agreement})
-    return sorted(queue, key=lambda row: (row["agreement"], row["prompt_id"]))
+    candidates = np.flatnonzero((rankings >= 2) & (present > 0) & ~skip & (raw < threshold + 1e-4))
+    agreement = round4(raw[candidates])  # raw = fmean: fsum / n
+    queued = candidates[agreement < threshold]
+    agreement = agreement[agreement < threshold]
+    order = np.lexsort((prompts.ids[queued], agreement))
+    return [{"prompt_id": p, "rankings": n, "agreement": a} for p, n, a in
+            zip(prompts.ids[queued][order].tolist(), rankings[queued][order].tolist(), agreement[order].tolist())]

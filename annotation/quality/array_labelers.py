@@ -10,7 +10,7 @@ import numpy as np
 
 from annotation.quality import metrics as quality
 from annotation.quality.array_figures import RankingPairs
-from annotation.quality.arrays import MISSING, Prompts, RankingTable, chunks, means, sample_pairs
+from annotation.quality.arrays import MISSING, Prompts, RankingTable, argsort_pairs, chunks, means, sample_pairs
 from annotation.quality.figures import HUMAN_SOURCES, TIMED_SOURCES
 
 
@@ -54,8 +54,8 @@ class LabelerCounts:
         shown = block.shown[sl]
         direction = np.sign(shown[..., y].astype(np.int64) - shown[..., x])  # +1: x shown first
         strict = both & (rel != 0) & (direction != 0)
-        self._add(self.bias[0], rows, (strict & (rel * direction > 0)).sum(-1))
-        self._add(self.bias[1], rows, strict.sum(-1))
+        self._add(self.bias[0], rows, np.count_nonzero(strict & (rel * direction > 0), axis=-1))
+        self._add(self.bias[1], rows, np.count_nonzero(strict, axis=-1))
         on_gold = np.flatnonzero(self.gold_prompt[block.prompts[sl]])
         if not len(on_gold):
             return
@@ -79,17 +79,20 @@ class LabelerCounts:
             for sl in chunks(block):
                 rows, rel, both = block.rows[sl], block.rel[sl], block.both[sl]
                 human, m = self.human[rows], block.m
-                vote = np.zeros(rel.shape)
-                for j in range(m):
-                    term = np.where(human[:, j, None] & both[:, j], row_weight[rows[:, j], None] * rel[:, j], 0.0)
-                    others = [i for i in range(m) if i != j]
-                    vote[:, others] += term[:, None, :]
+                terms = row_weight[rows][:, :, None] * (rel * (human[:, :, None] & both))  # (P, m, q); 0 or -0 off
                 has_others = (human.sum(1, keepdims=True) - human) > 0
                 judged = has_others & ~self.gold_prompt[block.prompts[sl]][:, None]
-                counted = both & (np.abs(vote) >= 1e-12) & judged[:, :, None]
-                agreeing = counted & (rel == np.where(vote > 0, 1, -1))
-                self._add(out[0], rows, agreeing.sum(-1))
-                self._add(out[1], rows, counted.sum(-1))
+                counts = np.zeros((2, *rows.shape), np.int64)
+                for i in range(m):
+                    others = [j for j in range(m) if j != i]
+                    vote = terms[:, others[0]].copy()
+                    for j in others[1:]:
+                        vote += terms[:, j]  # in ranking order, as the reference's sum()
+                    counted = both[:, i] & (np.abs(vote) >= 1e-12) & judged[:, i, None]
+                    counts[0, :, i] = np.count_nonzero(counted & (rel[:, i] == np.where(vote > 0, 1, -1)), axis=-1)
+                    counts[1, :, i] = np.count_nonzero(counted, axis=-1)
+                self._add(out[0], rows, counts[0])
+                self._add(out[1], rows, counts[1])
         return out
 
 
@@ -106,7 +109,7 @@ def _times(table: RankingTable, counts: LabelerCounts, ratio: float) -> tuple:
         return None, {}, np.zeros(len(counts.ids), np.int64)
     project_median = _median(np.sort(table.time_spent_ms[timed]))
     owner, time = counts.of_row[timed], table.time_spent_ms[timed]
-    order = np.lexsort((time, owner))
+    order = argsort_pairs(owner, time)
     owner, time = owner[order], time[order]
     bounds = np.searchsorted(owner, np.arange(len(counts.ids) + 1))
     medians = {i: _median(time[bounds[i]:bounds[i + 1]]) for i in range(len(counts.ids)) if bounds[i + 1] > bounds[i]}
@@ -117,7 +120,7 @@ def _times(table: RankingTable, counts: LabelerCounts, ratio: float) -> tuple:
 def _main_sources(table: RankingTable, counts: LabelerCounts, prompts: Prompts) -> list[str]:
     """Each labeler's most common source; a tie goes to the source met first in prompt order, as Counter does."""
     rows = np.flatnonzero(counts.labelled)
-    order = rows[np.lexsort((rows, prompts.first_row[prompts.of_row[rows]]))]
+    order = rows[argsort_pairs(prompts.first_row[prompts.of_row[rows]], rows)]
     owner, source = counts.of_row[order], table.source[order]
     key = owner * len(table.sources) + source
     kinds, first = np.unique(key, return_index=True)

@@ -19,7 +19,7 @@ from psycopg.adapt import Dumper, Loader
 
 from annotation import provenance
 from annotation.models import Prompt, Ranking, RankingEntry, Round
-from annotation.quality.arrays import RankingTable
+from annotation.quality.arrays import RankingTable, argsort_pairs
 from annotation.quality.models import RankingExclusion
 
 EPOCH = datetime.date(1970, 1, 1)
@@ -43,7 +43,7 @@ def ranking_table(*, project, round_number: int | None = None, use_arrays: bool 
     row = np.minimum(np.searchsorted(columns["ranking_id"], ranking), max(len(order) - 1, 0))
     loaded = columns["ranking_id"][row] == ranking if len(order) else np.zeros(len(ranking), bool)
     row, sample, tier, shown = row[loaded], sample[loaded], tier[loaded], shown[loaded]  # a ranking read in between
-    by_row = np.lexsort((shown, tier, row))  # RankingEntry's ordering: ranking, tier, shown position
+    by_row = argsort_pairs(row, (tier << 16) | shown)  # RankingEntry's ordering: ranking, tier, shown position
     labelers = np.unique(columns["labeler_id"][columns["labeler_id"] != 0]).tolist()
     usernames = dict(get_user_model().objects.filter(pk__in=labelers).values_list("pk", "username"))
     return RankingTable(**columns, entry_row=row[by_row], entry_sample=sample[by_row], entry_tier=tier[by_row],

@@ -15,7 +15,7 @@ from annotation.models import Prompt, Ranking, Round, Sample
 from annotation.quality import array_figures, arrays
 from annotation.quality import metrics as quality
 from annotation.quality.array_figures import alpha_units, coincidences
-from annotation.quality.arrays import fsums, prompts_of
+from annotation.quality.arrays import fsums, prompts_of, round4
 from annotation.quality.figures import (
     HUMAN_SOURCES, agreement_summary, labeler_rows_weighted, records_by_prompt, review_queue, timeline,
 )
@@ -151,7 +151,8 @@ def test_report_over_arrays_is_the_reference_report(seed, make_user, make_projec
 
 def test_arrays_and_orm_read_the_same_table(make_user, make_project, on_postgresql):
     project = _random_project(13, make_user, make_project)
-    by_arrays, by_orm = ranking_table(project=project, use_arrays=True), ranking_table(project=project, use_arrays=False)
+    by_arrays = ranking_table(project=project, use_arrays=True)
+    by_orm = ranking_table(project=project, use_arrays=False)
     for name in ("ranking_id", "prompt_id", "round_number", "labeler_id", "source", "time_spent_ms", "day",
                  "entry_row", "entry_sample", "entry_tier", "entry_shown"):
         assert np.array_equal(getattr(by_arrays, name), getattr(by_orm, name)), name
@@ -199,3 +200,10 @@ def test_alpha_coincidences_are_the_reference_matrix_in_its_order(seed, make_use
     every = coincidences(units, np.ones(len(units.order), bool), prompts.blocks, members)
     assert list(every.items()) == list(quality._coincidences(_reference_units(records)).items())
     assert max(labelled.values()) >= 7 and sorted(set(labelled.values()))[-2] >= 4
+
+
+def test_round4_is_pythons_round():
+    rng = np.random.default_rng(1)
+    halves = (rng.integers(0, 20_000, 5_000) + 0.5) / 1e4  # 4-decimal halves, the hard cases
+    values = np.concatenate([rng.random(20_000), -rng.random(2_000), halves, rng.integers(0, 7, 1_000) / 6])
+    assert round4(values).tolist() == [round(v, 4) for v in values.tolist()]
