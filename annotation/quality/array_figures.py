@@ -62,11 +62,13 @@ def ranking_pairs(prompts: Prompts) -> RankingPairs:
 @dataclass
 class AlphaUnits:
     """One unit of Krippendorff's α per (prompt, sample of its first ranking): how many rankings gave each
-    mid-rank (code 2·rank − 2, so 1, 1.5, 2 … are 0, 1, 2 …), in the reference's unit order."""
+    mid-rank (code 2·rank − 2, so 1, 1.5, 2 … are 0, 1, 2 …), sorted in the reference's unit order."""
     order: np.ndarray  # (n,) sort key: the prompt's first ranking row, then the sample's place in that ranking
     round_number: np.ndarray  # (n,)
     counts: np.ndarray  # (n, V) int
-    where: np.ndarray  # (n, 3) block, prompt in block, sample: to list the unit's values in order
+    block: np.ndarray  # (n,) where the unit is, to list its values in order: block,
+    prompt: np.ndarray  # prompt in the block
+    sample: np.ndarray  # and sample
 
 
 def _mid_rank_codes(tiers: np.ndarray) -> np.ndarray:
@@ -91,9 +93,11 @@ def alpha_units(table: RankingTable, prompts: Prompts, members: np.ndarray) -> A
                 continue
             parts.append(_block_units(table, block, number, keep, members, width))
     if not parts:
-        return AlphaUnits(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 1), np.int32),
-                          np.zeros((0, 3), np.int64))
-    return AlphaUnits(*(np.concatenate(column) for column in zip(*parts)))
+        empty = np.zeros(0, np.int64)
+        return AlphaUnits(empty, empty, np.zeros((0, 1), np.int32), empty, empty, empty)
+    columns = [np.concatenate(column) for column in zip(*parts)]
+    order = np.argsort(columns[0], kind="stable")
+    return AlphaUnits(*(column[order] for column in columns))
 
 
 def _block_units(table, block: Block, number: int, keep: np.ndarray, members: np.ndarray, width: int) -> tuple:
@@ -111,14 +115,14 @@ def _block_units(table, block: Block, number: int, keep: np.ndarray, members: np
     unit = (tf != MISSING) & (counts.sum(-1) >= 2)  # a unit coded once carries nothing
     p, s = np.nonzero(unit)
     order = block.rows[keep][p, first[p]] * (1 << 20) + place[p, s]
-    where = np.stack([np.full(len(p), number), keep[p], s], axis=1)
-    return order, table.round_number[block.rows[keep][p, 0]], counts[p, s], where
+    return (order, table.round_number[block.rows[keep][p, 0]], counts[p, s], np.full(len(p), number, np.int32),
+            keep[p].astype(np.int32), s.astype(np.int32))
 
 
 def _unit_values(units: AlphaUnits, k: int, blocks: list[Block], members: np.ndarray) -> np.ndarray:
     """The unit's mid-rank codes in ranking order, as the reference lists them."""
-    number, p, s = units.where[k]
-    block = blocks[number]
+    p, s = units.prompt[k], units.sample[k]
+    block = blocks[units.block[k]]
     ranked = members[block.rows[p]] & (block.tiers[p, :, s] != MISSING)
     return _mid_rank_codes(block.tiers[p])[ranked, s]
 
@@ -128,7 +132,7 @@ def coincidences(units: AlphaUnits, pick: np.ndarray, blocks: list[Block], membe
     the reference's insertion order. The reference adds 1/(m_u − 1) once per value pair; where every m_u − 1
     is a power of two those sums are exact, so counts of value pairs give them; a key that also gets
     increments such as 1/3 is summed one increment at a time in unit order, as the reference does."""
-    counts, order = (units.counts, units.order) if pick.all() else (units.counts[pick], units.order[pick])
+    counts = units.counts if pick.all() else units.counts[pick]
     size = counts.sum(1)
     width = counts.shape[1]
     matrix, ordered_total = np.zeros((width, width)), np.zeros((width, width))
@@ -137,13 +141,12 @@ def coincidences(units: AlphaUnits, pick: np.ndarray, blocks: list[Block], membe
         ordered = h.T @ h - np.diag(h.sum(0))  # ordered value pairs within units (integers, exact in float64)
         matrix += ordered / (m - 1)
         ordered_total += ordered
-    keys = _first_appearance(counts, order, ordered_total, units, np.flatnonzero(pick), blocks, members)
+    keys = _first_appearance(counts, ordered_total, units, np.flatnonzero(pick), blocks, members)
     inexact = ((size - 1) & (size - 2)) != 0  # 1/(m_u - 1) is not a power of two
-    if inexact.any():
-        by_order = np.argsort(order, kind="stable")
+    if inexact.any():  # (the units are in the reference's order)
         for c, k in keys:
             if _pair_counts(counts[inexact], c, k).any():
-                matrix[c, k] = _sequential_sum(_pair_counts(counts[by_order], c, k), size[by_order])
+                matrix[c, k] = _sequential_sum(_pair_counts(counts, c, k), size)
     return {((c + 2) / 2, (k + 2) / 2): float(matrix[c, k]) for c, k in keys}
 
 
@@ -167,14 +170,13 @@ def _sequential_sum(repeats: np.ndarray, size: np.ndarray, step: int = 1 << 22) 
     return total
 
 
-def _first_appearance(counts, order, pairs, units, picked, blocks, members) -> list[tuple[int, int]]:
+def _first_appearance(counts, pairs, units, picked, blocks, members) -> list[tuple[int, int]]:
     """The coincidence keys (c, k) in the order the reference first meets them: units in order, then each
     unit's value pairs (i, j) in ranking order."""
     wanted = {(int(c), int(k)) for c, k in zip(*np.nonzero(pairs))}
-    by_order = np.argsort(order, kind="stable")
     first: dict[tuple[int, int], int] = {}
-    for start in range(0, len(by_order), 4096):
-        h = counts[by_order[start:start + 4096]]
+    for start in range(0, len(counts), 4096):
+        h = counts[start:start + 4096]
         for c, k in wanted - set(first):
             present = (h[:, c] >= 2) if c == k else (h[:, c] > 0) & (h[:, k] > 0)
             if present.any():
@@ -183,7 +185,7 @@ def _first_appearance(counts, order, pairs, units, picked, blocks, members) -> l
             break
     ranked = []
     for position in sorted(set(first.values())):
-        values = _unit_values(units, picked[by_order[position]], blocks, members)
+        values = _unit_values(units, picked[position], blocks, members)
         i, j = np.nonzero(~np.eye(len(values), dtype=bool))
         width = counts.shape[1]
         met, at = np.unique(values[i] * width + values[j], return_index=True)

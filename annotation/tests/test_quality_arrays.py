@@ -207,3 +207,12 @@ def test_round4_is_pythons_round():
     halves = (rng.integers(0, 20_000, 5_000) + 0.5) / 1e4  # 4-decimal halves, the hard cases
     values = np.concatenate([rng.random(20_000), -rng.random(2_000), halves, rng.integers(0, 7, 1_000) / 6])
     assert round4(values).tolist() == [round(v, 4) for v in values.tolist()]
+
+
+def test_empty_and_single_ranking_projects(make_user, make_project):
+    alice = make_user("alice")
+    project = make_project(slug="few", k=3, prompts=2, labelers=[alice])
+    assert _dump(quality_report(project=project)) == _dump(reference_report(project=project))
+    _rank(random.Random(0), project.prompts.first(), alice, "human")
+    assert _dump(quality_report(project=project)) == _dump(reference_report(project=project))
+    assert quality_report(project=project)["labelers"][0]["rankings"] == 1
