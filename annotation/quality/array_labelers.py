@@ -8,10 +8,13 @@ import math
 
 import numpy as np
 
+from annotation import provenance
 from annotation.quality import metrics as quality
 from annotation.quality.array_figures import RankingPairs
 from annotation.quality.arrays import MISSING, Prompts, RankingTable, argsort_pairs, chunks, means, sample_pairs
 from annotation.quality.figures import HUMAN_SOURCES, TIMED_SOURCES
+
+AI_SOURCES = frozenset(provenance.AI_SOURCES)
 
 
 class LabelerCounts:
@@ -19,7 +22,7 @@ class LabelerCounts:
 
     def __init__(self, table: RankingTable, prompts: Prompts, pairs: RankingPairs, gold: dict) -> None:
         self.table, self.prompts = table, prompts
-        self.labelled = table.labeler_id != 0
+        self.labelled = (table.labeler_id != 0) & table.source_in(HUMAN_SOURCES | AI_SOURCES)  # people and AI
         self.human = table.source_in(HUMAN_SOURCES)
         self.ids = np.unique(table.labeler_id[self.labelled])
         self.of_row = np.where(self.labelled, np.searchsorted(self.ids, table.labeler_id), -1)
