@@ -108,7 +108,12 @@ def krippendorff_alpha(units: Iterable[Sequence], *, metric: str = "ordinal") ->
     the value totals of the coincidence matrix. Ordinal: δ²_ck = (Σ_{g=c..k} n_g − (n_c + n_k)/2)².
     None when fewer than two values are pairable or every value is the same (D_e = 0).
     """
-    o = _coincidences(units)
+    return alpha_from_coincidences(_coincidences(units), metric=metric)
+
+
+def alpha_from_coincidences(o: Mapping[tuple, float], *, metric: str = "ordinal") -> float | None:
+    """Krippendorff's α from the coincidence matrix ``{(c, k): o_ck}`` (``_coincidences``); the sums run in the
+    matrix's insertion order, so equal matrices give equal α to the last bit."""
     totals: dict = defaultdict(float)
     for (c, _k), count in o.items():
         totals[c] += count

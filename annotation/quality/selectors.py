@@ -29,9 +29,14 @@ from annotation.models import Assignment, Project, Prompt, Ranking, RankingEntry
 from annotation.quality.models import (
     AILabeler, GoldRanking, LabelerReliability, PromptReview, QualitySettings, SelectionRecord,
 )
+from annotation.quality.array_figures import agreement_summaries, ranking_pairs
+from annotation.quality.array_figures import review_queue as array_review_queue
+from annotation.quality.array_figures import timeline as array_timeline
+from annotation.quality.array_labelers import labeler_rows_weighted as array_labeler_rows
+from annotation.quality.arrays import prompts_of
+from annotation.quality.ranking_table import ranking_table
 from annotation.quality.figures import (
-    HUMAN_SOURCES, RankingRecord, agreement_summary, labeler_rows_weighted, prompt_consensus, records_by_prompt,
-    review_queue, timeline,
+    HUMAN_SOURCES, RankingRecord, prompt_consensus, records_by_prompt,
 )
 from preferences.tiers import tier_map, tiers_from_map
 
@@ -133,37 +138,36 @@ def quality_report(*, project, round_number: int | None = None, sources: str = "
     """Every quality figure of the project (or one round) as plain JSON-ready data.
 
     ``sources``: "human" (default) or "both"; which rankings the project, round, timeline and review-queue
-    figures include (stated in the result's ``sources``). Labeler rows: see the module docstring."""
+    figures include (stated in the result's ``sources``). Labeler rows: see the module docstring. Computed over
+    arrays (``annotation.quality.array_figures``); the numbers are those of ``annotation.quality.figures``
+    over ``ranking_records``, which the tests check."""
     included = quality_sources(sources)
     settings = quality_settings_get(project=project)
-    everyone = ranking_records(project=project, round_number=round_number)
-    records = [r for r in everyone if r.source in included]
+    table = ranking_table(project=project, round_number=round_number)
+    prompts = prompts_of(table)
+    pairs = ranking_pairs(prompts)
+    members = table.source_in(included)
     gold = gold_maps(project=project)
-    rounds = sorted({r.round_number for r in records})
+    rounds = sorted(set(table.round_number[members].tolist()))
     reviewed = set(PromptReview.objects.filter(prompt__project=project).values_list("prompt_id", flat=True))
-    labeler_records = [r for r in everyone if r.source in HUMAN_SOURCES | AI_SOURCES]
+    overall, per_round = agreement_summaries(table, prompts, pairs, members, rounds)
+    left_out = Counter(table.sources[s] for s in table.source[~members].tolist())
     return {
         "project": project.slug,
         "round": round_number,
         "sources": {"choice": sources or "human", "included_sources": sorted(included),
-                    "left_out": _left_out(everyone, included)},
+                    "left_out": dict(sorted(left_out.items()))},
         "settings": settings,
         "warnings": quality_warnings(project=project, settings=settings, gold_prompts=len(gold)),
         "excluded_rankings": Ranking.objects.filter(prompt__project=project, exclusion__isnull=False).count(),
         "gold_prompts": len(gold),
-        "overall": agreement_summary(records),
-        "rounds": [{"round": n, **agreement_summary([r for r in records if r.round_number == n])} for n in rounds],
-        "labelers": labeler_rows_weighted(labeler_records, gold, settings),
-        "timeline": timeline(records),
-        "review_queue": review_queue(records=records, threshold=settings["review_threshold"], reviewed=reviewed,
-                                     gold=set(gold)),
+        "overall": overall,
+        "rounds": [{"round": n, **summary} for n, summary in zip(rounds, per_round)],
+        "labelers": array_labeler_rows(table, prompts, pairs, gold, settings),
+        "timeline": array_timeline(table, pairs, members),
+        "review_queue": array_review_queue(table, prompts, pairs, members, threshold=settings["review_threshold"],
+                                           reviewed=reviewed, gold=set(gold)),
     }
-
-
-def _left_out(records: list[RankingRecord], included: frozenset[str]) -> dict[str, int]:
-    """Rankings per source that the figures leave out (arena votes are never loaded; counted apart)."""
-    counts = Counter(r.source for r in records if r.source not in included)
-    return dict(sorted(counts.items()))
 
 
 def consensus_rows(*, project, round_number: int | None = None):
