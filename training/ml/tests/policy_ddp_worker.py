@@ -8,7 +8,8 @@ its own hooks ask; the trainer asks only the main process's), then resumed, and 
 final trainable parameters (``params-<run>-rank<R>.pt``), which files it wrote (``writes-rank<R>.txt``:
 checkpoints and policies), what its trainer returned and how many steps its own hooks saw
 (``ranks-rank<R>.json``), and, on the main process, the metrics the hooks received (``result.json``). PPO takes
-the tiny reward model ``rm`` beside BASE_MODEL (scores and, for ``ppo_critic``, the critic).
+the tiny reward model ``rm`` beside BASE_MODEL (scores and, for ``ppo_critic``, the critic). Launched with an FSDP
+accelerate config (``test_fsdp.py``), the parameters written are the full ones, gathered by every process.
 """
 from __future__ import annotations
 
@@ -139,9 +140,9 @@ def instrument(kind: str, out: Path) -> dict:
             seen["model"] = model
             return model, tokenizer
 
-        def save_policy(model, tokenizer, target):
+        def save_policy(model, tokenizer, target, **kwargs):
             note(f"policy {Path(target).parent.name}")
-            return real_save(model, tokenizer, target)
+            return real_save(model, tokenizer, target, **kwargs)
 
         module.load_trainable_policy, module.save_policy = load_trainable_policy, save_policy
         return seen
@@ -180,6 +181,26 @@ def instrument(kind: str, out: Path) -> dict:
     return seen
 
 
+def trainable_parameters(model) -> dict[str, torch.Tensor]:
+    """The trained parameters by name: this process's own, or, sharded (FSDP), the full ones gathered on every process."""
+    from torch.distributed.fsdp import FSDPModule
+
+    trainable = [k for k, v in model.named_parameters() if v.requires_grad]
+    if not isinstance(model, FSDPModule):
+        return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))  # on every process
+    return {k: full[k].detach().clone() for k in trainable}
+
+
+def held_share(model) -> float:
+    """The share of the trainable parameters' elements this process holds (1.0 unless they are sharded)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in params)
+    return local / sum(p.numel() for p in params)
+
+
 def main(kind: str, base_model: str, out: Path) -> None:
     seen = instrument(kind, out)
     results, ranks = {}, {}
@@ -189,9 +210,9 @@ def main(kind: str, base_model: str, out: Path) -> None:
         for hooks in hooks_list:
             summary = run(kind, base_model, out / name, hooks)
             summaries.append(summary)
-        params = {k: v.detach().clone() for k, v in seen["model"].named_parameters() if v.requires_grad}
-        torch.save(params, out / f"params-{name}-rank{RANK}.pt")
-        ranks[name] = {"summaries": summaries, "hook_steps": [len(h.steps) for h in hooks_list]}
+        torch.save(trainable_parameters(seen["model"]), out / f"params-{name}-rank{RANK}.pt")
+        ranks[name] = {"summaries": summaries, "hook_steps": [len(h.steps) for h in hooks_list],
+                       "held_share": held_share(seen["model"])}
         results[name] = {"summary": summary, "steps": [h.steps for h in hooks_list], "evals": [h.evals for h in hooks_list]}
     (out / f"ranks-rank{RANK}.json").write_text(json.dumps(ranks))
     if RANK == 0:
