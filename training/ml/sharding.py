@@ -79,8 +79,9 @@ def settings_from_env() -> ShardSettings:
     if plugin.activation_checkpointing:
         raise refuse('fsdp_activation_checkpointing is not supported: set the run\'s "gradient_checkpointing": true instead')
     if plugin.cpu_ram_efficient_loading:
-        raise refuse("fsdp_cpu_ram_efficient_loading is not supported: every process loads the whole model into CPU "
-                     "memory, then keeps its shard")
+        raise refuse("set fsdp_cpu_ram_efficient_loading: false (accelerate's default is true): the trainers do not "
+                     "load on the main process alone; every process loads the whole model into CPU memory, then keeps "
+                     "its shard")
     if plugin.ignored_modules:
         raise refuse("fsdp_ignored_modules is not supported")
     policy = getattr(plugin.auto_wrap_policy, "__name__", plugin.auto_wrap_policy)
