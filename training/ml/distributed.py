@@ -5,7 +5,8 @@ device, or ``RLHF_NUM_PROCESSES``) and ``launch_command()`` builds the command l
 ``python -m MODULE ARGS`` for one process, ``accelerate launch --multi_gpu --num_processes N -m MODULE ARGS``
 for several (torchrun underneath: one process per device, NCCL on CUDA, gloo on CPU). Several machines meet
 at machine 0 (``rendezvous_from_env``: RLHF_NUM_MACHINES, RLHF_MACHINE_RANK, RLHF_MAIN_PROCESS_IP/_PORT);
-an operator's accelerate config file (RLHF_ACCELERATE_CONFIG_FILE) may replace ``--multi_gpu``.
+an operator's accelerate config file (RLHF_ACCELERATE_CONFIG_FILE) may replace ``--multi_gpu``; one that selects
+FSDP shards the parameters of SFT and DPO runs (``place``, ``training.ml.sharding``) and is refused by the others.
 
 Trainer side: every process holds the whole model (DDP), takes its share of each optimizer step's groups
 (``shard``), and scales its loss so that DDP's gradient average equals the gradient of the global mean
