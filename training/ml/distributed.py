@@ -6,7 +6,7 @@ device, or ``RLHF_NUM_PROCESSES``) and ``launch_command()`` builds the command l
 for several (torchrun underneath: one process per device, NCCL on CUDA, gloo on CPU). Several machines meet
 at machine 0 (``rendezvous_from_env``: RLHF_NUM_MACHINES, RLHF_MACHINE_RANK, RLHF_MAIN_PROCESS_IP/_PORT);
 an operator's accelerate config file (RLHF_ACCELERATE_CONFIG_FILE) may replace ``--multi_gpu``; one that selects
-FSDP shards the parameters of SFT and DPO runs (``place``, ``training.ml.sharding``) and is refused by the others.
+FSDP shards the parameters of SFT, DPO and reward runs (``place``, ``training.ml.sharding``); GRPO and PPO refuse it.
 
 Trainer side: every process holds the whole model (DDP), takes its share of each optimizer step's groups
 (``shard``), and scales its loss so that DDP's gradient average equals the gradient of the global mean
@@ -229,7 +229,7 @@ def make_accelerator(*, shards: bool = False):
 
     An operator config file (``RLHF_ACCELERATE_CONFIG_FILE``) may set the launch (GPU ids, machines, NCCL
     and rendezvous options), but its mixed precision is not applied on top of the run's. A file that selects FSDP
-    is honoured by the trainers that pass ``shards=True`` (SFT, DPO: ``training.ml.sharding``, its settings
+    is honoured by the trainers that pass ``shards=True`` (SFT, DPO, reward: ``training.ml.sharding``, its settings
     checked here, before any work) and refused by the others, as DeepSpeed ZeRO is by all: they save and
     checkpoint the whole model from the main process, which sharded parameters would silently break. The
     refusal also holds on CPU, where accelerate itself would quietly run such a file as DDP.

@@ -1,5 +1,5 @@
-"""Sharded parameters (FSDP2: torch's ``fully_shard``) for the SFT and DPO trainers, chosen by the operator's
-accelerate config file. No Django here.
+"""Sharded parameters (FSDP2: torch's ``fully_shard``) for the SFT, DPO and reward trainers, chosen by the
+operator's accelerate config file. No Django here.
 
 ``accelerate launch --config_file F`` with ``distributed_type: FSDP`` in F puts ``ACCELERATE_USE_FSDP=true`` and
 the file's ``fsdp_config`` (as ``FSDP_*``) in every process's environment. accelerate 1.15 acts on them only on
@@ -57,7 +57,6 @@ def is_sharded(accelerator) -> bool:
 class ShardSettings:
     """What the trainers take from the file's ``fsdp_config``; everything else is refused or documented as ignored."""
 
-    reshard_after_forward: bool = True  # FULL_SHARD (true) or SHARD_GRAD_OP (false): gather again in backward
     wrap_classes: tuple[str, ...] | None = None  # shard each block of these classes (None: the model's _no_split_modules)
     wrap_blocks: bool = True  # TRANSFORMER_BASED_WRAP; False: NO_WRAP (the whole model is one unit)
 
@@ -82,14 +81,18 @@ def settings_from_env() -> ShardSettings:
         raise refuse("set fsdp_cpu_ram_efficient_loading: false (accelerate's default is true): the trainers do not "
                      "load on the main process alone; every process loads the whole model into CPU memory, then keeps "
                      "its shard")
+    if not plugin.reshard_after_forward:
+        raise refuse("fsdp_reshard_after_forward: false (SHARD_GRAD_OP) is not supported: set true. The trainers rely "
+                     "on every unit being sharded again after each forward: a forward without backward (evaluation, "
+                     "reference log-probs) would otherwise leave it gathered, and the optimizer would see its "
+                     "gathered copies")
     if plugin.ignored_modules:
         raise refuse("fsdp_ignored_modules is not supported")
     policy = getattr(plugin.auto_wrap_policy, "__name__", plugin.auto_wrap_policy)
     if policy not in (None, "transformer_auto_wrap_policy"):
         raise refuse(f"fsdp_auto_wrap_policy {policy} is not supported: use TRANSFORMER_BASED_WRAP or NO_WRAP")
     classes = plugin.transformer_cls_names_to_wrap
-    return ShardSettings(reshard_after_forward=bool(plugin.reshard_after_forward),
-                         wrap_classes=tuple(classes) if classes else None, wrap_blocks=policy is not None)
+    return ShardSettings(wrap_classes=tuple(classes) if classes else None, wrap_blocks=policy is not None)
 
 
 def refuse_unsupported(config, *, health_watch=None) -> None:
@@ -107,8 +110,9 @@ def refuse_unsupported(config, *, health_watch=None) -> None:
 
 
 def shard_model(model, accelerator, settings: ShardSettings):
-    """Shard ``model`` in place over all processes: each transformer block its own unit (gathered just before its
-    forward, freed after), the rest (embeddings, tied head, final norm) the root unit. Returns the model."""
+    """Shard ``model`` in place over all processes: each transformer block its own unit, the rest (embeddings, tied
+    head, final norm) the root unit; each is gathered just before its forward and freed after it (and again for
+    its backward), so outside a forward or backward every parameter is a shard. Returns the model."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -120,13 +124,16 @@ def shard_model(model, accelerator, settings: ShardSettings):
             raise ConfigError(CONFIG_FILE, f"FSDP: {type(model).__name__} has no block of class {sorted(names)} to shard "
                                            f"(fsdp_transformer_layer_cls_to_wrap)")
         for block in blocks:
-            fully_shard(block, mesh=mesh, reshard_after_forward=settings.reshard_after_forward)
-    fully_shard(model, mesh=mesh, reshard_after_forward=settings.reshard_after_forward)
+            fully_shard(block, mesh=mesh, reshard_after_forward=True)
+    # The root too (accelerate leaves it gathered until backward): then no forward without backward (evaluation,
+    # reference log-probs) leaves gathered tensors where the optimizer or a state dict would take parameters.
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)
     return model
 
 
 # --- full state dicts: every process calls these together; the main process gets the tensors (on CPU) ---
 _FULL = dict(full_state_dict=True, cpu_offload=True)
+
 
 
 def full_model_state(model) -> dict[str, torch.Tensor]:
@@ -135,7 +142,8 @@ def full_model_state(model) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     aliases = set(dict(model.named_parameters(remove_duplicate=False))) - set(dict(model.named_parameters()))
-    return {k: v for k, v in get_model_state_dict(model, options=StateDictOptions(**_FULL)).items() if k not in aliases}
+    return {k: v for k, v in get_model_state_dict(model, options=StateDictOptions(**_FULL)).items()
+            if k not in aliases}
 
 
 def full_states(model, optimizer) -> dict:
@@ -177,7 +185,8 @@ def load_full_state(model, weights: dict[str, torch.Tensor]):
     """Load full tensors (every process holds them all) into the sharded model; returns (missing, unexpected) keys."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    return set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+    return set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True,
+                                                                                   strict=False))
 
 
 def even_batches(n_items: int, batch_size: int, *, rank: int, world: int, sharded: bool) -> list[tuple[int, bool]]:

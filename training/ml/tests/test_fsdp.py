@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from training.ml import demo_task, distributed, sharding
 from training.ml.config import ConfigError, DPOConfig, SFTConfig
 from training.ml.tests import policy_ddp_worker as worker
+from training.ml.tiny_models import build_tiny_reward_model, build_tokenizer, synthetic_groups
+from training.ml.trainers import reward as reward_trainer
 from training.ml.types import NullHooks
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -156,10 +158,73 @@ def test_fsdp_dpo_trains_the_ddp_model(tmp_path, base):
     _assert_close("DPO, FSDP vs DDP", sharded, replicated, DDP)
 
 
+@pytest.fixture(scope="module")
+def reward_base(tmp_path_factory):
+    groups = synthetic_groups(120, 4, seed=0)
+    texts = [r for g in groups for r in g.responses] + [g.messages[0]["content"] for g in groups]
+    root = tmp_path_factory.mktemp("fsdp_rm")
+    tokenizer = build_tokenizer(texts, root / "tok", vocab_size=320)
+    return str(build_tiny_reward_model(root / "rm", tokenizer, hidden=32, layers=2, heads=2))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_fsdp_reward_model_trains_the_one_process_model(tmp_path, reward_base):
+    out = tmp_path / "fsdp"
+    out.mkdir()
+    (out / "fsdp.yaml").write_text(FSDP_CONFIG)
+    command = distributed.launch_command(2, ["training.ml.tests.reward_ddp_worker", reward_base, str(out)],
+                                         cuda=False, config_file=str(out / "fsdp.yaml"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    summary = result["straight"]["summary"]
+    assert (summary["processes"], summary["sharded"], summary["steps"]) == (2, True, 8)
+    assert all(0.45 < json.loads((out / f"share-rank{r}.json").read_text()) < 0.55 for r in (0, 1))
+    rank0, rank1 = _params(out, "straight", 0), _params(out, "straight", 1)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    saved = AutoModelForSequenceClassification.from_pretrained(out / "straight" / "model").state_dict()
+    assert saved.keys() == rank0.keys() and all(torch.equal(saved[k], rank0[k]) for k in saved)
+    initial = AutoModelForSequenceClassification.from_pretrained(reward_base, num_labels=1).state_dict()
+    assert any(not torch.equal(initial[k], rank0[k]) for k in initial)
+    assert not (out / "writes-rank1.txt").exists()
+    assert (out / "writes-rank0.txt").read_text().splitlines() == [
+        "checkpoint straight 3", "checkpoint straight 6", "model straight",
+        "checkpoint resumed 3", "checkpoint resumed 4", "checkpoint resumed 6", "model resumed"]
+    for rank in (0, 1):
+        again = _params(out, "resumed", rank)
+        assert all(torch.equal(again[k], rank0[k]) for k in rank0)
+    losses = [m["loss"] for _, m in result["straight"]["steps"][0]]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert summary["prefix_sharing"] is False  # off under FSDP (its rewards are read through a forward hook)
+
+    from training.ml.tests.reward_ddp_worker import ddp_config, ddp_groups
+    from training.ml.trainers.reward import train_reward_model
+
+    train, held_out = ddp_groups()
+    hooks, seen = NullHooks(), {}
+    real_load = reward_trainer.load_reward_model
+
+    def load_reward_model(config, hooks):
+        tokenizer, model = real_load(config, hooks)
+        seen["model"] = model
+        return tokenizer, model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reward_trainer, "load_reward_model", load_reward_model)
+        single = train_reward_model(ddp_config(reward_base), train, held_out, output_dir=tmp_path / "one", hooks=hooks)
+    assert single["sharded"] is False
+    assert losses == pytest.approx([m["loss"] for _, m in hooks.steps], rel=1e-3)
+    assert summary["final_eval"]["loss"] == pytest.approx(single["final_eval"]["loss"], rel=1e-3)
+    _assert_close("reward, FSDP vs one process", rank0, seen["model"].state_dict(), ONE_PROCESS)
+
+
 # --- refusals: before any work, naming what to change ---
 @pytest.mark.parametrize(("variable", "value", "message"), [
     ("FSDP_VERSION", "1", "fsdp_version 1 is not supported"),
     ("FSDP_OFFLOAD_PARAMS", "true", "fsdp_offload_params"),
+    ("FSDP_RESHARD_AFTER_FORWARD", "false", "fsdp_reshard_after_forward: false"),
     ("FSDP_ACTIVATION_CHECKPOINTING", "true", "gradient_checkpointing"),
     ("FSDP_CPU_RAM_EFFICIENT_LOADING", "true", "set fsdp_cpu_ram_efficient_loading: false"),
     ("FSDP_AUTO_WRAP_POLICY", "SIZE_BASED_WRAP", "size_based_auto_wrap_policy is not supported"),
