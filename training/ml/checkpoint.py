@@ -135,7 +135,12 @@ def load_model_weights(model_dir: Path, model, *, sharded: bool = False) -> None
     if hasattr(model, "peft_config"):  # a PeftModel saved only its adapter (and modules_to_save)
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, weights)
+        if sharded:
+            from training.ml import sharding
+
+            result = sharding.load_full_adapter(model, weights)
+        else:
+            result = set_peft_model_state_dict(model, weights)
         if result.unexpected_keys:
             raise RuntimeError(f"checkpoint adapter has unexpected weights: {result.unexpected_keys[:5]}")
         return

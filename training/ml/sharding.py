@@ -95,12 +95,13 @@ def settings_from_env() -> ShardSettings:
     return ShardSettings(wrap_classes=tuple(classes) if classes else None, wrap_blocks=policy is not None)
 
 
-def refuse_unsupported(config, *, health_watch=None) -> None:
-    """What the sharded trainers do not do (yet): LoRA adapters, the in-run health check (main-process generation)."""
-    if getattr(config, "lora_r", 0) or getattr(config, "adapter", ""):
+def refuse_unsupported(config, *, health_watch=None, lora: bool = True) -> None:
+    """What the sharded trainers do not do (yet): the in-run health check (main-process generation), DPO early
+    stopping, and LoRA where ``lora`` is false (the reward model: its score head is a peft modules_to_save)."""
+    if not lora and (getattr(config, "lora_r", 0) or getattr(config, "adapter", "")):
         raise ConfigError("lora_r" if getattr(config, "lora_r", 0) else "adapter",
-                          f"LoRA with sharded parameters (FSDP, {CONFIG_FILE}) is not supported: train the full model, "
-                          "or use a MULTI_GPU config (LoRA adapters are small: data parallelism suffices)")
+                          f"LoRA with sharded parameters (FSDP, {CONFIG_FILE}) is not supported by this trainer: train "
+                          "the full model, or use a MULTI_GPU config")
     if health_watch is not None and getattr(config, "health_every", 0):
         raise ConfigError("health_every", f"the in-run health check generates on the main process alone, which "
                                           f"sharded parameters (FSDP, {CONFIG_FILE}) do not allow: set 0")
@@ -137,13 +138,14 @@ _FULL = dict(full_state_dict=True, cpu_offload=True)
 
 
 def full_model_state(model) -> dict[str, torch.Tensor]:
-    """The whole model's state dict, gathered on the main process in CPU memory ({} on the others). A tied weight
+    """The whole model's state dict, gathered on the main process in CPU memory ({} on the others); of a peft
+    model only its trainable parameters (the adapter, which is all its ``save_pretrained`` keeps). A tied weight
     is kept under its first name only, as ``save_pretrained`` writes it from an unsharded model."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     aliases = set(dict(model.named_parameters(remove_duplicate=False))) - set(dict(model.named_parameters()))
-    return {k: v for k, v in get_model_state_dict(model, options=StateDictOptions(**_FULL)).items()
-            if k not in aliases}
+    options = StateDictOptions(**_FULL, ignore_frozen_params=hasattr(model, "peft_config"))
+    return {k: v for k, v in get_model_state_dict(model, options=options).items() if k not in aliases}
 
 
 def full_states(model, optimizer) -> dict:
@@ -179,6 +181,22 @@ def load_optimizer_state(model, optimizer, state: dict) -> None:
     by_name = {"state": {names[i]: value for i, value in state["state"].items()},
                "param_groups": [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]]}
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def load_full_adapter(model, weights: dict[str, torch.Tensor]):
+    """Load a saved peft adapter (full tensors, on every process) into the sharded peft model: peft maps the saved
+    names to the model's, then its ``load_state_dict`` call is served by ``load_full_state``."""
+    from peft import set_peft_model_state_dict
+
+    def load_once(state, strict=True, assign=False):
+        del model.load_state_dict  # the class's own again: set_model_state_dict calls it in turn
+        return load_full_state(model, state)
+
+    model.load_state_dict = load_once
+    try:
+        return set_peft_model_state_dict(model, weights)
+    finally:
+        model.__dict__.pop("load_state_dict", None)
 
 
 def load_full_state(model, weights: dict[str, torch.Tensor]):

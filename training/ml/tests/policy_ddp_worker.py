@@ -1,7 +1,7 @@
 """One process of the 2-process SFT, DPO, GRPO and PPO tests (``test_distributed_policy.py``); run under
 ``accelerate launch``.
 
-    python -m training.ml.tests.policy_ddp_worker sft|dpo|dpo_es|grpo|ppo|ppo_critic BASE_MODEL OUT_DIR
+    python -m training.ml.tests.policy_ddp_worker sft|sft_lora|dpo|dpo_es|grpo|ppo|ppo_critic BASE_MODEL OUT_DIR
 
 Every process trains (a) straight through and (b) stopped after step 4 (``dpo_es``, DPO with early stopping: 8;
 its own hooks ask; the trainer asks only the main process's), then resumed, and writes what the test checks: its
@@ -17,6 +17,7 @@ import json
 import os
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -97,9 +98,16 @@ def sft_config(base_model: str) -> SFTConfig:
                      eval_fraction=0.1, checkpoint_every=3, num_threads=1)
 
 
+def sft_lora_config(base_model: str) -> SFTConfig:
+    """``sft_config`` training a LoRA adapter; no dropout: only the main process's RNG state is checkpointed, so
+    another process's dropout masks after a resume would not be those of the straight run."""
+    return replace(sft_config(base_model), lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-2)
+
+
 def run(kind: str, base_model: str, output_dir: Path, hooks) -> dict:
-    if kind == "sft":
-        return sft.train_sft(sft_config(base_model), demo_task.make_demonstrations(40, seed=3), output_dir=output_dir,
+    if kind in ("sft", "sft_lora"):
+        config = sft_config(base_model) if kind == "sft" else sft_lora_config(base_model)
+        return sft.train_sft(config, demo_task.make_demonstrations(40, seed=3), output_dir=output_dir,
                              hooks=hooks)
     if kind == "dpo_es":
         return dpo.train_dpo(dpo_early_stopping_config(base_model), dpo_groups(), [], output_dir=output_dir,
@@ -119,7 +127,7 @@ def run(kind: str, base_model: str, output_dir: Path, hooks) -> dict:
 def instrument(kind: str, out: Path) -> dict:
     """Record every checkpoint/policy write of this process, and keep the policy to dump its weights."""
     seen: dict = {}
-    module = {"sft": sft, "dpo": dpo, "dpo_es": dpo, "grpo": grpo, "ppo": ppo, "ppo_critic": ppo}[kind]
+    module = {"sft": sft, "sft_lora": sft, "dpo": dpo, "dpo_es": dpo, "grpo": grpo, "ppo": ppo, "ppo_critic": ppo}[kind]
 
     def note(line: str) -> None:
         with open(out / f"writes-rank{RANK}.txt", "a") as handle:
@@ -132,7 +140,7 @@ def instrument(kind: str, out: Path) -> dict:
         return real_checkpoint_save(**kwargs)
 
     module.checkpoint_save = checkpoint_save
-    if kind in ("sft", "dpo", "dpo_es"):
+    if kind in ("sft", "sft_lora", "dpo", "dpo_es"):
         real_load, real_save = module.load_trainable_policy, module.save_policy
 
         def load_trainable_policy(config, adapter=""):

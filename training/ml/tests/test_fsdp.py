@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from training.ml import demo_task, distributed, sharding
-from training.ml.config import ConfigError, DPOConfig, SFTConfig
+from training.ml.config import ConfigError, DPOConfig, RewardConfig, SFTConfig
 from training.ml.tests import policy_ddp_worker as worker
 from training.ml.tiny_models import build_tiny_reward_model, build_tokenizer, synthetic_groups
 from training.ml.trainers import reward as reward_trainer
@@ -128,6 +128,38 @@ def test_fsdp_sft_trains_the_one_process_model_and_its_checkpoint_resumes_on_one
     _, resumed = _in_process("sft", base, cross, monkeypatch, hooks)
     assert [s for s, _ in hooks.steps] == [4, 5, 6]
     _assert_close("SFT, FSDP vs one process resumed from its step-3 checkpoint", sharded, resumed, ONE_PROCESS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_fsdp_sft_lora_trains_the_one_process_adapter(tmp_path, base, monkeypatch):
+    """LoRA under FSDP: the frozen base and the adapter are sharded; the adapter alone is saved and checkpointed."""
+    from peft import PeftModel
+
+    out = tmp_path / "fsdp"
+    result = _launch("sft_lora", base, out)
+    summary = result["straight"]["summary"]
+    assert (summary["processes"], summary["sharded"], summary["is_adapter"]) == (2, True, True)
+    ranks = [json.loads((out / f"ranks-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(0.45 < rank["straight"]["held_share"] < 0.55 for rank in ranks)
+    rank0, rank1 = _params(out, "straight", 0), _params(out, "straight", 1)
+    assert rank0.keys() == rank1.keys() and all("lora_" in k for k in rank0)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert all(torch.equal(_params(out, "resumed", r)[k], rank0[k]) for r in (0, 1) for k in rank0)
+    assert (out / "writes-rank0.txt").read_text().splitlines() == [
+        "checkpoint straight 3", "policy straight", "checkpoint resumed 3", "checkpoint resumed 4", "policy resumed"]
+    assert not (out / "writes-rank1.txt").exists()
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out / "straight" / "policy")
+    saved = dict(adapter.named_parameters())
+    assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
+    assert any(torch.count_nonzero(v) for k, v in rank0.items() if "lora_B" in k)  # B starts at 0: it trained
+    losses = [m["loss"] for _, m in result["straight"]["steps"][0]]
+    assert losses[-1] < losses[0]
+
+    hooks = NullHooks()
+    _, single = _in_process("sft_lora", base, tmp_path / "one", monkeypatch, hooks)
+    assert losses == pytest.approx([m["loss"] for _, m in hooks.steps], rel=1e-4)
+    _assert_close("SFT LoRA, FSDP vs one process", rank0, single, ONE_PROCESS)
 
 
 @pytest.mark.slow
@@ -252,15 +284,14 @@ def test_an_fsdp_launch_is_refused_by_the_trainers_that_do_not_shard_even_on_cpu
 
 
 @pytest.mark.parametrize(("config", "field"), [
-    (SFTConfig(base_model="m", lora_r=8), "lora_r"),
-    (DPOConfig(base_model="m", adapter="/adapters/7"), "adapter"),
+    (RewardConfig(base_model="m", lora_r=8), "lora_r"),
     (DPOConfig(base_model="m", eval_fraction=0.3, early_stopping_patience=2), "early_stopping_patience"),
 ])
 def test_what_the_sharded_trainers_do_not_cover_is_refused(config, field):
     with pytest.raises(ConfigError, match="FSDP") as raised:
-        sharding.refuse_unsupported(config)
+        sharding.refuse_unsupported(config, lora=not isinstance(config, RewardConfig))
     assert raised.value.field == field
-    sharding.refuse_unsupported(SFTConfig(base_model="m"))  # full fine-tuning passes
+    sharding.refuse_unsupported(SFTConfig(base_model="m", lora_r=8))  # SFT and DPO train adapters sharded
 
 
 def test_the_in_run_health_check_is_refused_when_sharded():

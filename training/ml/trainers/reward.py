@@ -193,7 +193,7 @@ def train_reward_model(
     accelerator = distributed.make_accelerator(shards=True)  # one process: plain placement; several: DDP (or FSDP
     sharded = sharding.is_sharded(accelerator)  # with an FSDP config) over NCCL (CUDA) or gloo (CPU)
     if sharded:
-        sharding.refuse_unsupported(config)
+        sharding.refuse_unsupported(config, lora=False)
     main = accelerator.is_main_process
     hooks = hooks if main else NullHooks()  # cancel is asked of the main process only, then shared
     torch.set_num_threads(distributed.threads_per_process(config.num_threads, accelerator.num_processes))
