@@ -96,8 +96,8 @@ def settings_from_env() -> ShardSettings:
 
 
 def refuse_unsupported(config, *, health_watch=None, lora: bool = True) -> None:
-    """What the sharded trainers do not do (yet): the in-run health check (main-process generation), DPO early
-    stopping, and LoRA where ``lora`` is false (the reward model: its score head is a peft modules_to_save)."""
+    """What the sharded trainers do not do (yet): the in-run health check (main-process generation), and LoRA where
+    ``lora`` is false (the reward model: its score head is a peft modules_to_save)."""
     if not lora and (getattr(config, "lora_r", 0) or getattr(config, "adapter", "")):
         raise ConfigError("lora_r" if getattr(config, "lora_r", 0) else "adapter",
                           f"LoRA with sharded parameters (FSDP, {CONFIG_FILE}) is not supported by this trainer: train "
@@ -105,9 +105,6 @@ def refuse_unsupported(config, *, health_watch=None, lora: bool = True) -> None:
     if health_watch is not None and getattr(config, "health_every", 0):
         raise ConfigError("health_every", f"the in-run health check generates on the main process alone, which "
                                           f"sharded parameters (FSDP, {CONFIG_FILE}) do not allow: set 0")
-    if getattr(config, "early_stopping_patience", 0):
-        raise ConfigError("early_stopping_patience", f"early stopping keeps best weights that sharded parameters "
-                                                     f"(FSDP, {CONFIG_FILE}) would hold in pieces; not supported: set 0")
 
 
 def shard_model(model, accelerator, settings: ShardSettings):
@@ -153,10 +150,28 @@ def full_states(model, optimizer) -> dict:
     return {"model_state": full_model_state(model), "optimizer_state": full_optimizer_state(model, optimizer)}
 
 
+def is_sharded_module(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def full_trainable_state(model) -> dict[str, torch.Tensor]:
-    """``full_model_state`` restricted to the trainable parameters (the main process's; {} on the others)."""
+    """The trainable parameters, whole, by name, gathered on the main process in CPU memory ({} on the others)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    return {k: v for k, v in full_model_state(model).items() if k in trainable}
+    full = get_model_state_dict(model, options=StateDictOptions(**_FULL, ignore_frozen_params=True))
+    return {k: v for k, v in full.items() if k in trainable}
+
+
+def load_trainable_from_main(model, state: dict[str, torch.Tensor]) -> None:
+    """Load ``full_trainable_state``'s tensors (held by the main process; the others may pass {}) into the sharded
+    model: the main process broadcasts them, each process keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                                strict=False))
 
 
 def full_optimizer_state(model, optimizer) -> dict:

@@ -181,6 +181,36 @@ def test_fsdp_dpo_trains_the_one_process_model(tmp_path, base, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_fsdp_dpo_early_stopping_keeps_the_one_process_best_weights(tmp_path, base, monkeypatch):
+    """The best step's weights are gathered on the main process, travel in its checkpoints and are broadcast back
+    to every process's shard at the end: the policy saved is the best step's, as on one process."""
+    out = tmp_path / "fsdp"
+    result = _launch("dpo_es", base, out)
+    summary = result["straight"]["summary"]
+    assert (summary["processes"], summary["sharded"], summary["stopped_early"]) == (2, True, True)
+    assert summary["steps"] == summary["best_step"] + 2 * 2 < 14
+    rank0, rank1 = _params(out, "straight", 0), _params(out, "straight", 1)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    saved = dict(AutoModelForCausalLM.from_pretrained(out / "straight" / "policy").named_parameters())
+    assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
+    assert (out / "writes-rank0.txt").read_text().splitlines() == [
+        "checkpoint straight 3", "checkpoint straight 6", "checkpoint straight 9", "policy straight",
+        "checkpoint resumed 3", "checkpoint resumed 6", "checkpoint resumed 8", "checkpoint resumed 9",
+        "policy resumed"]
+    again = result["resumed"]["summary"]  # stopped at step 8, after the best step: its weights came from the checkpoint
+    assert (again["best_step"], again["steps"]) == (summary["best_step"], summary["steps"])
+    assert all(torch.equal(_params(out, "resumed", r)[k], rank0[k]) for r in (0, 1) for k in rank0)
+
+    hooks = NullHooks()
+    one, single = _in_process("dpo_es", base, tmp_path / "one", monkeypatch, hooks)
+    assert (one["best_step"], one["steps"]) == (summary["best_step"], summary["steps"])
+    assert [m["reward_accuracy"] for _, m in hooks.evals] == pytest.approx(
+        [m["reward_accuracy"] for _, m in result["straight"]["evals"][0]])
+    _assert_close("DPO early stopping, FSDP vs one process", rank0, single, ONE_PROCESS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_fsdp_dpo_trains_the_ddp_model(tmp_path, base):
     """FSDP and DDP sum the same per-process shares of each step: closer to each other than to one process."""
     fsdp = _launch("dpo", base, tmp_path / "fsdp")
@@ -285,7 +315,6 @@ def test_an_fsdp_launch_is_refused_by_the_trainers_that_do_not_shard_even_on_cpu
 
 @pytest.mark.parametrize(("config", "field"), [
     (RewardConfig(base_model="m", lora_r=8), "lora_r"),
-    (DPOConfig(base_model="m", eval_fraction=0.3, early_stopping_patience=2), "early_stopping_patience"),
 ])
 def test_what_the_sharded_trainers_do_not_cover_is_refused(config, field):
     with pytest.raises(ConfigError, match="FSDP") as raised:

@@ -26,8 +26,8 @@ stop) -> best weights -> save.
 The policy is ``config.base_model`` (a full model directory), optionally continuing the LoRA adapter
 ``config.adapter`` or adding a new one (``lora_r > 0``). Several devices: under ``accelerate launch`` each
 process takes every W-th prompt of a step and the gradients are all-reduced (DDP), as in the reward trainer
-(``training.ml.distributed``); an FSDP accelerate config shards the parameters too (``training.ml.sharding``:
-full model, no early stopping). No Django here.
+(``training.ml.distributed``); an FSDP accelerate config shards the parameters too (``training.ml.sharding``).
+No Django here.
 """
 from __future__ import annotations
 
@@ -216,13 +216,19 @@ def _train_step(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, a
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    """A CPU copy of the parameters training changes (all of a full model; a LoRA adapter's own), by name."""
+    """A CPU copy of the parameters training changes (all of a full model; a LoRA adapter's own), by name.
+    Sharded (FSDP): every process gathers, the main one keeps the whole tensors ({} on the others)."""
+    if sharding.is_sharded_module(model):
+        return sharding.full_trainable_state(model)
     return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
 
 
 @torch.no_grad()
 def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    """Copy ``trainable_state``'s tensors back into ``model`` in place (the DDP wrapper shares them)."""
+    """Copy ``trainable_state``'s tensors back into ``model`` in place (the DDP wrapper shares them; sharded, the
+    main process's tensors are broadcast and every process keeps its shard)."""
+    if sharding.is_sharded_module(model):
+        return sharding.load_trainable_from_main(model, state)
     params = dict(model.named_parameters())
     missing = sorted(set(state) - set(params))
     if missing:
