@@ -35,10 +35,12 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 
 
 def fsdp_requested(accelerator, env: Mapping[str, str] | None = None) -> bool:
-    """True when the launch asked for FSDP: accelerate chose it (GPU), or its launcher set ACCELERATE_USE_FSDP (any device)."""
+    """True when the launch asked for FSDP: accelerate chose it (GPU), or its launcher set ACCELERATE_USE_FSDP
+    (any device)."""
     from accelerate.utils import DistributedType
 
-    return accelerator.distributed_type == DistributedType.FSDP or _flag(os.environ if env is None else env, ENV_USE_FSDP)
+    env = os.environ if env is None else env
+    return accelerator.distributed_type == DistributedType.FSDP or _flag(env, ENV_USE_FSDP)
 
 
 def deepspeed_requested(accelerator, env: Mapping[str, str] | None = None) -> bool:
@@ -57,12 +59,12 @@ def is_sharded(accelerator) -> bool:
 class ShardSettings:
     """What the trainers take from the file's ``fsdp_config``; everything else is refused or documented as ignored."""
 
-    wrap_classes: tuple[str, ...] | None = None  # shard each block of these classes (None: the model's _no_split_modules)
+    wrap_classes: tuple[str, ...] | None = None  # shard each block of these classes (None: _no_split_modules)
     wrap_blocks: bool = True  # TRANSFORMER_BASED_WRAP; False: NO_WRAP (the whole model is one unit)
 
 
 def settings_from_env() -> ShardSettings:
-    """The file's FSDP settings as accelerate's launcher exported them, parsed by accelerate; refuses what is not done."""
+    """The file's FSDP settings as accelerate's launcher exported them, parsed by accelerate; refuses the rest."""
     from accelerate.utils import FullyShardedDataParallelPlugin
     from torch.distributed.fsdp import CPUOffloadPolicy
 
@@ -74,9 +76,11 @@ def settings_from_env() -> ShardSettings:
     if plugin.fsdp_version != 2:
         raise refuse(f"fsdp_version {plugin.fsdp_version} is not supported: set fsdp_version: 2 (torch's fully_shard)")
     if isinstance(plugin.cpu_offload, CPUOffloadPolicy):
-        raise refuse("fsdp_offload_params: true is not supported (parameter offload to CPU is not implemented or verified)")
+        raise refuse("fsdp_offload_params: true is not supported (parameter offload to CPU is not implemented or "
+                     "verified)")
     if plugin.activation_checkpointing:
-        raise refuse('fsdp_activation_checkpointing is not supported: set the run\'s "gradient_checkpointing": true instead')
+        raise refuse('fsdp_activation_checkpointing is not supported: set the run\'s "gradient_checkpointing": true '
+                     'instead')
     if plugin.cpu_ram_efficient_loading:
         raise refuse("set fsdp_cpu_ram_efficient_loading: false (accelerate's default is true): the trainers do not "
                      "load on the main process alone; every process loads the whole model into CPU memory, then keeps "
@@ -119,8 +123,8 @@ def shard_model(model, accelerator, settings: ShardSettings):
         names = set(settings.wrap_classes or getattr(model, "_no_split_modules", None) or ())
         blocks = [m for m in model.modules() if type(m).__name__ in names]
         if not blocks:
-            raise ConfigError(CONFIG_FILE, f"FSDP: {type(model).__name__} has no block of class {sorted(names)} to shard "
-                                           f"(fsdp_transformer_layer_cls_to_wrap)")
+            raise ConfigError(CONFIG_FILE, f"FSDP: {type(model).__name__} has no block of class {sorted(names)} to "
+                                           f"shard (fsdp_transformer_layer_cls_to_wrap)")
         for block in blocks:
             fully_shard(block, mesh=mesh, reshard_after_forward=True)
     # The root too (accelerate leaves it gathered until backward): then no forward without backward (evaluation,
@@ -184,7 +188,8 @@ def full_optimizer_state(model, optimizer) -> dict:
         return {}
     index = {name: i for i, name in enumerate(n for group in by_name["param_groups"] for n in group["params"])}
     return {"state": {index[name]: value for name, value in by_name["state"].items()},
-            "param_groups": [{**group, "params": [index[n] for n in group["params"]]} for group in by_name["param_groups"]]}
+            "param_groups": [{**group, "params": [index[n] for n in group["params"]]}
+                             for group in by_name["param_groups"]]}
 
 
 def load_optimizer_state(model, optimizer, state: dict) -> None:
@@ -194,7 +199,8 @@ def load_optimizer_state(model, optimizer, state: dict) -> None:
     names_of = {id(p): name for name, p in model.named_parameters()}
     names = [names_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
     by_name = {"state": {names[i]: value for i, value in state["state"].items()},
-               "param_groups": [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]]}
+               "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
+                                for group in state["param_groups"]]}
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
 
