@@ -63,15 +63,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def checkpoint_save(
-    *, root: Path, step: int, model, optimizer, scheduler=None, extra: dict | None = None, keep: int = 2
+    *, root: Path, step: int, model, optimizer, scheduler=None, extra: dict | None = None, keep: int = 2,
+    model_state: dict | None = None, optimizer_state: dict | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically, then delete all but the newest ``keep``."""
+    """Write checkpoint ``step`` under ``root`` atomically, then delete all but the newest ``keep``.
+
+    ``model_state`` / ``optimizer_state``: full states gathered beforehand by every process of a sharded run
+    (``sharding.full_model_state``, ``sharding.full_optimizer_state``), written instead of the model's and the
+    optimizer's own: the checkpoint is the one-process one either way.
+    """
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp / "model")
+        model.save_pretrained(tmp / "model", **({} if model_state is None else {"state_dict": model_state}))
         state = {
             "step": step,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": rng_state(),
             "extra": extra or {},
@@ -98,12 +104,18 @@ def checkpoint_latest(root: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def checkpoint_load(path: Path, *, model, optimizer=None, scheduler=None, restore_rng: bool = True) -> dict:
-    """Load weights, optimizer, scheduler and RNG states from ``path``; return {"step", "extra"}."""
+def checkpoint_load(path: Path, *, model, optimizer=None, scheduler=None, restore_rng: bool = True,
+                    sharded: bool = False) -> dict:
+    """Load weights, optimizer, scheduler and RNG states from ``path``; return {"step", "extra"}.
+    ``sharded``: ``model`` is an FSDP module and ``optimizer`` holds its shards; every process loads together."""
     path = Path(path)
-    load_model_weights(path / "model", model)
+    load_model_weights(path / "model", model, sharded=sharded)
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    if optimizer is not None:
+    if optimizer is not None and sharded:
+        from training.ml import sharding
+
+        sharding.load_optimizer_state(model, optimizer, state["optimizer"])
+    elif optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
@@ -112,8 +124,9 @@ def checkpoint_load(path: Path, *, model, optimizer=None, scheduler=None, restor
     return {"step": int(state["step"]), "extra": state["extra"]}
 
 
-def load_model_weights(model_dir: Path, model) -> None:
-    """Copy save_pretrained safetensors weights from ``model_dir`` into ``model`` in place."""
+def load_model_weights(model_dir: Path, model, *, sharded: bool = False) -> None:
+    """Copy save_pretrained safetensors weights from ``model_dir`` into ``model`` in place (``sharded``: into an
+    FSDP module, every process with the same files)."""
     weights: dict[str, torch.Tensor] = {}
     for file in sorted(Path(model_dir).glob("*.safetensors")):
         weights.update(load_file(file))
@@ -122,14 +135,24 @@ def load_model_weights(model_dir: Path, model) -> None:
     if hasattr(model, "peft_config"):  # a PeftModel saved only its adapter (and modules_to_save)
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, weights)
+        if sharded:
+            from training.ml import sharding
+
+            result = sharding.load_full_adapter(model, weights)
+        else:
+            result = set_peft_model_state_dict(model, weights)
         if result.unexpected_keys:
             raise RuntimeError(f"checkpoint adapter has unexpected weights: {result.unexpected_keys[:5]}")
         return
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if sharded:
+        from training.ml import sharding
+
+        missing, unexpected = sharding.load_full_state(model, weights)
+    else:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
     params = dict(model.named_parameters(remove_duplicate=False))
-    loaded_ptrs = {params[k].data_ptr() for k in weights if k in params}
-    untied_missing = [k for k in missing if k not in params or params[k].data_ptr() not in loaded_ptrs]
+    loaded = {id(params[k]) for k in weights if k in params}  # a tied weight is one parameter under two names
+    untied_missing = [k for k in missing if k not in params or id(params[k]) not in loaded]
     if unexpected or untied_missing:
         raise RuntimeError(f"checkpoint does not match the model: missing {untied_missing[:5]}, unexpected {unexpected[:5]}")
 
@@ -150,13 +173,14 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def checkpoint_resume(root: Path, *, model, optimizer, scheduler, log: Callable[[str], None], resume: bool = True,
-                      total: int | None = None) -> tuple[int, dict]:
+                      total: int | None = None, sharded: bool = False) -> tuple[int, dict]:
     """(first step to run, the checkpoint's ``extra``) from the newest checkpoint under ``root``, or (0, {}).
-    Every process of a data-parallel run calls it with the same files, before the model is wrapped."""
+    Every process of a data-parallel run calls it with the same files, before the model is wrapped (DDP) or
+    after it is sharded (``sharded``)."""
     latest = checkpoint_latest(root) if resume else None
     if latest is None:
         return 0, {}
-    state = checkpoint_load(latest, model=model, optimizer=optimizer, scheduler=scheduler)
+    state = checkpoint_load(latest, model=model, optimizer=optimizer, scheduler=scheduler, sharded=sharded)
     log(f"resumed from {latest.name} (step {state['step']}" + (f" of {total})" if total else ")"))
     return state["step"], state["extra"]
 

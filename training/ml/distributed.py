@@ -5,7 +5,8 @@ device, or ``RLHF_NUM_PROCESSES``) and ``launch_command()`` builds the command l
 ``python -m MODULE ARGS`` for one process, ``accelerate launch --multi_gpu --num_processes N -m MODULE ARGS``
 for several (torchrun underneath: one process per device, NCCL on CUDA, gloo on CPU). Several machines meet
 at machine 0 (``rendezvous_from_env``: RLHF_NUM_MACHINES, RLHF_MACHINE_RANK, RLHF_MAIN_PROCESS_IP/_PORT);
-an operator's accelerate config file (RLHF_ACCELERATE_CONFIG_FILE) may replace ``--multi_gpu``.
+an operator's accelerate config file (RLHF_ACCELERATE_CONFIG_FILE) may replace ``--multi_gpu``; one that selects
+FSDP shards the parameters of SFT, DPO and reward runs (``place``, ``training.ml.sharding``); GRPO and PPO refuse it.
 
 Trainer side: every process holds the whole model (DDP), takes its share of each optimizer step's groups
 (``shard``), and scales its loss so that DDP's gradient average equals the gradient of the global mean
@@ -201,8 +202,13 @@ def threads_per_process(configured: int, processes: int) -> int:
 
 
 def wrap(model, accelerator):
-    """The module to run forward/backward through: DDP under several processes, the model itself on one."""
-    return accelerator.prepare_model(model) if accelerator.num_processes > 1 else model
+    """The module to run forward/backward through: DDP under several processes, the model itself on one or when
+    sharded (``place`` made it an FSDP module, which syncs its own gradients)."""
+    from training.ml import sharding
+
+    if accelerator.num_processes == 1 or sharding.is_sharded(accelerator):
+        return model
+    return accelerator.prepare_model(model)
 
 
 def sums(values: dict[str, float], accelerator) -> dict[str, float]:
@@ -218,17 +224,19 @@ def weighted_means(values: dict[str, float], weight: float, accelerator) -> tupl
     return {k: v / max(weight_total, 1e-12) for k, v in total.items()}, weight_total
 
 
-def make_accelerator():
+def make_accelerator(*, shards: bool = False):
     """The trainers' Accelerator: DDP (or one plain process); precision is the run's own (``ml.precision``).
 
     An operator config file (``RLHF_ACCELERATE_CONFIG_FILE``) may set the launch (GPU ids, machines, NCCL
-    and rendezvous options), but its mixed precision is not applied on top of the run's, and FSDP or
-    DeepSpeed ZeRO are refused before any work: the trainers save and checkpoint the whole model from the
-    main process, which sharded parameters would silently break.
+    and rendezvous options), but its mixed precision is not applied on top of the run's. A file that selects FSDP
+    is honoured by the trainers that pass ``shards=True`` (SFT, DPO, reward: ``training.ml.sharding``, its settings
+    checked here, before any work) and refused by the others, as DeepSpeed ZeRO is by all: they save and
+    checkpoint the whole model from the main process, which sharded parameters would silently break. The
+    refusal also holds on CPU, where accelerate itself would quietly run such a file as DDP.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType
 
+    from training.ml import sharding
     from training.ml.config import ConfigError
 
     from accelerate.state import AcceleratorState
@@ -239,7 +247,20 @@ def make_accelerator():
         # accelerate's process-wide state; ours is the run's own (ml.precision), so start from a clean state.
         AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision="no")
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise ConfigError(ENV_CONFIG_FILE, f"selects {accelerator.distributed_type.value}, which the trainers do not "
-                                           f"support yet (they shard the data, not the parameters): use a MULTI_GPU config")
+    refused = "DEEPSPEED" if sharding.deepspeed_requested(accelerator) else (
+        "FSDP" if sharding.fsdp_requested(accelerator) and not shards else "")
+    if refused:
+        raise ConfigError(ENV_CONFIG_FILE, f"selects {refused}, which this trainer does not support yet (it shards "
+                                           f"the data, not the parameters): use a MULTI_GPU config")
+    if sharding.is_sharded(accelerator):
+        sharding.settings_from_env()  # refuses the file's settings the trainers do not honour, before any work
     return accelerator
+
+
+def place(model, accelerator):
+    """The model on this process's device; sharded (FSDP over several processes), only its shard there."""
+    from training.ml import sharding
+
+    if sharding.is_sharded(accelerator):
+        return sharding.shard_model(model, accelerator, sharding.settings_from_env())
+    return model.to(accelerator.device)

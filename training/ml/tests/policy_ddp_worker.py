@@ -1,14 +1,15 @@
 """One process of the 2-process SFT, DPO, GRPO and PPO tests (``test_distributed_policy.py``); run under
 ``accelerate launch``.
 
-    python -m training.ml.tests.policy_ddp_worker sft|dpo|dpo_es|grpo|ppo|ppo_critic BASE_MODEL OUT_DIR
+    python -m training.ml.tests.policy_ddp_worker sft|sft_lora|dpo|dpo_es|grpo|ppo|ppo_critic BASE_MODEL OUT_DIR
 
 Every process trains (a) straight through and (b) stopped after step 4 (``dpo_es``, DPO with early stopping: 8;
 its own hooks ask; the trainer asks only the main process's), then resumed, and writes what the test checks: its
 final trainable parameters (``params-<run>-rank<R>.pt``), which files it wrote (``writes-rank<R>.txt``:
 checkpoints and policies), what its trainer returned and how many steps its own hooks saw
 (``ranks-rank<R>.json``), and, on the main process, the metrics the hooks received (``result.json``). PPO takes
-the tiny reward model ``rm`` beside BASE_MODEL (scores and, for ``ppo_critic``, the critic).
+the tiny reward model ``rm`` beside BASE_MODEL (scores and, for ``ppo_critic``, the critic). Launched with an FSDP
+accelerate config (``test_fsdp.py``), the parameters written are the full ones, gathered by every process.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 import os
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -96,9 +98,16 @@ def sft_config(base_model: str) -> SFTConfig:
                      eval_fraction=0.1, checkpoint_every=3, num_threads=1)
 
 
+def sft_lora_config(base_model: str) -> SFTConfig:
+    """``sft_config`` training a LoRA adapter; no dropout: only the main process's RNG state is checkpointed, so
+    another process's dropout masks after a resume would not be those of the straight run."""
+    return replace(sft_config(base_model), lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-2)
+
+
 def run(kind: str, base_model: str, output_dir: Path, hooks) -> dict:
-    if kind == "sft":
-        return sft.train_sft(sft_config(base_model), demo_task.make_demonstrations(40, seed=3), output_dir=output_dir,
+    if kind in ("sft", "sft_lora"):
+        config = sft_config(base_model) if kind == "sft" else sft_lora_config(base_model)
+        return sft.train_sft(config, demo_task.make_demonstrations(40, seed=3), output_dir=output_dir,
                              hooks=hooks)
     if kind == "dpo_es":
         return dpo.train_dpo(dpo_early_stopping_config(base_model), dpo_groups(), [], output_dir=output_dir,
@@ -118,7 +127,7 @@ def run(kind: str, base_model: str, output_dir: Path, hooks) -> dict:
 def instrument(kind: str, out: Path) -> dict:
     """Record every checkpoint/policy write of this process, and keep the policy to dump its weights."""
     seen: dict = {}
-    module = {"sft": sft, "dpo": dpo, "dpo_es": dpo, "grpo": grpo, "ppo": ppo, "ppo_critic": ppo}[kind]
+    module = {"sft": sft, "sft_lora": sft, "dpo": dpo, "dpo_es": dpo, "grpo": grpo, "ppo": ppo, "ppo_critic": ppo}[kind]
 
     def note(line: str) -> None:
         with open(out / f"writes-rank{RANK}.txt", "a") as handle:
@@ -131,7 +140,7 @@ def instrument(kind: str, out: Path) -> dict:
         return real_checkpoint_save(**kwargs)
 
     module.checkpoint_save = checkpoint_save
-    if kind in ("sft", "dpo", "dpo_es"):
+    if kind in ("sft", "sft_lora", "dpo", "dpo_es"):
         real_load, real_save = module.load_trainable_policy, module.save_policy
 
         def load_trainable_policy(config, adapter=""):
@@ -139,9 +148,9 @@ def instrument(kind: str, out: Path) -> dict:
             seen["model"] = model
             return model, tokenizer
 
-        def save_policy(model, tokenizer, target):
+        def save_policy(model, tokenizer, target, **kwargs):
             note(f"policy {Path(target).parent.name}")
-            return real_save(model, tokenizer, target)
+            return real_save(model, tokenizer, target, **kwargs)
 
         module.load_trainable_policy, module.save_policy = load_trainable_policy, save_policy
         return seen
@@ -180,6 +189,26 @@ def instrument(kind: str, out: Path) -> dict:
     return seen
 
 
+def trainable_parameters(model) -> dict[str, torch.Tensor]:
+    """The trained parameters by name: this process's own, or, sharded (FSDP), the full ones gathered on every process."""
+    from torch.distributed.fsdp import FSDPModule
+
+    trainable = [k for k, v in model.named_parameters() if v.requires_grad]
+    if not isinstance(model, FSDPModule):
+        return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))  # on every process
+    return {k: full[k].detach().clone() for k in trainable}
+
+
+def held_share(model) -> float:
+    """The share of the trainable parameters' elements this process holds (1.0 unless they are sharded)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in params)
+    return local / sum(p.numel() for p in params)
+
+
 def main(kind: str, base_model: str, out: Path) -> None:
     seen = instrument(kind, out)
     results, ranks = {}, {}
@@ -189,9 +218,9 @@ def main(kind: str, base_model: str, out: Path) -> None:
         for hooks in hooks_list:
             summary = run(kind, base_model, out / name, hooks)
             summaries.append(summary)
-        params = {k: v.detach().clone() for k, v in seen["model"].named_parameters() if v.requires_grad}
-        torch.save(params, out / f"params-{name}-rank{RANK}.pt")
-        ranks[name] = {"summaries": summaries, "hook_steps": [len(h.steps) for h in hooks_list]}
+        torch.save(trainable_parameters(seen["model"]), out / f"params-{name}-rank{RANK}.pt")
+        ranks[name] = {"summaries": summaries, "hook_steps": [len(h.steps) for h in hooks_list],
+                       "held_share": held_share(seen["model"])}
         results[name] = {"summary": summary, "steps": [h.steps for h in hooks_list], "evals": [h.evals for h in hooks_list]}
     (out / f"ranks-rank{RANK}.json").write_text(json.dumps(ranks))
     if RANK == 0:

@@ -4,7 +4,9 @@
 
 Every process trains (a) straight through and (b) stopped after step 4 then resumed, and writes what the test
 checks: its final parameters (``params-<run>-rank<R>.pt``), which files it wrote (``writes-rank<R>.txt``:
-checkpoints and models), and, on the main process, the per-step metrics the hooks received.
+checkpoints and models), and, on the main process, the per-step metrics the hooks received. Launched with an
+FSDP accelerate config (``test_fsdp.py``), the parameters written are the full ones, gathered by every process,
+and ``share-rank<R>.json`` says what share of them this process held.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 
 from training.ml.config import RewardConfig
 from training.ml.data import split_by_prompt
+from training.ml.tests import policy_ddp_worker
 from training.ml.tiny_models import synthetic_groups
 from training.ml.trainers import reward
 from training.ml.types import NullHooks
@@ -46,9 +49,9 @@ def instrument(out: Path) -> dict:
         note(f"checkpoint {kwargs['root'].parent.name} {kwargs['step']}")
         return real_checkpoint_save(**kwargs)
 
-    def save_model(model, tokenizer, target):
+    def save_model(model, tokenizer, target, **kwargs):
         note(f"model {Path(target).parent.name}")
-        return real_save_model(model, tokenizer, target)
+        return real_save_model(model, tokenizer, target, **kwargs)
 
     def load_reward_model(config, hooks):
         tokenizer, model = real_load(config, hooks)
@@ -69,6 +72,18 @@ def ddp_groups():
     return split_by_prompt(synthetic_groups(48, 4, seed=0), 0.25, seed=0)
 
 
+def full_state(model) -> dict[str, torch.Tensor]:
+    """The model's state dict: this process's own, or, sharded (FSDP), the full one gathered on every process."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True)).items()}
+
+
 def main(base_model: str, out: Path) -> None:
     seen = instrument(out)
     train, held_out = ddp_groups()
@@ -77,8 +92,8 @@ def main(base_model: str, out: Path) -> None:
     for name, hooks_list in (("straight", [NullHooks()]), ("resumed", [StopAfter(4), NullHooks()])):
         for hooks in hooks_list:
             summary = reward.train_reward_model(config, train, held_out, output_dir=out / name, hooks=hooks)
-        params = {k: v.detach().clone() for k, v in seen["model"].state_dict().items()}
-        torch.save(params, out / f"params-{name}-rank{RANK}.pt")
+        torch.save(full_state(seen["model"]), out / f"params-{name}-rank{RANK}.pt")
+        (out / f"share-rank{RANK}.json").write_text(json.dumps(policy_ddp_worker.held_share(seen["model"])))
         results[name] = {"summary": summary, "steps": [h.steps for h in hooks_list], "evals": [h.evals for h in hooks_list]}
     if RANK == 0:
         (out / "result.json").write_text(json.dumps(results))

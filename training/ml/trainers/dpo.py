@@ -26,7 +26,8 @@ stop) -> best weights -> save.
 The policy is ``config.base_model`` (a full model directory), optionally continuing the LoRA adapter
 ``config.adapter`` or adding a new one (``lora_r > 0``). Several devices: under ``accelerate launch`` each
 process takes every W-th prompt of a step and the gradients are all-reduced (DDP), as in the reward trainer
-(``training.ml.distributed``). No Django here.
+(``training.ml.distributed``); an FSDP accelerate config shards the parameters too (``training.ml.sharding``).
+No Django here.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from training.ml import distributed, losses, prefix_sharing
+from training.ml import distributed, losses, prefix_sharing, sharding
 from training.ml.checkpoint import checkpoint_resume, checkpoint_save
 from training.ml.config import ConfigError, DPOConfig, loading
 from training.ml.data import split_by_prompt
@@ -150,11 +151,12 @@ def dpo_batch(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, sha
 
 @torch.no_grad()
 def evaluate(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, accelerator=None,
-             precision: str = "no", share_prefix: bool = False) -> dict[str, float]:
+             precision: str = "no", share_prefix: bool = False, sharded: bool = False) -> dict[str, float]:
     """Held-out DPO loss, implicit reward accuracy, rewards and margin, pair-weighted over batches.
 
     With an accelerator of several processes, each scores every W-th batch with the bare model and the
-    pair-weighted sums are added up: every process returns the figures of the whole held-out set.
+    pair-weighted sums are added up: every process returns the figures of the whole held-out set (sharded,
+    all run as many forwards: ``sharding.even_batches``).
     """
     if not groups:
         return {}
@@ -164,9 +166,12 @@ def evaluate(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, acce
     totals = dict.fromkeys(("loss", "reward_accuracy", "chosen_reward", "rejected_reward", "margin"), 0.0)
     n_pairs = 0
     device = next(model.parameters()).device
-    for start in range(rank * config.batch_size, len(groups), config.batch_size * world):  # this process's batches
+    for start, counted in sharding.even_batches(len(groups), config.batch_size, rank=rank, world=world,
+                                                sharded=sharded):  # this process's batches
         with autocast(precision, device):
             out = dpo_batch(model, groups[start: start + config.batch_size], config, pad_id, share_prefix)
+        if not counted:
+            continue
         out["loss"] = out["loss"].item()
         for key in totals:
             totals[key] += out[key] * out["pairs"]
@@ -201,22 +206,29 @@ def _train_step(model, groups: list[DPOGroup], config: DPOConfig, pad_id: int, a
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip or float("inf"))  # synced: same everywhere
     optimizer.step()
     metrics = {k: v for k, v in out.items() if k not in ("loss", "pairs")}
+    grad_norm = sharding.grad_norm_value(grad_norm)
     if world == 1:
-        return {**metrics, "loss": loss.item(), "pairs": out["pairs"], "grad_norm": float(grad_norm)}
+        return {**metrics, "loss": loss.item(), "pairs": out["pairs"], "grad_norm": grad_norm}
     pairs = 0 if padding else out["pairs"]
     means, total_pairs = distributed.weighted_means(metrics, pairs, accelerator)  # the whole step's figures
     global_loss = distributed.sum_over_processes([loss.item()], accelerator)[0] / world
-    return {**means, "loss": global_loss, "pairs": int(total_pairs), "grad_norm": float(grad_norm)}
+    return {**means, "loss": global_loss, "pairs": int(total_pairs), "grad_norm": grad_norm}
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    """A CPU copy of the parameters training changes (all of a full model; a LoRA adapter's own), by name."""
+    """A CPU copy of the parameters training changes (all of a full model; a LoRA adapter's own), by name.
+    Sharded (FSDP): every process gathers, the main one keeps the whole tensors ({} on the others)."""
+    if sharding.is_sharded_module(model):
+        return sharding.full_trainable_state(model)
     return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
 
 
 @torch.no_grad()
 def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    """Copy ``trainable_state``'s tensors back into ``model`` in place (the DDP wrapper shares them)."""
+    """Copy ``trainable_state``'s tensors back into ``model`` in place (the DDP wrapper shares them; sharded, the
+    main process's tensors are broadcast and every process keeps its shard)."""
+    if sharding.is_sharded_module(model):
+        return sharding.load_trainable_from_main(model, state)
     params = dict(model.named_parameters())
     missing = sorted(set(state) - set(params))
     if missing:
@@ -318,15 +330,18 @@ def train_dpo(
     if config.eval_fraction > 0:  # a share of the PROMPTS: every group of a held-out prompt leaves training
         train, split = split_by_prompt(train, config.eval_fraction, config.seed)
         held_out += split
-    accelerator = distributed.make_accelerator()  # one process: plain device placement; several: DDP over NCCL (CUDA) or gloo (CPU)
+    accelerator = distributed.make_accelerator(shards=True)  # one process: plain placement; several: DDP (or FSDP
+    sharded = sharding.is_sharded(accelerator)  # with an FSDP config) over NCCL (CUDA) or gloo (CPU)
+    if sharded:
+        sharding.refuse_unsupported(config, health_watch=health_watch)
     main = accelerator.is_main_process
     hooks = hooks if main else NullHooks()  # cancel is asked of the main process only, then shared
     torch.set_num_threads(distributed.threads_per_process(config.num_threads, accelerator.num_processes))
     precision = resolve_mixed_precision(config.mixed_precision, accelerator.device)
     torch.manual_seed(config.seed)
     model, tokenizer = load_trainable_policy(config, adapter=config.adapter)
-    model.to(accelerator.device)
     enable_gradient_checkpointing(model, config.gradient_checkpointing)
+    model = distributed.place(model, accelerator)  # sharded: each process keeps its shard, and all score together
     pad_id = tokenizer.pad_token_id
     train_data = encode_dpo_groups(tokenizer, train, fill_ref_logprobs(model, tokenizer, train, config, hooks), config)
     eval_data = encode_dpo_groups(tokenizer, held_out, fill_ref_logprobs(model, tokenizer, held_out, config, hooks),
@@ -352,13 +367,14 @@ def train_dpo(
     stopper: EarlyStopping | None = None
 
     def save_checkpoint(at_step: int) -> None:
+        full = sharding.full_states(model, optimizer) if sharded else {}  # every process gathers, the main one writes
         if main:  # early stopping's state (best weights included) is written with the checkpoint, atomically
             checkpoint_save(root=checkpoints, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
                             keep=config.keep_checkpoints,
-                            extra={"early_stopping": stopper.state()} if stopper else None)
+                            extra={"early_stopping": stopper.state()} if stopper else None, **full)
 
     step, extra = checkpoint_resume(checkpoints, model=model, optimizer=optimizer, scheduler=scheduler,
-                                    log=hooks.log, resume=resume)
+                                    log=hooks.log, resume=resume, sharded=sharded)
     stopper = EarlyStopping.start(config, extra.get("early_stopping"))
     if stopper and stopper.best_step is not None:
         hooks.log(f"early stopping resumed: best held-out accuracy {stopper.best_accuracy:.4f} at step "
@@ -384,7 +400,7 @@ def train_dpo(
         hooks.on_step(step, total, {**out, "lr": scheduler.get_last_lr()[0],
                                     **health.at_step(step, total, model, tokenizer)})
         if eval_data and (step % config.eval_every == 0 or step == total):
-            last_eval = evaluate(model, eval_data, config, pad_id, accelerator, precision, share)
+            last_eval = evaluate(model, eval_data, config, pad_id, accelerator, precision, share, sharded)
             hooks.on_eval(step, last_eval)
             if stopper is not None:
                 stopper.update(step, last_eval, model)
@@ -401,8 +417,9 @@ def train_dpo(
                   + f" held-out accuracy {stopper.best_accuracy:.4f} (step {stopper.best_step}, loss "
                   f"{stopper.best_loss:.4f}); the policy saved is step {stopper.best_step}'s")
     policy_dir = output_dir / "policy"
+    weights = sharding.full_model_state(model) if sharded else None  # every process gathers, the main one writes
     if main:
-        save_policy(model.eval(), tokenizer, policy_dir)
+        save_policy(model.eval(), tokenizer, policy_dir, state_dict=weights)
     hooks.log(f"saved policy to {policy_dir}")
     accelerator.wait_for_everyone()  # no process returns before the policy is on disk
     return {
@@ -412,5 +429,5 @@ def train_dpo(
             "best_eval_accuracy": stopper.best_accuracy, "best_eval_loss": stopper.best_loss} if stopper else {}),
         "train_seconds": round(train_seconds, 3),
         "pairs_per_second": round(pairs_seen / train_seconds, 2) if train_seconds else None,
-        "processes": accelerator.num_processes, **policy_summary(model, config, policy_dir), **health.summary(),
+        "processes": accelerator.num_processes, "sharded": sharded, **policy_summary(model, config, policy_dir), **health.summary(),
     }

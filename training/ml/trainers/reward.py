@@ -8,7 +8,9 @@ of every ranking of them, all scored from those K rewards: C(K,2) comparisons fo
 Several devices: started under ``accelerate launch`` (``training.ml.distributed``), every process holds the
 model (DDP), scores its share of each step's prompts, and scales its loss so the synced gradient is the one
 of the whole batch; only the main process reports to the hooks and writes checkpoints and the model. One
-process takes exactly the single-device path: no wrapper, no collective, no extra work per step.
+process takes exactly the single-device path: no wrapper, no collective, no extra work per step. An FSDP
+accelerate config shards the parameters too (``training.ml.sharding``; full model, no LoRA): checkpoints and the
+model are then full state dicts gathered by all processes and written by the main one.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
-from training.ml import distributed, losses, prefix_sharing
+from training.ml import distributed, losses, prefix_sharing, sharding
 from training.ml.checkpoint import atomic_save_dir, checkpoint_resume, checkpoint_save
 from training.ml.collators import RankedGroupCollator
 from training.ml.config import RewardConfig, loading
@@ -74,9 +76,13 @@ def score(model, batch: dict[str, torch.Tensor], device: torch.device, precision
 
 
 def use_prefix_sharing(model, config: RewardConfig, groups: list[EncodedGroup], pad_token_id: int, device,
-                       hooks: TrainHooks) -> bool:
+                       hooks: TrainHooks, sharded: bool = False) -> bool:
     """config.share_prefix, if the model gives the unshared rewards with it on a few groups (else log why not)."""
     if not config.share_prefix:
+        return False
+    if sharded:  # the rewards are read from the head by a forward hook, not from the model's output, so the
+        # sharded root would not be gathered again for their backward
+        hooks.log("prefix sharing off: not with sharded parameters (FSDP)")
         return False
     if prefix_sharing.score_head(model) is None:
         hooks.log(f"prefix sharing off: {type(model).__name__} has no per-token score head (not a decoder)")
@@ -117,12 +123,13 @@ def reward_loss(
 @torch.no_grad()
 def evaluate(
     model, groups: list[EncodedGroup], collate, device, batch_size: int, accelerator: Accelerator | None = None,
-    precision: str = "auto",
+    precision: str = "auto", sharded: bool = False,
 ) -> dict[str, float]:
     """Held-out pairwise accuracy, unweighted Bradley-Terry loss and mean margin over every pair.
 
     With an accelerator of several processes, each scores every W-th group with the bare model (no DDP
-    collective) and the sums are added up, so every process returns the figures of the whole held-out set.
+    collective) and the sums are added up, so every process returns the figures of the whole held-out set
+    (sharded, all run as many forwards: ``sharding.even_batches``).
     """
     if not groups:
         return {}
@@ -130,11 +137,11 @@ def evaluate(
     was_training = model.training
     model.eval()
     loss_sum, correct, margin_sum, pairs = 0.0, 0.0, 0.0, 0
-    for start in range(rank * batch_size, len(groups), batch_size * world):  # this process's batches
+    for start, counted in sharding.even_batches(len(groups), batch_size, rank=rank, world=world, sharded=sharded):
         batch = collate(groups[start:start + batch_size])
         rewards = score(model, batch, device, precision)  # (N,)
         chosen, rejected = rewards[batch["chosen"].to(device)], rewards[batch["rejected"].to(device)]  # (P,), (P,)
-        n = int(chosen.numel())
+        n = int(chosen.numel()) if counted else 0
         if n:
             loss_sum += losses.bradley_terry_loss(chosen, rejected).item() * n
             correct += losses.pairwise_accuracy(chosen, rejected).item() * n
@@ -183,15 +190,18 @@ def train_reward_model(
     """
     config.validate()
     output_dir = Path(output_dir)
-    accelerator = distributed.make_accelerator()  # one process: plain device placement; several: DDP over NCCL (CUDA) or gloo (CPU)
+    accelerator = distributed.make_accelerator(shards=True)  # one process: plain placement; several: DDP (or FSDP
+    sharded = sharding.is_sharded(accelerator)  # with an FSDP config) over NCCL (CUDA) or gloo (CPU)
+    if sharded:
+        sharding.refuse_unsupported(config, lora=False)
     main = accelerator.is_main_process
     hooks = hooks if main else NullHooks()  # cancel is asked of the main process only, then shared
     torch.set_num_threads(distributed.threads_per_process(config.num_threads, accelerator.num_processes))
     device = accelerator.device
     resolve_mixed_precision(config.mixed_precision, device)  # bf16 on a GPU without it: refused before any work
     tokenizer, model = load_reward_model(config, hooks)
-    model.to(device).train()
     enable_gradient_checkpointing(model, config.gradient_checkpointing)
+    model = distributed.place(model, accelerator).train()  # sharded: each process keeps its shard
     max_length = min(config.max_length, getattr(model.config, "max_position_embeddings", None) or config.max_length)
     train_data, train_counts = encode_groups(
         tokenizer, train, max_length=max_length, use_weights=config.use_ranking_weights
@@ -209,22 +219,23 @@ def train_reward_model(
     scheduler = get_scheduler(
         config.lr_scheduler, optimizer, num_warmup_steps=round(config.warmup_ratio * total), num_training_steps=total
     )
-    sharing = use_prefix_sharing(model, config, train_data, tokenizer.pad_token_id, device, hooks)
+    sharing = use_prefix_sharing(model, config, train_data, tokenizer.pad_token_id, device, hooks, sharded)
     collate = RankedGroupCollator(pad_token_id=tokenizer.pad_token_id, share_prefix=sharing)
     checkpoints = output_dir / "checkpoints"
 
 
     def save_checkpoint(at_step: int) -> None:
+        full = sharding.full_states(model, optimizer) if sharded else {}  # every process gathers, the main one writes
         if main:
             checkpoint_save(root=checkpoints, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
-                            keep=config.keep_checkpoints)
+                            keep=config.keep_checkpoints, **full)
 
     step, _ = checkpoint_resume(checkpoints, model=model, optimizer=optimizer, scheduler=scheduler, log=hooks.log,
-                                resume=resume, total=total)  # every process loads the same files before DDP
+                                resume=resume, total=total, sharded=sharded)  # every process: the same files
     last_saved = step if step else -1
     if not step:
         torch.manual_seed(config.seed + accelerator.process_index)  # dropout and anything else random in the loop
-    trained = accelerator.prepare_model(model) if accelerator.num_processes > 1 else model  # (DDP) forward/backward
+    trained = distributed.wrap(model, accelerator)  # (DDP) forward/backward; sharded: the model itself
 
     train_seconds, pairs_seen, last_eval = 0.0, 0, {}
     while step < total:
@@ -243,24 +254,28 @@ def train_reward_model(
         pairs_seen += out["pairs"]
         hooks.on_step(step, total, {**out, "lr": scheduler.get_last_lr()[0], "epoch": step / steps_per_epoch})
         if eval_data and (step % config.eval_every == 0 or step == total):
-            last_eval = evaluate(model, eval_data, collate, device, config.batch_size, accelerator, config.mixed_precision)
+            last_eval = evaluate(model, eval_data, collate, device, config.batch_size, accelerator, config.mixed_precision,
+                                 sharded)
             hooks.on_eval(step, last_eval)
         if step % config.checkpoint_every == 0 and step < total:
             save_checkpoint(step)
             last_saved = step
 
     if eval_data and not last_eval:  # resumed at the very end: evaluate what is saved
-        last_eval = evaluate(model, eval_data, collate, device, config.batch_size, accelerator, config.mixed_precision)
+        last_eval = evaluate(model, eval_data, collate, device, config.batch_size, accelerator, config.mixed_precision,
+                             sharded)
         hooks.on_eval(step, last_eval)
     model_dir = output_dir / "model"
+    weights = sharding.full_model_state(model) if sharded else None  # every process gathers, the main one writes
     if main:
-        save_model(model, tokenizer, model_dir)
+        save_model(model, tokenizer, model_dir, state_dict=weights)
     summary = _summary(config, step, total, train_counts, eval_counts, last_eval, stopped=False)
     summary.update(
         model_dir=str(model_dir),
         train_seconds=round(train_seconds, 3),
         pairs_per_second=round(pairs_seen / train_seconds, 2) if train_seconds else None,
         processes=accelerator.num_processes,
+        sharded=sharded,
         prefix_sharing=sharing,
     )
     if main:
@@ -299,11 +314,12 @@ def _train_step(model, groups: list[EncodedGroup], collate, config: RewardConfig
     return {"loss": loss / world, "accuracy": correct / max(pairs, 1), "margin": margin / max(pairs, 1), "pairs": int(pairs)}
 
 
-def save_model(model, tokenizer, target: Path) -> Path:
-    """save_pretrained the model (or only its LoRA adapter) and the tokenizer, atomically."""
+def save_model(model, tokenizer, target: Path, state_dict: dict | None = None) -> Path:
+    """save_pretrained the model (or only its LoRA adapter) and the tokenizer, atomically. ``state_dict``: the
+    full weights gathered from a sharded model (``sharding.full_model_state``)."""
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({} if state_dict is None else {"state_dict": state_dict}))
         tokenizer.save_pretrained(tmp)
 
     return atomic_save_dir(target, write)

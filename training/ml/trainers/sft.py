@@ -8,7 +8,8 @@ up the newest one); ``hooks.should_stop()`` is checked every step. The result is
 
 Several devices: under ``accelerate launch`` each process takes every W-th example of a step and scales its
 token mean so the all-reduced gradient is the whole step's (``training.ml.distributed``); only the main
-process reports and writes. The helpers below (loading a trainable policy, the optimizer, batch order,
+process reports and writes. An FSDP accelerate config shards the parameters too (``training.ml.sharding``):
+checkpoints and the policy are then full state dicts gathered by all processes and written by the main one. The helpers below (loading a trainable policy, the optimizer, batch order,
 saving) are shared with DPO. No Django here.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
-from training.ml import distributed
+from training.ml import distributed, sharding
 from training.ml.checkpoint import atomic_save_dir, checkpoint_resume, checkpoint_save
 from training.ml.config import SFTConfig, TrainConfig, loading
 from training.ml.generation import collate_scoring, encode_many, token_logprobs
@@ -82,11 +83,12 @@ def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[i
     return order[position * batch_size: (position + 1) * batch_size]
 
 
-def save_policy(model, tokenizer, target: Path) -> Path:
-    """Write the policy directory atomically: full weights, or the LoRA adapter, plus the tokenizer."""
+def save_policy(model, tokenizer, target: Path, state_dict: dict | None = None) -> Path:
+    """Write the policy directory atomically: full weights, or the LoRA adapter, plus the tokenizer.
+    ``state_dict``: the full weights gathered from a sharded model (``sharding.full_model_state``)."""
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({} if state_dict is None else {"state_dict": state_dict}))
         tokenizer.save_pretrained(tmp)
 
     return atomic_save_dir(Path(target), write)
@@ -115,15 +117,18 @@ def _nll(model, encoded: list, pad_id: int, precision: str = "no") -> tuple[torc
     return -logp.sum() / tokens.clamp(min=1), float(tokens.item())
 
 
-def _eval_loss(model, encoded: list, pad_id: int, batch_size: int = 64, accelerator=None, precision: str = "no") -> float:
-    """Held-out NLL per response token; several processes take every W-th batch and add up their sums."""
+def _eval_loss(model, encoded: list, pad_id: int, batch_size: int = 64, accelerator=None, precision: str = "no",
+               sharded: bool = False) -> float:
+    """Held-out NLL per response token; several processes take every W-th batch and add up their sums
+    (sharded, all run as many forwards: ``sharding.even_batches``)."""
     world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
     model.eval()
     loss_sum, tokens = 0.0, 0.0
     with torch.no_grad():
-        for start in range(rank * batch_size, len(encoded), batch_size * world):
+        for start, counted in sharding.even_batches(len(encoded), batch_size, rank=rank, world=world, sharded=sharded):
             loss, n = _nll(model, encoded[start: start + batch_size], pad_id, precision)
-            loss_sum, tokens = loss_sum + loss.item() * n, tokens + n
+            if counted:
+                loss_sum, tokens = loss_sum + loss.item() * n, tokens + n
     model.train()
     if world > 1:
         loss_sum, tokens = distributed.sum_over_processes([loss_sum, tokens], accelerator)
@@ -142,12 +147,12 @@ def _sft_step(trained, batch: list, pad_id: int, config: SFTConfig, accelerator,
     if world > 1:
         loss = loss * distributed.global_mean_scales(accelerator, pair_weight=0.0 if padding else tokens, responses=0)[0]
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # DDP averages the gradients over processes here
+    loss.backward()  # DDP averages the gradients over processes here (FSDP: reduce-scatters their mean)
     params = [p for p in trained.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip or float("inf"))
     optimizer.step()
     value = loss.item() if world == 1 else distributed.sum_over_processes([loss.item()], accelerator)[0] / world
-    return {"loss": value, "grad_norm": float(grad_norm)}
+    return {"loss": value, "grad_norm": sharding.grad_norm_value(grad_norm)}
 
 
 def train_sft(
@@ -163,7 +168,10 @@ def train_sft(
     if not examples:
         raise ValueError("SFT needs at least one (prompt, response) example")
     config.validate()
-    accelerator = distributed.make_accelerator()
+    accelerator = distributed.make_accelerator(shards=True)
+    sharded = sharding.is_sharded(accelerator)  # an FSDP config over several processes
+    if sharded:
+        sharding.refuse_unsupported(config, health_watch=health_watch)
     main = accelerator.is_main_process
     hooks = hooks if main else NullHooks()
     torch.set_num_threads(distributed.threads_per_process(config.num_threads, accelerator.num_processes))
@@ -171,8 +179,8 @@ def train_sft(
     torch.manual_seed(config.seed)
     output_dir = Path(output_dir)
     model, tokenizer = load_trainable_policy(config)
-    model.to(accelerator.device)
     enable_gradient_checkpointing(model, config.gradient_checkpointing)
+    model = distributed.place(model, accelerator)  # sharded: each process keeps its shard
     train, held_out = _split(examples, config.eval_fraction, config.seed)
     encode = lambda rows: encode_many(tokenizer, [m for m, _ in rows], [r for _, r in rows], config.max_length)  # noqa: E731
     train_enc, eval_enc = encode(train), encode(held_out)
@@ -181,12 +189,13 @@ def train_sft(
     checkpoints = output_dir / "checkpoints"
 
     def save_checkpoint(at_step: int) -> None:
+        full = sharding.full_states(model, optimizer) if sharded else {}  # every process gathers, the main one writes
         if main:
             checkpoint_save(root=checkpoints, step=at_step, model=model, optimizer=optimizer, scheduler=scheduler,
-                            keep=config.keep_checkpoints)
+                            keep=config.keep_checkpoints, **full)
 
     start, _ = checkpoint_resume(checkpoints, model=model, optimizer=optimizer, scheduler=scheduler, log=hooks.log,
-                                 resume=resume)
+                                 resume=resume, sharded=sharded)
     health = InRunHealth.start(health_watch, config, output_dir, hooks, main=main, resume_step=start)
     trained = distributed.wrap(model, accelerator)
     pad_id = tokenizer.pad_token_id
@@ -205,15 +214,17 @@ def train_sft(
                                         **health.at_step(step + 1, total, model, tokenizer)})
         if eval_enc and ((step + 1) % config.eval_every == 0 or step + 1 == total):
             hooks.on_eval(step + 1, {"loss": _eval_loss(model, eval_enc, pad_id, accelerator=accelerator,
-                                                         precision=precision)})
+                                                         precision=precision, sharded=sharded)})
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
             save_checkpoint(step + 1)
     policy_dir = output_dir / "policy"
+    weights = sharding.full_model_state(model) if sharded else None  # every process gathers, the main one writes
     if main:
-        save_policy(model.eval(), tokenizer, policy_dir)
+        save_policy(model.eval(), tokenizer, policy_dir, state_dict=weights)
     summary = {"stopped": False, "steps": total, "train_loss": loss, "examples": len(train_enc),
-               "processes": accelerator.num_processes}
+               "processes": accelerator.num_processes, "sharded": sharded}
     if eval_enc:
-        summary["eval_loss"] = _eval_loss(model, eval_enc, pad_id, accelerator=accelerator, precision=precision)
+        summary["eval_loss"] = _eval_loss(model, eval_enc, pad_id, accelerator=accelerator, precision=precision,
+                                          sharded=sharded)
     accelerator.wait_for_everyone()  # no process returns before the policy is on disk
     return {**summary, **policy_summary(model, config, policy_dir), **health.summary()}
