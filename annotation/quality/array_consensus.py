@@ -103,25 +103,31 @@ def _neighbour_order(tiers: np.ndarray, shown: np.ndarray, samples: np.ndarray) 
 
 
 def _fit(wins: np.ndarray, n: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    """MM iterations of every prompt until its largest change is below the tolerance (then it stops, as the
-    reference's loop breaks), at most ``ITERATIONS``; ``n`` in neighbour order. Log-strengths (P, u)."""
+    """MM iterations of every prompt until its largest change is below the tolerance (its last update kept, as
+    the reference's loop breaks after it), at most ``ITERATIONS``; ``n`` in neighbour order. Log-strengths
+    (P, u). Converged prompts ride along frozen until a quarter of the working set has, then leave it."""
     P, u = wins.shape
     strength = np.ones((P, u))
-    active = np.arange(P)
+    where, s, nb, counts, w = np.arange(P), strength.copy(), neighbours, n, wins
+    done = np.zeros(P, bool)
     for _ in range(ITERATIONS):
-        if not len(active):
-            break
-        s, nb, counts = strength[active], neighbours[active], n[active]
         denominator = np.zeros(s.shape)
         for k in range(u - 1):  # Σ_j n_ij / (p_i + p_j), added in the reference's neighbour order
             denominator = denominator + counts[:, :, k] / (s + np.take_along_axis(s, nb[:, :, k], axis=1))
         with np.errstate(divide="ignore", invalid="ignore"):
-            updated = np.where(denominator != 0, wins[active] / denominator, s)
+            updated = np.where(denominator != 0, w / denominator, s)
         logs = np.log(np.maximum(updated, 1e-300))
         updated = updated / np.exp(_compensated_sum(logs) / u)[:, None]  # geometric mean 1
         change = np.abs(updated - s).max(axis=1, initial=0.0)
-        strength[active] = updated
-        active = active[change >= TOLERANCE]
+        s = np.where(done[:, None], s, updated)
+        done = done | (change < TOLERANCE)
+        if done.all():
+            break
+        if done.mean() > 0.25:
+            strength[where[done]] = s[done]
+            keep = ~done
+            where, s, nb, counts, w, done = where[keep], s[keep], nb[keep], counts[keep], w[keep], done[keep]
+    strength[where] = s
     return np.log(np.maximum(strength, 1e-300))
 
 
