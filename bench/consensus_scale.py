@@ -2,7 +2,7 @@
 ``bench/scale_store.py``: the array path against the per-prompt reference, in the same run.
 
     .venv/bin/python bench/consensus_scale.py --db rlhf_scale_cons                   # both paths, ratio, equality
-    .venv/bin/python bench/consensus_scale.py --db rlhf_scale_cons --path arrays     # the array path only
+    .venv/bin/python bench/consensus_scale.py --db rlhf_scale_cons --path arrays --split  # its steps too
 
 ``reference`` is what both did before: every ranking as a ``RankingRecord`` (``selectors.ranking_records``),
 then per prompt ``figures.prompt_consensus`` (Bradley-Terry by ``metrics.bradley_terry``) or
@@ -82,6 +82,21 @@ def reference_disagreement_scores(*, round_):
     return scores
 
 
+def split_arrays(project) -> None:
+    """The array path's steps on their own: read, group, Bradley-Terry fit (weights 1)."""
+    import numpy as np
+
+    from annotation.quality.array_consensus import consensus_strengths, table_rows
+    from annotation.quality.arrays import prompts_of
+    from annotation.quality.figures import HUMAN_SOURCES
+    from annotation.quality.ranking_table import ranking_table
+
+    table, _ = timed("  read (ranking_table)", ranking_table, project=project)
+    prompts, _ = timed("  group (table_rows, prompts_of)", lambda: prompts_of(table_rows(
+        table, table.source_in(HUMAN_SOURCES))))
+    timed("  Bradley-Terry, all prompts", consensus_strengths, prompts, np.ones(len(prompts.of_row)))
+
+
 def _lines(rows) -> list[str]:
     return [json.dumps(row, ensure_ascii=False) for row in rows]
 
@@ -91,6 +106,7 @@ def main() -> None:
     parser.add_argument("--db", required=True)
     parser.add_argument("--project", default="load")
     parser.add_argument("--path", choices=["both", "arrays", "reference"], default="both")
+    parser.add_argument("--split", action="store_true", help="also time the array path's steps")
     args = parser.parse_args()
     os.environ.update(DATABASE_URL=f"{PG}/{args.db}", DJANGO_SETTINGS_MODULE="webapp.settings.local", DJANGO_DEBUG="0")
     import django
@@ -104,6 +120,8 @@ def main() -> None:
     round_ = Round.objects.filter(project=project).order_by("number").first()
     print(f"load average {os.getloadavg()[0]:.1f}")
     out = {}
+    if args.split:
+        split_arrays(project)
     if args.path in ("both", "arrays"):
         out["arrays"] = (timed("consensus_rows (arrays)", lambda: _lines(consensus_rows(project=project))),
                          timed("disagreement_scores (arrays)", disagreement_scores, round_=round_))
