@@ -115,8 +115,8 @@ def _synthetic_table(rng: random.Random, n_prompts: int) -> tuple[RankingTable, 
     column = lambda values: np.array(values, np.int64)  # noqa: E731
     n = len(rows)
     table = RankingTable(ranking_id=column([r[0] for r in rows]), prompt_id=column([r[1] for r in rows]),
-                         round_number=np.ones(n, np.int64), labeler_id=np.arange(1, n + 1), source=np.zeros(n, np.int64),
-                         time_spent_ms=np.zeros(n, np.int64), day=np.zeros(n, np.int64),
+                         round_number=np.ones(n, np.int64), labeler_id=np.arange(1, n + 1),
+                         source=np.zeros(n, np.int64), time_spent_ms=np.zeros(n, np.int64), day=np.zeros(n, np.int64),
                          entry_row=column([e[0] for e in entries]), entry_sample=column([e[1] for e in entries]),
                          entry_tier=column([e[2] for e in entries]), entry_shown=column([e[3] for e in entries]),
                          sources=("human",))
