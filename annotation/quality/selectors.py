@@ -21,6 +21,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import numpy as np
+
 from django.db.models import Exists, OuterRef, Prefetch, Subquery
 
 from annotation import provenance
@@ -35,9 +37,9 @@ from annotation.quality.array_figures import timeline as array_timeline
 from annotation.quality.array_labelers import labeler_rows_weighted as array_labeler_rows
 from annotation.quality.arrays import prompts_of
 from annotation.quality.ranking_table import ranking_table
-from annotation.quality.figures import (
-    HUMAN_SOURCES, RankingRecord, prompt_consensus, records_by_prompt,
-)
+from annotation.quality.array_consensus import consensus_strengths, table_rows
+from annotation.quality.figures import HUMAN_SOURCES, RankingRecord
+from annotation.quality.metrics import tiers_from_strengths
 from preferences.tiers import tier_map, tiers_from_map
 
 AI_SOURCES = frozenset(provenance.AI_SOURCES)
@@ -172,28 +174,49 @@ def quality_report(*, project, round_number: int | None = None, sources: str = "
 
 def consensus_rows(*, project, round_number: int | None = None):
     """One row per prompt with rankings: BT strengths, consensus tiers (gold or adjudication wins), counts.
-    Human rankings only (human, simulated, imported, gold-prompt): AI labels and arena votes are left out."""
-    records = [r for r in ranking_records(project=project, round_number=round_number) if r.source in HUMAN_SOURCES]
-    gold = gold_maps(project=project)
+    Human rankings only (human, simulated, imported, gold-prompt): AI labels and arena votes are left out.
+
+    Rankings are read as arrays and every prompt's Bradley-Terry fit runs with its block's
+    (``array_consensus.consensus_strengths``); the rows are built as the prompts stream from the database.
+    The numbers are those of ``figures.prompt_consensus`` one prompt at a time, to the printed 4 decimals."""
+    table = ranking_table(project=project, round_number=round_number)
+    human = table_rows(table, table.source_in(HUMAN_SOURCES))
+    prompts = prompts_of(human)
     weights = _weights_by_labeler(project=project)
+    labelers, of_row = np.unique(human.labeler_id, return_inverse=True)
+    row_weight = np.array([weights.get(labeler, 1.0) for labeler in labelers.tolist()])[of_row.reshape(-1)]
+    strengths = consensus_strengths(prompts, row_weight)
+    gold = gold_maps(project=project)
     adjudicated = dict(PromptReview.objects.filter(prompt__project=project, status=PromptReview.Status.ADJUDICATED)
                        .values_list("prompt_id", "tiers"))
-    grouped = records_by_prompt(records)
-    prompts = Prompt.objects.filter(pk__in=list(grouped)).order_by("id").values_list("id", "messages", "round__number")
-    for prompt_id, messages, number in prompts.iterator(chunk_size=500):
-        prompt_records = grouped[prompt_id]
-        result = prompt_consensus(records=prompt_records, weights=weights)
-        basis = "bradley_terry"
+    block_of, place = np.zeros(len(prompts.ids), np.int64), np.zeros(len(prompts.ids), np.int64)
+    for b, block in enumerate(prompts.blocks):
+        block_of[block.prompts], place[block.prompts] = b, np.arange(len(block.prompts))
+    if not len(prompts.ids):
+        return
+    # The project's prompts between the first and last ranked one, those without rankings skipped: 3.5x faster
+    # to read than an IN list of every ranked id (55,556 at 1M pairs), where ranked prompts come in id order.
+    rows = Prompt.objects.filter(project=project, pk__gte=int(prompts.ids[0]), pk__lte=int(prompts.ids[-1]))
+    if round_number is not None:
+        rows = rows.filter(round__number=round_number)
+    for prompt_id, messages, number in rows.order_by("id").values_list("id", "messages", "round__number").iterator(
+            chunk_size=500):
+        index = int(np.searchsorted(prompts.ids, prompt_id))
+        if index == len(prompts.ids) or prompts.ids[index] != prompt_id:
+            continue  # no human ranking
+        block, p = prompts.blocks[block_of[index]], place[index]
+        by_sample = dict(zip(block.samples[p].tolist(), strengths[block_of[index]][p].tolist()))
+        tiers, basis = tiers_from_strengths(by_sample), "bradley_terry"
         if prompt_id in adjudicated:
-            result["tiers"], basis = tier_map(adjudicated[prompt_id]), "adjudicated"
+            tiers, basis = tier_map(adjudicated[prompt_id]), "adjudicated"
         elif prompt_id in gold:
-            result["tiers"], basis = gold[prompt_id], "gold"
-        by_tier = dict(sorted(result["tiers"].items(), key=lambda kv: (kv[1], kv[0])))
+            tiers, basis = gold[prompt_id], "gold"
+        by_tier = dict(sorted(tiers.items(), key=lambda kv: (kv[1], kv[0])))
         yield {
             "prompt_id": prompt_id, "round": number, "messages": messages, "basis": basis,
             "consensus_tiers": tiers_from_map(by_tier),
-            "strengths": {str(k): round(v, 4) for k, v in sorted(result["strengths"].items())},
-            "rankings": len(prompt_records), "ranking_ids": [r.ranking_id for r in prompt_records],
+            "strengths": {str(k): round(v, 4) for k, v in sorted(by_sample.items())},
+            "rankings": block.m, "ranking_ids": human.ranking_id[block.rows[p]].tolist(),
         }
 
 

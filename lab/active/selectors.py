@@ -5,12 +5,11 @@ in ``lab.active.compare``.
 """
 from __future__ import annotations
 
-from itertools import combinations
-
 from annotation.models import Prompt, Round
 from annotation.provenance import HUMAN_SOURCES
-from annotation.quality import metrics as quality
-from annotation.quality.selectors import ranking_records
+from annotation.quality.array_consensus import mean_agreements, table_rows
+from annotation.quality.arrays import prompts_of
+from annotation.quality.ranking_table import ranking_table
 from lab.active.compare import pair_uncertainty
 from lab.scorers import Scorer
 
@@ -21,17 +20,14 @@ def round_prompts_with_samples(*, round_: Round) -> list[Prompt]:
 
 
 def disagreement_scores(*, round_: Round) -> dict[int, float]:
-    """1 − the mean pairwise agreement of each prompt's human rankings (0 with fewer than two)."""
-    by_prompt: dict[int, list] = {}
-    for record in ranking_records(project=round_.project, round_number=round_.number):
-        if record.labeler_id is not None and record.source in HUMAN_SOURCES:  # people's disagreement only
-            by_prompt.setdefault(record.prompt_id, []).append(record.tiers)
-    scores = {}
-    for prompt in Prompt.objects.filter(round=round_).values_list("id", flat=True):
-        rankings = by_prompt.get(prompt, [])
-        agreements = [quality.pairwise_agreement(a, b) for a, b in combinations(rankings, 2)]
-        scores[prompt] = 1.0 - sum(agreements) / len(agreements) if agreements else 0.0
-    return scores
+    """1 − the mean pairwise agreement of each prompt's human rankings (0 with fewer than two), over the
+    round's rankings read as arrays (``annotation.quality.array_consensus.mean_agreements``)."""
+    table = ranking_table(project=round_.project, round_number=round_.number)
+    people = table.source_in(HUMAN_SOURCES) & (table.labeler_id != 0)  # people's disagreement only
+    ids, agreement = mean_agreements(prompts_of(table_rows(table, people)))
+    by_prompt = dict(zip(ids.tolist(), (1.0 - agreement).tolist()))
+    return {prompt: by_prompt.get(prompt, 0.0)
+            for prompt in Prompt.objects.filter(round=round_).values_list("id", flat=True)}
 
 
 def uncertainty_scores(*, prompts: list[Prompt], scorer: Scorer) -> dict[int, float]:
