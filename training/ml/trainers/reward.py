@@ -160,12 +160,13 @@ def effective_learning_rate(config: RewardConfig, train_counts: dict) -> float:
     """config.learning_rate, divided by √(mean pairs per prompt) when config.group_lr_scaling is on.
 
     A step's loss is the mean over B prompts' C(K,2) pairs, but the pairs of one prompt share its K rewards: the
-    step's gradient is as noisy as far fewer independent pairs (measured at K=8: ≈ 3× the noise of as many
-    random pairs, docs/reward_model.md). A learning rate from per-pair recipes (TRL's batches of independent
-    pairs) is too hot for it under Adam, whose step size does not shrink with the noise; the square-root
-    scaling rule for Adam (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient
-    Algorithms") scales the lr with √(effective batch), and counting each prompt's pairs as one sample gives
-    ÷ √(pairs per prompt). One pair per prompt (K = 2) is left as it is.
+    step's gradient is as noisy as far fewer independent pairs (measured: about K−1 per prompt, i.e. 1.7× the
+    noise of as many random pairs at K=4 and 2.8–3.7× at K=8; docs/reward_model.md). Adam's step does not shrink
+    with the noise, so a learning rate from per-pair recipes (TRL's batches of independent pairs) is too hot for
+    it; the square-root scaling rule for Adam (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive
+    Gradient Algorithms") scales the lr with √(effective batch). This counts each prompt as one sample, the upper
+    bound of that noise (÷ √C(K,2); matching the measured noise alone would give ÷ √(K/2)), the variant that
+    learned fastest on the tuning seeds. One pair per prompt (K = 2) is left as it is.
     """
     if not config.group_lr_scaling:
         return config.learning_rate
