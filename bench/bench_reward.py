@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_reward.py                # K=4 and K=8, seeds 0-2, hh-like lengths
     .venv/bin/python bench/bench_reward.py --k 4 --prompts 200 --seeds 0
     .venv/bin/python bench/bench_reward.py --history-words 0        # short prompts (the earlier task)
-    .venv/bin/python bench/bench_reward.py --recipes 1e-3:8 2e-3:8  # ours as lr:prompts per step; first = default
+    .venv/bin/python bench/bench_reward.py --recipes 1e-3:8 1e-3:8:raw  # ours as lr:prompts per step[:raw]; first = default
 
 Per K and seed, in one process:
 - throughput, one epoch each: ours without prefix sharing, ours with it (order swapped on odd seeds), and TRL at
@@ -24,9 +24,12 @@ What is held equal, so that the ratio measures the recipe and not the setup:
 - the same tiny Llama-style reward model directory (same seed, same initial weights), same tokenizer;
 - the same token ids: both sides use sequences produced by ``training.ml.data.encode_group`` (same chat
   rendering, max_length 256, nothing truncated), given to TRL pre-tokenised as ``chosen_ids``/``rejected_ids``;
-- the same optimisation as the default recipe: AdamW at the same learning rate, linear decay, no warm-up,
-  gradient clipping at 1.0, fp32, dropout off, the same optimizer steps per epoch (TRL's batch in pairs = our
-  pairs per step: B prompts × their pairs);
+- the same optimisation as the default recipe: AdamW at the same ``learning_rate`` setting, linear decay, no
+  warm-up, gradient clipping at 1.0, fp32, dropout off, the same optimizer steps per epoch (TRL's batch in pairs =
+  our pairs per step: B prompts × their pairs). The one difference is the trainer's default ``group_lr_scaling``:
+  ours divides that setting by √(pairs per prompt) = √C(K,2), because its step's C(K,2)·B pairs share B·K rewards
+  and are ≈ 3× noisier than TRL's as many independent pairs (measured, docs/reward_model.md); a recipe ending in
+  ``:raw`` turns it off (ours at TRL's learning rate, the default before issue #14);
 - the same process, machine and torch thread count (1: with several threads on a busy machine OpenMP threads
   spin, and neither wall nor CPU seconds measure the work), run one after the other;
 - held-out accuracy from the same function (``trainers.reward.evaluate``) on the same held-out prompts.
@@ -197,10 +200,11 @@ def run_trl(config: RewardConfig, train, held_out, out: Path, pairs_per_step: in
 
 
 def ours_config(base: str, *, batch_size: int, epochs: float, threads: int, seed: int, learning_rate: float = 1e-3,
-                share_prefix: bool = True, eval_every: int = 10**6) -> RewardConfig:
+                share_prefix: bool = True, eval_every: int = 10**6, group_lr_scaling: bool = True) -> RewardConfig:
     return RewardConfig(
         base_model=base, batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, max_length=256,
         eval_every=eval_every, checkpoint_every=10**6, num_threads=threads, seed=seed, share_prefix=share_prefix,
+        group_lr_scaling=group_lr_scaling,
     )
 
 
@@ -226,26 +230,26 @@ def bench(k: int, *, seed: int, args) -> dict:
     """
     groups = noisy_groups(args.prompts, k, seed=seed, noise=args.noise, history_words=args.history_words)
     train, held_out = split_by_prompt(groups, 0.2, seed=seed)
-    (lr, batch_size), threads = args.recipes[0], args.threads
+    (lr, batch_size, scaled), threads = args.recipes[0], args.threads
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         base = build_model(root / "base", groups, hidden=args.hidden, layers=args.layers, seed=seed)
         rows = {}
         for share in ((False, True) if seed % 2 == 0 else (True, False)):
             config = ours_config(base, batch_size=batch_size, epochs=1.0, threads=threads, seed=seed,
-                                 learning_rate=lr, share_prefix=share)
+                                 learning_rate=lr, share_prefix=share, group_lr_scaling=scaled)
             rows["shared" if share else "unshared"] = add_rates(run_ours(config, train, held_out, root / f"o{share}"))
         pairs_per_step = -(-rows["shared"]["pairs_seen"] // rows["shared"]["steps"])
         config = ours_config(base, batch_size=batch_size, epochs=1.0, threads=threads, seed=seed, learning_rate=lr)
         rows["trl"] = add_rates(run_trl(config, train, held_out, root / "trl", pairs_per_step))
         target, to_target = rows["trl"]["accuracy"], {}
-        for lr, batch_size in args.recipes:
+        for lr, batch_size, scaled in args.recipes:
             steps_per_epoch = math.ceil(len(train) / batch_size)
             config = ours_config(base, batch_size=batch_size, epochs=float(args.max_epochs), threads=threads,
-                                 seed=seed, learning_rate=lr,
+                                 seed=seed, learning_rate=lr, group_lr_scaling=scaled,
                                  eval_every=max(1, steps_per_epoch // args.evals_per_epoch))
-            run = add_rates(run_ours(config, train, held_out, root / f"t{lr}-{batch_size}", target=target))
-            to_target[(lr, batch_size)] = {**run, "reached": time_to(run["curve"], target)}
+            run = add_rates(run_ours(config, train, held_out, root / f"t{lr}-{batch_size}-{scaled}", target=target))
+            to_target[(lr, batch_size, scaled)] = {**run, "reached": time_to(run["curve"], target)}
         encoded_lengths = prompt_reply_tokens(base, groups)
     return {"k": k, "seed": seed, "rows": rows, "to_target": to_target, "oracle": oracle_accuracy(held_out),
             "tokens": encoded_lengths}
@@ -267,7 +271,12 @@ def print_row(k: int, who: str, seed: int, r: dict) -> None:
           flush=True)
 
 
-def print_summary(k: int, results: list[dict], recipes: list[tuple[float, int]], max_epochs: int) -> None:
+def recipe_name(recipe: tuple[float, int, bool]) -> str:
+    lr, batch_size, scaled = recipe
+    return f"lr{lr:g}{'' if scaled else ' raw'} B={batch_size}"
+
+
+def print_summary(k: int, results: list[dict], recipes: list[tuple[float, int, bool]], max_epochs: int) -> None:
     n = len(results)
     trl = [r["rows"]["trl"] for r in results]
     print(f"K={k} throughput, one epoch each, mean ± std over {n} seeds (pairs per second ours / TRL):")
@@ -286,16 +295,19 @@ def print_summary(k: int, results: list[dict], recipes: list[tuple[float, int]],
         ratios = [t["loop_cpu_s"] / run["reached"][0] if run["reached"] else 0.0 for run, t in zip(runs, trl)]
         reached = [run["reached"][0] for run in runs if run["reached"]]
         label = "HEADLINE " if index == 0 else "         "
-        print(f"K={k} {label}time to TRL's one-epoch held-out accuracy, ours lr {recipe[0]:g} B={recipe[1]} "
+        print(f"K={k} {label}time to TRL's one-epoch held-out accuracy, ours {recipe_name(recipe)} "
               f"(≤ {max_epochs} epochs): reached on {len(reached)}/{n} seeds, "
               f"{mean_std(reached, 1) if reached else '-'} CPU s vs TRL {mean_std([t['loop_cpu_s'] for t in trl], 1)}; "
               f"ratio {mean_std(ratios, 2)} (per seed {', '.join(f'{x:.2f}' for x in ratios)}; 0 = not reached); "
               f"epochs run {mean_std([run['epochs'] for run in runs], 2)}", flush=True)
 
 
-def parse_recipe(text: str) -> tuple[float, int]:
-    lr, batch_size = text.split(":")
-    return float(lr), int(batch_size)
+def parse_recipe(text: str) -> tuple[float, int, bool]:
+    """"1e-3:8" -> (1e-3, 8, True); "1e-3:8:raw" -> group_lr_scaling off (the learning rate used as given)."""
+    lr, batch_size, *raw = text.split(":")
+    if raw not in ([], ["raw"]):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LR:PROMPTS_PER_STEP or LR:PROMPTS_PER_STEP:raw")
+    return float(lr), int(batch_size), not raw
 
 
 def main() -> None:
@@ -307,8 +319,9 @@ def main() -> None:
                         help="scale of the labeler's Gumbel noise (0: noiseless, near-saturated task)")
     parser.add_argument("--history-words", type=int, default=10,
                         help="filler words of earlier conversation: 10 makes the prompt ≈ 3.7× a reply in tokens")
-    parser.add_argument("--recipes", type=parse_recipe, nargs="+", default=[(1e-3, 8)],
-                        help="ours as LR:PROMPTS_PER_STEP; the first is the default (sets TRL's steps and lr)")
+    parser.add_argument("--recipes", type=parse_recipe, nargs="+", default=[(1e-3, 8, True)],
+                        help="ours as LR:PROMPTS_PER_STEP[:raw] (raw: group_lr_scaling off); the first is the "
+                             "default (sets TRL's steps and lr)")
     parser.add_argument("--max-epochs", type=int, default=3, help="epochs of ours in the time-to-accuracy runs")
     parser.add_argument("--evals-per-epoch", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=64)
@@ -319,7 +332,8 @@ def main() -> None:
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"torch {torch.__version__}, {args.threads} threads, device cpu, tiny Llama hidden={args.hidden} "
           f"layers={args.layers}, {args.prompts} prompts per K and seed, labeler noise {args.noise}, "
-          f"history {args.history_words} words, recipes {args.recipes} (lr, prompts per step)")
+          f"history {args.history_words} words, recipes {[recipe_name(r) for r in args.recipes]} (learning_rate "
+          f"setting; ours divides it by √C(K,2) unless raw)")
     print(f"{'K':>2} {'who':<16} {'seed':>4} {'ep':>4} {'pairs':>7} {'steps':>5} {'loop s':>7} {'cpu s':>7} "
           f"{'pairs/s':>8} {'pairs/cpu-s':>11} {'held-out':>8}")
     for k in args.k:
@@ -329,9 +343,9 @@ def main() -> None:
             results.append(result)
             for name, row in result["rows"].items():
                 print_row(k, name, seed, row)
-            for (lr, batch_size), row in result["to_target"].items():
+            for recipe, row in result["to_target"].items():
                 reached = row["reached"]
-                print_row(k, f"lr{lr:g} B={batch_size}", seed, row)
+                print_row(k, recipe_name(recipe), seed, row)
                 print(f"{'':>8} curve (cpu s, acc): "
                       f"{' '.join(f'{c:.1f}:{a:.3f}' for c, _, a in row['curve'])}; reached TRL's "
                       f"{result['rows']['trl']['accuracy']:.4f} at {f'{reached[0]:.2f} CPU s' if reached else 'never'}",

@@ -170,6 +170,10 @@ class RewardConfig(TrainConfig):
     share_prefix: bool = setting(
         True, help="encode a prompt once for its K responses (decoders; checked against the unshared rewards first)"
     )
+    group_lr_scaling: bool = setting(
+        True, help="divide learning_rate by √(mean pairs per prompt): a step's C(K,2) pairs per prompt share K "
+                   "rewards, so they are far noisier than as many independent pairs (docs/reward_model.md)"
+    )
 
 
 @dataclass

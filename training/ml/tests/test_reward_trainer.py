@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from training.ml.config import RewardConfig
 from training.ml.data import split_by_prompt
 from training.ml.tiny_models import build_tiny_reward_model, build_tokenizer, synthetic_groups
-from training.ml.trainers.reward import batch_indices, train_reward_model
+from training.ml.trainers.reward import batch_indices, effective_learning_rate, train_reward_model
 from training.ml.types import NullHooks
 
 
@@ -143,3 +143,27 @@ def test_no_pairs_is_an_error(tmp_path, base_model):
     tied = [RankedGroup(1, [{"role": "user", "content": "q"}], ["a", "b"], [[[0, 1]]])]
     with pytest.raises(ValueError, match="no training pairs"):
         train_reward_model(_config(base_model), tied, [], output_dir=tmp_path, hooks=NullHooks())
+
+
+def test_group_lr_scaling_divides_by_the_root_of_pairs_per_prompt():
+    config = RewardConfig(base_model="m", learning_rate=1e-3)
+    assert config.group_lr_scaling is True  # the default
+    assert effective_learning_rate(config, {"pairs": 28 * 10, "groups": 10}) == pytest.approx(1e-3 / 28**0.5)  # K=8
+    assert effective_learning_rate(config, {"pairs": 6 * 10 + 3, "groups": 11}) == pytest.approx(1e-3 / (63 / 11) ** 0.5)
+    assert effective_learning_rate(config, {"pairs": 10, "groups": 10}) == 1e-3  # K=2: one pair per prompt
+    raw = RewardConfig(base_model="m", learning_rate=1e-3, group_lr_scaling=False)
+    assert effective_learning_rate(raw, {"pairs": 280, "groups": 10}) == 1e-3
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_the_optimizer_steps_at_the_scaled_learning_rate(tmp_path, base_model, groups, scaled):
+    train, held_out = split_by_prompt(groups, 0.25, seed=0)
+    hooks = NullHooks()
+    config = _config(base_model, max_steps=2, lr_scheduler="constant", group_lr_scaling=scaled)
+    summary = train_reward_model(config, train, held_out, output_dir=tmp_path, hooks=hooks)
+    pairs_per_prompt = summary["num_pairs"] / summary["num_prompts"]
+    assert pairs_per_prompt > 2  # K=4 rankings: several pairs per prompt, so scaling changes something
+    expected = 3e-3 / pairs_per_prompt**0.5 if scaled else 3e-3
+    assert summary["learning_rate"] == pytest.approx(expected)
+    assert [m["lr"] for _, m in hooks.steps] == pytest.approx([expected, expected])
+    assert any("group_lr_scaling" in m for m in hooks.messages) is scaled
