@@ -294,7 +294,7 @@ class DatabaseSteps:
         self.rm = run_execute(run=services.run_create(
             project=self.project, kind="reward", base_artifact=self.round0_policy, rounds=list(self.labelled),
             config={"seed": loop.seed, "max_steps": loop.reward_model_steps, "learning_rate": loop.reward_learning_rate,
-                    "batch_size": 8, "eval_every": 10_000, "checkpoint_every": 10_000, "eval_fraction": 0.2,
+                    "group_lr_scaling": loop.reward_group_lr_scaling, "batch_size": 8, "eval_every": 10_000, "checkpoint_every": 10_000, "eval_fraction": 0.2,
                     "num_threads": loop.num_threads}), in_process=self.settings.in_process).artifact
         final_eval = self.rm.run.summary.get("final_eval") or {}
         self.step(f"round {r}: reward model")

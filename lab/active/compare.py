@@ -65,6 +65,7 @@ def _train_and_score(groups, held_out, pool, *, base_model: str, steps: int, see
     from training.ml.types import NullHooks
 
     config = RewardConfig(base_model=base_model, seed=seed, max_steps=steps, batch_size=8, learning_rate=3e-3,
+                          group_lr_scaling=False,  # the strategy evidence was measured with the rate as given
                           eval_every=steps, checkpoint_every=steps + 1, max_length=64, num_threads=0)
     summary = train_reward_model(config, groups, held_out, output_dir=workdir, hooks=NullHooks(), resume=False)
     scorer = reward_model_scorer(summary["model_dir"], max_length=64) if pool else None

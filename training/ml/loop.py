@@ -76,6 +76,9 @@ class LoopConfig:
     reward_steps: int = 60  # DPO's loop only reports the reward model's accuracy
     rl_reward_steps: int = 200  # PPO/GRPO optimise against it, so it trains longer
     reward_learning_rate: float = 1e-3
+    # RewardConfig.group_lr_scaling (on for users' reward runs) divides the rate by √(pairs per prompt); the loop's
+    # rate and every loop figure (docs/loop.md) were measured with the rate as given, so the loop keeps it.
+    reward_group_lr_scaling: bool = False
     # PPO against the round's reward model (value head on the policy, fixed KL coefficient). The strong KL
     # is what keeps it honest: at kl_coef 0.05 seed 1's first reward model was hacked (docs/ppo_grpo.md).
     ppo_steps: int = 24
@@ -159,7 +162,8 @@ def round_train_reward_model(groups: list[RankedGroup], *, base_model: str, outp
 
     train, held_out = split_by_prompt(groups, 0.2, config.seed)
     reward_config = RewardConfig(base_model=base_model, seed=config.seed, max_steps=config.reward_model_steps,
-                                 learning_rate=config.reward_learning_rate, batch_size=8, eval_every=10_000,
+                                 learning_rate=config.reward_learning_rate,
+                                 group_lr_scaling=config.reward_group_lr_scaling, batch_size=8, eval_every=10_000,
                                  checkpoint_every=10_000, num_threads=config.num_threads)
     summary = train_reward_model(reward_config, train, held_out, output_dir=output_dir, hooks=NullHooks(),
                                  resume=False)

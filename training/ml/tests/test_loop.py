@@ -209,3 +209,25 @@ def loop_verdict_of(health: dict) -> list[str]:
     from training.ml.monitor import loop_verdict
 
     return loop_verdict([{"round": 0, "utility_mean": 0.0, "utility_se": 0.1, "policy_health": health}])
+
+
+def test_the_loops_reward_model_trains_at_the_rate_it_was_measured_with(tmp_path, monkeypatch):
+    """Users' reward runs divide the rate by √(pairs per prompt) (RewardConfig.group_lr_scaling); the loop's
+    figures were measured with the rate as given, so the loop turns that off unless asked."""
+    from training.ml import loop
+    from training.ml.trainers import reward
+    from training.ml.types import RankedGroup
+
+    seen = []
+
+    def capture(config, train, held_out, **_):
+        seen.append(config)
+        return {"model_dir": str(tmp_path), "final_eval": {"accuracy": 0.5}}
+    monkeypatch.setattr(reward, "train_reward_model", capture)
+    groups = [RankedGroup(i, [{"role": "user", "content": "q"}], ["a", "b", "c"], [[[0], [1], [2]]])
+              for i in range(10)]
+    config = LoopConfig(reward_learning_rate=2e-3)
+    loop.round_train_reward_model(groups, base_model="m", output_dir=tmp_path, config=config)
+    loop.round_train_reward_model(groups, base_model="m", output_dir=tmp_path,
+                                  config=LoopConfig(reward_learning_rate=2e-3, reward_group_lr_scaling=True))
+    assert [(c.learning_rate, c.group_lr_scaling) for c in seen] == [(2e-3, False), (2e-3, True)]
