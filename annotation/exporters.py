@@ -111,8 +111,8 @@ def _pair_chunks(project: Project, round_number: int | None, *, selection: Sourc
     The rankings that count (the project's, of the chosen sources and round, not excluded) are read through a
     server-side cursor with what their pairs share (labeler, source, round); each chunk's pairs are then read
     by ranking, and the chunk's prompts and samples once (a prompt's C(K,2) × overlap pairs share its text).
-    Walking the pairs themselves joined every pair to its ranking, prompt, round and labeler: 3.2 µs of
-    PostgreSQL per pair against 1.9 µs this way (1M pairs of the 10M-pair bench database). Memory is one
+    Walking the pairs themselves joined every pair to its ranking, prompt, round and labeler: 3.69 µs of
+    PostgreSQL per pair against 2.06 µs this way (``bench/export_walk.py``, 1M pairs). Memory is one
     chunk, whatever the number of pairs."""
     # Excluded in review: left out. NOT EXISTS, not a LEFT JOIN … IS NULL: PostgreSQL estimates the latter far
     # too low when the exclusion table is empty, then sorts everything before the first row (95 s for the
